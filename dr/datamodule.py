@@ -1,0 +1,291 @@
+"""Lightning data module for contrastive training of a dual encoder.
+
+Each training example is one query with one positive and ``num_negatives`` hard negatives, drawn
+afresh every epoch from a seeded generator keyed by (seed, epoch, query), so a run is
+reproducible whatever the number of workers and a resumed epoch draws what it drew before.
+Hard negatives come from BM25 (bm25s, computed at set-up and saved as a negatives file in the run
+directory) or from a negatives file (see :mod:`dr.negatives`).
+
+Validation ranks a small candidate corpus for held-out queries (their judged documents plus the
+BM25 top ``val_depth``), so it is cheap enough to run during training. Its figures are for
+monitoring and checkpoint selection; full-corpus evaluation is done by ``dr-eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dr.bm25 import BM25
+from dr.data import passage_texts, read_corpus, read_qrels, read_queries
+from dr.negatives import NegativesRecord, bm25_negatives, read_negatives, sample_negatives, write_negatives
+
+log = logging.getLogger(__name__)
+
+
+class QueryBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Shuffled batches of query indices, reseeded by epoch, sharded across DDP ranks.
+
+    Every rank shuffles all queries with the same (seed, epoch) permutation and takes its own
+    slice of each global batch, so no query appears twice within a global step. Yields lists of
+    ``(query_index, epoch)`` so the dataset can draw that epoch's positive and negatives.
+    """
+
+    def __init__(self, num_queries: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world_size: int = 1):
+        self.num_queries = num_queries
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip = 0  # batches of the next epoch already trained on before a resume
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        if self.drop_last:
+            return self.num_queries // global_batch
+        return -(-self.num_queries // global_batch)
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_queries)
+        global_batch = self.batch_size * self.world_size
+        skip, self.skip = self.skip, 0
+        for b in range(skip, len(self)):
+            chunk = order[b * global_batch : (b + 1) * global_batch]
+            mine = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            if len(mine):
+                yield [(int(i), self.epoch) for i in mine]
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`QueryBatchSampler` that resumes mid-epoch.
+
+    Lightning saves ``state_dict()`` in each checkpoint and calls ``load_state_dict`` before
+    iterating again. The position is derived from the trainer's optimizer steps (not from
+    batches fetched, which run ahead of training because Lightning prefetches), so the resumed
+    run trains on exactly the batches an uninterrupted run would have.
+    """
+
+    def __init__(self, *args, batches_done=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self._batches_done()) if self._batches_done else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.set_epoch(state["epoch"])
+        self.batch_sampler.skip = state["batches_done"] % max(1, len(self.batch_sampler))
+
+
+class ContrastiveDataset(Dataset):
+    """Query texts, positives and negative candidates; ``__getitem__((i, epoch))`` samples one example."""
+
+    def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed):
+        self.qids = qids
+        self.query_texts = query_texts
+        self.positives = positives
+        self.negatives = negatives
+        self.passage_lookup = passage_lookup
+        self.num_negatives = num_negatives
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        i, epoch = key
+        rng = np.random.default_rng([self.seed, epoch, i])
+        qid = self.qids[i]
+        positive = self.positives[qid][rng.integers(len(self.positives[qid]))]
+        negatives = sample_negatives(self.negatives.get(qid, []), self.num_negatives, rng)
+        return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives}
+
+
+class RetrievalDataModule(pl.LightningDataModule):
+    """Training and validation data for a dual encoder.
+
+    Args:
+        corpus, train_queries, train_qrels: file paths, ``irds:<id>`` or bundled names such as
+            ``scifact:corpus`` (see :func:`dr.data.resolve_path`).
+        val_queries, val_qrels: a dev split; if absent, ``val_fraction`` of the training queries
+            is held out instead (0 disables validation).
+        negatives: ``"bm25"`` or the path of a negatives file.
+        num_negatives: hard negatives per query per step.
+        bm25_rank_min, bm25_rank_max: the BM25 rank window negatives are drawn from.
+        min_relevance: qrels grade that counts as a positive.
+    """
+
+    def __init__(
+        self,
+        corpus: str,
+        train_queries: str,
+        train_qrels: str,
+        val_queries: str | None = None,
+        val_qrels: str | None = None,
+        val_fraction: float = 0.0,
+        val_depth: int = 30,
+        negatives: str = "bm25",
+        num_negatives: int = 1,
+        bm25_rank_min: int = 10,
+        bm25_rank_max: int = 50,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        min_relevance: int = 1,
+        seed: int = 42,
+        output_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.corpus = None
+        self._prepared = False
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        hp = self.hparams
+        self.corpus = read_corpus(hp.corpus)
+        self.row_of = {docid: i for i, docid in enumerate(self.corpus["docid"])}
+        queries = read_queries(hp.train_queries)
+        qrels = read_qrels(hp.train_qrels)
+        positives = self._positives(qrels, hp.train_qrels)
+        qids = [q for q in queries if positives.get(q)]
+        if not qids:
+            raise ValueError(f"{hp.train_qrels}: no training query has a judged positive in the corpus")
+
+        val_qids: list[str] = []
+        self.val_queries: dict[str, str] = {}
+        self.val_qrels: dict[str, dict[str, int]] = {}
+        if hp.val_queries and hp.val_qrels:
+            self.val_queries = read_queries(hp.val_queries)
+            self.val_qrels = read_qrels(hp.val_qrels)
+        elif hp.val_fraction > 0:
+            rng = np.random.default_rng(hp.seed)
+            n_val = max(1, int(round(hp.val_fraction * len(qids))))
+            val_qids = sorted(rng.choice(qids, size=n_val, replace=False).tolist())
+            held_out = set(val_qids)
+            self.val_queries = {q: queries[q] for q in val_qids}
+            self.val_qrels = {q: qrels[q] for q in val_qids}
+            qids = [q for q in qids if q not in held_out]
+
+        needs_bm25 = hp.negatives == "bm25" or bool(self.val_queries)
+        bm25 = BM25(passage_texts(self.corpus), list(self.corpus["docid"])) if needs_bm25 else None
+        if hp.negatives == "bm25":
+            records = bm25_negatives(bm25, qids, [queries[q] for q in qids], positives, hp.bm25_rank_min, hp.bm25_rank_max)
+            if hp.output_dir:
+                write_negatives(Path(hp.output_dir) / "negatives.bm25.jsonl", records)
+            negatives = {r.qid: r.negatives for r in records}
+        else:
+            negatives = self._negatives_from_file(hp.negatives, positives)
+        missing = [q for q in qids if not negatives.get(q)]
+        if missing:
+            log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
+
+        self.train_dataset = ContrastiveDataset(
+            qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed
+        )
+        if self.val_queries:
+            self._setup_validation(bm25)
+        self._prepared = True
+
+    def _positives(self, qrels: dict[str, dict[str, int]], source: str) -> dict[str, list[str]]:
+        positives, unknown = {}, 0
+        for qid, judged in qrels.items():
+            docs = sorted(d for d, grade in judged.items() if grade >= self.hparams.min_relevance)
+            known = [d for d in docs if d in self.row_of]
+            unknown += len(docs) - len(known)
+            if known:
+                positives[qid] = known
+        if unknown:
+            log.warning("%s: %d judged positives are not in the corpus and were skipped", source, unknown)
+        return positives
+
+    def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> dict[str, list[str]]:
+        records: dict[str, NegativesRecord] = read_negatives(path)
+        negatives = {}
+        for qid, record in records.items():
+            pos = set(positives.get(qid, [])) | set(record.positives)
+            negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
+        return negatives
+
+    def _setup_validation(self, bm25: BM25) -> None:
+        qids = list(self.val_queries)
+        rows, _ = bm25.search([self.val_queries[q] for q in qids], self.hparams.val_depth)
+        docids = {self.corpus[int(r)]["docid"] for row in rows for r in row}
+        for qid in qids:
+            docids.update(d for d in self.val_qrels.get(qid, {}) if d in self.row_of)
+        self.val_docids = sorted(docids)
+        self.val_passages = [self.passage_text(d) for d in self.val_docids]
+
+    def passage_text(self, docid: str) -> str:
+        return passage_texts(self.corpus, [self.row_of[docid]])[0]
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world_size = self._rank_and_world()
+        sampler = QueryBatchSampler(
+            len(self.train_dataset), self.hparams.batch_size, self.hparams.seed, drop_last=True, rank=rank, world_size=world_size
+        )
+        if len(sampler) == 0:
+            raise ValueError(
+                f"{len(self.train_dataset)} training queries cannot fill one batch of {self.hparams.batch_size} x {world_size} ranks"
+            )
+        return ResumableDataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate_train,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            batches_done=lambda: self._batches_done_in_epoch(len(sampler)),
+        )
+
+    def _batches_done_in_epoch(self, batches_per_epoch: int) -> int:
+        trainer = self.trainer
+        done = trainer.global_step * trainer.accumulate_grad_batches
+        return done - trainer.current_epoch * batches_per_epoch
+
+    def collate_train(self, examples: list[dict]) -> dict:
+        """Passages are laid out as [positives of all queries, then every query's negatives].
+
+        ``exclude[i, j]`` marks passage j as a known positive of query i that is not its target,
+        so the loss does not treat it as a negative.
+        """
+        positives = [ex["positive"] for ex in examples]
+        negatives = [d for ex in examples for d in ex["negatives"]]
+        docids = positives + negatives
+        relevant = [set(self.train_dataset.positives[ex["qid"]]) for ex in examples]
+        exclude = torch.tensor([[d in rel for d in docids] for rel in relevant], dtype=torch.bool)
+        return {
+            "qids": [ex["qid"] for ex in examples],
+            "queries": [ex["query"] for ex in examples],
+            "passages": [self.passage_text(d) for d in docids],
+            "target": torch.arange(len(examples)),
+            "exclude": exclude,
+        }
+
+    def val_dataloader(self):
+        if not self.val_queries:
+            return []
+        items = [("passage", d, t) for d, t in zip(self.val_docids, self.val_passages)]
+        items += [("query", q, t) for q, t in self.val_queries.items()]
+        return DataLoader(items, batch_size=64, shuffle=False, collate_fn=self.collate_val)
+
+    @staticmethod
+    def collate_val(items) -> dict:
+        return {"kinds": [k for k, _, _ in items], "ids": [i for _, i, _ in items], "texts": [t for _, _, t in items]}

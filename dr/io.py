@@ -1,0 +1,71 @@
+"""Small I/O helpers shared by the whole package.
+
+Every file the framework writes goes through :func:`atomic_write`: the content is written to a
+temporary file in the same directory and renamed over the target only once it is complete, so a
+run killed at any moment never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file, the line and what was expected."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str):
+        self.path = str(path)
+        self.line = line
+        where = f"{self.path}, line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left untouched. ``.gz`` targets
+    are gzip-compressed transparently. ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".gz":
+            handle = gzip.open(tmp, "wb" if "b" in mode else "wt", encoding=None if "b" in mode else encoding)
+        else:
+            handle = open(tmp, mode, encoding=None if "b" in mode else encoding)
+        with handle:
+            yield handle
+            handle.flush()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    """Write ``obj`` as JSON atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=indent, sort_keys=False)
+        f.write("\n")
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """Open a text file for reading, transparently decompressing ``.gz``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")

@@ -1,0 +1,97 @@
+"""LightningModule that trains a :class:`~dr.encoder.BiEncoder` with a contrastive loss."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from dr.encoder import BiEncoder
+from dr.evaluate import evaluate_run
+from dr.index import DenseIndex
+
+
+class DenseRetrievalModule(pl.LightningModule):
+    """Dual-encoder training.
+
+    Args:
+        encoder: the :class:`BiEncoder` to train.
+        loss: a module called as ``loss(q, d, target, exclude)``, e.g. :class:`losses.InfoNCELoss`.
+        optimizer: a partial optimizer (Hydra ``_partial_: true``) completed with the parameters.
+        scheduler: a partial LR-scheduler factory completed with the optimizer and
+            ``num_training_steps`` (the trainer's estimated stepping batches), stepped every step.
+        val_measures: ir-measures strings computed on the validation split.
+        step_seed: when set, the torch RNG (dropout) is reseeded from (step_seed, global step) before
+            every step, so a resumed run repeats an uninterrupted one exactly.
+    """
+
+    def __init__(
+        self,
+        encoder: BiEncoder,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable | None = None,
+        val_measures: tuple[str, ...] = ("nDCG@10", "R@100"),
+        step_seed: int | None = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_measures = list(val_measures)
+        self.step_seed = step_seed
+        self._val_outputs: dict[str, list] = defaultdict(list)
+
+    # ------------------------------------------------------------------ training
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Tokenise on the CPU before the batch moves to the device."""
+        if "queries" in batch:
+            batch["query_inputs"] = dict(self.encoder.tokenize(batch["queries"], "query"))
+            batch["passage_inputs"] = dict(self.encoder.tokenize(batch["passages"], "passage"))
+        return batch
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed * 1_000_003 + self.global_step)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        q = self.encoder.embed_queries(batch["query_inputs"])
+        d = self.encoder.embed_passages(batch["passage_inputs"])
+        loss = self.loss(q, d, batch["target"], batch.get("exclude"))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        kinds = np.array(batch["kinds"])
+        for kind in ("passage", "query"):
+            sel = np.flatnonzero(kinds == kind)
+            if not len(sel):
+                continue
+            texts = [batch["texts"][i] for i in sel]
+            inputs = {k: v.to(self.device) for k, v in self.encoder.tokenize(texts, kind).items()}
+            embed = self.encoder.embed_queries if kind == "query" else self.encoder.embed_passages
+            self._val_outputs[kind + "_ids"].extend(batch["ids"][i] for i in sel)
+            self._val_outputs[kind + "_emb"].append(embed(inputs).float().cpu().numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        out, self._val_outputs = self._val_outputs, defaultdict(list)
+        if not out.get("query_emb") or not out.get("passage_emb"):
+            return
+        index = DenseIndex.build(np.concatenate(out["passage_emb"]), out["passage_ids"], use_gpu=False)
+        run = index.search_run(out["query_ids"], np.concatenate(out["query_emb"]), k=100)
+        metrics = evaluate_run(run, self.trainer.datamodule.val_qrels, self.val_measures)
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.val_measures[0], sync_dist=False)

@@ -1,0 +1,107 @@
+"""End to end through train(cfg): a tiny BERT on a real SciFact slice, then resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dr.cli import config_dir
+from dr.train import train
+
+
+def _overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int = 4) -> list[str]:
+    return [
+        f"paths.output_dir={out}",
+        f"encoder.name_or_path={tiny_bert}",
+        "encoder.pooling=cls",
+        "encoder.query_max_length=16",
+        "encoder.passage_max_length=48",
+        f"data.corpus={data['corpus']}",
+        f"data.train_queries={data['train_queries']}",
+        f"data.train_qrels={data['train_qrels']}",
+        "data.batch_size=8",
+        "data.val_fraction=0.1",
+        "data.val_depth=10",
+        f"test.corpus={data['corpus']}",
+        f"test.queries={data['test_queries']}",
+        f"test.qrels={data['test_qrels']}",
+        "test.batch_size=32",
+        "test.bf16=false",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        f"trainer.max_steps={max_steps}",
+        "trainer.enable_progress_bar=false",
+        "trainer.val_check_interval=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "optimizer.lr=1e-3",
+        "scheduler.num_warmup_steps=1",
+    ]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_train_evaluate_export_reload(tiny_bert, scifact_slice, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(compose_train(_overrides(tiny_bert, scifact_slice, out)))
+
+    assert metrics["train/global_step"] == 4
+    for name in ("bm25/nDCG@10", "zero_shot/nDCG@10", "trained/nDCG@10", "trained/R@100", "val/nDCG@10"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == pytest.approx(metrics)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "logs" / "metrics.csv").is_file()
+    assert (out / "negatives.bm25.jsonl").is_file()
+    for name in ("bm25", "zero_shot", "trained"):
+        assert (out / "runs" / f"{name}.run").is_file()
+    # Training changed the weights, and the export reloads to the same encoder.
+    from dr.encoder import BiEncoder
+
+    exported = BiEncoder.from_pretrained(str(out / "export"))
+    untrained = BiEncoder.from_pretrained(tiny_bert, pooling="cls", normalize=True, similarity="cos")
+    texts = ["a claim about cells", "another sentence"]
+    e1 = exported.encode_passages(texts, show_progress=False)
+    e0 = untrained.encode_passages(texts, show_progress=False)
+    assert not np.allclose(e0, e1, atol=1e-4)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    untrained.load_state_dict(state)
+    np.testing.assert_allclose(untrained.encode_passages(texts, show_progress=False), e1, atol=1e-5)
+
+
+def test_resume_continues_at_same_step_with_same_optimizer_state(tiny_bert, scifact_slice, tmp_path):
+    """A run resumed from its step-2 checkpoint ends exactly where the uninterrupted run ends.
+
+    The step-2 checkpoint is what a run killed between steps 2 and 4 leaves behind; resuming
+    it must continue at step 2 with the same optimizer state, data order and dropout.
+    """
+    base = ["test.enabled=false", "export.enabled=false", "data.val_fraction=0", "callbacks.model_checkpoint.save_top_k=-1"]
+    straight = tmp_path / "straight"
+    train(compose_train(_overrides(tiny_bert, scifact_slice, straight, max_steps=4) + base))
+    ckpt_path = straight / "checkpoints" / "step000002.ckpt"
+    at_two = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    assert at_two["global_step"] == 2
+    assert all(int(s["step"]) == 2 for s in at_two["optimizer_states"][0]["state"].values())
+
+    resumed = tmp_path / "resumed"
+    metrics = train(compose_train(_overrides(tiny_bert, scifact_slice, resumed, max_steps=4) + base + [f"ckpt_path={ckpt_path}"]))
+    assert metrics["train/global_step"] == 4
+
+    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 4
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert int(state_a[key]["step"]) == int(state_b[key]["step"]) == 4
+        torch.testing.assert_close(state_a[key]["exp_avg"], state_b[key]["exp_avg"], atol=1e-7, rtol=1e-4)
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(tensor, b["state_dict"][name], atol=1e-6, rtol=1e-4)
