@@ -212,15 +212,11 @@ class BiEncoder(nn.Module):
         write_json(out / DR_CONFIG, self.config_dict())
 
     # ------------------------------------------------------------------ tokenising and embedding
-    def tokenize(self, texts: list[str], kind: Literal["query", "passage"], pad_to: int | None = None) -> dict:
-        max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        return self.tokenizer(
-            list(texts),
-            padding="max_length" if pad_to else True,
-            truncation=True,
-            max_length=pad_to or max_length,
-            return_tensors="pt",
-        )
+    def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
+        """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""
+        if max_length is None:
+            max_length = self.query_max_length if kind == "query" else self.passage_max_length
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
     def _embed(self, model: PreTrainedModel, batch: dict) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

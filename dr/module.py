@@ -27,6 +27,9 @@ class DenseRetrievalModule(pl.LightningModule):
         val_measures: ir-measures strings computed on the validation split.
         step_seed: when set, the torch RNG (dropout) is reseeded from (step_seed, global step) before
             every step, so a resumed run repeats an uninterrupted one exactly.
+        train_query_max_length / train_passage_max_length: truncation during training only, when
+            shorter than the encoder's (which still applies to validation, evaluation and export).
+            Training on shorter passages roughly halves the cost of a step on a CPU.
     """
 
     def __init__(
@@ -37,6 +40,8 @@ class DenseRetrievalModule(pl.LightningModule):
         scheduler: Callable | None = None,
         val_measures: tuple[str, ...] = ("nDCG@10", "R@100"),
         step_seed: int | None = None,
+        train_query_max_length: int | None = None,
+        train_passage_max_length: int | None = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -45,15 +50,22 @@ class DenseRetrievalModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.val_measures = list(val_measures)
         self.step_seed = step_seed
+        self.train_query_max_length = train_query_max_length
+        self.train_passage_max_length = train_passage_max_length
         self._val_outputs: dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Tokenise on the CPU before the batch moves to the device."""
         if "queries" in batch:
-            batch["query_inputs"] = dict(self.encoder.tokenize(batch["queries"], "query"))
-            batch["passage_inputs"] = dict(self.encoder.tokenize(batch["passages"], "passage"))
+            batch["query_inputs"] = dict(self.encoder.tokenize(batch["queries"], "query", self.train_query_max_length))
+            batch["passage_inputs"] = dict(self.encoder.tokenize(batch["passages"], "passage", self.train_passage_max_length))
         return batch
+
+    def on_train_start(self) -> None:
+        # from_pretrained returns models in eval mode and Lightning keeps modules' modes:
+        # switch to train mode so dropout is active, as in the models' pre-training.
+        self.encoder.train()
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.step_seed is not None:

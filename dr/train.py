@@ -20,6 +20,7 @@ from dr.bm25 import BM25
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
 from dr.evaluate import evaluate_run, format_table, write_metrics
 from dr.export import export
+from dr.plots import plot_training_curves
 from dr.search import build_index, search_queries
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.export.enabled:
             export_dir = export(module.encoder, out / "export")
             log.info("exported the trained encoder to %s", export_dir)
+        csv_log = out / "logs" / "metrics.csv"
+        if csv_log.is_file():
+            plot_training_curves(csv_log, out / "training_curves.png")
         timings["time/total_s"] = time.perf_counter() - started
         metrics.update(timings)
         write_metrics(metrics, out / "metrics.json")

@@ -1,0 +1,27 @@
+"""OmegaConf resolvers used by the configs.
+
+``${dr.bf16:}`` is true where bf16 runs natively (a CUDA device with bf16, or a CPU whose
+oneDNN build has bf16 kernels: AVX512-BF16 or AMX). On other CPUs bf16 autocast is emulated and
+tens of times slower than fp32, so the default falls back to fp32 there.
+``${dr.precision:}`` is the matching Lightning precision string.
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dr.bf16"):
+        OmegaConf.register_new_resolver("dr.bf16", bf16_supported)
+    if not OmegaConf.has_resolver("dr.precision"):
+        OmegaConf.register_new_resolver("dr.precision", lambda: "bf16-mixed" if bf16_supported() else "32-true")

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create the virtual environment (.venv, or $VENV) and install dr into it.
+# torch==2.13.0 goes first: it is the local CPU wheel, and an unpinned torch would pull a CUDA
+# build of several GB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install --quiet --upgrade pip
+"$PY" -m pip install --quiet "torch==2.13.0"
+"$PY" -m pip install --quiet -e ".[test]"
+echo "dr installed in $VENV ($("$PY" -c 'import torch, transformers, faiss, pytorch_lightning as pl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, faiss {faiss.__version__}, lightning {pl.__version__}")'))"
