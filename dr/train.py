@@ -120,6 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_metrics(metrics, out / "metrics.json")
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
+        print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
         print(f"run directory: {out}")
         if cfg.export.enabled:
             print(f"exported model: {out / 'export'}")

@@ -105,3 +105,49 @@ def test_resume_continues_at_same_step_with_same_optimizer_state(tiny_bert, scif
         torch.testing.assert_close(state_a[key]["exp_avg"], state_b[key]["exp_avg"], atol=1e-7, rtol=1e-4)
     for name, tensor in a["state_dict"].items():
         torch.testing.assert_close(tensor, b["state_dict"][name], atol=1e-6, rtol=1e-4)
+
+
+def test_train_from_a_negatives_file(tiny_bert, scifact_slice, tmp_path):
+    """Hard negatives read from a JSONL negatives file; a positive listed as a negative is dropped."""
+    from dr.data import read_qrels
+    from dr.negatives import NegativesRecord, read_negatives, write_negatives
+
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    docids = [json.loads(line)["_id"] for line in open(scifact_slice["corpus"])]
+    records = []
+    for i, (qid, judged) in enumerate(sorted(qrels.items())):
+        positives = sorted(judged)
+        negatives = [d for d in docids[i : i + 5] if d not in judged] + positives[:1]  # a false negative on purpose
+        records.append(NegativesRecord(qid, positives, negatives, [1.0] * len(negatives)))
+    path = tmp_path / "negatives.jsonl"
+    write_negatives(path, records)
+    assert read_negatives(path)[records[0].qid].negatives == records[0].negatives
+
+    from dr.datamodule import RetrievalDataModule
+
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives=str(path), num_negatives=2, batch_size=8)
+    dm.setup("fit")
+    for qid in dm.train_dataset.qids:
+        assert not set(dm.train_dataset.negatives[qid]) & set(qrels[qid]), qid
+    batch = dm.collate_train([dm.train_dataset[(i, 0)] for i in range(8)])
+    assert len(batch["passages"]) == 8 * 3 and batch["exclude"].shape == (8, 24)
+
+    out = tmp_path / "run"
+    overrides = _overrides(tiny_bert, scifact_slice, out, max_steps=2) + [
+        f"data.negatives={path}", "data.num_negatives=2", "test.enabled=false", "export.enabled=false", "data.val_fraction=0",
+    ]
+    assert train(compose_train(overrides))["train/global_step"] == 2
+
+
+def test_ddp_two_cpu_processes(tiny_bert, scifact_slice, tmp_path):
+    """Lightning DDP (gloo) over 2 CPU processes trains and checkpoints through train(cfg)."""
+    out = tmp_path / "run"
+    overrides = _overrides(tiny_bert, scifact_slice, out, max_steps=2) + [
+        "trainer.strategy=ddp_spawn", "trainer.devices=2", "test.enabled=false", "data.val_fraction=0", "export.enabled=true",
+    ]
+    metrics = train(compose_train(overrides))
+    assert metrics["train/global_step"] == 2
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert (out / "export" / "modules.json").is_file()

@@ -1,0 +1,71 @@
+"""The query batch sampler and the contrastive batches it feeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dr.datamodule import QueryBatchSampler, RetrievalDataModule
+
+
+def test_sampler_covers_each_query_once_per_epoch_and_reshuffles():
+    sampler = QueryBatchSampler(100, batch_size=8, seed=1, drop_last=True)
+    epoch0 = [i for batch in sampler for i, e in batch]
+    assert len(epoch0) == 96 and len(set(epoch0)) == 96
+    sampler.set_epoch(1)
+    epoch1 = [i for batch in sampler for i, e in batch]
+    assert epoch0 != epoch1
+    sampler.set_epoch(0)
+    assert [i for batch in sampler for i, e in batch] == epoch0  # deterministic per (seed, epoch)
+
+
+def test_ddp_ranks_draw_disjoint_queries_within_each_global_step():
+    ranks = [QueryBatchSampler(50, batch_size=4, seed=3, rank=r, world_size=3) for r in range(3)]
+    assert len({len(s) for s in ranks}) == 1 and len(ranks[0]) == 50 // 12
+    for step_batches in zip(*ranks):
+        ids = [i for batch in step_batches for i, _ in batch]
+        assert len(ids) == 12 and len(set(ids)) == 12
+    every = [i for s in ranks for batch in s for i, _ in batch]
+    assert len(every) == len(set(every))
+
+
+def test_resume_skips_the_batches_already_trained_on():
+    full = list(QueryBatchSampler(64, batch_size=8, seed=5))
+    resumed = QueryBatchSampler(64, batch_size=8, seed=5)
+    resumed.skip = 3
+    assert list(resumed) == full[3:]
+    assert list(resumed) == full  # the skip applies once
+
+
+def test_collate_masks_other_positives_of_the_query(scifact_slice):
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives="bm25", num_negatives=1, batch_size=4, bm25_rank_min=0, bm25_rank_max=20)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    multi = [i for i, q in enumerate(ds.qids) if len(ds.positives[q]) > 1]
+    assert multi, "the slice should hold a query with several positives"
+    examples = [ds[(multi[0], 0)], ds[(multi[0], 0)]] + [ds[(i, 0)] for i in range(2)]
+    batch = dm.collate_train(examples)
+    # Two copies of the same query: each one's positive is the other's target, so it is masked.
+    # (The mask marks every known positive, the target included; the loss never masks the target.)
+    assert batch["exclude"][0, 1] and batch["exclude"][1, 0]
+    n = len(examples)
+    for i, ex in enumerate(examples):
+        positives = set(ds.positives[ex["qid"]])
+        assert ex["positive"] in positives
+        assert not set(ex["negatives"]) & positives
+        for j, passage in enumerate(batch["passages"]):
+            if j != batch["target"][i]:
+                docid = (examples[j]["positive"] if j < n else examples[(j - n)]["negatives"][0])
+                assert bool(batch["exclude"][i, j]) == (docid in positives)
+
+
+def test_negatives_are_redrawn_each_epoch_from_the_rank_window(scifact_slice):
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives="bm25", num_negatives=1, batch_size=4, bm25_rank_min=10, bm25_rank_max=50)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    draws = {tuple(ds[(0, epoch)]["negatives"]) for epoch in range(20)}
+    assert len(draws) > 5
+    assert all(d[0] in ds.negatives[ds.qids[0]] for d in draws)
+    assert len(ds.negatives[ds.qids[0]]) <= 40
