@@ -112,6 +112,12 @@ class BiEncoder(nn.Module):
             raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
         self.query_model = query_model
         self.passage_model = passage_model
+        for model in (query_model, passage_model):
+            # The models' own pooler head (BERT's tanh layer over [CLS]) is not used by our pooling:
+            # freeze it so the optimizer and DDP (which rejects unused trainable parameters) skip it.
+            pooler = getattr(model, "pooler", None)
+            if isinstance(pooler, nn.Module):
+                pooler.requires_grad_(False)
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize or similarity == "cos"

@@ -51,10 +51,12 @@ class TestSplit:
         self.qrels = read_qrels(cfg.qrels)
         self.queries = {q: t for q, t in self.queries.items() if q in self.qrels}
         self.measures = list(cfg.measures)
+        self.last_index = None
 
     def dense(self, encoder) -> dict[str, dict[str, float]]:
-        index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
-        return search_queries(encoder, index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
+        """Encode the corpus, search the queries; the index is kept (``last_index``) for export."""
+        self.last_index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
+        return search_queries(encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
 
     def bm25(self) -> dict[str, dict[str, float]]:
         bm25 = BM25(passage_texts(self.corpus), list(self.corpus["docid"]))
@@ -110,7 +112,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if test is not None and cfg.test.after:
             evaluate("trained", lambda: test.dense(module.encoder))
         if cfg.export.enabled:
-            export_dir = export(module.encoder, out / "export")
+            # The test corpus was just indexed with the trained encoder: ship that index with the model.
+            index = test.last_index if (test is not None and cfg.test.after and cfg.export.index) else None
+            export_dir = export(module.encoder, out / "export", index=index)
             log.info("exported the trained encoder to %s", export_dir)
         csv_log = out / "logs" / "metrics.csv"
         if csv_log.is_file():

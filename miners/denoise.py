@@ -1,0 +1,64 @@
+"""Denoised hard negatives: drop candidates a teacher (cross-encoder) thinks are relevant.
+
+RocketQA (Qu et al., NAACL 2021, "RocketQA: An Optimized Training Approach to Dense Passage Retrieval
+for Open-Domain Question Answering", "denoised hard negatives"): from the retriever's top
+candidates keep only those the cross-encoder scores low, since many top-ranked "negatives" are unlabelled
+positives.
+
+Formula, with t_i the teacher score of candidate i (``Candidates.teacher_scores``, computed elsewhere):
+    threshold:  keep i if t_i < threshold                     (RocketQA: 0.1 on a 0–1 scale)
+    margin:     keep i if t_i ≤ min_p t_pos,p − margin        (e.g. 3.0 on raw cross-encoder logits)
+t_pos is each positive's teacher score (``teacher_positive_scores``, else its teacher score as a retrieved
+candidate); the *min* over positives makes the margin the strictest. Queries with no known t_pos skip the
+margin filter. Both filters may be set at once. Then ``sampling`` picks ``num_negatives`` as in
+``MarginMiner`` (RocketQA samples 4 per positive); ``num_negatives=None`` keeps all survivors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from miners.base import CandidateMiner, Candidates
+from miners.sampling import take_first, take_uniform
+
+SAMPLINGS = ("top", "random")
+
+
+class DenoiseMiner(CandidateMiner):
+    """Keep candidates whose teacher score is below a threshold and/or a margin under the positive's."""
+
+    def __init__(
+        self,
+        num_negatives: int | None = None,
+        threshold: float | None = None,
+        margin: float | None = None,
+        sampling: str = "top",
+    ):
+        if threshold is None and margin is None:
+            raise ValueError("DenoiseMiner: set threshold and/or margin (otherwise it filters nothing)")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"DenoiseMiner: sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        self.num_negatives, self.threshold, self.margin, self.sampling = num_negatives, threshold, margin, sampling
+
+    def passes(self, candidates: Candidates) -> np.ndarray:
+        """[Q, K] bool: the candidate survives the teacher filters (before picking)."""
+        if candidates.teacher_scores is None:
+            raise ValueError("DenoiseMiner: Candidates.teacher_scores [Q, K] are required (cross-encoder scores)")
+        t = candidates.teacher_scores
+        ok = ~np.isnan(t)  # a candidate the teacher did not score cannot be vouched for
+        if self.threshold is not None:
+            ok = ok & (t < self.threshold)
+        if self.margin is not None:
+            t_pos = candidates.min_teacher_positive_score[:, None]
+            ok = ok & ~(t > t_pos - self.margin)  # NaN t_pos compares False: filter skipped
+        return ok
+
+    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+        ok = self._eligible(candidates, eligible) & self.passes(candidates)
+        if self.sampling == "random":
+            return take_uniform(ok, self.num_negatives, rng)
+        return take_first(ok, self.num_negatives)
+
+    def __repr__(self) -> str:
+        return (f"DenoiseMiner(num_negatives={self.num_negatives}, threshold={self.threshold}, "
+                f"margin={self.margin}, sampling={self.sampling!r})")
