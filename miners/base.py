@@ -212,7 +212,9 @@ class Miner:
 class CandidateMiner(Miner):
     """A miner that chooses among the candidates: implement ``select``; ``__call__`` gathers its choice."""
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         """[Q, K] bool: the kept subset of ``eligible`` (default: ``candidates.negative_mask``)."""
         raise NotImplementedError
 

@@ -28,7 +28,9 @@ class Chain(CandidateMiner):
                 raise TypeError(f"Chain: {m!r} does not choose among candidates (no select); it cannot be a stage")
         self.num_negatives = self.miners[-1].num_negatives
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         keep = self._eligible(candidates, eligible)
         for miner in self.miners:
             keep = miner.select(candidates, rng, keep)

@@ -53,7 +53,9 @@ class DenoiseMiner(CandidateMiner):
             ok = ok & ~(t > t_pos - self.margin)  # NaN t_pos compares False: filter skipped
         return ok
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         ok = self._eligible(candidates, eligible) & self.passes(candidates)
         if self.sampling == "random":
             return take_uniform(ok, self.num_negatives, rng)

@@ -70,7 +70,9 @@ class MarginMiner(CandidateMiner):
             ok = ok & (s >= self.min_score)
         return ok
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         ok = self._eligible(candidates, eligible) & self.passes(candidates)
         if self.sampling == "random":
             return take_uniform(ok, self.num_negatives, rng)

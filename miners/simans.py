@@ -58,9 +58,11 @@ class SimANSMiner(CandidateMiner):
         diff = scores.astype(np.float64) - s_pos[:, None]
         if self.kernel == "laplace":
             return -self.tau * np.abs(diff)
-        return -self.a * (diff + self.b) ** 2
+        return -self.a * (diff - self.b) ** 2
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         eligible = self._eligible(candidates, eligible)
         if self.top_k is not None:
             eligible = eligible & (np.arange(eligible.shape[1]) < self.top_k)

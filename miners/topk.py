@@ -1,8 +1,9 @@
 """Top-k hard negatives: the best-ranked candidates that are not positives.
 
-The classic hard-negative miner of DPR (Karpukhin et al., EMNLP 2020, "Dense Passage Retrieval for Open-Domain Question Answering": "top passages returned
-by BM25 which don't contain the answer") and ANCE (Xiong et al., ICLR 2021) when the candidates come
-from the dense index. Over BM25 candidates (``dr/bm25.py``) it *is* the BM25 miner.
+The classic hard-negative miner of DPR (Karpukhin et al., EMNLP 2020, "Dense Passage Retrieval for
+Open-Domain Question Answering": "top passages returned by BM25 which don't contain the answer") and
+ANCE (Xiong et al., ICLR 2021) when the candidates come from the dense index. Over BM25 candidates
+(``dr/bm25.py``) it *is* the BM25 miner.
 
 Formula: negatives(q) = the first ``num_negatives`` candidates of q, in rank order, after removing q's
 positives. Default ``num_negatives=15``; ``None`` keeps every non-positive candidate.
@@ -24,7 +25,9 @@ class TopKMiner(CandidateMiner):
             raise ValueError(f"TopKMiner: num_negatives must be >= 0 or None, got {num_negatives}")
         self.num_negatives = num_negatives
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         return take_first(self._eligible(candidates, eligible), self.num_negatives)
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ GROUPS = {
     for group in sorted(CONF.iterdir())
     if group.is_dir() and group.name not in ("hydra", "__pycache__", "experiment")
 }
+TRAIN_GROUPS = {next(iter(d)) for d in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults) if isinstance(d, dict)}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ONLINE_DATA = {"msmarco"}
 
@@ -42,7 +43,9 @@ def test_primary_config_composes(name, tmp_path):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_group_option_instantiates(group, option, tiny_bert, tmp_path):
-    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}", f"encoder.name_or_path={tiny_bert}"]
+    # Groups that train.yaml does not select by default (e.g. miner) are added with '+'.
+    prefix = "" if group in TRAIN_GROUPS else "+"
+    overrides = [f"{prefix}{group}={option}", f"paths.output_dir={tmp_path}", f"encoder.name_or_path={tiny_bert}"]
     if group == "trainer" and not torch.cuda.is_available():
         # GPU trainers are checked on the CPU here: same config, CPU accelerator (DDP over 2 processes).
         overrides += ["trainer.accelerator=cpu", "trainer.devices=2" if option == "ddp" else "trainer.devices=1"]
