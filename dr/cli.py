@@ -84,6 +84,13 @@ def _export(cfg: DictConfig) -> None:
     export_model(cfg, run_dir())
 
 
+@_hydra_app("mine")
+def _mine(cfg: DictConfig) -> None:
+    from dr.mine import mine
+
+    mine(cfg, run_dir())
+
+
 def _main(app) -> None:
     try:
         app()
@@ -109,4 +116,8 @@ def evaluate_main() -> None:
 
 def export_main() -> None:
     _main(_export)
+
+
+def mine_main() -> None:
+    _main(_mine)
 

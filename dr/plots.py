@@ -47,3 +47,28 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
     plt.close(fig)
     os.replace(tmp, out_png)
     return out_png
+
+
+def plot_score_histogram(positive: list[float], negative: list[float], out_png: str | os.PathLike, title: str = "") -> Path:
+    """Overlaid histograms of positive and mined-negative scores (one shared set of bins)."""
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.asarray(list(positive) + list(negative), np.float64)
+    bins = np.linspace(values.min(), values.max(), 50) if len(values) else 10
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if negative:
+        ax.hist(negative, bins=bins, alpha=0.6, density=True, label=f"negatives (n={len(negative)})")
+    if positive:
+        ax.hist(positive, bins=bins, alpha=0.6, density=True, label=f"positives (n={len(positive)})")
+    ax.set_xlabel("retriever score")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png

@@ -1,0 +1,138 @@
+"""``dr-mine``: retrieve candidates for the training queries, apply a miner, write a negatives file.
+
+Candidates come from a dense retriever (the corpus is encoded, indexed with FAISS and searched
+top-k, on the GPU when faiss-gpu sees one) or from a run file. Queries are processed in chunks,
+so memory stays bounded; corpus embeddings can be cached on disk (``embeddings_cache``) and are
+reused when the model, corpus and lengths are unchanged.
+
+For SimANS and the margin miners the positive's score matters: with an encoder it is computed
+exactly (q · d⁺), whether or not the positive was retrieved; with a run file it is the positive's
+score in the run when retrieved, else unknown (and the miners fall back as documented).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from dr.data import read_corpus, read_qrels, read_queries, read_run
+from dr.index import DenseIndex
+from dr.io import atomic_write, write_json
+from dr.negatives import NegativesRecord, write_negatives
+from dr.plots import plot_score_histogram
+from miners import Candidates
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(encoder, corpus_path: str, n_docs: int) -> str:
+    """What the cached embeddings depend on: every weight, the encoder settings and the corpus."""
+    weights = hashlib.sha1()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().float().cpu().numpy().tobytes())
+    return json.dumps({"weights": weights.hexdigest(), "corpus": str(corpus_path), "docs": n_docs, **encoder.config_dict()}, sort_keys=True)
+
+
+def corpus_embeddings(encoder, corpus, corpus_path: str, cache: str | None, batch_size: int, bf16: bool) -> np.ndarray:
+    """Encode the corpus, or read the cached embeddings (a memory-mapped ``.npy``) if they match."""
+    from dr.search import encode_corpus
+
+    if cache:
+        cache_path = Path(cache)
+        meta_path = cache_path.with_suffix(cache_path.suffix + ".json")
+        fingerprint = _fingerprint(encoder, corpus_path, len(corpus))
+        if cache_path.is_file() and meta_path.is_file() and meta_path.read_text() == fingerprint:
+            log.info("reusing corpus embeddings from %s", cache_path)
+            return np.load(cache_path, mmap_mode="r")
+    embeddings = encode_corpus(encoder, corpus, batch_size=batch_size, bf16=bf16)
+    if cache:
+        with atomic_write(cache_path, "wb") as f:
+            np.save(f, embeddings)
+        with atomic_write(meta_path) as f:
+            f.write(fingerprint)
+    return embeddings
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    q = np.quantile(np.asarray(values, np.float64), [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {f"p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), q)}
+
+
+def mine(cfg: DictConfig, out: Path) -> dict:
+    """Mine negatives as configured; returns the summary statistics (also written next to the file)."""
+    rng = np.random.default_rng(cfg.seed)
+    miner = hydra.utils.instantiate(cfg.miner)
+    queries = read_queries(cfg.queries)
+    qrels = read_qrels(cfg.qrels)
+    positives = {q: sorted(d for d, g in judged.items() if g >= cfg.min_relevance) for q, judged in qrels.items()}
+    qids = [q for q in queries if positives.get(q)]
+    corpus = read_corpus(cfg.corpus)
+    if hasattr(miner, "corpus") and getattr(miner, "corpus", None) is None:
+        miner.corpus = np.asarray(corpus["docid"])  # the random miner draws from the whole corpus
+
+    encoder = index = run = None
+    if cfg.get("run_file"):
+        run = read_run(cfg.run_file)
+    else:
+        from dr.commands import load_encoder
+
+        encoder = load_encoder(cfg.model, cfg.get("encoder"))
+        embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
+        index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
+        row_of = {d: i for i, d in enumerate(corpus["docid"])}
+
+    records: list[NegativesRecord] = []
+    pos_scores_all, neg_scores_all, retrieved = [], [], 0
+    for start in tqdm(range(0, len(qids), cfg.chunk_size), desc="mine", unit="chunk"):
+        chunk = qids[start : start + cfg.chunk_size]
+        if run is not None:
+            cand_ids = [list(run.get(q, {})) for q in chunk]
+            cand_scores = [list(run.get(q, {}).values()) for q in chunk]
+            pos_scores = [[run.get(q, {}).get(d, np.nan) for d in positives[q]] for q in chunk]
+        else:
+            q_emb = encoder.encode_queries([queries[q] for q in chunk], batch_size=cfg.batch_size, bf16=cfg.bf16, show_progress=False)
+            scores, cand_ids = index.search(q_emb, cfg.top_k)
+            cand_scores = [row[: len(ids)].tolist() for row, ids in zip(scores, cand_ids)]
+            pos_scores = [
+                [float(q_emb[i] @ np.asarray(embeddings[row_of[d]])) for d in positives[q] if d in row_of]
+                for i, q in enumerate(chunk)
+            ]
+        candidates = Candidates.from_lists(cand_ids, cand_scores, [positives[q] for q in chunk], pos_scores)
+        mined = miner(candidates, rng)
+        neg_ids, neg_scores = mined.to_lists()
+        retrieved += int(candidates.is_positive.any(axis=1).sum())
+        for q, p_scores, n_ids, n_scores in zip(chunk, pos_scores, neg_ids, neg_scores):
+            p_scores = [None if np.isnan(s) else float(s) for s in p_scores]
+            n_scores = [None if np.isnan(s) else float(s) for s in n_scores]
+            records.append(NegativesRecord(q, positives[q], [str(d) for d in n_ids], n_scores, p_scores))
+            pos_scores_all += [s for s in p_scores if s is not None]
+            neg_scores_all += [s for s in n_scores if s is not None]
+
+    target = Path(cfg.output) if cfg.get("output") else out / "negatives.jsonl"
+    write_negatives(target, records)
+    counts = [len(r.negatives) for r in records]
+    stats = {
+        "queries": len(records),
+        "negatives_per_query": float(np.mean(counts)) if counts else 0.0,
+        "queries_without_negatives": int(sum(c == 0 for c in counts)),
+        "positive_retrieved_in_top_k": retrieved / max(1, len(records)),
+        "positive_score": _quantiles(pos_scores_all),
+        "negative_score": _quantiles(neg_scores_all),
+    }
+    write_json(target.with_name(target.name + ".stats.json"), stats)
+    if pos_scores_all or neg_scores_all:
+        plot_score_histogram(pos_scores_all, neg_scores_all, target.with_name(target.name + ".scores.png"),
+                             title=f"{len(records)} queries, miner {cfg.miner._target_.rsplit('.', 1)[-1]}")
+    print(json.dumps(stats, indent=2))
+    print(f"wrote {sum(counts)} negatives for {len(records)} queries to {target}")
+    return stats
