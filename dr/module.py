@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from typing import Callable
 
@@ -22,8 +23,8 @@ class DenseRetrievalModule(pl.LightningModule):
         encoder: the :class:`BiEncoder` to train.
         loss: a module called as ``loss(q, d, target, exclude)``, e.g. :class:`losses.InfoNCELoss`.
         optimizer: a partial optimizer (Hydra ``_partial_: true``) completed with the parameters.
-        scheduler: a partial LR-scheduler factory completed with the optimizer and
-            ``num_training_steps`` (the trainer's estimated stepping batches), stepped every step.
+        scheduler: a partial LR-scheduler factory completed with the optimizer and, when it takes
+            one, ``num_training_steps`` (the trainer's estimated stepping batches); stepped every step.
         val_measures: ir-measures strings computed on the validation split.
         step_seed: when set, the torch RNG (dropout) is reseeded from (step_seed, global step) before
             every step, so a resumed run repeats an uninterrupted one exactly.
@@ -82,7 +83,10 @@ class DenseRetrievalModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
+        kwargs = {}
+        if "num_training_steps" in inspect.signature(self.scheduler_factory).parameters:
+            kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ validation

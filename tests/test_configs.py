@@ -85,3 +85,17 @@ def test_experiment(experiment, tiny_bert, tmp_path):
         return
     metrics = train(cfg)
     assert metrics["train/global_step"] == 1
+
+
+@pytest.mark.parametrize("scheduler", GROUPS["scheduler"])
+def test_every_scheduler_trains(scheduler, tiny_bert, scifact_slice, tmp_path):
+    """The scheduler is only called inside configure_optimizers: run a real step with each."""
+    overrides = [
+        f"scheduler={scheduler}", f"paths.output_dir={tmp_path}", f"encoder.name_or_path={tiny_bert}",
+        "encoder.passage_max_length=32", f"data.corpus={scifact_slice['corpus']}",
+        f"data.train_queries={scifact_slice['train_queries']}", f"data.train_qrels={scifact_slice['train_qrels']}",
+        "data.batch_size=8", "data.val_fraction=0", "trainer.accelerator=cpu", "trainer.precision=32-true",
+        "trainer.max_steps=2", "trainer.enable_progress_bar=false", "test.enabled=false", "export.enabled=false",
+    ]
+    metrics = train(_compose("train", overrides))
+    assert metrics["train/global_step"] == 2
