@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-"$PY" -m pip install --quiet --upgrade pip
+"$PY" -m pip install --quiet --upgrade pip "setuptools>=68" wheel
 "$PY" -m pip install --quiet "torch==2.13.0"
 "$PY" -m pip install --quiet -e ".[test]"
 echo "dr installed in $VENV ($("$PY" -c 'import torch, transformers, faiss, pytorch_lightning as pl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, faiss {faiss.__version__}, lightning {pl.__version__}")'))"
