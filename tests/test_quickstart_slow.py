@@ -1,4 +1,4 @@
-"""The quickstart itself (about 25 minutes on 2 CPU cores): `pytest -m slow`.
+"""The quickstart itself (about 40 minutes on an AVX2-only 2-core CPU): `pytest -m slow`.
 
 Trains all-MiniLM-L6-v2 on the bundled SciFact train split with the default config and checks
 the published-level outcome on the full test split.
