@@ -17,6 +17,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out_png: str | os.PathLike) -> Path:
+    """Write the figure atomically (temporary file, then rename) and close it."""
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    _pyplot().close(fig)
+    os.replace(tmp, out_png)
+    return out_png
+
+
 def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
     """Plot every logged series of a Lightning CSV log against the step; one panel per metric."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -41,12 +51,7 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_score_histogram(positive: list[float], negative: list[float], out_png: str | os.PathLike, title: str = "") -> Path:
@@ -66,9 +71,4 @@ def plot_score_histogram(positive: list[float], negative: list[float], out_png: 
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    return _save(fig, out_png)

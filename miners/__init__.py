@@ -15,7 +15,7 @@ There is no BM25 miner class: BM25 candidates come from ``dr/bm25.py``, and ``To
 the BM25 miner (likewise any run file: load it with ``Candidates.from_lists``).
 """
 
-from miners.base import CandidateMiner, Candidates, Mined, Miner
+from miners.base import CandidateMiner, Candidates, FilterMiner, Mined, Miner
 from miners.chain import Chain
 from miners.denoise import DenoiseMiner
 from miners.margin import MarginMiner
@@ -25,6 +25,7 @@ from miners.topk import TopKMiner
 
 __all__ = [
     "CandidateMiner",
+    "FilterMiner",
     "Candidates",
     "Chain",
     "DenoiseMiner",

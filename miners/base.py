@@ -16,11 +16,14 @@ candidates), so a positive can never be returned. ``__call__`` gathers the kept 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence
 
 import numpy as np
+
+from miners.sampling import take_first, take_uniform
 
 
 def pad_value(dtype: np.dtype):
@@ -200,23 +203,24 @@ def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-class Miner:
+class Miner(ABC):
     """Anything that maps ``(Candidates, rng)`` to ``Mined``."""
 
     num_negatives: int | None = None
 
+    @abstractmethod
     def __call__(self, candidates: Candidates, rng: np.random.Generator | int | None = None) -> Mined:
-        raise NotImplementedError
+        """The chosen negatives of every query."""
 
 
 class CandidateMiner(Miner):
     """A miner that chooses among the candidates: implement ``select``; ``__call__`` gathers its choice."""
 
+    @abstractmethod
     def select(
         self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
     ) -> np.ndarray:
         """[Q, K] bool: the kept subset of ``eligible`` (default: ``candidates.negative_mask``)."""
-        raise NotImplementedError
 
     def __call__(self, candidates: Candidates, rng: np.random.Generator | int | None = None) -> Mined:
         return Mined.from_keep(candidates, self.select(candidates, as_rng(rng)))
@@ -226,3 +230,24 @@ class CandidateMiner(Miner):
         # Always intersect with negative_mask: a caller-supplied mask can never re-admit a positive.
         base = candidates.negative_mask
         return base if eligible is None else base & eligible
+
+
+class FilterMiner(CandidateMiner):
+    """A miner that keeps the candidates passing a filter, then takes the top or a random sample.
+
+    Subclasses implement ``passes`` and set ``sampling`` (``"top"`` or ``"random"``).
+    """
+
+    sampling: str = "top"
+
+    @abstractmethod
+    def passes(self, candidates: Candidates) -> np.ndarray:
+        """[Q, K] bool: the candidates the filter keeps."""
+
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
+        ok = self._eligible(candidates, eligible) & self.passes(candidates)
+        if self.sampling == "random":
+            return take_uniform(ok, self.num_negatives, rng)
+        return take_first(ok, self.num_negatives)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from miners.base import CandidateMiner, Candidates
-from miners.sampling import take_first, take_uniform
+from miners.base import Candidates, FilterMiner
 
 SAMPLINGS = ("top", "random")
 
 
-class DenoiseMiner(CandidateMiner):
+class DenoiseMiner(FilterMiner):
     """Keep candidates whose teacher score is below a threshold and/or a margin under the positive's."""
 
     def __init__(
@@ -52,14 +51,6 @@ class DenoiseMiner(CandidateMiner):
             t_pos = candidates.min_teacher_positive_score[:, None]
             ok = ok & ~(t > t_pos - self.margin)  # NaN t_pos compares False: filter skipped
         return ok
-
-    def select(
-        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
-    ) -> np.ndarray:
-        ok = self._eligible(candidates, eligible) & self.passes(candidates)
-        if self.sampling == "random":
-            return take_uniform(ok, self.num_negatives, rng)
-        return take_first(ok, self.num_negatives)
 
     def __repr__(self) -> str:
         return (f"DenoiseMiner(num_negatives={self.num_negatives}, threshold={self.threshold}, "

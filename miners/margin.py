@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from miners.base import CandidateMiner, Candidates
-from miners.sampling import take_first, take_uniform
+from miners.base import Candidates, FilterMiner
 
 SAMPLINGS = ("top", "random")
 
 
-class MarginMiner(CandidateMiner):
+class MarginMiner(FilterMiner):
     """Rank window + absolute/relative margin to the positive + score bounds (see module docstring)."""
 
     def __init__(
@@ -69,14 +68,6 @@ class MarginMiner(CandidateMiner):
         if self.min_score is not None:
             ok = ok & (s >= self.min_score)
         return ok
-
-    def select(
-        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
-    ) -> np.ndarray:
-        ok = self._eligible(candidates, eligible) & self.passes(candidates)
-        if self.sampling == "random":
-            return take_uniform(ok, self.num_negatives, rng)
-        return take_first(ok, self.num_negatives)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
