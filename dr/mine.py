@@ -77,7 +77,7 @@ def mine(cfg: DictConfig, out: Path) -> dict:
     positives = {q: sorted(d for d, g in judged.items() if g >= cfg.min_relevance) for q, judged in qrels.items()}
     qids = [q for q in queries if positives.get(q)]
     corpus = read_corpus(cfg.corpus)
-    if hasattr(miner, "corpus") and getattr(miner, "corpus", None) is None:
+    if getattr(miner, "corpus", False) is None:
         miner.corpus = np.asarray(corpus["docid"])  # the random miner draws from the whole corpus
 
     encoder = index = run = None

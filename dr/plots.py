@@ -7,6 +7,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from dr.io import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -18,13 +20,11 @@ def _pyplot():
 
 
 def _save(fig, out_png: str | os.PathLike) -> Path:
-    """Write the figure atomically (temporary file, then rename) and close it."""
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    """Write the figure atomically (see :func:`dr.io.atomic_write`) and close it."""
+    with atomic_write(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     _pyplot().close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    return Path(out_png)
 
 
 def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
