@@ -7,6 +7,14 @@ process. Each side encodes the corpus and the queries, searches exactly and pick
 Repeats alternate the two tools; the table shows medians.
 
     python scripts/bench_mine.py --docs 1000 --repeats 3
+
+With ``--effect`` it measures instead what the negatives do to retrieval quality: the packaged
+all-MiniLM-L6-v2 is trained from the same start, seed and number of steps with BM25 negatives
+(ranks 10-50), top-k, margin (TopK-PercPos 95%) and SimANS negatives mined by ``dr-mine`` with the
+untrained model (top-200 candidates), one negative per query per step, and evaluated on the SciFact
+test split under the shortened protocol of ``scripts/bench_common.py``.
+
+    python scripts/bench_mine.py --effect --steps 30 --seeds 42 --out bench/mine
 """
 
 from __future__ import annotations
@@ -69,6 +77,36 @@ def run_st(model, qids, qtexts, positives, docids, texts, top_k, num_negatives, 
     return len(out) * num_negatives
 
 
+# The miners' arms. The model scores with cosine similarity and trains at temperature 0.05, so the
+# logits are 20 x cos; SimANS's a=0.5 (reference code, on logits) is a = 0.5 * 20^2 = 200 on cosines.
+EFFECT_MINERS = {
+    "topk": ["miner=topk"],
+    "margin_topk_percpos95": ["miner=margin"],
+    "simans": ["miner=simans", "miner.a=200"],
+}
+
+
+def effect(args) -> None:
+    from pathlib import Path
+
+    from bench_common import run_app, table, train_arm
+
+    out = Path(args.out).resolve()
+    data = ["corpus=scifact:corpus", "queries=scifact:train_queries", "qrels=scifact:train_qrels"]
+    results = {"bm25 (ranks 10-50)": [train_arm(out, "bm25", [], seed, args.steps) for seed in args.seeds]}
+    for name, miner in EFFECT_MINERS.items():
+        negatives = out / "negatives" / f"{name}.jsonl"
+        if not negatives.is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] mining {name}", flush=True)
+            run_app("dr-mine", out / "negatives" / f"{name}.mine", [
+                "model=all-MiniLM-L6-v2", *data, *miner, f"output={negatives}", "top_k=200",
+                "encoder.passage_max_length=128", f"embeddings_cache={out / 'negatives' / 'corpus.npy'}",
+            ])
+        results[name] = [train_arm(out, name, [f"data.negatives={negatives}"], seed, args.steps) for seed in args.seeds]
+    print(f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens")
+    print(table(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1000, help="corpus size (the judged train abstracts plus random others)")
@@ -76,7 +114,13 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--num-negatives", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--effect", action="store_true", help="train with each miner's negatives and compare test nDCG@10")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--out", default="bench/mine")
     args = parser.parse_args()
+    if args.effect:
+        return effect(args)
 
     from sentence_transformers import SentenceTransformer
 
