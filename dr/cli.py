@@ -91,6 +91,20 @@ def _mine(cfg: DictConfig) -> None:
     mine(cfg, run_dir())
 
 
+@_hydra_app("score")
+def _score(cfg: DictConfig) -> None:
+    from dr.score import score
+
+    score(cfg, run_dir())
+
+
+@_hydra_app("cluster")
+def _cluster(cfg: DictConfig) -> None:
+    from dr.cluster import cluster
+
+    cluster(cfg, run_dir())
+
+
 def _main(app) -> None:
     try:
         app()
@@ -121,3 +135,11 @@ def export_main() -> None:
 def mine_main() -> None:
     _main(_mine)
 
+
+
+def score_main() -> None:
+    _main(_score)
+
+
+def cluster_main() -> None:
+    _main(_cluster)

@@ -22,8 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dr.bm25 import BM25
-from dr.data import passage_texts, read_corpus, read_qrels, read_queries
+from dr.data import passage_texts, read_corpus, read_qrels, read_queries, resolve_path
 from dr.negatives import NegativesRecord, bm25_negatives, read_negatives, sample_negatives, write_negatives
+from dr.teacher import TeacherScores, read_teacher_scores
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,18 @@ class QueryBatchSampler(Sampler[list[tuple[int, int]]]):
             return self.num_queries // global_batch
         return -(-self.num_queries // global_batch)
 
-    def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_queries)
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's global batches (``batch_size × world_size`` query indices each), a pure
+        function of (seed, epoch): subclasses (e.g. :mod:`dr.samplers`) override this only, and
+        inherit DDP sharding and mid-epoch resume."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_queries)
         global_batch = self.batch_size * self.world_size
+        return [order[b * global_batch : (b + 1) * global_batch] for b in range(len(self))]
+
+    def __iter__(self):
+        batches = self.global_batches(self.epoch)
         skip, self.skip = self.skip, 0
-        for b in range(skip, len(self)):
-            chunk = order[b * global_batch : (b + 1) * global_batch]
+        for chunk in batches[skip:]:
             mine = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             if len(mine):
                 yield [(int(i), self.epoch) for i in mine]
@@ -87,10 +94,22 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.skip = state["batches_done"] % max(1, len(self.batch_sampler))
 
 
-class ContrastiveDataset(Dataset):
-    """Query texts, positives and negative candidates; ``__getitem__((i, epoch))`` samples one example."""
+def uniform_pair_sampler(qid, positives, negatives, teacher, num_negatives, rng):
+    """The default example: one positive and ``num_negatives`` distinct candidates, uniformly."""
+    positive = positives[rng.integers(len(positives))]
+    return positive, sample_negatives(negatives, num_negatives, rng)
 
-    def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed):
+
+class ContrastiveDataset(Dataset):
+    """Query texts, positives and negative candidates; ``__getitem__((i, epoch))`` samples one example.
+
+    ``pair_sampler(qid, positives, negatives, teacher, num_negatives, rng) -> (positive, [negatives])``
+    chooses the example (default :func:`uniform_pair_sampler`; TAS-Balanced's margin-balanced
+    choice is in :mod:`dr.samplers`). ``teacher`` is a :class:`dr.teacher.TeacherScores` or None.
+    ``version`` counts negatives swaps (index refreshes, :mod:`dr.refresh`).
+    """
+
+    def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed, teacher=None, pair_sampler=None):
         self.qids = qids
         self.query_texts = query_texts
         self.positives = positives
@@ -98,6 +117,9 @@ class ContrastiveDataset(Dataset):
         self.passage_lookup = passage_lookup
         self.num_negatives = num_negatives
         self.seed = seed
+        self.teacher = teacher
+        self.pair_sampler = pair_sampler or uniform_pair_sampler
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -106,9 +128,8 @@ class ContrastiveDataset(Dataset):
         i, epoch = key
         rng = np.random.default_rng([self.seed, epoch, i])
         qid = self.qids[i]
-        positive = self.positives[qid][rng.integers(len(self.positives[qid]))]
-        negatives = sample_negatives(self.negatives.get(qid, []), self.num_negatives, rng)
-        return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives}
+        positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher, self.num_negatives, rng)
+        return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
 
 
 class RetrievalDataModule(pl.LightningDataModule):
@@ -119,8 +140,19 @@ class RetrievalDataModule(pl.LightningDataModule):
             ``scifact:corpus`` (see :func:`dr.data.resolve_path`).
         val_queries, val_qrels: a dev split; if absent, ``val_fraction`` of the training queries
             is held out instead (0 disables validation).
-        negatives: ``"bm25"`` or the path of a negatives file.
+        negatives: ``"bm25"``, the path of a negatives file, or None (the negatives of the
+            teacher-score triples when ``teacher_scores`` is set, else in-batch negatives only).
         num_negatives: hard negatives per query per step.
+        teacher_scores: path(s) of teacher-score files (:mod:`dr.teacher`, the published
+            Margin-MSE TSV format). Their positives count as positives and their negatives join
+            each query's candidates; batches carry ``teacher_pos`` / ``teacher_neg`` (NaN where
+            a pair is unscored).
+        teacher_from_negatives: the scores in the negatives file are teacher scores (as written
+            by ``dr-score`` on a negatives file), merged with ``teacher_scores``.
+        batch_sampler: a factory (Hydra ``_partial_``) called as ``factory(qids=, batch_size=,
+            seed=, rank=, world_size=)`` returning a :class:`QueryBatchSampler` (default: random
+            batches; TAS in :mod:`dr.samplers`).
+        pair_sampler: chooses each query's positive and negatives (see :class:`ContrastiveDataset`).
         bm25_rank_min, bm25_rank_max: the BM25 rank window negatives are drawn from.
         min_relevance: qrels grade that counts as a positive.
     """
@@ -143,6 +175,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         min_relevance: int = 1,
         seed: int = 42,
         output_dir: str | None = None,
+        teacher_scores: str | list[str] | None = None,
+        teacher_from_negatives: bool = False,
+        batch_sampler=None,
+        pair_sampler=None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -159,6 +195,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         queries = read_queries(hp.train_queries)
         qrels = read_qrels(hp.train_qrels)
         positives = self._positives(qrels, hp.train_qrels)
+        self.teacher = self._read_teacher(positives)
         qids = [q for q in queries if positives.get(q)]
         if not qids:
             raise ValueError(f"{hp.train_qrels}: no training query has a judged positive in the corpus")
@@ -185,14 +222,19 @@ class RetrievalDataModule(pl.LightningDataModule):
             if hp.output_dir:
                 write_negatives(Path(hp.output_dir) / "negatives.bm25.jsonl", records)
             negatives = {r.qid: r.negatives for r in records}
-        else:
+        elif hp.negatives:
             negatives = self._negatives_from_file(hp.negatives, positives)
+        else:
+            negatives = {}
+        if self.teacher is not None:
+            self._add_teacher_negatives(negatives, positives)
         missing = [q for q in qids if not negatives.get(q)]
-        if missing:
+        if missing and hp.num_negatives > 0:
             log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
 
         self.train_dataset = ContrastiveDataset(
-            qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed
+            qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed,
+            teacher=self.teacher, pair_sampler=hp.pair_sampler,
         )
         if self.val_queries:
             self._setup_validation(bm25)
@@ -210,13 +252,65 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.warning("%s: %d judged positives are not in the corpus and were skipped", source, unknown)
         return positives
 
+    def _read_teacher(self, positives: dict[str, list[str]]) -> TeacherScores | None:
+        paths = self.hparams.teacher_scores
+        if not paths and not self.hparams.teacher_from_negatives:
+            return None
+        teacher = TeacherScores()
+        for path in [paths] if isinstance(paths, str) else list(paths or []):
+            read_teacher_scores(resolve_path(path), into=teacher)
+        added = 0
+        for qid, pairs in teacher.pairs.items():  # the teacher's positives are positives
+            known = set(positives.get(qid, []))
+            new = sorted({p for p, _ in pairs if p in self.row_of and p not in known})
+            if new:
+                positives[qid] = sorted(known | set(new))
+                added += len(new)
+        if added:
+            log.info("teacher-score files add %d positives not in the qrels", added)
+        return teacher
+
+    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> None:
+        for qid, pairs in self.teacher.pairs.items():
+            pos = set(positives.get(qid, []))
+            have = negatives.setdefault(qid, [])
+            seen = set(have)
+            for _, neg in pairs:
+                if neg not in seen and neg not in pos and neg in self.row_of:
+                    have.append(neg)
+                    seen.add(neg)
+
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> dict[str, list[str]]:
         records: dict[str, NegativesRecord] = read_negatives(path)
         negatives = {}
         for qid, record in records.items():
             pos = set(positives.get(qid, [])) | set(record.positives)
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
+            if self.hparams.teacher_from_negatives and self.teacher is not None:
+                scores = self.teacher.scores[qid]
+                for docid, score in zip(record.positives, record.positive_scores):
+                    if score is not None:
+                        scores[docid] = float(score)
+                for docid, score in zip(record.negatives, record.negative_scores):
+                    if score is not None:
+                        scores[docid] = float(score)
         return negatives
+
+    def set_negatives(self, path: str, version: int) -> None:
+        """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
+
+        Only the candidates change (and their teacher scores with ``teacher_from_negatives``);
+        the queries, positives and batch order stay, so the run stays reproducible given the
+        versions' swap steps. Needs ``num_workers=0``: worker processes hold their own copies.
+        """
+        if self.hparams.num_workers > 0:
+            raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
+        positives = self.train_dataset.positives
+        negatives = self._negatives_from_file(path, positives)
+        if self.teacher is not None:
+            self._add_teacher_negatives(negatives, positives)
+        self.train_dataset.negatives = negatives
+        self.train_dataset.version = version
 
     def _setup_validation(self, bm25: BM25) -> None:
         qids = list(self.val_queries)
@@ -239,9 +333,11 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
-        sampler = QueryBatchSampler(
-            len(self.train_dataset), self.hparams.batch_size, self.hparams.seed, drop_last=True, rank=rank, world_size=world_size
-        )
+        hp = self.hparams
+        if hp.batch_sampler is None:
+            sampler = QueryBatchSampler(len(self.train_dataset), hp.batch_size, hp.seed, drop_last=True, rank=rank, world_size=world_size)
+        else:
+            sampler = hp.batch_sampler(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
         if len(sampler) == 0:
             raise ValueError(
                 f"{len(self.train_dataset)} training queries cannot fill one batch of {self.hparams.batch_size} x {world_size} ranks"
@@ -263,21 +359,44 @@ class RetrievalDataModule(pl.LightningDataModule):
     def collate_train(self, examples: list[dict]) -> dict:
         """Passages are laid out as [positives of all queries, then every query's negatives].
 
-        ``exclude[i, j]`` marks passage j as a known positive of query i that is not its target,
-        so the loss does not treat it as a negative.
+        ``target[i]`` is query i's positive (column i); ``neg_index[i, j]`` the column of its j-th
+        negative (-1 when it has fewer); ``exclude[i, j]`` marks passage j as a known positive
+        of query i that is not its target, so the loss does not treat it as a negative. With a
+        teacher, ``teacher_pos[i]`` and ``teacher_neg[i, j]`` are the teacher's scores of those
+        pairs (NaN when unscored). ``negatives_version`` is the negatives' version.
         """
+        qids = [ex["qid"] for ex in examples]
         positives = [ex["positive"] for ex in examples]
         negatives = [d for ex in examples for d in ex["negatives"]]
         docids = positives + negatives
-        relevant = [set(self.train_dataset.positives[ex["qid"]]) for ex in examples]
+        width = max((len(ex["negatives"]) for ex in examples), default=0)
+        neg_index = torch.full((len(examples), width), -1, dtype=torch.long)
+        col = len(examples)
+        for i, ex in enumerate(examples):
+            n = len(ex["negatives"])
+            neg_index[i, :n] = torch.arange(col, col + n)
+            col += n
+        relevant = [set(self.train_dataset.positives[q]) for q in qids]
         exclude = torch.tensor([[d in rel for d in docids] for rel in relevant], dtype=torch.bool)
-        return {
-            "qids": [ex["qid"] for ex in examples],
+        batch = {
+            "qids": qids,
             "queries": [ex["query"] for ex in examples],
             "passages": [self.passage_text(d) for d in docids],
+            "docids": docids,
             "target": torch.arange(len(examples)),
+            "neg_index": neg_index,
             "exclude": exclude,
+            "negatives_version": max((ex.get("version", 0) for ex in examples), default=0),
         }
+        teacher = self.train_dataset.teacher
+        if teacher is not None:
+            batch["teacher_pos"] = torch.tensor([teacher.score(q, p) for q, p in zip(qids, positives)], dtype=torch.float32)
+            teacher_neg = torch.full((len(examples), width), float("nan"))
+            for i, ex in enumerate(examples):
+                for j, d in enumerate(ex["negatives"]):
+                    teacher_neg[i, j] = teacher.score(ex["qid"], d)
+            batch["teacher_neg"] = teacher_neg
+        return batch
 
     def val_dataloader(self):
         if not self.val_queries:

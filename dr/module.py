@@ -16,12 +16,23 @@ from dr.evaluate import evaluate_run
 from dr.index import DenseIndex
 
 
+LOSS_INPUTS = ("target", "exclude", "neg_index", "teacher_pos", "teacher_neg", "teacher_matrix")
+
+
 class DenseRetrievalModule(pl.LightningModule):
     """Dual-encoder training.
 
     Args:
         encoder: the :class:`BiEncoder` to train.
-        loss: a module called as ``loss(q, d, target, exclude)``, e.g. :class:`losses.InfoNCELoss`.
+        loss: a module called as ``loss(q, d, **inputs)``, e.g. :class:`losses.InfoNCELoss`, where
+            ``q`` is ``[B, H]``, ``d`` is ``[P, H]`` (the batch's passages, see
+            :meth:`dr.datamodule.RetrievalDataModule.collate_train`) and ``inputs`` are the batch's
+            supervision tensors (:data:`LOSS_INPUTS`); every loss accepts and ignores the keys it
+            does not use. It returns a scalar, or a dict with ``"loss"`` and named components
+            (each is logged as ``train/<name>``).
+        inbatch_teacher: optional frozen scorer called as ``teacher(queries, passages)`` on the
+            batch's texts; it returns the ``[B, P]`` teacher score matrix, passed to the loss as
+            ``teacher_matrix`` (TAS-B's in-batch teacher).
         optimizer: a partial optimizer (Hydra ``_partial_: true``) completed with the parameters.
         scheduler: a partial LR-scheduler factory completed with the optimizer and, when it takes
             one, ``num_training_steps`` (the trainer's estimated stepping batches); stepped every step.
@@ -43,9 +54,13 @@ class DenseRetrievalModule(pl.LightningModule):
         step_seed: int | None = None,
         train_query_max_length: int | None = None,
         train_passage_max_length: int | None = None,
+        inbatch_teacher: nn.Module | None = None,
     ):
         super().__init__()
         self.encoder = encoder
+        self.inbatch_teacher = inbatch_teacher
+        if inbatch_teacher is not None:
+            inbatch_teacher.requires_grad_(False)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -75,9 +90,18 @@ class DenseRetrievalModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         q = self.encoder.embed_queries(batch["query_inputs"])
         d = self.encoder.embed_passages(batch["passage_inputs"])
-        loss = self.loss(q, d, batch["target"], batch.get("exclude"))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
-        return loss
+        if self.inbatch_teacher is not None:
+            self.inbatch_teacher.eval()
+            with torch.no_grad():
+                batch["teacher_matrix"] = self.inbatch_teacher(batch["queries"], batch["passages"]).to(q.device)
+        out = self.loss(q, d, **{k: batch[k] for k in LOSS_INPUTS if k in batch})
+        parts = out if isinstance(out, dict) else {"loss": out}
+        batch_size = len(batch["queries"])
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        if "negatives_version" in batch:
+            self.log("train/negatives_version", float(batch["negatives_version"]), batch_size=batch_size)
+        return parts["loss"]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])

@@ -55,5 +55,7 @@ class InfoNCELoss(nn.Module):
         d: torch.Tensor,
         target: torch.Tensor,
         exclude: torch.Tensor | None = None,
+        **_,
     ) -> torch.Tensor:
+        """Batch keys a loss does not use (teacher scores, ...) are accepted and ignored."""
         return info_nce(q.float() @ d.float().T, target, exclude, self.temperature)
