@@ -85,11 +85,21 @@ def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = No
     return teacher
 
 
+def format_teacher_line(pos_score: float, neg_score: float, qid: str, pos: str, neg: str) -> str:
+    """One line of the format (with its newline). Scores keep 8 significant digits (float32 round trip)."""
+    for name, value in (("qid", qid), ("pos_pid", pos), ("neg_pid", neg)):
+        if not value or any(c in str(value) for c in "\t\n\r"):
+            raise ValueError(f"{name} {value!r} cannot be written to a teacher-score file: empty or contains a tab/newline")
+    if not (math.isfinite(float(pos_score)) and math.isfinite(float(neg_score))):
+        raise ValueError(f"non-finite teacher score for ({qid}, {pos}, {neg}): {pos_score}, {neg_score}")
+    return f"{float(pos_score):.8g}\t{float(neg_score):.8g}\t{qid}\t{pos}\t{neg}\n"
+
+
 def write_teacher_scores(path: str | os.PathLike, rows: Iterable[tuple[float, float, str, str, str]]) -> int:
     """Write ``(pos_score, neg_score, qid, pos_pid, neg_pid)`` rows atomically; returns the count."""
     n = 0
     with atomic_write(path) as f:
-        for pos_score, neg_score, qid, pos, neg in rows:
-            f.write(f"{float(pos_score):.6g}\t{float(neg_score):.6g}\t{qid}\t{pos}\t{neg}\n")
+        for row in rows:
+            f.write(format_teacher_line(*row))
             n += 1
     return n

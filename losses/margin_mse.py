@@ -1,0 +1,108 @@
+"""Margin-MSE: match the student's score margins to a teacher's.
+
+Formula (Hofstätter et al. 2020, "Improving Efficient Neural Ranking Models with
+Cross-Architecture Knowledge Distillation", arXiv:2010.02666, Eq. 1)::
+
+    L = mean over valid (i, j) of ( (s(q_i, d_i⁺) − s(q_i, d_ij⁻)) − (t(q_i, d_i⁺) − t(q_i, d_ij⁻)) )²
+
+where s is the student (here the dual encoder's q·d) and t the teacher. Only margins are matched,
+so teacher and student may score on different scales (a cross-encoder's logits, a fused
+BM25 + dense score in [0, 1], ...). The pairwise form is one negative per query (N = 1); with N
+negatives per query there is one margin per negative and the loss averages all of them (the
+multi-negative form, as in TAS-B's reference code).
+
+A pair is skipped (masked out of the mean) when its negative is missing (``neg_index == -1``) or
+either teacher score is NaN (unscored). When no pair of the batch is valid the loss is a zero
+that still belongs to the graph, so a training step never crashes on a batch without teacher
+scores.
+
+Inputs (batch keys, see :meth:`dr.datamodule.RetrievalDataModule.collate_train`): query
+embeddings ``q [B, H]``, passage embeddings ``d [P, H]``, ``target [B]`` (column of each query's
+positive), ``neg_index [B, N]`` (columns of its negatives, -1 if missing), ``teacher_pos [B]`` and
+``teacher_neg [B, N]``.
+
+Recommended settings: a teacher file from ``dr-score`` (``data.teacher_scores``); with a cosine
+student (scores in [-1, 1]) use a teacher whose margins are of the same order (the min-max
+normalised fusion teacher: margins in [-1, 1]) or set ``student_scale`` (student scores are
+multiplied by it before taking margins, like an inverse temperature). TAS-B: dot product, lr 7e-6.
+Related: the TAS-B in-batch term (``losses/inbatch.py``), InfoNCE (``losses/infonce.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def margin_mse(
+    s_pos: torch.Tensor,
+    s_neg: torch.Tensor,
+    t_pos: torch.Tensor,
+    t_neg: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Margin-MSE on precomputed scores.
+
+    ``s_pos``/``t_pos`` are ``[B]``; ``s_neg``/``t_neg`` are ``[B]`` (pairwise form) or ``[B, N]``
+    (one margin per negative). ``mask`` (same shape as ``s_neg``) marks the pairs to use; pairs
+    whose teacher scores are NaN are skipped as well. Returns the mean squared margin difference
+    over the valid pairs (a graph-connected zero when there is none).
+    """
+    if s_neg.dim() == 1:
+        s_neg, t_neg = s_neg[:, None], t_neg[:, None]
+        mask = None if mask is None else mask[:, None]
+    s_pos, s_neg = s_pos.float(), s_neg.float()
+    t_pos, t_neg = t_pos.to(s_pos), t_neg.to(s_pos)
+    valid = torch.isfinite(t_pos)[:, None] & torch.isfinite(t_neg)
+    if mask is not None:
+        valid = valid & mask.bool()
+    diff = (s_pos[:, None] - s_neg) - (t_pos[:, None] - t_neg)
+    if not bool(valid.any()):
+        return (s_pos.sum() + s_neg.sum()) * 0.0
+    # where() instead of multiplying by the mask: NaN teacher entries must not reach the gradient.
+    return torch.where(valid, diff, torch.zeros_like(diff)).pow(2).sum() / valid.sum()
+
+
+def gather_pair_scores(scores: torch.Tensor, target: torch.Tensor, neg_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From a ``[B, P]`` score matrix: ``s_pos [B]``, ``s_neg [B, N]`` and the ``[B, N]`` mask of
+    existing negatives (``neg_index >= 0``)."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    s_pos = scores[rows, target]
+    neg_index = neg_index.to(scores.device)
+    present = neg_index >= 0
+    s_neg = scores.gather(1, neg_index.clamp(min=0))
+    return s_pos, s_neg, present
+
+
+class MarginMSELoss(nn.Module):
+    """Margin-MSE against pairwise teacher scores (see module docstring).
+
+    Args:
+        student_scale: student scores are multiplied by this before taking margins (1 = raw
+            q·d). Useful when a cosine student must match a teacher on a wider scale.
+    """
+
+    def __init__(self, student_scale: float = 1.0):
+        super().__init__()
+        if student_scale <= 0:
+            raise ValueError(f"student_scale must be positive, got {student_scale}")
+        self.student_scale = student_scale
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        d: torch.Tensor,
+        target: torch.Tensor,
+        neg_index: torch.Tensor | None = None,
+        teacher_pos: torch.Tensor | None = None,
+        teacher_neg: torch.Tensor | None = None,
+        **_,
+    ) -> torch.Tensor:
+        if teacher_pos is None or teacher_neg is None or neg_index is None:
+            raise ValueError(
+                "Margin-MSE needs teacher scores in the batch: set data.teacher_scores=FILE "
+                "(a dr-score TSV) or data.negatives=FILE data.teacher_from_negatives=true"
+            )
+        scores = self.student_scale * (q.float() @ d.float().T)
+        s_pos, s_neg, present = gather_pair_scores(scores, target, neg_index)
+        return margin_mse(s_pos, s_neg, teacher_pos.to(scores.device), teacher_neg.to(scores.device), present)

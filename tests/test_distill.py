@@ -1,0 +1,225 @@
+"""Distillation losses against hand-computed values, and real training steps with teachers."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dr.cli import config_dir
+from dr.data import read_qrels, read_queries
+from dr.teacher import write_teacher_scores
+from losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, listwise_kl, margin_mse
+
+nan = float("nan")
+
+
+# ------------------------------------------------------------------ Margin-MSE
+def test_margin_mse_pairwise_value_and_gradient():
+    s_pos = torch.tensor([1.0, 0.5], requires_grad=True)
+    s_neg = torch.tensor([0.2, 0.7], requires_grad=True)
+    # student margins (0.8, -0.2), teacher margins (2, -1): differences (-1.2, 0.8)
+    loss = margin_mse(s_pos, s_neg, torch.tensor([3.0, 1.0]), torch.tensor([1.0, 2.0]))
+    assert loss.item() == pytest.approx((1.44 + 0.64) / 2)
+    loss.backward()
+    # d/ds_pos = 2·diff/2: the first margin is too small, so descent raises s_pos[0] and lowers s_neg[0]
+    assert s_pos.grad.tolist() == pytest.approx([-1.2, 0.8])
+    assert s_neg.grad.tolist() == pytest.approx([1.2, -0.8])
+
+
+def test_margin_mse_multi_negative_skips_nan_and_missing():
+    s_pos = torch.tensor([1.0, 2.0], requires_grad=True)
+    s_neg = torch.tensor([[0.5, 0.0, 9.0], [1.0, 1.5, 0.0]], requires_grad=True)
+    t_pos = torch.tensor([2.0, nan])  # query 1 unscored: all its pairs are skipped
+    t_neg = torch.tensor([[1.0, nan, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    loss = margin_mse(s_pos, s_neg, t_pos, t_neg, mask)
+    assert loss.item() == pytest.approx((0.5 - 1.0) ** 2)  # only (q0, neg0) is valid
+    loss.backward()
+    assert torch.isfinite(s_neg.grad).all() and torch.isfinite(s_pos.grad).all()
+    assert s_neg.grad[0, 1] == 0 and s_neg.grad[0, 2] == 0 and s_pos.grad[1] == 0
+    # one margin per negative, averaged: two valid negatives
+    loss2 = margin_mse(torch.tensor([1.0]), torch.tensor([[0.5, 0.0]]), torch.tensor([2.0]), torch.tensor([[1.0, 1.0]]))
+    assert loss2.item() == pytest.approx(((0.5 - 1.0) ** 2 + (1.0 - 1.0) ** 2) / 2)
+
+
+def test_margin_mse_no_valid_pair_is_a_zero_with_a_graph():
+    s_pos = torch.tensor([1.0], requires_grad=True)
+    loss = margin_mse(s_pos, torch.tensor([[0.3]]), torch.tensor([nan]), torch.tensor([[1.0]]))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert s_pos.grad.tolist() == [0.0]
+
+
+def test_margin_mse_loss_module_on_embeddings():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    d = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.3, 0.6]])  # [pos0, pos1, neg0, neg1]
+    neg_index = torch.tensor([[2], [3]])
+    t_pos, t_neg = torch.tensor([4.0, 3.0]), torch.tensor([[1.0], [2.0]])
+    loss = MarginMSELoss()(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg, exclude=None)
+    # q0: 0.9-0.5=0.4 vs 3 -> (-2.6)²; q1: 0.8-0.6=0.2 vs 1 -> (-0.8)²
+    assert loss.item() == pytest.approx((2.6**2 + 0.8**2) / 2)
+    scaled = MarginMSELoss(student_scale=10.0)(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg)
+    assert scaled.item() == pytest.approx((1.0**2 + 1.0**2) / 2)
+    with pytest.raises(ValueError, match="teacher_scores"):
+        MarginMSELoss()(q, d, target=torch.arange(2), neg_index=neg_index)
+
+
+# ------------------------------------------------------------------ in-batch term
+S = torch.tensor([[0.9, 0.3, 0.5, 0.1], [0.2, 0.8, 0.4, 0.6]])  # columns: pos0, pos1, neg0, neg1
+T = torch.tensor([[5.0, 1.0, 3.0, 2.0], [1.0, 4.0, 1.0, 3.0]])
+NEG = torch.tensor([[2], [3]])
+# in-batch positives: q0 vs pos1: (0.6 - 4)² = 11.56; q1 vs pos0: (0.6 - 3)² = 5.76
+# in-batch negatives: q0 vs neg1: (0.8 - 3)² = 4.84; q1 vs neg0: (0.4 - 3)² = 6.76
+L_POS, L_NEG = (11.56 + 5.76) / 2, (4.84 + 6.76) / 2
+
+
+def test_inbatch_margin_mse_by_hand():
+    parts = inbatch_margin_mse(S, T, torch.arange(2), NEG)
+    assert parts["inbatch_pos"].item() == pytest.approx(L_POS)
+    assert parts["inbatch_neg"].item() == pytest.approx(L_NEG)
+    assert parts["inbatch"].item() == pytest.approx(0.5 * (L_POS + L_NEG))
+
+
+def test_inbatch_masks_own_positive_and_own_negatives():
+    base = inbatch_margin_mse(S, T, torch.arange(2), NEG)["inbatch"].item()
+    for i, j in ((0, 2), (1, 3)):  # a query's own negative is the pairwise term's business
+        moved = S.clone()
+        moved[i, j] += 5.0
+        # s_pos still enters every margin of row i, so move only the own-negative column
+        assert inbatch_margin_mse(moved, T, torch.arange(2), NEG)["inbatch"].item() == pytest.approx(base)
+        t_moved = T.clone()
+        t_moved[i, j] = -100.0
+        assert inbatch_margin_mse(S, t_moved, torch.arange(2), NEG)["inbatch"].item() == pytest.approx(base)
+    moved = S.clone()
+    moved[0, 3] += 1.0  # another query's negative counts
+    assert inbatch_margin_mse(moved, T, torch.arange(2), NEG)["inbatch"].item() != pytest.approx(base)
+
+
+def test_inbatch_skips_nan_teacher_and_handles_no_negatives():
+    t = T.clone()
+    t[0, 3] = nan
+    parts = inbatch_margin_mse(S, t, torch.arange(2), NEG)
+    assert parts["inbatch_neg"].item() == pytest.approx(6.76)
+    only_pos = inbatch_margin_mse(S[:, :2], T[:, :2], torch.arange(2), torch.zeros(2, 0, dtype=torch.long))
+    assert set(only_pos) == {"inbatch", "inbatch_pos"} and only_pos["inbatch"].item() == pytest.approx(L_POS)
+
+
+def test_inbatch_gradient_direction():
+    s = S.clone().requires_grad_(True)
+    inbatch_margin_mse(s, T, torch.arange(2), NEG)["inbatch"].backward()
+    # every student margin is smaller than the teacher's: descent raises s_pos, lowers the others
+    assert s.grad[0, 0] < 0 and s.grad[1, 1] < 0
+    assert s.grad[0, 1] > 0 and s.grad[0, 3] > 0 and s.grad[1, 0] > 0 and s.grad[1, 2] > 0
+    assert s.grad[0, 2] == 0 and s.grad[1, 3] == 0  # own negatives masked
+
+
+def test_listwise_kl_by_hand_with_temperature():
+    s = torch.tensor([[0.0, 0.0, 7.0]], requires_grad=True)
+    t = torch.tensor([[math.log(3.0), 0.0, nan]])  # NaN: left out of both softmaxes
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    loss = listwise_kl(s, t, temperature=1.0)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert s.grad[0].tolist() == pytest.approx([0.5 - 0.75, 0.5 - 0.25, 0.0])  # T·(p_s − p_t)
+    # T = 2 on doubled teacher scores: same distributions, loss scaled by T² = 4
+    assert listwise_kl(s.detach(), 2 * t, temperature=2.0).item() == pytest.approx(4 * expected)
+    q = torch.eye(2)
+    d = S.T.contiguous()
+    assert InBatchKLLoss(temperature=1.0)(q, d, teacher_matrix=T).item() == pytest.approx(listwise_kl(S, T).item())
+
+
+def test_distillation_loss_combines_pair_and_inbatch():
+    q, d = torch.eye(2), S.T.contiguous()  # q @ d.T == S
+    inputs = dict(target=torch.arange(2), neg_index=NEG, teacher_pos=torch.tensor([5.0, 4.0]),
+                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T, exclude=torch.zeros(2, 4, dtype=torch.bool))
+    out = DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), inbatch_weight=0.75)(q, d, **inputs)
+    pair = ((0.4 - 2.0) ** 2 + (0.2 - 1.0) ** 2) / 2
+    assert out["pair"].item() == pytest.approx(pair)
+    assert out["inbatch"].item() == pytest.approx(0.5 * (L_POS + L_NEG))
+    assert out["loss"].item() == pytest.approx(pair + 0.75 * 0.5 * (L_POS + L_NEG))
+    with pytest.raises(ValueError, match="inbatch_teacher"):
+        DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss())(q, d, **{**inputs, "teacher_matrix": None})
+
+
+# ------------------------------------------------------------------ real training steps
+def _teacher_file(data: dict, path: Path) -> Path:
+    """Random teacher scores for each train query: its positive against 3 other judged documents."""
+    queries, qrels = read_queries(data["train_queries"]), read_qrels(data["train_qrels"])
+    qids = [q for q in queries if q in qrels]
+    docs = sorted({d for q in qids for d in qrels[q]})
+    rng = np.random.default_rng(0)
+    rows = []
+    for q in qids:
+        pos = sorted(qrels[q])[0]
+        for neg in rng.choice([d for d in docs if d not in qrels[q]], size=3, replace=False):
+            rows.append((rng.uniform(0.5, 1.0), rng.uniform(0.0, 0.6), q, pos, str(neg)))
+    write_teacher_scores(path, rows)
+    return path
+
+
+def _train(tiny_bert, data, out, extra):
+    from dr.train import train
+
+    overrides = [
+        f"paths.output_dir={out}", f"encoder.name_or_path={tiny_bert}", "encoder.pooling=cls",
+        "encoder.query_max_length=16", "encoder.passage_max_length=32", f"data.corpus={data['corpus']}",
+        f"data.train_queries={data['train_queries']}", f"data.train_qrels={data['train_qrels']}",
+        "data.batch_size=8", "data.val_fraction=0", "data.num_negatives=2", "trainer.accelerator=cpu",
+        "trainer.precision=32-true", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1", "test.enabled=false", "export.enabled=false", "optimizer.lr=1e-3", *extra,
+    ]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    metrics = train(cfg)
+    assert metrics["train/global_step"] == 2
+    with open(out / "logs" / "metrics.csv") as f:
+        return [row for row in csv.DictReader(f)]
+
+
+def _logged(rows, name):
+    return [float(r[name]) for r in rows if r.get(name)]
+
+
+def test_training_with_teacher_file_margin_mse(tiny_bert, scifact_slice, tmp_path):
+    teacher = _teacher_file(scifact_slice, tmp_path / "teacher.tsv")
+    rows = _train(tiny_bert, scifact_slice, tmp_path / "run", ["loss=margin_mse", f"data.teacher_scores={teacher}", "data.negatives=null"])
+    losses = _logged(rows, "train/loss")
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+
+
+def test_training_with_inbatch_fusion_teacher(tiny_bert, scifact_slice, tmp_path):
+    teacher = _teacher_file(scifact_slice, tmp_path / "teacher.tsv")
+    rows = _train(tiny_bert, scifact_slice, tmp_path / "run", [
+        "loss=tas_b", f"data.teacher_scores={teacher}", "data.negatives=null",
+        "inbatch_teacher=fusion", f"module.inbatch_teacher.model={tiny_bert}",
+    ])
+    pair, inbatch, total = _logged(rows, "train/pair"), _logged(rows, "train/inbatch"), _logged(rows, "train/loss")
+    assert len(pair) == len(inbatch) == len(total) == 2
+    for p, i, t in zip(pair, inbatch, total):
+        assert i > 0 and t == pytest.approx(p + 0.75 * i, rel=1e-5)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any("inbatch_teacher" in k for k in ckpt["state_dict"])  # the teacher is not checkpointed
+
+
+def test_training_with_teacher_scores_in_a_negatives_file(tiny_bert, scifact_slice, tmp_path):
+    """data.teacher_from_negatives: the negatives file's scores (as dr-score writes them) are the teacher."""
+    from dr.negatives import NegativesRecord, write_negatives
+    from dr.teacher import read_teacher_scores
+
+    teacher = read_teacher_scores(_teacher_file(scifact_slice, tmp_path / "teacher.tsv"))
+    records = []
+    for qid, pairs in teacher.pairs.items():
+        pos, negs = pairs[0][0], [n for _, n in pairs]
+        records.append(NegativesRecord(qid, [pos], negs, [teacher.score(qid, n) for n in negs], [teacher.score(qid, pos)]))
+    write_negatives(tmp_path / "scored.jsonl", records)
+    rows = _train(tiny_bert, scifact_slice, tmp_path / "run", [
+        "loss=margin_mse", f"data.negatives={tmp_path / 'scored.jsonl'}", "data.teacher_from_negatives=true",
+    ])
+    losses = _logged(rows, "train/loss")
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
