@@ -60,11 +60,12 @@ class DenseIndex:
         nprobe: int = 32,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        gpu_fp16: bool = False,
     ) -> "DenseIndex":
         """Index ``embeddings`` (float32 ``[N, dim]``) with inner product.
 
         ``use_gpu=None`` uses the GPU when faiss-gpu sees one (flat and IVF only; HNSW is CPU-only
-        in FAISS).
+        in FAISS); ``gpu_fp16`` stores the GPU copy in float16 (half the memory, for refreshes).
         """
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(docids):
@@ -80,16 +81,16 @@ class DenseIndex:
         if use_gpu is None:
             use_gpu = gpu_available() and kind != "hnsw"
         if use_gpu:
-            built.to_gpu()
+            built.to_gpu(fp16=gpu_fp16)
         return built
 
-    def to_gpu(self, device: int = 0) -> "DenseIndex":
-        """Search on a GPU from now on; the CPU copy stays for saving."""
+    def to_gpu(self, device: int = 0, fp16: bool = False) -> "DenseIndex":
+        """Search on a GPU from now on (vectors in float16 with ``fp16``); the CPU copy stays for saving."""
         if not gpu_available():
             raise RuntimeError("FAISS has no GPU support here (install faiss-gpu and use a CUDA device)")
         resources = faiss.StandardGpuResources()
         options = faiss.GpuClonerOptions()
-        options.useFloat16 = False
+        options.useFloat16 = fp16
         self._gpu_resources = resources
         self._search_index = faiss.index_cpu_to_gpu(resources, device, self.index, options)
         return self

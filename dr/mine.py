@@ -68,6 +68,80 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     return {f"p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), q)}
 
 
+def dense_candidates(encoder, index: DenseIndex, embeddings: np.ndarray, row_of: dict[str, int], queries: dict[str, str],
+                     positives: dict[str, list[str]], top_k: int, batch_size: int = 64, bf16: bool = False):
+    """A candidate source for :func:`mine_queries`: encode a chunk of queries and search ``index``.
+
+    The positives' scores are exact (q · d⁺ with the corpus ``embeddings``), retrieved or not.
+    """
+
+    def candidates(chunk: list[str]):
+        q_emb = encoder.encode_queries([queries[q] for q in chunk], batch_size=batch_size, bf16=bf16, show_progress=False)
+        scores, cand_ids = index.search(q_emb, top_k)
+        cand_scores = [row[: len(ids)].tolist() for row, ids in zip(scores, cand_ids)]
+        pos_scores = [
+            [float(q_emb[i] @ np.asarray(embeddings[row_of[d]])) for d in positives[q] if d in row_of]
+            for i, q in enumerate(chunk)
+        ]
+        return cand_ids, cand_scores, pos_scores
+
+    return candidates
+
+
+def run_candidates(run: dict[str, dict[str, float]], positives: dict[str, list[str]]):
+    """A candidate source for :func:`mine_queries` from a run file's rankings."""
+
+    def candidates(chunk: list[str]):
+        cand_ids = [list(run.get(q, {})) for q in chunk]
+        cand_scores = [list(run.get(q, {}).values()) for q in chunk]
+        pos_scores = [[run.get(q, {}).get(d, np.nan) for d in positives[q]] for q in chunk]
+        return cand_ids, cand_scores, pos_scores
+
+    return candidates
+
+
+def mine_queries(qids: list[str], positives: dict[str, list[str]], candidates, miner, rng: np.random.Generator,
+                 chunk_size: int = 1024, show_progress: bool = True) -> tuple[list[NegativesRecord], dict]:
+    """Apply ``miner`` to the candidates of ``qids``, chunk by chunk; returns the records and their statistics.
+
+    ``candidates(chunk) -> (candidate ids, candidate scores, positive scores)``, one list per
+    query (see :func:`dense_candidates`, :func:`run_candidates`). Shared by ``dr-mine`` and the
+    index refresh (:mod:`dr.refresh`).
+    """
+    records: list[NegativesRecord] = []
+    pos_scores_all, neg_scores_all, retrieved = [], [], 0
+    for start in tqdm(range(0, len(qids), chunk_size), desc="mine", unit="chunk", disable=not show_progress):
+        chunk = qids[start : start + chunk_size]
+        cand_ids, cand_scores, pos_scores = candidates(chunk)
+        batch = Candidates.from_lists(cand_ids, cand_scores, [positives[q] for q in chunk], pos_scores)
+        mined = miner(batch, rng)
+        neg_ids, neg_scores = mined.to_lists()
+        retrieved += int(batch.is_positive.any(axis=1).sum())
+        for q, p_scores, n_ids, n_scores in zip(chunk, pos_scores, neg_ids, neg_scores):
+            p_scores = [None if np.isnan(s) else float(s) for s in p_scores]
+            n_scores = [None if np.isnan(s) else float(s) for s in n_scores]
+            records.append(NegativesRecord(q, positives[q], [str(d) for d in n_ids], n_scores, p_scores))
+            pos_scores_all += [s for s in p_scores if s is not None]
+            neg_scores_all += [s for s in n_scores if s is not None]
+    counts = [len(r.negatives) for r in records]
+    stats = {
+        "queries": len(records),
+        "negatives_per_query": float(np.mean(counts)) if counts else 0.0,
+        "queries_without_negatives": int(sum(c == 0 for c in counts)),
+        "positive_retrieved_in_top_k": retrieved / max(1, len(records)),
+        "positive_score": _quantiles(pos_scores_all),
+        "negative_score": _quantiles(neg_scores_all),
+    }
+    return records, stats
+
+
+def score_lists(records: list[NegativesRecord]) -> tuple[list[float], list[float]]:
+    """The known positive and negative scores of mined records (for the histogram)."""
+    pos = [s for r in records for s in r.positive_scores if s is not None]
+    neg = [s for r in records for s in r.negative_scores if s is not None]
+    return pos, neg
+
+
 def mine(cfg: DictConfig, out: Path) -> dict:
     """Mine negatives as configured; returns the summary statistics (also written next to the file)."""
     rng = np.random.default_rng(cfg.seed)
@@ -80,9 +154,8 @@ def mine(cfg: DictConfig, out: Path) -> dict:
     if getattr(miner, "corpus", False) is None:
         miner.corpus = np.asarray(corpus["docid"])  # the random miner draws from the whole corpus
 
-    encoder = index = run = None
     if cfg.get("run_file"):
-        run = read_run(cfg.run_file)
+        candidates = run_candidates(read_run(cfg.run_file), positives)
     else:
         from dr.commands import load_encoder
 
@@ -90,49 +163,16 @@ def mine(cfg: DictConfig, out: Path) -> dict:
         embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
         index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
         row_of = {d: i for i, d in enumerate(corpus["docid"])}
+        candidates = dense_candidates(encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16)
 
-    records: list[NegativesRecord] = []
-    pos_scores_all, neg_scores_all, retrieved = [], [], 0
-    for start in tqdm(range(0, len(qids), cfg.chunk_size), desc="mine", unit="chunk"):
-        chunk = qids[start : start + cfg.chunk_size]
-        if run is not None:
-            cand_ids = [list(run.get(q, {})) for q in chunk]
-            cand_scores = [list(run.get(q, {}).values()) for q in chunk]
-            pos_scores = [[run.get(q, {}).get(d, np.nan) for d in positives[q]] for q in chunk]
-        else:
-            q_emb = encoder.encode_queries([queries[q] for q in chunk], batch_size=cfg.batch_size, bf16=cfg.bf16, show_progress=False)
-            scores, cand_ids = index.search(q_emb, cfg.top_k)
-            cand_scores = [row[: len(ids)].tolist() for row, ids in zip(scores, cand_ids)]
-            pos_scores = [
-                [float(q_emb[i] @ np.asarray(embeddings[row_of[d]])) for d in positives[q] if d in row_of]
-                for i, q in enumerate(chunk)
-            ]
-        candidates = Candidates.from_lists(cand_ids, cand_scores, [positives[q] for q in chunk], pos_scores)
-        mined = miner(candidates, rng)
-        neg_ids, neg_scores = mined.to_lists()
-        retrieved += int(candidates.is_positive.any(axis=1).sum())
-        for q, p_scores, n_ids, n_scores in zip(chunk, pos_scores, neg_ids, neg_scores):
-            p_scores = [None if np.isnan(s) else float(s) for s in p_scores]
-            n_scores = [None if np.isnan(s) else float(s) for s in n_scores]
-            records.append(NegativesRecord(q, positives[q], [str(d) for d in n_ids], n_scores, p_scores))
-            pos_scores_all += [s for s in p_scores if s is not None]
-            neg_scores_all += [s for s in n_scores if s is not None]
-
+    records, stats = mine_queries(qids, positives, candidates, miner, rng, cfg.chunk_size)
     target = Path(cfg.output) if cfg.get("output") else out / "negatives.jsonl"
     write_negatives(target, records)
-    counts = [len(r.negatives) for r in records]
-    stats = {
-        "queries": len(records),
-        "negatives_per_query": float(np.mean(counts)) if counts else 0.0,
-        "queries_without_negatives": int(sum(c == 0 for c in counts)),
-        "positive_retrieved_in_top_k": retrieved / max(1, len(records)),
-        "positive_score": _quantiles(pos_scores_all),
-        "negative_score": _quantiles(neg_scores_all),
-    }
     write_json(target.with_name(target.name + ".stats.json"), stats)
+    pos_scores_all, neg_scores_all = score_lists(records)
     if pos_scores_all or neg_scores_all:
         plot_score_histogram(pos_scores_all, neg_scores_all, target.with_name(target.name + ".scores.png"),
                              title=f"{len(records)} queries, miner {cfg.miner._target_.rsplit('.', 1)[-1]}")
     print(json.dumps(stats, indent=2))
-    print(f"wrote {sum(counts)} negatives for {len(records)} queries to {target}")
+    print(f"wrote {sum(len(r.negatives) for r in records)} negatives for {len(records)} queries to {target}")
     return stats

@@ -1,7 +1,8 @@
 """``train(cfg)``: the whole training job as a plain function that returns its metrics.
 
 Steps: seed everything; optionally evaluate the untrained encoder and BM25 on the test split;
-fit with Lightning (checkpoints, CSV logs, resume with ``ckpt_path``); evaluate the trained
+fit with Lightning (checkpoints, CSV logs, resume with ``ckpt_path``; with ``refresh.enabled``,
+the negatives are re-mined during training by :class:`dr.refresh.IndexRefresh`); evaluate the trained
 encoder on the test split; export it; write ``metrics.json`` and the run files into the run
 directory and print a comparison table.
 """
@@ -94,9 +95,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if test is not None and cfg.test.before:
         evaluate("zero_shot", lambda: test.dense(module.encoder))
 
+    callbacks = _instantiate_list(cfg.get("callbacks"))
+    refresh = None
+    if cfg.get("refresh") is not None and cfg.refresh.get("enabled", False):
+        # Index refresh (dr/refresh.py): re-mined negatives swapped in during training.
+        refresh = hydra.utils.instantiate(cfg.refresh)
+        callbacks.append(refresh)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=_instantiate_list(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=_instantiate_list(cfg.get("logger")) or False,
         default_root_dir=str(out),
     )
@@ -104,6 +111,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     timings["time/train_s"] = time.perf_counter() - t0
     metrics["train/global_step"] = float(trainer.global_step)
+    if refresh is not None:
+        metrics.update(refresh.summary(train_seconds=timings["time/train_s"]))
     for name, value in trainer.callback_metrics.items():
         if name.startswith("val/"):
             metrics[name] = float(value)

@@ -1,0 +1,266 @@
+"""Index refresh (dr/refresh.py): real Trainer, real worker processes, real FAISS, tiny BERT."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from dr.cli import config_dir
+from dr.data import read_qrels
+from dr.negatives import read_negatives
+from dr.refresh import FAILED, MANIFEST, NEGATIVES, clean_refresh_dir, verified_manifest, version_dir, write_json
+from dr.train import train
+
+
+def _overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int, mode: str, every: int) -> list[str]:
+    return [
+        f"paths.output_dir={out}",
+        f"encoder.name_or_path={tiny_bert}",
+        "encoder.pooling=cls",
+        "encoder.query_max_length=16",
+        "encoder.passage_max_length=32",
+        f"data.corpus={data['corpus']}",
+        f"data.train_queries={data['train_queries']}",
+        f"data.train_qrels={data['train_qrels']}",
+        "data.batch_size=8",
+        "data.val_fraction=0",
+        "test.enabled=false",
+        "export.enabled=false",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        f"trainer.max_steps={max_steps}",
+        "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "optimizer.lr=1e-3",
+        f"refresh={mode}",
+        f"refresh.every_n_steps={every}",
+        "refresh.top_k=20",
+        "refresh.batch_size=64",
+        "miner@refresh.miner=topk",
+        "refresh.miner.num_negatives=4",
+    ]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+class VersionRecorder(pl.Callback):
+    """Records each batch's negatives version; at given steps it holds the trainer (test only)
+    until a file appears, so the asynchronous worker's timing does not decide the test."""
+
+    def __init__(self, path: str, wait: list | None = None, timeout_s: float = 120.0):
+        self.path = path
+        self.wait = {int(step): name for step, name in (wait or [])}
+        self.timeout_s = timeout_s
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.global_step, int(batch["negatives_version"])))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        name = self.wait.get(trainer.global_step)
+        if name is None:
+            return
+        target = Path(trainer.default_root_dir) / "refresh" / name
+        deadline = time.monotonic() + self.timeout_s
+        while not _ready(target) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _ready(target), f"{target} did not appear in {self.timeout_s} s"
+
+    def on_train_end(self, trainer, pl_module):
+        Path(self.path).write_text(json.dumps(self.seen))
+
+
+def _ready(target: Path) -> bool:
+    if target.name == "worker.dead":  # the worker whose pid is in worker.pid has exited
+        pid = json.loads((target.parent / "worker.pid").read_text())["pid"]
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state in ("Z", "X")
+    return target.exists()
+
+
+def _with_recorder(cfg, path: Path, wait: list):
+    with open_dict(cfg):
+        cfg.callbacks.recorder = {"_target_": "test_refresh.VersionRecorder", "path": str(path), "wait": wait}
+    return cfg
+
+
+class LengthTeacher:
+    """A stand-in teacher for the scoring hook: the score of a pair is the passage's length."""
+
+    def score_groups(self, queries, passages):
+        return [[float(len(p)) for p in group] for group in passages]
+
+
+def _check_negatives(path: Path, data: dict) -> dict:
+    records = read_negatives(path)
+    qrels = read_qrels(data["train_qrels"])
+    assert records and set(records) <= set(qrels)
+    for qid, record in records.items():
+        assert not set(record.negatives) & set(qrels[qid]), qid  # never a positive
+        assert 0 < len(record.negatives) <= 4
+    return records
+
+
+@pytest.fixture(scope="module")
+def async_run(tiny_bert, scifact_slice, tmp_path_factory):
+    """Async refresh every 3 steps; version 2's worker crashes (fail_versions=[2])."""
+    out = tmp_path_factory.mktemp("async") / "run"
+    seen = out.parent / "seen.json"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + ["refresh.fail_versions=[2]"])
+    # v1 is submitted at step 3, v2 at 6 (crashes), v3 at 9: hold the trainer until each lands.
+    cfg = _with_recorder(cfg, seen, [[4, "v0001/manifest.json"], [7, "worker.dead"], [10, "v0003/manifest.json"]])
+    t0 = time.perf_counter()
+    metrics = train(cfg)
+    return {"out": out, "metrics": metrics, "seen": json.loads(seen.read_text()), "wall": time.perf_counter() - t0}
+
+
+def test_async_refresh_swaps_in_new_negatives(async_run, scifact_slice):
+    seen = dict(async_run["seen"])  # global step at the batch's start -> its negatives version
+    assert [seen[s] for s in range(4)] == [0, 0, 0, 0]
+    assert seen[4] == 1  # polled at the end of step 4, used from the next batch on
+    assert all(seen[s] <= seen[s + 1] for s in range(11))
+    root = async_run["out"] / "refresh"
+    manifest = verified_manifest(root / "v0001")
+    assert manifest["version"] == 1 and manifest["snapshot_step"] == 3 and manifest["queries"] == 64
+    assert not (root / "v0001" / "encoder").exists()  # the snapshot is deleted once loaded
+    _check_negatives(root / "v0001" / NEGATIVES, scifact_slice)
+    m = async_run["metrics"]
+    assert m["refresh/versions_used"] >= 2 and m["refresh/mean_staleness_steps"] >= 1
+    assert 0 <= m["refresh/blocked_fraction"] < 0.5
+    # The refresh metrics reach the Lightning logger (logs/metrics.csv).
+    rows = list(csv.DictReader(open(async_run["out"] / "logs" / "metrics.csv")))
+    logged = [float(r["refresh/version"]) for r in rows if r.get("refresh/version")]
+    assert logged[:2] == [1.0, 3.0]
+    assert any(r.get("refresh/positive_retrieved") for r in rows) and any(r.get("refresh/blocked_s") for r in rows)
+    assert max(float(r["train/negatives_version"]) for r in rows if r.get("train/negatives_version")) == 3.0
+
+
+def test_worker_crash_keeps_training_and_next_refresh_succeeds(async_run, scifact_slice):
+    seen = dict(async_run["seen"])
+    root = async_run["out"] / "refresh"
+    assert (root / "v0002" / FAILED).is_file() and "injected failure" in (root / "v0002" / FAILED).read_text()
+    assert not (root / "v0002" / MANIFEST).exists()
+    assert 2 not in seen.values()  # never trained on the failed version
+    assert seen[10] == 3 and seen[11] == 3  # the worker was restarted and version 3 came in
+    assert async_run["metrics"]["train/global_step"] == 12 and async_run["metrics"]["refresh/failures"] == 1
+    _check_negatives(root / "v0003" / NEGATIVES, scifact_slice)
+
+
+def test_sync_refresh_writes_the_same_format(async_run, tiny_bert, scifact_slice, tmp_path):
+    """Sync mode swaps at once (staleness 0) and writes the same files; the teacher hook rescoring."""
+    out = tmp_path / "run"
+    seen = tmp_path / "seen.json"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2)
+                   + ["+refresh.teacher._target_=test_refresh.LengthTeacher"])
+    metrics = train(_with_recorder(cfg, seen, []))
+    assert dict(json.loads(seen.read_text())) == {0: 0, 1: 0, 2: 1}
+    assert metrics["refresh/mean_staleness_steps"] == 0 and metrics["refresh/versions_used"] == 1
+    sync_dir, async_dir = out / "refresh" / "v0001", async_run["out"] / "refresh" / "v0001"
+    sync_manifest, async_manifest = verified_manifest(sync_dir), verified_manifest(async_dir)
+    assert sorted(sync_manifest) == sorted(async_manifest)
+    assert sorted(p.name for p in sync_dir.iterdir()) == sorted(p.name for p in async_dir.iterdir())
+    sync_records = _check_negatives(sync_dir / NEGATIVES, scifact_slice)
+    async_records = _check_negatives(async_dir / NEGATIVES, scifact_slice)
+    assert set(sync_records) == set(async_records)
+    first_sync = json.loads((sync_dir / NEGATIVES).read_text().splitlines()[0])
+    first_async = json.loads((async_dir / NEGATIVES).read_text().splitlines()[0])
+    assert sorted(first_sync) == sorted(first_async) and sorted(first_sync["negatives"][0]) == sorted(first_async["negatives"][0])
+    # The teacher hook replaced the dense scores with the teacher's (here: passage lengths).
+    assert all(s is not None and s == int(s) and s > 10 for s in first_sync["positive_scores"])
+    # In sync mode the trainer waits for the whole job.
+    assert metrics["refresh/blocked_total_s"] >= metrics["refresh/mean_duration_s"]
+
+
+def test_corrupt_or_partial_versions_are_never_read(tmp_path):
+    root = tmp_path / "refresh"
+    vdir = version_dir(root, 1)
+    vdir.mkdir(parents=True)
+    (vdir / NEGATIVES).write_text('{"qid": "q1", "positives": ["d1"], "negatives": [{"docid": "d2", "score": 1.0}]}\n')
+    assert verified_manifest(vdir) is None  # no manifest yet: partial
+    from dr.refresh import sha256_file
+
+    write_json(vdir / MANIFEST, {"version": 1, "snapshot_step": 3, "negatives": NEGATIVES, "sha256": sha256_file(vdir / NEGATIVES),
+                                 "bytes": (vdir / NEGATIVES).stat().st_size})
+    assert verified_manifest(vdir)["version"] == 1
+    (vdir / NEGATIVES).write_text('{"qid": "q1", "positives": ["d1"], "negatives": [{"docid": "d9", "score": 1.0}]}\n')
+    assert verified_manifest(vdir) is None  # same size, other content: the checksum catches it
+    (vdir / MANIFEST).write_text("{not json")
+    assert verified_manifest(vdir) is None
+    # Orphans of a killed run: temp folders and versions after the checkpoint's go.
+    (root / ".tmp-v0003-123").mkdir()
+    version_dir(root, 2).mkdir()
+    assert sorted(clean_refresh_dir(root, keep_upto=1)) == [".tmp-v0003-123", "v0002"]
+    assert vdir.is_dir()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_path):
+    """SIGKILL the training process while the worker builds version 2; resume from last.ckpt."""
+    out = tmp_path / "run"
+    base = _overrides(tiny_bert, scifact_slice, out, max_steps=400, mode="async", every=3)
+    script = ("import sys; from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.train import train\n"
+              "with initialize_config_dir(config_dir=config_dir(), version_base='1.3'):\n"
+              "    cfg = compose('train', overrides=sys.argv[1:])\n"
+              "train(cfg)\n")
+    # Version 2 stalls in the worker, so the kill lands while it is being built.
+    args = [sys.executable, "-c", script, *base, "refresh.sleep_versions=[2]", "refresh.sleep_s=120"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.log", "w"))
+    root = out / "refresh"
+    deadline = time.monotonic() + 120
+    while not ((root / "v0002" / "job.json").is_file() and (root / "v0001" / MANIFEST).is_file()) and time.monotonic() < deadline:
+        assert proc.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
+        time.sleep(0.2)
+    assert (root / "v0002").is_dir(), (tmp_path / "stderr.log").read_text()[-3000:]
+    time.sleep(1.0)  # a few more steps and checkpoints on version 1
+    worker_pid = json.loads((root / "worker.pid").read_text())["pid"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "v0002" / MANIFEST).exists()  # killed mid-refresh
+    deadline = time.monotonic() + 10
+    while _pid_alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(worker_pid)  # the worker died with its trainer
+
+    ckpt_path = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = next(v for k, v in ckpt["callbacks"].items() if "IndexRefresh" in k)
+    step, version = ckpt["global_step"], state["current_version"]
+    (root / ".tmp-v0009-1").mkdir()  # an orphan temp folder, as a kill during a snapshot leaves
+    seen = tmp_path / "seen.json"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3) + [f"ckpt_path={ckpt_path}"])
+    metrics = train(_with_recorder(cfg, seen, []))
+    assert metrics["train/global_step"] == step + 5
+    resumed = json.loads(seen.read_text())
+    assert resumed[0] == [step, version]  # the checkpoint's negatives from the first resumed batch
+    assert all(a[1] <= b[1] for a, b in zip(resumed, resumed[1:]))
+    assert not (root / ".tmp-v0009-1").exists()
+    for v in range(1, int(metrics["refresh/current_version"]) + 1):
+        vdir = version_dir(root, v)
+        assert verified_manifest(vdir) is not None or (vdir / FAILED).exists() or not vdir.exists()
+    assert metrics["refresh/current_version"] >= version
