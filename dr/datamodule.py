@@ -181,7 +181,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         pair_sampler=None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
+        # reads back with torch.load(weights_only=True) (pickled callables would not load).
+        self.save_hyperparameters(logger=False, ignore=["batch_sampler", "pair_sampler"])
+        self.batch_sampler_factory = batch_sampler
+        self.pair_sampler = pair_sampler
         self.corpus = None
         self._prepared = False
 
@@ -234,7 +238,7 @@ class RetrievalDataModule(pl.LightningDataModule):
 
         self.train_dataset = ContrastiveDataset(
             qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed,
-            teacher=self.teacher, pair_sampler=hp.pair_sampler,
+            teacher=self.teacher, pair_sampler=self.pair_sampler,
         )
         if self.val_queries:
             self._setup_validation(bm25)
@@ -334,10 +338,10 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
         hp = self.hparams
-        if hp.batch_sampler is None:
+        if self.batch_sampler_factory is None:
             sampler = QueryBatchSampler(len(self.train_dataset), hp.batch_size, hp.seed, drop_last=True, rank=rank, world_size=world_size)
         else:
-            sampler = hp.batch_sampler(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
+            sampler = self.batch_sampler_factory(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
         if len(sampler) == 0:
             raise ValueError(
                 f"{len(self.train_dataset)} training queries cannot fill one batch of {self.hparams.batch_size} x {world_size} ranks"

@@ -72,3 +72,21 @@ def plot_score_histogram(positive: list[float], negative: list[float], out_png: 
     ax.legend()
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def plot_cluster_sizes(sizes: list[int], out_png: str | os.PathLike, batch_size: int | None = None, title: str = "") -> Path:
+    """Histogram of query-cluster sizes (``dr-cluster``), with the batch size marked when given."""
+    import numpy as np
+
+    plt = _pyplot()
+    sizes = np.asarray(list(sizes), np.int64)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(sizes, bins=min(50, max(1, len(np.unique(sizes)))), color="tab:blue", alpha=0.8)
+    if batch_size:
+        ax.axvline(batch_size, color="tab:red", linestyle="--", label=f"batch size {batch_size}")
+        ax.legend()
+    ax.set_xlabel("queries per cluster")
+    ax.set_ylabel("clusters")
+    ax.set_title(title or f"{len(sizes)} clusters, median size {np.median(sizes):.0f}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -66,6 +66,20 @@ def test_group_option_instantiates(group, option, tiny_bert, tmp_path):
         assert obj is not None
 
 
+def _teacher_file(data, tmp_path: Path) -> Path:
+    """Teacher scores for every training query: its positives against 3 other queries' positives."""
+    from dr.data import read_qrels
+    from dr.teacher import write_teacher_scores
+
+    qrels = read_qrels(data.train_qrels)
+    qids = sorted(qrels)
+    rows = [(1.0, 0.1 * k, q, p, n) for i, q in enumerate(qids) for p in qrels[q]
+            for k in range(1, 4) for n in qrels[qids[(i + k) % len(qids)]] if n not in qrels[q]]
+    path = tmp_path / "teacher.tsv"
+    write_teacher_scores(path, rows)
+    return path
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment(experiment, tiny_bert, tmp_path):
     overrides = [
@@ -82,6 +96,9 @@ def test_experiment(experiment, tiny_bert, tmp_path):
         "export.enabled=false",
     ]
     cfg = _compose("train", overrides)
+    if cfg.loss._target_ != "losses.InfoNCELoss" and not cfg.data.teacher_scores and not cfg.data.teacher_from_negatives:
+        # A distillation experiment whose teacher file the user makes first (dr-score): a small stand-in.
+        cfg = _compose("train", overrides + [f"data.teacher_scores={_teacher_file(cfg.data, tmp_path)}"])
     if cfg.data.corpus.startswith("irds:"):
         # Online-only data: check every component instantiates, without the network.
         module = hydra.utils.instantiate(cfg.module)

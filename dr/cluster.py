@@ -1,0 +1,206 @@
+"""Query clustering for topic-aware batch sampling (TAS, Hofstätter et al., SIGIR 2021, Sec. 3.1).
+
+The training queries are encoded with an already trained dense retriever and clustered with
+k-means (FAISS); each query goes to its nearest centroid. :mod:`dr.samplers` then composes each
+batch from one cluster, so a batch's in-batch negatives share a topic.
+
+The assignment file is the reference format: one cluster per line, its query ids separated by
+whitespace. ``dr-cluster`` writes it (atomically), prints cluster-size statistics and writes
+``<file>.stats.json`` and a histogram of cluster sizes ``<file>.sizes.png`` next to it.
+
+Number of clusters: the paper clusters MS MARCO's ~400k training queries into 2,000 clusters,
+about 200 queries per cluster. :func:`default_num_clusters` keeps that ratio,
+``k = round(n / queries_per_cluster)``, at least 1 and at most ``n // batch_size`` so that an
+average cluster can fill a batch. For SciFact's ~770 training queries with batch 32 this gives
+4 clusters of ~190 queries, each worth ~6 batches as in the paper (2,000 clusters of ~200
+queries, batch 32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from dr.io import DataError, atomic_write, open_text, write_json
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- the file format
+def read_clusters(path: str | os.PathLike) -> list[list[str]]:
+    """Read a cluster assignment file: one cluster per line, query ids separated by whitespace.
+
+    Blank lines (empty clusters) are skipped. A query id in two clusters, or a file without any
+    query id, raises :class:`dr.io.DataError` naming the file and line.
+    """
+    clusters: list[list[str]] = []
+    line_of: dict[str, int] = {}
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            members = line.split()
+            if not members:
+                continue
+            for qid in members:
+                if qid in line_of:
+                    where = "earlier on the same line" if line_of[qid] == line_no else f"already in the cluster on line {line_of[qid]}"
+                    raise DataError(path, line_no, f"query {qid!r} is {where}; expected every query id in exactly one cluster (one cluster per line)")
+                line_of[qid] = line_no
+            clusters.append(members)
+    if not clusters:
+        raise DataError(path, None, "no clusters; expected one cluster per line, query ids separated by whitespace")
+    return clusters
+
+
+def write_clusters(path: str | os.PathLike, clusters: list[list[str]]) -> Path:
+    """Write clusters in the reference format (one per line, ids separated by spaces), atomically."""
+    with atomic_write(path) as f:
+        for members in clusters:
+            f.write(" ".join(members) + "\n")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------- clustering
+def default_num_clusters(num_queries: int, batch_size: int, queries_per_cluster: int = 200) -> int:
+    """The paper's ratio (2,000 clusters for ~400k queries: ~200 per cluster), scaled to ``num_queries``.
+
+    ``k = round(num_queries / queries_per_cluster)``, clamped to ``[1, num_queries // batch_size]``
+    so that an average cluster holds at least one (global) batch.
+    """
+    k = int(round(num_queries / max(1, queries_per_cluster)))
+    return max(1, min(k, num_queries // max(1, batch_size)))
+
+
+def kmeans_assign(embeddings: np.ndarray, num_clusters: int, seed: int, spherical: bool = False, niter: int = 20,
+                  init: str = "random") -> np.ndarray:
+    """FAISS k-means on the rows of ``embeddings``; returns each row's nearest centroid (int64).
+
+    ``spherical`` normalises the centroids and assigns by inner product (for cosine encoders).
+    The reference trains FAISS IVF centroids, i.e. the same Lloyd k-means on raw embeddings from
+    random initial centroids (``init="random"``); ``init="kmeans++"`` seeds them by k-means++
+    (fewer merged topics, O(n·k·d) more work).
+    """
+    import faiss
+
+    inits = {"random": faiss.ClusteringInitMethod_RANDOM, "kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS}
+    if init not in inits:
+        raise ValueError(f"init must be one of {sorted(inits)}, got {init!r}")
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n = len(x)
+    if not 1 <= num_clusters <= n:
+        raise ValueError(f"cannot make {num_clusters} clusters of {n} queries; expected 1 <= num_clusters <= {n}")
+    if num_clusters == 1:
+        return np.zeros(n, dtype=np.int64)
+    kmeans = faiss.Kmeans(
+        x.shape[1], num_clusters, niter=niter, seed=seed, spherical=spherical, verbose=False,
+        min_points_per_centroid=1, max_points_per_centroid=max(256, -(-n // num_clusters)),  # no subsampling
+        init_method=inits[init],
+    )
+    kmeans.train(x)
+    _, assignment = kmeans.index.search(x, 1)
+    return assignment[:, 0].astype(np.int64)
+
+
+def group(qids: list[str], assignment: np.ndarray) -> list[list[str]]:
+    """Queries grouped by cluster id (ascending), input order kept inside a cluster; empty clusters dropped."""
+    clusters: dict[int, list[str]] = {}
+    for qid, c in zip(qids, assignment.tolist()):
+        clusters.setdefault(c, []).append(qid)
+    return [clusters[c] for c in sorted(clusters)]
+
+
+def cluster_queries(encoder, qids: list[str], texts: list[str], num_clusters: int, seed: int, spherical: bool = False,
+                    niter: int = 20, batch_size: int = 256, bf16: bool = False, init: str = "random") -> list[list[str]]:
+    """Encode the queries and cluster them: the TAS assignment as lists of query ids."""
+    embeddings = encoder.encode_queries(texts, batch_size=batch_size, bf16=bf16, show_progress=True)
+    return group(qids, kmeans_assign(embeddings, num_clusters, seed, spherical=spherical, niter=niter, init=init))
+
+
+def size_stats(clusters: list[list[str]], batch_size: int | None = None) -> dict:
+    """Cluster-size statistics (and how many clusters cannot fill a batch on their own)."""
+    sizes = np.array([len(c) for c in clusters])
+    stats = {
+        "queries": int(sizes.sum()),
+        "clusters": int(len(sizes)),
+        "size_min": int(sizes.min()),
+        "size_p25": float(np.percentile(sizes, 25)),
+        "size_median": float(np.median(sizes)),
+        "size_mean": float(sizes.mean()),
+        "size_p75": float(np.percentile(sizes, 75)),
+        "size_max": int(sizes.max()),
+    }
+    if batch_size:
+        stats["batch_size"] = int(batch_size)
+        stats["clusters_smaller_than_batch"] = int((sizes < batch_size).sum())
+    return stats
+
+
+def training_queries(queries_path: str, qrels_path: str | None, min_relevance: int = 1) -> dict[str, str]:
+    """The queries to cluster: those of ``queries_path`` with a judged positive in ``qrels_path`` (all without qrels)."""
+    from dr.data import read_qrels, read_queries
+
+    queries = read_queries(queries_path)
+    if qrels_path:
+        qrels = read_qrels(qrels_path)
+        queries = {q: t for q, t in queries.items() if any(g >= min_relevance for g in qrels.get(q, {}).values())}
+    if not queries:
+        raise ValueError(f"{queries_path}: no query to cluster" + (f" with a judged positive in {qrels_path}" if qrels_path else ""))
+    return queries
+
+
+def auto_clusters(path: str | os.PathLike, model: str, queries: dict[str, str], encoder_overrides: dict | None, num_clusters: int,
+                  seed: int, spherical: bool = False, niter: int = 20, batch_size: int = 256, bf16: bool = False,
+                  init: str = "random") -> list[list[str]]:
+    """Clusters cached in ``path``: reused while a ``<path>.json`` fingerprint (model, settings,
+    queries) matches, else computed with :func:`cluster_queries` and written there."""
+    from dr.commands import load_encoder
+
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    overrides = {k: v for k, v in dict(encoder_overrides or {}).items() if v is not None}
+    fingerprint = json.dumps({
+        "model": str(model), "encoder": overrides, "num_clusters": num_clusters, "seed": seed, "spherical": spherical,
+        "niter": niter, "init": init, "queries": hashlib.sha1("\n".join(queries).encode()).hexdigest(),
+    }, sort_keys=True)
+    if path.is_file() and meta_path.is_file() and meta_path.read_text() == fingerprint:
+        log.info("reusing the query clusters in %s", path)
+        return read_clusters(path)
+    log.info("clustering %d training queries into %d clusters with %s", len(queries), num_clusters, model)
+    encoder = load_encoder(str(model), overrides)
+    qids = list(queries)
+    clusters = cluster_queries(encoder, qids, [queries[q] for q in qids], num_clusters, seed, spherical, niter, batch_size, bf16, init)
+    write_clusters(path, clusters)
+    with atomic_write(meta_path) as f:
+        f.write(fingerprint)
+    return clusters
+
+
+# ---------------------------------------------------------------------- dr-cluster
+def cluster(cfg: DictConfig, out: Path) -> dict:
+    """``dr-cluster``: encode the training queries, k-means them, write the assignment, stats and plot."""
+    from dr.commands import load_encoder
+    from dr.plots import plot_cluster_sizes
+
+    queries = training_queries(cfg.queries, cfg.get("qrels"), cfg.get("min_relevance", 1))
+    qids = list(queries)
+    k = cfg.num_clusters or default_num_clusters(len(qids), cfg.train_batch_size, cfg.queries_per_cluster)
+    if k > len(qids):
+        raise ValueError(f"num_clusters={k} exceeds the {len(qids)} queries to cluster")
+    encoder = load_encoder(cfg.model, cfg.get("encoder"))
+    clusters = cluster_queries(encoder, qids, [queries[q] for q in qids], k, cfg.seed, cfg.spherical, cfg.niter, cfg.batch_size, cfg.bf16,
+                               init=cfg.get("init", "random"))
+    target = Path(cfg.output) if cfg.get("output") else out / "clusters.txt"
+    write_clusters(target, clusters)
+    stats = {"model": str(cfg.model), "num_clusters_requested": int(k), **size_stats(clusters, cfg.train_batch_size)}
+    write_json(target.with_name(target.name + ".stats.json"), stats)
+    plot_cluster_sizes([len(c) for c in clusters], target.with_name(target.name + ".sizes.png"),
+                       batch_size=cfg.train_batch_size, title=f"{len(qids)} queries, {len(clusters)} clusters ({cfg.model})")
+    print(json.dumps(stats, indent=2))
+    print(f"wrote {len(clusters)} clusters of {len(qids)} queries to {target}")
+    return stats
