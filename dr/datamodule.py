@@ -153,6 +153,8 @@ class RetrievalDataModule(pl.LightningDataModule):
             seed=, rank=, world_size=)`` returning a :class:`QueryBatchSampler` (default: random
             batches; TAS in :mod:`dr.samplers`).
         pair_sampler: chooses each query's positive and negatives (see :class:`ContrastiveDataset`).
+        min_teacher_pairs: with a teacher-score file, train only on queries with at least this many
+            (positive, negative) teacher pairs (0: all; TAS-Balanced's reference uses 2).
         bm25_rank_min, bm25_rank_max: the BM25 rank window negatives are drawn from.
         min_relevance: qrels grade that counts as a positive.
     """
@@ -179,6 +181,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         teacher_from_negatives: bool = False,
         batch_sampler=None,
         pair_sampler=None,
+        min_teacher_pairs: int = 0,
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
@@ -201,8 +204,17 @@ class RetrievalDataModule(pl.LightningDataModule):
         positives = self._positives(qrels, hp.train_qrels)
         self.teacher = self._read_teacher(positives)
         qids = [q for q in queries if positives.get(q)]
+        if hp.teacher_scores and hp.min_teacher_pairs > 0:
+            # TAS-Balanced's reference keeps only queries with enough teacher pairs to balance.
+            kept = [q for q in qids if len(self.teacher.pairs.get(q, ())) >= hp.min_teacher_pairs]
+            if len(kept) < len(qids):
+                log.info("%d of %d training queries have fewer than %d teacher pairs and are left out", len(qids) - len(kept), len(qids), hp.min_teacher_pairs)
+            qids = kept
         if not qids:
-            raise ValueError(f"{hp.train_qrels}: no training query has a judged positive in the corpus")
+            raise ValueError(
+                f"{hp.train_qrels}: no training query has a judged positive in the corpus"
+                + (f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}" if hp.teacher_scores and hp.min_teacher_pairs else "")
+            )
 
         val_qids: list[str] = []
         self.val_queries: dict[str, str] = {}

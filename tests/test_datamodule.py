@@ -69,3 +69,33 @@ def test_negatives_are_redrawn_each_epoch_from_the_rank_window(scifact_slice):
     assert len(draws) > 5
     assert all(d[0] in ds.negatives[ds.qids[0]] for d in draws)
     assert len(ds.negatives[ds.qids[0]]) <= 40
+
+
+def test_teacher_file_adds_scores_and_min_teacher_pairs_filters_queries(scifact_slice, tmp_path):
+    from dr.data import read_qrels
+    from dr.teacher import write_teacher_scores
+
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    qids = sorted(qrels)
+    docs = sorted({d for q in qids for d in qrels[q]})
+    # the first query gets 3 pairs, the second 1, the rest none
+    rows = []
+    for qid, n in ((qids[0], 3), (qids[1], 1)):
+        pos = sorted(qrels[qid])[0]
+        negs = [d for d in docs if d not in qrels[qid]][:n]
+        rows += [(5.0, 1.0 + k, qid, pos, neg) for k, neg in enumerate(negs)]
+    teacher = tmp_path / "teacher.tsv"
+    write_teacher_scores(teacher, rows)
+    common = dict(negatives=None, num_negatives=1, batch_size=1, teacher_scores=str(teacher))
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"], **common)
+    dm.setup("fit")
+    assert qids[0] in dm.train_dataset.qids and len(dm.train_dataset.qids) > 2
+    i = dm.train_dataset.qids.index(qids[0])
+    batch = dm.collate_train([dm.train_dataset[(i, 0)]])
+    neg = batch["docids"][int(batch["neg_index"][0, 0])]
+    expected = {r[4]: r[1] for r in rows if r[2] == qids[0]}
+    assert batch["teacher_pos"].tolist() == [5.0] and batch["teacher_neg"][0, 0].item() == expected[neg]
+
+    dm2 = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"], min_teacher_pairs=2, **common)
+    dm2.setup("fit")
+    assert dm2.train_dataset.qids == [qids[0]]
