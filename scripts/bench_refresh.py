@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--miner", default="simans", help="conf/miner option used by the refresh")
     parser.add_argument("--trainer-threads", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=1)
+    parser.add_argument("--arms", nargs="+", default=["none", "sync", "async"], choices=["none", "sync", "async"])
     parser.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)  # Hydra overrides for smoke tests
     args = parser.parse_args()
 
@@ -69,6 +70,8 @@ def main() -> None:
         f"refresh_async_k{args.every}": ["refresh=async", *refresh, f"refresh.trainer_threads={args.trainer_threads}",
                                          f"refresh.worker_threads={args.worker_threads}"],
     }
+    wanted = {"none": "infonce_bm25", "sync": f"refresh_sync_k{args.every}", "async": f"refresh_async_k{args.every}"}
+    arms = {name: overrides for name, overrides in arms.items() if name in {wanted[a] for a in args.arms}}
     results = {name: [(seed, train_arm(out, name, [*overrides, *args.extra], seed, args.steps)) for seed in args.seeds]
                for name, overrides in arms.items()}
     print(f"\nSciFact, {args.steps} steps, refresh every {args.every} steps ({args.miner}); "

@@ -264,3 +264,31 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
         vdir = version_dir(root, v)
         assert verified_manifest(vdir) is not None or (vdir / FAILED).exists() or not vdir.exists()
     assert metrics["refresh/current_version"] >= version
+
+
+class RankVersionRecorder(VersionRecorder):
+    """A VersionRecorder that writes one file per DDP rank."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.path = f"{self.path}.rank{trainer.global_rank}"
+        super().on_train_end(trainer, pl_module)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_switch_versions_at_the_same_step(tiny_bert, scifact_slice, tmp_path):
+    """Lightning DDP (gloo, 2 CPU processes), async refresh: one worker (local rank 0), and both
+    ranks train every step on the same negatives version."""
+    out = tmp_path / "run"
+    seen = tmp_path / "seen.json"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=8, mode="async", every=3)
+                   + ["trainer.strategy=ddp_spawn", "trainer.devices=2", "data.batch_size=4"])
+    with open_dict(cfg):
+        # Both ranks hold at step 4 until v1 is complete, so the swap falls inside the run.
+        cfg.callbacks.recorder = {"_target_": "test_refresh.RankVersionRecorder", "path": str(seen), "wait": [[4, "v0001/manifest.json"]]}
+    train(cfg)
+    ranks = [json.loads(Path(f"{seen}.rank{r}").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 8
+    versions = [v for _, v in ranks[0]]
+    assert versions[:4] == [0, 0, 0, 0] and versions[-1] >= 1
+    assert versions == sorted(versions)
+    assert verified_manifest(out / "refresh" / "v0001")["snapshot_step"] == 3
