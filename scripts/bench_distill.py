@@ -155,6 +155,19 @@ def _write_slice(out: Path, n_train: int, n_test: int = 20, n_extra: int = 300) 
             "test_qrels": str(out / "qrels.test.trec")}
 
 
+def smoke_data(out: Path, smoke_slice: int, extra: list[str]) -> tuple[dict[str, str] | None, list[str]]:
+    """With ``smoke_slice`` N > 0: a tiny SciFact slice (N train queries) and the dr-train overrides
+    that point data and test at it, for an end-to-end check of a benchmark script."""
+    extra = list(extra)
+    if not smoke_slice:
+        return None, extra
+    data = _write_slice(out / "slice", smoke_slice)
+    extra += [f"data.corpus={data['corpus']}", f"data.train_queries={data['train_queries']}",
+              f"data.train_qrels={data['train_qrels']}", f"test.corpus={data['corpus']}",
+              f"test.queries={data['test_queries']}", f"test.qrels={data['test_qrels']}"]
+    return data, extra
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -166,12 +179,7 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
-    data, extra = None, list(args.extra)
-    if args.smoke_slice:
-        data = _write_slice(out / "slice", args.smoke_slice)
-        extra += [f"data.corpus={data['corpus']}", f"data.train_queries={data['train_queries']}",
-                  f"data.train_qrels={data['train_qrels']}", f"test.corpus={data['corpus']}",
-                  f"test.queries={data['test_queries']}", f"test.qrels={data['test_qrels']}"]
+    data, extra = smoke_data(out, args.smoke_slice, args.extra)
     teacher = fusion_teacher(out, data)
     results = {name: [train_arm(out, name, arm_overrides(name, teacher) + extra, seed, args.steps) for seed in args.seeds]
                for name in args.arms}

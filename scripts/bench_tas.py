@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import PROTOCOL, table, train_arm  # noqa: E402
-from bench_distill import _write_slice, arm_overrides, fusion_teacher  # noqa: E402
+from bench_distill import arm_overrides, fusion_teacher, smoke_data  # noqa: E402
 
 SAMPLERS = {"mmse_inbatch_fusion": [], "tas": ["sampler=tas"], "tas_balanced": ["sampler=tas_balanced"]}
 BASE = "mmse_inbatch_fusion"
@@ -96,12 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
-    data, extra = None, list(args.extra)
-    if args.smoke_slice:
-        data = _write_slice(out / "slice", args.smoke_slice)
-        extra += [f"data.corpus={data['corpus']}", f"data.train_queries={data['train_queries']}",
-                  f"data.train_qrels={data['train_qrels']}", f"test.corpus={data['corpus']}",
-                  f"test.queries={data['test_queries']}", f"test.qrels={data['test_qrels']}"]
+    data, extra = smoke_data(out, args.smoke_slice, args.extra)
     teacher = fusion_teacher(out, data)
     results = {name: [train_arm(out, name, overrides_of(name, teacher) + extra, seed, args.steps) for seed in args.seeds]
                for name in args.arms}
