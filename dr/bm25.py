@@ -17,6 +17,15 @@ def _stemmer(language: str | None):
     return Stemmer.Stemmer(language).stemWords
 
 
+def tokenize(texts: list[str], stopwords: str | None, stem) -> list[list[str]]:
+    """bm25s tokens (strings) of ``texts``, with the given stop words and stemmer."""
+    import bm25s
+
+    if not texts:
+        return []
+    return bm25s.tokenize(list(texts), stopwords=stopwords, stemmer=stem, return_ids=False, show_progress=False)
+
+
 class BM25:
     """A bm25s index over ``texts`` whose rows are named by ``docids``."""
 
@@ -32,7 +41,6 @@ class BM25:
     ):
         import bm25s
 
-        self._bm25s = bm25s
         self.docids = list(docids)
         self.stem = _stemmer(stemmer)
         self.stopwords = stopwords
@@ -44,11 +52,14 @@ class BM25:
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k row indices ``[Q, k]`` and scores ``[Q, k]``, best first."""
         k = min(k, len(self.docids))
-        tokens = self._bm25s.tokenize(
-            queries, stopwords=self.stopwords, stemmer=self.stem, return_ids=False, show_progress=False
-        )
+        tokens = tokenize(queries, self.stopwords, self.stem)
         rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=self.show_progress, n_threads=0)
         return np.asarray(rows), np.asarray(scores)
+
+    def corpus_scores(self, query: str) -> np.ndarray:
+        """The BM25 score of every corpus row for one query (zeros when it has no known term)."""
+        tokens = tokenize([query], self.stopwords, self.stem)[0]
+        return self.retriever.get_scores(tokens) if tokens else np.zeros(len(self.docids))
 
     def search_run(self, qids: list[str], queries: list[str], k: int) -> dict[str, dict[str, float]]:
         """Search and return a run ``{qid: {docid: score}}``."""

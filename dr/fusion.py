@@ -82,11 +82,9 @@ class BM25Scorer:
         self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
 
     def tokenize(self, texts: list[str]) -> list[list[str]]:
-        import bm25s
+        from dr.bm25 import tokenize
 
-        if not texts:
-            return []
-        return bm25s.tokenize(list(texts), stopwords=self.stopwords, stemmer=self.stem, return_ids=False, show_progress=False)
+        return tokenize(texts, self.stopwords, self.stem)
 
     def score(self, queries: list[str], passages: list[str]) -> np.ndarray:
         q_tokens = self.tokenize(queries)
@@ -132,8 +130,7 @@ def fusion_search(
     run = {}
     for i, qid in enumerate(qids):
         rows = np.unique(np.concatenate([np.asarray([int(r) for r in dense_rows[i]], dtype=np.int64), np.asarray(bm25_rows[i], dtype=np.int64)]))
-        tokens = bm25._bm25s.tokenize([query_texts[i]], stopwords=bm25.stopwords, stemmer=bm25.stem, return_ids=False, show_progress=False)[0]
-        b_scores = bm25.retriever.get_scores(tokens)[rows] if tokens else np.zeros(len(rows))
+        b_scores = bm25.corpus_scores(query_texts[i])[rows]
         d_scores = np.asarray(corpus_embeddings[rows], dtype=np.float32) @ np.asarray(query_embeddings[i], dtype=np.float32)
         fused = fuse([b_scores, d_scores], [bm25_weight, dense_weight], normalization)
         top = np.argsort(-fused, kind="stable")[:k]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from dr.bm25 import BM25
 from dr.data import passage_texts, read_corpus, read_queries
@@ -50,6 +50,27 @@ def test_bm25_scorer_matches_bm25s(corpus_texts, scifact_slice):
     for i in range(len(queries)):
         assert mine[i, rows[i]] == pytest.approx(scores[i], rel=1e-4)
     assert scorer.score(["zzzunknownword"], texts[:3]).tolist() == [[0.0, 0.0, 0.0]]
+    for i, query in enumerate(queries):  # BM25.corpus_scores: the same scores for every corpus row
+        assert index.corpus_scores(query)[rows[i]] == pytest.approx(scores[i], rel=1e-6)
+        assert index.corpus_scores(query) == pytest.approx(mine[i], rel=1e-4, abs=1e-6)
+    assert not index.corpus_scores("zzzunknownword").any()
+
+
+def test_fusion_search_over_the_whole_corpus_ranks_by_fused_scores(corpus_texts, scifact_slice):
+    from dr.fusion import fusion_search
+
+    docids, texts = corpus_texts
+    queries = list(read_queries(scifact_slice["train_queries"]).values())[:3]
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(texts), 8)).astype(np.float32)
+    q_emb = rng.normal(size=(len(queries), 8)).astype(np.float32)
+    index = BM25(texts, docids)
+    run = fusion_search(index, emb, q_emb, ["a", "b", "c"], queries, depth=len(texts), k=5, normalization="minmax")
+    for i, qid in enumerate(["a", "b", "c"]):
+        fused = fuse([index.corpus_scores(queries[i]), emb @ q_emb[i]], [0.5, 0.5], "minmax")
+        top = np.argsort(-fused, kind="stable")[:5]
+        assert list(run[qid]) == [docids[j] for j in top]
+        assert list(run[qid].values()) == pytest.approx(fused[top].tolist(), abs=1e-6)
 
 
 def test_fusion_teacher_equals_fusion_of_its_parts(tiny_bert, scifact_slice, corpus_texts):
@@ -79,16 +100,6 @@ def test_biencoder_teacher_is_frozen_q_dot_d(tiny_bert):
     expected = enc.encode_queries(q, show_progress=False) @ enc.encode_passages(p, show_progress=False).T
     assert out.shape == (2, 3) and out.numpy() == pytest.approx(expected, abs=1e-5)
     assert list(teacher.state_dict()) == []  # nothing of the teacher goes into a checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_cross_encoder(tiny_bert, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-ce")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
-    return str(out)
 
 
 def test_cross_encoder_teacher_scores_every_pair(tiny_cross_encoder):
