@@ -21,6 +21,8 @@ device when there is one (each DDP rank's own), else the CPU.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Sequence
 
 import numpy as np
@@ -39,7 +41,7 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-class Teacher(nn.Module):
+class Teacher(nn.Module, abc.ABC):
     """Base class: ``forward(queries, passages) -> [B, P]``; ``score_groups`` scores each query's
     own passages (by default one ``forward`` per query)."""
 
@@ -52,8 +54,20 @@ class Teacher(nn.Module):
     def device(self) -> torch.device:
         return _device(self.device_name)
 
+    @abc.abstractmethod
     def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """The ``[B, P]`` teacher scores of every query against every passage."""
+
+    def _hf_model(self, auto_class):
+        """``(model, tokenizer)`` of ``self.model_name`` loaded with ``auto_class``, frozen on
+        ``self.device``; loaded once, kept outside the state_dict."""
+        if "model" not in self._loaded:
+            from transformers import AutoTokenizer
+
+            name = resolve_model_name(self.model_name)
+            self._loaded["tokenizer"] = AutoTokenizer.from_pretrained(name)
+            self._loaded["model"] = auto_class.from_pretrained(name).to(self.device).eval().requires_grad_(False)
+        return self._loaded["model"], self._loaded["tokenizer"]
 
     def score_groups(self, queries: Sequence[str], passages: Sequence[Sequence[str]], show_progress: bool = False) -> list[np.ndarray]:
         """Scores of ``passages[i]`` for ``queries[i]``, one array per query."""
@@ -152,14 +166,9 @@ class CrossEncoderTeacher(Teacher):
         self.label = label
 
     def _model(self):
-        if "model" not in self._loaded:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-            name = resolve_model_name(self.model_name)
-            self._loaded["tokenizer"] = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForSequenceClassification.from_pretrained(name)
-            self._loaded["model"] = model.to(self.device).eval().requires_grad_(False)
-        return self._loaded["model"], self._loaded["tokenizer"]
+        return self._hf_model(AutoModelForSequenceClassification)
 
     @torch.inference_mode()
     def score_pairs(self, queries: Sequence[str], passages: Sequence[str], show_progress: bool = False) -> np.ndarray:
@@ -219,13 +228,9 @@ class ColBERTTeacher(Teacher):
         self.bf16 = bf16
 
     def _model(self):
-        if "model" not in self._loaded:
-            from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-            name = resolve_model_name(self.model_name)
-            self._loaded["tokenizer"] = AutoTokenizer.from_pretrained(name)
-            self._loaded["model"] = AutoModel.from_pretrained(name).to(self.device).eval().requires_grad_(False)
-        return self._loaded["model"], self._loaded["tokenizer"]
+        return self._hf_model(AutoModel)
 
     def token_embeddings(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, L, H]`` token embeddings (zeros at padding) and the ``[N, L]`` mask."""
