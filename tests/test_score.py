@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from dr.cli import config_dir
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries
@@ -60,16 +60,6 @@ def test_triples_file_reading_and_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ dr-score with a real cross-encoder
-@pytest.fixture(scope="module")
-def tiny_cross_encoder(tiny_bert, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-ce")
-    torch.manual_seed(1)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def negatives_file(scifact_slice, tmp_path_factory):
     """6 train queries, their positives and 3 other judged documents as negatives."""
