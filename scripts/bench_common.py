@@ -13,6 +13,7 @@ with each other; they are not the quickstart's figures (256 tokens, 57 steps).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -30,6 +31,19 @@ PROTOCOL = [
     "test.bm25=false",
     "export.enabled=false",
 ]
+
+
+def training_parser(doc: str, arms: list[str]) -> argparse.ArgumentParser:
+    """The options every training benchmark takes: steps, seeds, output root, arms, and the hidden
+    smoke-test knobs (a tiny data slice, extra dr-train overrides)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--out", default="bench/train")
+    parser.add_argument("--arms", nargs="+", default=list(arms), choices=list(arms))
+    parser.add_argument("--smoke-slice", type=int, default=0, help=argparse.SUPPRESS)  # N train queries: a tiny end-to-end check
+    parser.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)  # more dr-train overrides
+    return parser
 
 
 def _bin(name: str) -> str:

@@ -30,7 +30,6 @@ by :func:`fusion_teacher` (``str.format(teacher=path)``). ``scripts/bench_tas.py
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import run_app, table, train_arm  # noqa: E402
+from bench_common import run_app, table, train_arm, training_parser  # noqa: E402
 
 SCIFACT = {
     "corpus": "scifact:corpus",
@@ -169,14 +168,7 @@ def smoke_data(out: Path, smoke_slice: int, extra: list[str]) -> tuple[dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--out", default="bench/train")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--smoke-slice", type=int, default=0, help=argparse.SUPPRESS)  # N train queries: a tiny end-to-end check
-    parser.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)  # more dr-train overrides
-    args = parser.parse_args()
+    args = training_parser(__doc__, list(ARMS)).parse_args()
 
     out = Path(args.out).resolve()
     data, extra = smoke_data(out, args.smoke_slice, args.extra)

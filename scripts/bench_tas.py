@@ -23,7 +23,6 @@ next to the training step time of the runs (whole step: encoders, in-batch teach
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import PROTOCOL, table, train_arm  # noqa: E402
+from bench_common import PROTOCOL, table, train_arm, training_parser  # noqa: E402
 from bench_distill import arm_overrides, fusion_teacher, smoke_data  # noqa: E402
 
 SAMPLERS = {"mmse_inbatch_fusion": [], "tas": ["sampler=tas"], "tas_balanced": ["sampler=tas_balanced"]}
@@ -85,14 +84,8 @@ def cluster_summary(run_dir: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--out", default="bench/train")
-    parser.add_argument("--arms", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser = training_parser(__doc__, list(SAMPLERS))
     parser.add_argument("--overhead-batches", type=int, default=200, help="batches timed per sampler for the overhead")
-    parser.add_argument("--smoke-slice", type=int, default=0, help=argparse.SUPPRESS)  # N train queries: a tiny end-to-end check
-    parser.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)  # more dr-train overrides
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
