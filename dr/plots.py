@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from dr.io import atomic_write
+from dr.data.io import atomic_write
 
 
 def _pyplot():
@@ -20,7 +20,7 @@ def _pyplot():
 
 
 def _save(fig, out_png: str | os.PathLike) -> Path:
-    """Write the figure atomically (see :func:`dr.io.atomic_write`) and close it."""
+    """Write the figure atomically (see :func:`dr.data.io.atomic_write`) and close it."""
     with atomic_write(out_png, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     _pyplot().close(fig)

@@ -1,9 +1,9 @@
 """Training objectives for dense retrievers: one loss per file, each citing its paper."""
 
-from losses.combined import DistillationLoss
-from losses.inbatch import InBatchKLLoss, InBatchMarginMSELoss, inbatch_margin_mse, listwise_kl
 from losses.infonce import InfoNCELoss, info_nce
+from losses.listwise_kl import InBatchKLLoss, listwise_kl
 from losses.margin_mse import MarginMSELoss, margin_mse
+from losses.tas_b import DistillationLoss, InBatchMarginMSELoss, inbatch_margin_mse
 
 __all__ = [
     "DistillationLoss",

@@ -25,7 +25,7 @@ Recommended settings: a teacher file from ``dr-score`` (``data.teacher_scores``)
 student (scores in [-1, 1]) use a teacher whose margins are of the same order (the min-max
 normalised fusion teacher: margins in [-1, 1]) or set ``student_scale`` (student scores are
 multiplied by it before taking margins, like an inverse temperature). TAS-B: dot product, lr 7e-6.
-Related: the TAS-B in-batch term (``losses/inbatch.py``), InfoNCE (``losses/infonce.py``).
+Related: the TAS-B in-batch term (``losses/tas_b.py``), InfoNCE (``losses/infonce.py``).
 """
 
 from __future__ import annotations

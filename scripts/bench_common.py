@@ -24,6 +24,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SCIFACT = {
+    "corpus": "scifact:corpus",
+    "train_queries": "scifact:train_queries",
+    "train_qrels": "scifact:train_qrels",
+    "test_queries": "scifact:test_queries",
+    "test_qrels": "scifact:test_qrels",
+}
+
+TEACHER = ["teacher=fusion", "teacher.query_max_length=64", "teacher.passage_max_length=128"]
+
+#: The distillation arms (bench_distill, bench_tas): dr-train overrides; {teacher} is the fusion teacher file.
+DISTILL_ARMS: dict[str, list[str]] = {
+    "infonce_bm25": [],
+    "mmse_fusion": ["loss=margin_mse", "data.teacher_scores={teacher}", "data.negatives=null"],
+    "mmse_inbatch_fusion": [
+        "loss=tas_b", "data.teacher_scores={teacher}", "data.negatives=null",
+        "inbatch_teacher=fusion", "module.inbatch_teacher.passage_max_length=128",
+    ],
+}
+
+
+def arm_overrides(name: str, teacher: Path) -> list[str]:
+    return [o.format(teacher=teacher) for o in DISTILL_ARMS[name]]
+
+
 PROTOCOL = [
     "encoder.passage_max_length=128",
     "data.val_fraction=0",
@@ -94,3 +119,78 @@ def table(results: dict[str, list[dict]], measures=("trained/nDCG@10", "trained/
     for name, row in (extra or {}).items():
         lines.append(f"{name:<28}" + "".join(f"{row.get(m, float('nan')):>16.4f}" for m in measures) + f"{'':>11}{'':>7}")
     return "\n".join(lines)
+
+
+def fusion_teacher(out_root: Path, data: dict[str, str] | None = None) -> Path:
+    """The fusion teacher's TSV for the train queries' BM25 candidates (created if missing).
+
+    Candidates are BM25 ranks 10-50 (never a positive), as the default ``data.negatives``; every positive
+    is paired with every candidate and scored by ``dr-score teacher=fusion`` (encoding at 128
+    tokens). Returns ``out_root/teacher/fusion.train.tsv``.
+    """
+    data = data or SCIFACT
+    folder = Path(out_root).resolve() / "teacher"
+    target = folder / "fusion.train.tsv"
+    if target.is_file():
+        return target
+    from dr.data import read_corpus, read_positives, read_qrels, read_queries, write_negatives
+    from dr.retrieval import BM25Negatives
+
+    negatives = folder / "negatives.bm25.jsonl"
+    if not negatives.is_file():
+        corpus = read_corpus(data["corpus"])
+        queries, qrels = read_queries(data["train_queries"]), read_qrels(data["train_qrels"])
+        positives = read_positives(qrels, 1, known=set(corpus["docid"]))
+        qids = [q for q in queries if positives.get(q)]
+        write_negatives(negatives, BM25Negatives(10, 50)(corpus, qids, [queries[q] for q in qids], positives))
+    print(f"[{time.strftime('%H:%M:%S')}] scoring the BM25 candidates with the fusion teacher -> {target}", flush=True)
+    run_app("dr-score", folder / "score", [
+        *TEACHER, f"negatives={negatives}", f"corpus={data['corpus']}", f"queries={data['train_queries']}",
+        f"output={target}", f"negatives_output={folder / 'negatives.fusion.jsonl'}",
+    ])
+    return target
+
+
+def fusion_test_figures(out_root: Path, data: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """The fusion teacher's own test nDCG@10 / R@100, ranking the whole test corpus (cached)."""
+    data = data or SCIFACT
+    cache = Path(out_root).resolve() / "teacher" / "fusion.test.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from dr.data import passage_texts, read_corpus, read_qrels, read_queries
+    from dr.models import BiEncoder
+    from dr.retrieval import BM25, evaluate_run
+    from dr.retrieval.mining import corpus_embeddings
+    from dr.teachers import fusion_search
+
+    corpus = read_corpus(data["corpus"])
+    queries, qrels = read_queries(data["test_queries"]), read_qrels(data["test_qrels"])
+    qids = [q for q in queries if q in qrels]
+    texts = [queries[q] for q in qids]
+    encoder = BiEncoder.from_pretrained("all-MiniLM-L6-v2", query_max_length=64, passage_max_length=128)
+    emb = corpus_embeddings(encoder, corpus, data["corpus"], str(cache.parent / "corpus.minilm128.npy"), 64, False)
+    q_emb = encoder.encode_queries(texts, show_progress=False)
+    bm25 = BM25(passage_texts(corpus), list(corpus["docid"]))
+    measures = ["nDCG@10", "R@100"]
+    figures = {}
+    for norm in ("zscore", "minmax"):
+        run = fusion_search(bm25, emb, q_emb, qids, texts, depth=len(corpus), k=100, normalization=norm)
+        figures[f"fusion teacher ({norm})"] = {f"trained/{m}": v for m, v in evaluate_run(run, qrels, measures).items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def smoke_data(out: Path, smoke_slice: int, extra: list[str]) -> tuple[dict[str, str] | None, list[str]]:
+    """With ``smoke_slice`` N > 0: a tiny SciFact slice (N train queries) and the dr-train overrides
+    that point data and test at it, for an end-to-end check of a benchmark script."""
+    extra = list(extra)
+    if not smoke_slice:
+        return None, extra
+    from dr.data import write_subset
+
+    data = write_subset(out / "slice", smoke_slice)
+    extra += [f"data.corpus={data['corpus']}", f"data.train_queries={data['train_queries']}",
+              f"data.train_qrels={data['train_qrels']}", f"test.corpus={data['corpus']}",
+              f"test.queries={data['test_queries']}", f"test.qrels={data['test_qrels']}"]
+    return data, extra

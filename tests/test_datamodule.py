@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
-from dr.datamodule import QueryBatchSampler, RetrievalDataModule
+from dr.retrieval import BM25Negatives
+from dr.sampling import QueryBatchSampler
+from dr.training import RetrievalDataModule
 
 
 def test_sampler_covers_each_query_once_per_epoch_and_reshuffles():
@@ -39,7 +38,7 @@ def test_resume_skips_the_batches_already_trained_on():
 
 def test_collate_masks_other_positives_of_the_query(scifact_slice):
     dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives="bm25", num_negatives=1, batch_size=4, bm25_rank_min=0, bm25_rank_max=20)
+                             negatives=BM25Negatives(0, 20), num_negatives=1, batch_size=4)
     dm.setup("fit")
     ds = dm.train_dataset
     multi = [i for i, q in enumerate(ds.qids) if len(ds.positives[q]) > 1]
@@ -62,7 +61,7 @@ def test_collate_masks_other_positives_of_the_query(scifact_slice):
 
 def test_negatives_are_redrawn_each_epoch_from_the_rank_window(scifact_slice):
     dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives="bm25", num_negatives=1, batch_size=4, bm25_rank_min=10, bm25_rank_max=50)
+                             negatives=BM25Negatives(10, 50), num_negatives=1, batch_size=4)
     dm.setup("fit")
     ds = dm.train_dataset
     draws = {tuple(ds[(0, epoch)]["negatives"]) for epoch in range(20)}
@@ -73,7 +72,7 @@ def test_negatives_are_redrawn_each_epoch_from_the_rank_window(scifact_slice):
 
 def test_teacher_file_adds_scores_and_min_teacher_pairs_filters_queries(scifact_slice, tmp_path):
     from dr.data import read_qrels
-    from dr.teacher import write_teacher_scores
+    from dr.data.teacher_scores import write_teacher_scores
 
     qrels = read_qrels(scifact_slice["train_qrels"])
     qids = sorted(qrels)

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from dr.cli import config_dir
 from dr.data import read_qrels, read_queries
-from dr.teacher import write_teacher_scores
+from dr.data.teacher_scores import write_teacher_scores
 from losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, listwise_kl, margin_mse
 
 nan = float("nan")
@@ -163,20 +161,12 @@ def _teacher_file(data: dict, path: Path) -> Path:
     return path
 
 
-def _train(tiny_bert, data, out, extra):
-    from dr.train import train
+def _train(cfg_train, out, extra):
+    from dr.training import train
 
-    overrides = [
-        f"paths.output_dir={out}", f"encoder.name_or_path={tiny_bert}", "encoder.pooling=cls",
-        "encoder.query_max_length=16", "encoder.passage_max_length=32", f"data.corpus={data['corpus']}",
-        f"data.train_queries={data['train_queries']}", f"data.train_qrels={data['train_qrels']}",
-        "data.batch_size=8", "data.val_fraction=0", "data.num_negatives=2", "trainer.accelerator=cpu",
-        "trainer.precision=32-true", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", "test.enabled=false", "export.enabled=false", "optimizer.lr=1e-3", *extra,
-    ]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    metrics = train(cfg)
+    overrides = ["encoder.passage_max_length=32", "data.val_fraction=0", "data.num_negatives=2", "trainer.log_every_n_steps=1",
+                 "test.enabled=false", "export.enabled=false", *extra]
+    metrics = train(cfg_train(*overrides, out=out, max_steps=2))
     assert metrics["train/global_step"] == 2
     with open(out / "logs" / "metrics.csv") as f:
         return [row for row in csv.DictReader(f)]
@@ -186,16 +176,16 @@ def _logged(rows, name):
     return [float(r[name]) for r in rows if r.get(name)]
 
 
-def test_training_with_teacher_file_margin_mse(tiny_bert, scifact_slice, tmp_path):
+def test_training_with_teacher_file_margin_mse(cfg_train, tiny_bert, scifact_slice, tmp_path):
     teacher = _teacher_file(scifact_slice, tmp_path / "teacher.tsv")
-    rows = _train(tiny_bert, scifact_slice, tmp_path / "run", ["loss=margin_mse", f"data.teacher_scores={teacher}", "data.negatives=null"])
+    rows = _train(cfg_train, tmp_path / "run", ["loss=margin_mse", f"data.teacher_scores={teacher}", "data.negatives=null"])
     losses = _logged(rows, "train/loss")
     assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
 
 
-def test_training_with_inbatch_fusion_teacher(tiny_bert, scifact_slice, tmp_path):
+def test_training_with_inbatch_fusion_teacher(cfg_train, tiny_bert, scifact_slice, tmp_path):
     teacher = _teacher_file(scifact_slice, tmp_path / "teacher.tsv")
-    rows = _train(tiny_bert, scifact_slice, tmp_path / "run", [
+    rows = _train(cfg_train, tmp_path / "run", [
         "loss=tas_b", f"data.teacher_scores={teacher}", "data.negatives=null",
         "inbatch_teacher=fusion", f"module.inbatch_teacher.model={tiny_bert}",
     ])
@@ -207,10 +197,10 @@ def test_training_with_inbatch_fusion_teacher(tiny_bert, scifact_slice, tmp_path
     assert not any("inbatch_teacher" in k for k in ckpt["state_dict"])  # the teacher is not checkpointed
 
 
-def test_training_with_teacher_scores_in_a_negatives_file(tiny_bert, scifact_slice, tmp_path):
+def test_training_with_teacher_scores_in_a_negatives_file(cfg_train, tiny_bert, scifact_slice, tmp_path):
     """data.teacher_from_negatives: the negatives file's scores (as dr-score writes them) are the teacher."""
-    from dr.negatives import NegativesRecord, write_negatives
-    from dr.teacher import read_teacher_scores
+    from dr.data.negatives import NegativesRecord, write_negatives
+    from dr.data.teacher_scores import read_teacher_scores
 
     teacher = read_teacher_scores(_teacher_file(scifact_slice, tmp_path / "teacher.tsv"))
     records = []
@@ -218,7 +208,7 @@ def test_training_with_teacher_scores_in_a_negatives_file(tiny_bert, scifact_sli
         pos, negs = pairs[0][0], [n for _, n in pairs]
         records.append(NegativesRecord(qid, [pos], negs, [teacher.score(qid, n) for n in negs], [teacher.score(qid, pos)]))
     write_negatives(tmp_path / "scored.jsonl", records)
-    rows = _train(tiny_bert, scifact_slice, tmp_path / "run", [
+    rows = _train(cfg_train, tmp_path / "run", [
         "loss=margin_mse", f"data.negatives={tmp_path / 'scored.jsonl'}", "data.teacher_from_negatives=true",
     ])
     losses = _logged(rows, "train/loss")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from dr.encoder import DR_CONFIG, BiEncoder, pool, resolve_model_name
+from dr.models.encoder import DR_CONFIG, BiEncoder, pool, resolve_model_name
 
 # Deliberately not sorted by length, so encode()'s length sort really reorders them.
 TEXTS = [

@@ -10,9 +10,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
-from dr.encoder import DR_CONFIG, BiEncoder
-from dr.export import export, read_dr_config
-from dr.index import DenseIndex
+from dr.models.encoder import DR_CONFIG, BiEncoder
+from dr.retrieval.export import export, read_dr_config
+from dr.retrieval.index import DenseIndex
 
 TEXTS = [
     "x",

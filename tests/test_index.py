@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dr.index import DOCID_FILE, INDEX_FILE, DenseIndex
-from dr.io import DataError
+from dr.retrieval.index import DOCID_FILE, INDEX_FILE, DenseIndex
+from dr.data.io import DataError
 
 
 def _data(n: int = 200, dim: int = 16, n_queries: int = 7, seed: int = 0):

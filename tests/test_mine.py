@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dr.bm25 import BM25
+from dr.retrieval.bm25 import BM25
 from dr.cli import config_dir
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
-from dr.mine import mine
-from dr.negatives import read_negatives
+from dr.cli.mine import run as mine
+from dr.data.negatives import read_negatives
 
 
 def _cfg(overrides):

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from dr.cli import config_dir
-from dr.train import train
+from dr.training import train
 
 
 @pytest.mark.slow

@@ -1,10 +1,10 @@
-"""Index refresh (dr/refresh.py): real Trainer, real worker processes, real FAISS, tiny BERT."""
+"""Index refresh (dr/refresh/): real Trainer, real worker processes, real FAISS, tiny BERT."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,40 +17,50 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from conftest import merge_overrides, tiny_train_overrides
 from dr.cli import config_dir
 from dr.data import read_qrels
-from dr.negatives import read_negatives
-from dr.refresh import FAILED, MANIFEST, NEGATIVES, clean_refresh_dir, verified_manifest, version_dir, write_json
-from dr.train import train
+from dr.data.negatives import read_negatives
+from dr.data import write_json
+from dr.refresh import FAILED, MANIFEST, NEGATIVES, IndexRefresh, clean_refresh_dir, verified_manifest, version_dir
+from dr.training import train
 
 
 def _overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int, mode: str, every: int) -> list[str]:
-    return [
-        f"paths.output_dir={out}",
-        f"encoder.name_or_path={tiny_bert}",
-        "encoder.pooling=cls",
-        "encoder.query_max_length=16",
+    return merge_overrides(tiny_train_overrides(tiny_bert, data, out, max_steps), [
         "encoder.passage_max_length=32",
-        f"data.corpus={data['corpus']}",
-        f"data.train_queries={data['train_queries']}",
-        f"data.train_qrels={data['train_qrels']}",
-        "data.batch_size=8",
         "data.val_fraction=0",
         "test.enabled=false",
         "export.enabled=false",
-        "trainer.accelerator=cpu",
-        "trainer.precision=32-true",
-        f"trainer.max_steps={max_steps}",
-        "trainer.enable_progress_bar=false",
-        "callbacks.model_checkpoint.every_n_train_steps=2",
-        "optimizer.lr=1e-3",
         f"refresh={mode}",
         f"refresh.every_n_steps={every}",
         "refresh.top_k=20",
         "refresh.batch_size=64",
         "miner@refresh.miner=topk",
         "refresh.miner.num_negatives=4",
-    ]
+    ])
+
+
+def inject_faults(fail_versions: set, sleep_versions: set, sleep_s: float, job) -> None:
+    """A refresh job hook (runs in the worker): crash these versions' jobs, stall those."""
+    if job.version in sleep_versions:
+        time.sleep(sleep_s)
+    if job.version in fail_versions:
+        raise RuntimeError(f"refresh v{job.version:04d}: injected failure (test fault)")
+
+
+class FaultyRefresh(IndexRefresh):
+    """IndexRefresh with faults injected through the Python API (``job_hook``), for tests only:
+    selected with ``refresh._target_=test_refresh.FaultyRefresh``."""
+
+    def __init__(self, fail_versions=(), sleep_versions=(), sleep_s: float = 0.0, **kwargs):
+        hook = functools.partial(inject_faults, set(fail_versions), set(sleep_versions), sleep_s)
+        super().__init__(job_hook=hook, **kwargs)
+
+
+def _faulty(fail_versions=(), sleep_versions=(), sleep_s=0) -> list[str]:
+    return ["refresh._target_=test_refresh.FaultyRefresh", f"+refresh.fail_versions={list(fail_versions)}",
+            f"+refresh.sleep_versions={list(sleep_versions)}", f"+refresh.sleep_s={sleep_s}"]
 
 
 def _compose(overrides: list[str]):
@@ -121,10 +131,10 @@ def _check_negatives(path: Path, data: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def async_run(tiny_bert, scifact_slice, tmp_path_factory):
-    """Async refresh every 3 steps; version 2's worker crashes (fail_versions=[2])."""
+    """Async refresh every 3 steps; version 2's worker crashes (an injected fault)."""
     out = tmp_path_factory.mktemp("async") / "run"
     seen = out.parent / "seen.json"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + ["refresh.fail_versions=[2]"])
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + _faulty(fail_versions=[2]))
     # v1 is submitted at step 3, v2 at 6 (crashes), v3 at 9: hold the trainer until each lands.
     cfg = _with_recorder(cfg, seen, [[4, "v0001/manifest.json"], [7, "worker.dead"], [10, "v0003/manifest.json"]])
     t0 = time.perf_counter()
@@ -224,12 +234,13 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
     """SIGKILL the training process while the worker builds version 2; resume from last.ckpt."""
     out = tmp_path / "run"
     base = _overrides(tiny_bert, scifact_slice, out, max_steps=400, mode="async", every=3)
-    script = ("import sys; from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.train import train\n"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.training import train\n"
               "with initialize_config_dir(config_dir=config_dir(), version_base='1.3'):\n"
               "    cfg = compose('train', overrides=sys.argv[1:])\n"
               "train(cfg)\n")
     # Version 2 stalls in the worker, so the kill lands while it is being built.
-    args = [sys.executable, "-c", script, *base, "refresh.sleep_versions=[2]", "refresh.sleep_s=120"]
+    args = [sys.executable, "-c", script, *base, *_faulty(sleep_versions=[2], sleep_s=120)]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.log", "w"))
     root = out / "refresh"
     deadline = time.monotonic() + 120

@@ -12,9 +12,9 @@ import pytorch_lightning as pl
 import torch
 from scipy.stats import chisquare
 
-from dr.cluster import read_clusters, write_clusters
-from dr.samplers import BalancedMarginPairSampler, TASBatchSampler, margin_bins, tas_batch_sampler
-from dr.teacher import TeacherScores
+from dr.data import read_clusters, write_clusters
+from dr.sampling import BalancedMarginPairSampler, TASBatchSampler, margin_bins, tas_batch_sampler
+from dr.data.teacher_scores import TeacherScores
 
 # 200 training queries in clusters of very different sizes; the cluster file also names
 # queries that are not training queries (q900+), and one cluster has none of them.
@@ -240,7 +240,7 @@ class _Recorder(pl.Callback):
 
 def _slice_clusters_and_teacher(data: dict, out: Path) -> tuple[Path, Path]:
     from dr.data import read_qrels
-    from dr.teacher import write_teacher_scores
+    from dr.data.teacher_scores import write_teacher_scores
 
     qrels = read_qrels(data["train_qrels"])
     docids = [json.loads(line)["_id"] for line in open(data["corpus"])]

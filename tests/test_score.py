@@ -14,10 +14,11 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 from dr.cli import config_dir
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries
-from dr.io import DataError
-from dr.negatives import NegativesRecord, read_negatives, write_negatives
-from dr.score import pairs_from_negatives, pairs_from_triples, score, score_to_file
-from dr.teacher import read_teacher_scores, write_teacher_scores
+from dr.data.io import DataError
+from dr.data.negatives import NegativesRecord, read_negatives, write_negatives
+from dr.cli.score import run as score
+from dr.teachers.scoring import pairs_from_negatives, pairs_from_triples, score_to_file
+from dr.data.teacher_scores import read_teacher_scores, write_teacher_scores
 from dr.teachers import CrossEncoderTeacher, FusionTeacher
 
 ROWS = [(12.5, 3.25, "q1", "d1", "d7"), (12.5, -1.0, "q1", "d1", "d9"), (0.125, 0.5, "q2", "d3", "d4")]

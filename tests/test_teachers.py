@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
-from dr.bm25 import BM25
+from dr.retrieval.bm25 import BM25
 from dr.data import passage_texts, read_corpus, read_queries
-from dr.fusion import BM25Scorer, fuse, normalize_scores
+from dr.teachers.fusion import fuse, normalize_scores
 from dr.teachers import BiEncoderTeacher, ColBERTTeacher, CrossEncoderTeacher, FusionTeacher
 
 
@@ -40,16 +40,15 @@ def corpus_texts(scifact_slice):
     return list(corpus["docid"]), passage_texts(corpus)
 
 
-def test_bm25_scorer_matches_bm25s(corpus_texts, scifact_slice):
+def test_bm25_score_texts_matches_bm25s(corpus_texts, scifact_slice):
     docids, texts = corpus_texts
     queries = list(read_queries(scifact_slice["train_queries"]).values())[:5]
     index = BM25(texts, docids)
     rows, scores = index.search(queries, 10)
-    scorer = BM25Scorer(texts)
-    mine = scorer.score(queries, texts)
+    mine = index.score_texts(queries, texts)
     for i in range(len(queries)):
         assert mine[i, rows[i]] == pytest.approx(scores[i], rel=1e-4)
-    assert scorer.score(["zzzunknownword"], texts[:3]).tolist() == [[0.0, 0.0, 0.0]]
+    assert index.score_texts(["zzzunknownword"], texts[:3]).tolist() == [[0.0, 0.0, 0.0]]
     for i, query in enumerate(queries):  # BM25.corpus_scores: the same scores for every corpus row
         assert index.corpus_scores(query)[rows[i]] == pytest.approx(scores[i], rel=1e-6)
         assert index.corpus_scores(query) == pytest.approx(mine[i], rel=1e-4, abs=1e-6)
@@ -57,7 +56,7 @@ def test_bm25_scorer_matches_bm25s(corpus_texts, scifact_slice):
 
 
 def test_fusion_search_over_the_whole_corpus_ranks_by_fused_scores(corpus_texts, scifact_slice):
-    from dr.fusion import fusion_search
+    from dr.teachers.fusion import fusion_search
 
     docids, texts = corpus_texts
     queries = list(read_queries(scifact_slice["train_queries"]).values())[:3]
@@ -80,7 +79,7 @@ def test_fusion_teacher_equals_fusion_of_its_parts(tiny_bert, scifact_slice, cor
     teacher = FusionTeacher(corpus=scifact_slice["corpus"], model=tiny_bert, bm25_weight=0.3, dense_weight=0.7, normalization="zscore")
     matrix = teacher(queries, passages).numpy()
     assert matrix.shape == (3, 6)
-    bm25 = BM25Scorer(texts).score(queries, passages)
+    bm25 = BM25(texts).score_texts(queries, passages)
     dense = BiEncoderTeacher(tiny_bert).scores(queries, passages)
     expected = 0.3 * normalize_scores(bm25, "zscore") + 0.7 * normalize_scores(dense, "zscore")
     assert matrix == pytest.approx(expected, abs=1e-5)
@@ -91,7 +90,7 @@ def test_fusion_teacher_equals_fusion_of_its_parts(tiny_bert, scifact_slice, cor
 
 
 def test_biencoder_teacher_is_frozen_q_dot_d(tiny_bert):
-    from dr.encoder import BiEncoder
+    from dr.models.encoder import BiEncoder
 
     teacher = BiEncoderTeacher(tiny_bert, query_max_length=16, passage_max_length=32)
     q, p = ["a query", "another query"], ["passage one", "passage two here", "three"]

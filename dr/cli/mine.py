@@ -1,0 +1,50 @@
+"""``dr-mine``: retrieve candidates for the training queries, apply a miner, write a negatives file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from dr.cli import encoder_from_config, hydra_command
+from dr.data import read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
+from dr.plots import plot_score_histogram
+from dr.retrieval import DenseIndex
+from dr.retrieval.mining import corpus_embeddings, dense_candidates, instantiate_miner, mine_queries, run_candidates, score_lists
+
+
+def run(cfg: DictConfig, out: Path) -> dict:
+    """Mine negatives as configured; returns the summary statistics (also written next to the file)."""
+    rng = np.random.default_rng(cfg.seed)
+    queries = read_queries(cfg.queries)
+    qrels = read_qrels(cfg.qrels)
+    positives = read_positives(qrels, cfg.min_relevance)
+    qids = [q for q in queries if positives.get(q)]
+    corpus = read_corpus(cfg.corpus)
+    miner = instantiate_miner(cfg.miner, corpus["docid"])
+
+    if cfg.get("run_file"):
+        candidates = run_candidates(read_run(cfg.run_file), positives)
+    else:
+        encoder = encoder_from_config(cfg)
+        embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
+        index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
+        row_of = {d: i for i, d in enumerate(corpus["docid"])}
+        candidates = dense_candidates(encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16)
+
+    records, stats = mine_queries(qids, positives, candidates, miner, rng, cfg.chunk_size)
+    target = Path(cfg.output) if cfg.get("output") else out / "negatives.jsonl"
+    write_negatives(target, records)
+    write_json(target.with_name(target.name + ".stats.json"), stats)
+    pos_scores_all, neg_scores_all = score_lists(records)
+    if pos_scores_all or neg_scores_all:
+        plot_score_histogram(pos_scores_all, neg_scores_all, target.with_name(target.name + ".scores.png"),
+                             title=f"{len(records)} queries, miner {cfg.miner._target_.rsplit('.', 1)[-1]}")
+    print(json.dumps(stats, indent=2))
+    print(f"wrote {sum(len(r.negatives) for r in records)} negatives for {len(records)} queries to {target}")
+    return stats
+
+
+main = hydra_command("mine", run)

@@ -1,0 +1,105 @@
+"""Teacher-score files: the published Margin-MSE format.
+
+One (query, positive, negative) triple per line, tab-separated (Hofstätter et al. 2020, the
+format of the public MS MARCO teacher-score files)::
+
+    pos_score <TAB> neg_score <TAB> qid <TAB> pos_pid <TAB> neg_pid
+
+The file may be gzipped (``.gz``). Scores are the teacher's raw scores for (qid, pos_pid) and
+(qid, neg_pid); Margin-MSE only uses their difference, so any scale works. Readers validate every
+line and name the file and line on error; writers are atomic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from dr.data.io import DataError, atomic_write, open_text
+
+EXPECTED = "expected 5 tab-separated fields: pos_score, neg_score, qid, pos_pid, neg_pid (scores are numbers)"
+
+
+@dataclass
+class TeacherScores:
+    """Teacher scores of (query, passage) pairs and the (positive, negative) pairs they came in.
+
+    ``scores[qid][docid]`` is the teacher's score; ``pairs[qid]`` lists the (pos_pid, neg_pid)
+    triples in file order (without duplicates). When a pair is scored twice the last score wins.
+    """
+
+    scores: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    pairs: dict[str, list[tuple[str, str]]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, qid: str, pos: str, neg: str, pos_score: float, neg_score: float) -> None:
+        scores = self.scores[qid]
+        if (pos, neg) not in self._pair_sets.setdefault(qid, set()):
+            self._pair_sets[qid].add((pos, neg))
+            self.pairs[qid].append((pos, neg))
+        scores[pos] = pos_score
+        scores[neg] = neg_score
+
+    def __post_init__(self):
+        self._pair_sets: dict[str, set] = {q: set(p) for q, p in self.pairs.items()}
+
+    def update(self, other: "TeacherScores") -> None:
+        for qid, pairs in other.pairs.items():
+            for pos, neg in pairs:
+                self.add(qid, pos, neg, other.scores[qid][pos], other.scores[qid][neg])
+        for qid, scores in other.scores.items():  # scores without a pair (e.g. from a negatives file)
+            for docid, score in scores.items():
+                self.scores[qid].setdefault(docid, score)
+
+    def score(self, qid: str, docid: str) -> float:
+        """The teacher's score, or NaN when the pair was never scored."""
+        return self.scores.get(qid, {}).get(docid, math.nan)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pairs.values())
+
+
+def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = None) -> TeacherScores:
+    """Read a teacher-score file (plain or .gz)."""
+    teacher = into if into is not None else TeacherScores()
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\n\r")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 5:
+                raise DataError(path, line_no, f"found {len(parts)} fields; {EXPECTED}")
+            try:
+                pos_score, neg_score = float(parts[0]), float(parts[1])
+            except ValueError:
+                raise DataError(path, line_no, f"scores {parts[0]!r}, {parts[1]!r} are not numbers; {EXPECTED}") from None
+            if not (math.isfinite(pos_score) and math.isfinite(neg_score)):
+                raise DataError(path, line_no, f"non-finite score; {EXPECTED}")
+            qid, pos, neg = (p.strip() for p in parts[2:])
+            if not (qid and pos and neg):
+                raise DataError(path, line_no, f"empty id; {EXPECTED}")
+            teacher.add(qid, pos, neg, pos_score, neg_score)
+    return teacher
+
+
+def format_teacher_line(pos_score: float, neg_score: float, qid: str, pos: str, neg: str) -> str:
+    """One line of the format (with its newline). Scores keep 8 significant digits (float32 round trip)."""
+    for name, value in (("qid", qid), ("pos_pid", pos), ("neg_pid", neg)):
+        if not value or any(c in str(value) for c in "\t\n\r"):
+            raise ValueError(f"{name} {value!r} cannot be written to a teacher-score file: empty or contains a tab/newline")
+    if not (math.isfinite(float(pos_score)) and math.isfinite(float(neg_score))):
+        raise ValueError(f"non-finite teacher score for ({qid}, {pos}, {neg}): {pos_score}, {neg_score}")
+    return f"{float(pos_score):.8g}\t{float(neg_score):.8g}\t{qid}\t{pos}\t{neg}\n"
+
+
+def write_teacher_scores(path: str | os.PathLike, rows: Iterable[tuple[float, float, str, str, str]]) -> int:
+    """Write ``(pos_score, neg_score, qid, pos_pid, neg_pid)`` rows atomically; returns the count."""
+    n = 0
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(format_teacher_line(*row))
+            n += 1
+    return n

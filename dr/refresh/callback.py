@@ -1,0 +1,424 @@
+"""Index refresh: re-encode the corpus with the current weights, re-mine, swap in the new negatives.
+
+ANCE (Xiong et al., ICLR 2021, Sec. 4) keeps hard negatives fresh with a separate inference job
+that re-encodes the corpus from recent checkpoints, rebuilds a FAISS index, takes the top-200 per
+training query and writes a new training file; SimANS and AR2 re-mine synchronously while
+training waits. :class:`IndexRefresh` does both as a Lightning callback, a thin layer over:
+
+- :mod:`dr.refresh.schedule`: when a refresh is due, and the backoff after failures;
+- :mod:`dr.refresh.worker`: the worker process (spawn, queues, crash and timeout handling);
+- :mod:`dr.refresh.job`: what one refresh does (encode, index, mine, optionally teacher-score);
+- :mod:`dr.refresh.store`: the versioned, checksummed files a refresh writes.
+
+``mode="async"``: at each schedule point the encoder is snapshotted and handed to the worker;
+the trainer keeps stepping and, at a batch boundary, swaps in the newest verified version
+(``datamodule.set_negatives``). It never waits. ``mode="sync"``: the same job runs in the
+training process with the live encoder while the trainer waits.
+
+Failures: a worker that raises, dies or overruns ``timeout_s`` is logged (and killed); the run
+keeps training on the last good negatives and a new worker starts at a later schedule point.
+
+Resume: the schedule, the current version and the history are in the checkpoint. On resume the
+current version's negatives are loaded again before the first batch; versions newer than the
+checkpoint's and orphan ``.tmp-*`` folders are deleted; a refresh in flight at the checkpoint is
+started again at the first resumed step.
+
+DDP: only local rank 0 of each node snapshots and owns a worker (each node writes its own
+``refresh/node<k>`` unless there is one node). All ranks take the same decisions at the same
+global step: at every poll each rank reports the newest verified version on its node, and rank 0
+whether a refresh is due; one ``all_gather`` later every rank switches to the *minimum* complete
+version (so a version is used only once every node has it) and submits the refresh rank 0 chose.
+Corpus encoding is not sharded across ranks: the node's worker encodes the whole corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dr.refresh.job import RefreshJob, RefreshSetup, run_job
+from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule
+from dr.refresh.store import MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, verified_manifest, version_dir
+from dr.refresh.worker import RefreshWorker
+
+log = logging.getLogger(__name__)
+
+
+class IndexRefresh(pl.Callback):
+    """Refresh the hard negatives during training (see the module docstring).
+
+    Args:
+        enabled: False makes the callback inert (``train`` does not add it then).
+        mode: ``"async"`` (a worker process; the trainer never waits) or ``"sync"`` (the trainer waits).
+        every_n_steps / every_minutes: the schedule (either or both).
+        device: ``auto``, ``cpu`` or ``cuda`` for encoding and the FAISS index (GPU index in fp16).
+        index: FAISS index kind (``flat``, ``ivf``, ``hnsw``).
+        miner: a miner config (``conf/miner/*.yaml``), applied to the top ``top_k`` candidates.
+        top_k, batch_size, chunk_size, bf16: mining settings as in ``dr-mine``.
+        worker_threads: torch and FAISS threads of the worker (CPU); trainer_threads: torch
+            threads of the training process (None leaves them).
+        timeout_s: a job running longer is killed and counted as a failure.
+        max_backoff_schedules: the most schedules skipped after repeated failures.
+        teacher: optional teacher config scoring the new pairs (off by default; see
+            :func:`dr.refresh.job.teacher_score`).
+        keep_snapshots: keep each version's encoder snapshot (by default deleted once loaded).
+        poll_every_n_steps: how often ranks look for a new version.
+        dirpath: where versions go (default ``<trainer.default_root_dir>/refresh``).
+        seed: mining seed (each version draws from ``(seed, version)``).
+        job_hook: Python API only: a picklable callable run as each job starts, in the worker
+            (instrumentation; the tests inject crashes and stalls with it).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        mode: str = "async",
+        every_n_steps: int | None = None,
+        every_minutes: float | None = None,
+        device: str = "auto",
+        index: str = "flat",
+        miner: dict | DictConfig | None = None,
+        top_k: int = 200,
+        batch_size: int = 64,
+        chunk_size: int = 1024,
+        bf16: bool = False,
+        worker_threads: int | None = 1,
+        trainer_threads: int | None = None,
+        timeout_s: float = 3600.0,
+        max_backoff_schedules: int = 8,
+        teacher: dict | DictConfig | None = None,
+        keep_snapshots: bool = False,
+        poll_every_n_steps: int = 1,
+        dirpath: str | None = None,
+        seed: int = 42,
+        job_hook: Callable[[RefreshJob], None] | None = None,
+    ):
+        if mode not in ("async", "sync"):
+            raise ValueError(f"refresh.mode must be 'async' or 'sync', got {mode!r}")
+        if enabled and not every_n_steps and not every_minutes:
+            raise ValueError("refresh: set every_n_steps or every_minutes (or refresh=none)")
+        if miner is None:
+            miner = {"_target_": "miners.SimANSMiner", "num_negatives": 15}
+        self.enabled = enabled
+        self.mode = mode
+        self.device = device
+        self.index = index
+        self.miner = OmegaConf.to_container(miner, resolve=True) if isinstance(miner, DictConfig) else dict(miner)
+        self.teacher = OmegaConf.to_container(teacher, resolve=True) if isinstance(teacher, DictConfig) else teacher
+        self.top_k, self.batch_size, self.chunk_size, self.bf16 = top_k, batch_size, chunk_size, bf16
+        self.worker_threads, self.trainer_threads = worker_threads, trainer_threads
+        self.timeout_s = timeout_s
+        self.keep_snapshots, self.poll_every_n_steps = keep_snapshots, max(1, poll_every_n_steps)
+        self.dirpath, self.seed, self.job_hook = dirpath, seed, job_hook
+        self.schedule = RefreshSchedule(every_n_steps, every_minutes, max_backoff_schedules)
+        # versions and history: saved in checkpoints (with the schedule)
+        self.current_version = 0
+        self.next_version = 1
+        self.pending: dict[int, dict] = {}
+        self.history: list[dict] = []
+        self.blocked_total_s = 0.0
+        # runtime only
+        self._root: Path | None = None
+        self._setup: RefreshSetup | None = None
+        self._worker: RefreshWorker | None = None
+        self._verified: dict[int, dict] = {}
+        self._bad: set[int] = set()
+        self._resubmit = False
+        self._submit_blocked: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "current_version": self.current_version,
+            "next_version": self.next_version,
+            "pending": sorted(self.pending),
+            "history": self.history,
+            "blocked_total_s": self.blocked_total_s,
+            **self.schedule.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current_version = int(state["current_version"])
+        self.schedule.load_state_dict(state)
+        self.history = list(state.get("history", []))
+        self.blocked_total_s = float(state.get("blocked_total_s", 0.0))
+        # Versions after the checkpoint's belong to the killed run's future: they are deleted
+        # and made again; a refresh in flight at the checkpoint starts again at once.
+        self.next_version = self.current_version + 1
+        self.pending = {}
+        self._resubmit = bool(state.get("pending"))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _local_zero(trainer: pl.Trainer) -> bool:
+        return trainer.local_rank == 0
+
+    def _root_for(self, trainer: pl.Trainer) -> Path:
+        root = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "refresh"
+        if trainer.num_nodes > 1:
+            root = root / f"node{trainer.node_rank}"
+        return root
+
+    def _make_setup(self, trainer: pl.Trainer) -> RefreshSetup:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "set_negatives"):
+            raise RuntimeError("IndexRefresh needs a datamodule with set_negatives (dr.training.RetrievalDataModule)")
+        ds = dm.train_dataset
+        return RefreshSetup(
+            corpus=str(dm.hparams.corpus), qids=list(ds.qids), queries=dict(zip(ds.qids, ds.query_texts)),
+            positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,
+            device=self.device, top_k=self.top_k, batch_size=self.batch_size, chunk_size=self.chunk_size,
+            bf16=self.bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
+            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook,
+        )
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, values: dict[str, float]) -> None:
+        """One row per event, straight to the loggers (``self.log`` would repeat it every step)."""
+        metrics = {f"refresh/{name}": float(value) for name, value in values.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled:
+            return
+        t0 = time.perf_counter()
+        if self.trainer_threads:
+            torch.set_num_threads(self.trainer_threads)
+        self._root = self._root_for(trainer)
+        self._setup = self._make_setup(trainer)
+        self._worker = RefreshWorker(self._setup, self._root)
+        if self._local_zero(trainer):
+            self._root.mkdir(parents=True, exist_ok=True)
+            removed = clean_refresh_dir(self._root, keep_upto=self.current_version)
+            if removed:
+                log.info("refresh: removed %s left by an earlier run", ", ".join(sorted(removed)))
+        trainer.strategy.barrier("refresh_clean")
+        if self.current_version > 0:
+            # Resumed: train on the checkpoint's negatives again from the first batch.
+            vdir = version_dir(self._root, self.current_version)
+            if verified_manifest(vdir) is None:
+                raise RuntimeError(
+                    f"{vdir}: the checkpoint trains on refresh version {self.current_version}, "
+                    "but its manifest or negatives file is missing or corrupt"
+                )
+            trainer.datamodule.set_negatives(str(vdir / NEGATIVES), self.current_version)
+            log.info("refresh: resumed on negatives version %d", self.current_version)
+        if self._resubmit:
+            self.schedule.due_now(trainer.global_step)
+            self._resubmit = False
+        self.schedule.restart_timer()
+        self.blocked_total_s += time.perf_counter() - t0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.enabled:
+            return
+        t0 = time.perf_counter()
+        step = trainer.global_step
+        failures = self.schedule.failures_total
+        if self._local_zero(trainer) and self.mode == "async":
+            self._check_worker()
+        decision = self._decide(trainer)
+        if step % self.poll_every_n_steps == 0 or decision != NOTHING:
+            local = self._newest_complete()
+            if trainer.world_size > 1:
+                # One collective per poll: every rank's newest complete version, rank 0's decision.
+                gathered = trainer.strategy.all_gather(torch.tensor([local, decision], device=pl_module.device))
+                local, decision = int(gathered[:, 0].min()), int(gathered[0, 1])
+            if local > self.current_version:
+                self._swap(trainer, pl_module, local)
+            if decision != NOTHING:
+                self._take_schedule_point(trainer, pl_module, submit=decision == SUBMIT)
+        if self.schedule.failures_total > failures:
+            self._log(trainer, {"failures": self.schedule.failures_total})
+        self.blocked_total_s += time.perf_counter() - t0
+
+    def _decide(self, trainer: pl.Trainer) -> int:
+        """Rank 0 decides whether this step is a refresh point (time-based schedules differ
+        across ranks) and whether to submit: not while one is running, not during a backoff."""
+        if trainer.global_rank != 0:
+            return NOTHING
+        step = trainer.global_step
+        backoff = self.schedule.skip_schedules > 0
+        decision = self.schedule.decide(step, trainer.max_steps, busy=bool(self.pending) and self.mode == "async")
+        if decision == SKIP and backoff:
+            log.warning("refresh: skipping the refresh at step %d (backoff after %d failures)", step, self.schedule.consecutive_failures)
+        elif decision == SKIP:
+            log.info("refresh: v%04d still running at step %d; this refresh is skipped", min(self.pending), step)
+        return decision
+
+    def _take_schedule_point(self, trainer: pl.Trainer, pl_module: pl.LightningModule, submit: bool) -> None:
+        step = trainer.global_step
+        self.schedule.advance(step)
+        if not submit:
+            return
+        version = self.next_version
+        self.next_version += 1
+        self.pending[version] = {"snapshot_step": step, "submitted": time.time(), "started": None}
+        t0 = time.perf_counter()
+        if self._local_zero(trainer):
+            self._submit(trainer, pl_module, version, step)
+        if self.mode == "sync":
+            trainer.strategy.barrier("refresh_sync")
+            self.pending.pop(version, None)
+            local = self._newest_complete()
+            if trainer.world_size > 1:
+                local = int(trainer.strategy.all_gather(torch.tensor([local], device=pl_module.device)).min())
+            self._submit_blocked[version] = time.perf_counter() - t0
+            if local > self.current_version:
+                self._swap(trainer, pl_module, local)
+        else:
+            self._submit_blocked[version] = time.perf_counter() - t0
+
+    def _submit(self, trainer, pl_module, version: int, step: int) -> None:
+        snapshot = pl_module.encoder if self.mode == "async" else None
+        vdir = stage_version(self._root, version, step, self.mode, encoder=snapshot)
+        job = RefreshJob(version, step, str(vdir))
+        if self.mode == "sync":
+            log.info("refresh: v%04d (sync) at step %d", version, step)
+            try:
+                run_job(self._setup, job, encoder=pl_module.encoder)
+            except Exception as e:
+                self._failed(version, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+                return
+            finally:
+                pl_module.encoder.train()
+            self.schedule.succeeded()
+            return
+        self._worker.submit(job)
+        log.info("refresh: v%04d submitted at step %d (worker pid %d)", version, step, self._worker.process.pid)
+
+    # ------------------------------------------------------------------ worker
+    def _check_worker(self) -> None:
+        """Drain the worker's messages; detect a crash or a timeout."""
+        if self._worker is None:
+            return
+        for kind, version, payload in self._worker.messages():
+            if kind == "started" and version in self.pending:
+                self.pending[version]["started"] = time.time()
+            elif kind == "done":  # the manifest is checked on disk when the version is polled
+                self.pending.pop(version, None)
+                self.schedule.succeeded()
+            elif kind == "failed":
+                self._failed(version, payload)
+                self._worker.stop()  # it exits after reporting; a new one starts at the next refresh
+                break
+        if not self.pending:
+            return
+        if not self._worker.alive:
+            code = self._worker.exitcode
+            for version in sorted(self.pending):
+                self._failed(version, f"the worker died (exit code {code}) without a result")
+            self._worker.stop()
+            return
+        oldest = min(self.pending)
+        started = self.pending[oldest]["started"] or self.pending[oldest]["submitted"]
+        if time.time() - started > self.timeout_s:
+            for version in sorted(self.pending):
+                self._failed(version, f"timed out after {self.timeout_s:.0f} s; the worker was killed")
+            self._worker.stop()
+
+    def _failed(self, version: int, error: str) -> None:
+        self.pending.pop(version, None)
+        self._bad.add(version)
+        self.schedule.failed()
+        log.error("refresh v%04d failed; training goes on with negatives version %d (%d failure(s) in a row, "
+                  "next %d schedule(s) skipped):\n%s", version, self.current_version, self.schedule.consecutive_failures,
+                  self.schedule.skip_schedules, error)
+        if self._root is not None:
+            mark_failed(self._root, version, error)
+        self.history.append({"version": version, "status": "failed"})
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_worker()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop_worker()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._stop_worker()
+
+    # ------------------------------------------------------------------ swapping
+    def _newest_complete(self) -> int:
+        """The newest verified version above the current one on this node (the current if none)."""
+        if self._root is None:
+            return self.current_version
+        for version in range(self.next_version - 1, self.current_version, -1):
+            if version in self._bad:
+                continue
+            if version in self._verified:
+                return version
+            if not (version_dir(self._root, version) / MANIFEST).is_file():
+                continue
+            manifest = verified_manifest(version_dir(self._root, version))
+            if manifest is None:
+                self._bad.add(version)
+                continue
+            self._verified[version] = manifest
+            return version
+        return self.current_version
+
+    def _swap(self, trainer, pl_module, version: int) -> None:
+        t0 = time.perf_counter()
+        manifest = self._verified.get(version) or verified_manifest(version_dir(self._root, version))
+        path = version_dir(self._root, version) / NEGATIVES
+        trainer.datamodule.set_negatives(str(path), version)
+        step = trainer.global_step
+        superseded = [v for v in self.pending if v <= version]
+        submit_s = self._submit_blocked.pop(version, 0.0)
+        for v in superseded:
+            self.pending.pop(v, None)
+        self.current_version = version
+        stats = manifest.get("stats", {})
+        entry = {
+            "version": version,
+            "status": "used",
+            "snapshot_step": int(manifest["snapshot_step"]),
+            "swap_step": step,
+            "staleness_steps": step - int(manifest["snapshot_step"]),
+            "duration_s": float(manifest["duration_s"]),
+            "blocked_s": submit_s + time.perf_counter() - t0,
+            "positive_retrieved": float(stats.get("positive_retrieved_in_top_k", float("nan"))),
+            "negatives_per_query": float(stats.get("negatives_per_query", float("nan"))),
+        }
+        self.history.append(entry)
+        values = {k: entry[k] for k in ("version", "duration_s", "blocked_s", "staleness_steps", "positive_retrieved", "negatives_per_query")}
+        for kind in ("positive_score", "negative_score"):
+            for q, v in stats.get(kind, {}).items():
+                values[f"{kind}_{q}"] = v
+        values["failures"] = self.schedule.failures_total
+        self._log(trainer, values)
+        log.info("refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
+                 version, step, entry["snapshot_step"], entry["duration_s"], self.top_k, entry["positive_retrieved"])
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self, train_seconds: float | None = None) -> dict[str, float]:
+        """Flat metrics for metrics.json: versions used, failures, durations, blocked time."""
+        used = [h for h in self.history if h.get("status") == "used"]
+        out = {
+            "refresh/versions_used": float(len(used)),
+            "refresh/current_version": float(self.current_version),
+            "refresh/failures": float(self.schedule.failures_total),
+            "refresh/blocked_total_s": self.blocked_total_s,
+        }
+        if used:
+            out["refresh/mean_duration_s"] = float(np.mean([h["duration_s"] for h in used]))
+            out["refresh/mean_blocked_s"] = float(np.mean([h["blocked_s"] for h in used]))
+            out["refresh/mean_staleness_steps"] = float(np.mean([h["staleness_steps"] for h in used]))
+            out["refresh/last_positive_retrieved"] = used[-1]["positive_retrieved"]
+        if train_seconds:
+            out["refresh/blocked_fraction"] = self.blocked_total_s / train_seconds
+        return out

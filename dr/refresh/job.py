@@ -1,0 +1,128 @@
+"""The refresh job: what the worker process (or, in sync mode, the trainer) runs for one version.
+
+Load the snapshot, encode the corpus and the training queries, build a FAISS index (GPU, fp16
+vectors, when there is one), mine with the configured miner chain (:mod:`miners`, through
+:func:`dr.retrieval.mining.mine_queries`), optionally have a teacher re-score the new pairs, and
+write the version (:mod:`dr.refresh.store`), manifest last. Free of Lightning imports, so a
+freshly spawned worker starts in seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dr.data.io import write_json
+from dr.refresh.store import NEGATIVES, SNAPSHOT, STATS, write_manifest
+
+
+@dataclass
+class RefreshJob:
+    """One refresh: the version to write, the step its snapshot was taken at, its folder."""
+
+    version: int
+    snapshot_step: int
+    version_dir: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RefreshSetup:
+    """What every job of a run shares (sent once to the worker)."""
+
+    corpus: str
+    qids: list[str]
+    queries: dict[str, str]
+    positives: dict[str, list[str]]
+    miner: dict
+    index: str = "flat"
+    device: str = "auto"
+    top_k: int = 200
+    batch_size: int = 64
+    chunk_size: int = 1024
+    bf16: bool = False
+    seed: int = 42
+    worker_threads: int | None = 1
+    teacher: dict | None = None
+    keep_snapshots: bool = False
+    job_hook: Callable[[RefreshJob], None] | None = None  # called as each job starts (instrumentation, fault injection in tests)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"refresh.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> dict:
+    """Encode, index, mine (and optionally teacher-score), write the version; returns its manifest.
+
+    ``encoder`` is the live model in sync mode; otherwise the snapshot in ``job.version_dir`` is
+    loaded. The manifest is written last, so a version without one is incomplete.
+    """
+    from dr.data import passage_texts, read_corpus, write_negatives
+    from dr.models import BiEncoder
+    from dr.retrieval import DenseIndex, encode_corpus, gpu_available
+    from dr.retrieval.mining import dense_candidates, instantiate_miner, mine_queries
+
+    t0 = time.perf_counter()
+    vdir = Path(job.version_dir)
+    if setup.job_hook is not None:
+        setup.job_hook(job)
+    device = resolve_device(setup.device)
+    if encoder is None:
+        snapshot = vdir / SNAPSHOT
+        encoder = BiEncoder.from_pretrained(str(snapshot)).to(device).eval()
+        if not setup.keep_snapshots:
+            shutil.rmtree(snapshot, ignore_errors=True)
+    corpus = corpus if corpus is not None else read_corpus(setup.corpus)
+    docids = list(corpus["docid"])
+    embeddings = encode_corpus(encoder, corpus, batch_size=setup.batch_size, bf16=setup.bf16, show_progress=False)
+    use_gpu = device == "cuda" and gpu_available() and setup.index != "hnsw"
+    index = DenseIndex.build(embeddings, docids, kind=setup.index, use_gpu=use_gpu, gpu_fp16=True)
+    miner = instantiate_miner(setup.miner, docids)
+    row_of = {d: i for i, d in enumerate(docids)}
+    candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
+    rng = np.random.default_rng([setup.seed, job.version])
+    records, stats = mine_queries(setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False)
+    if setup.teacher:
+        records = teacher_score(setup.teacher, records, setup.queries, lambda d: passage_texts(corpus, [row_of[d]])[0])
+        stats["teacher_scored"] = True
+    write_negatives(vdir / NEGATIVES, records)
+    write_json(vdir / STATS, stats)
+    return write_manifest(vdir, {
+        "version": job.version,
+        "snapshot_step": job.snapshot_step,
+        "queries": len(records),
+        "negatives_total": sum(len(r.negatives) for r in records),
+        "duration_s": time.perf_counter() - t0,
+        "device": device,
+        "index": setup.index,
+        "stats": stats,
+    })
+
+
+def teacher_score(teacher_cfg: dict, records, queries: dict[str, str], passage_text) -> list:
+    """Optional hook: a teacher re-scores every (query, positive/negative) pair of the new file.
+
+    ``teacher_cfg`` is a Hydra node of any object with ``score_groups(queries, passages_per_query)
+    -> [scores per query]`` (the teachers of :mod:`dr.teachers`). The scores replace the dense
+    scores in the negatives file; train with ``data.teacher_from_negatives=true`` to use them.
+    """
+    import hydra
+
+    teacher = hydra.utils.instantiate(teacher_cfg)
+    groups = [list(r.positives) + list(r.negatives) for r in records]
+    scores = teacher.score_groups([queries[r.qid] for r in records], [[passage_text(d) for d in g] for g in groups])
+    for r, s in zip(records, scores):
+        s = [float(x) for x in s]
+        r.positive_scores, r.negative_scores = s[: len(r.positives)], s[len(r.positives):]
+    return records

@@ -1,0 +1,95 @@
+"""Export a trained encoder for search indexes and other toolkits.
+
+The exported folder holds:
+
+- the Hugging Face weights and tokenizer (``AutoModel.from_pretrained(path)`` loads it);
+- the sentence-transformers layout: ``modules.json`` (Transformer, then the real Pooling, then
+  Normalize when embeddings are normalised), ``1_Pooling/config.json``,
+  ``sentence_bert_config.json`` (max length) and ``config_sentence_transformers.json`` (the
+  similarity function), so ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
+- our own ``dr_config.json`` (pooling, normalisation, similarity, both max lengths);
+- optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`).
+
+A model with separate query and passage towers is exported as two such folders, ``query/`` and
+``passage/``, each loadable on its own, with ``dr_config.json`` at the top.
+
+Sentence-transformers has one max length per model; we write the passage length, which is what
+an index is built with. Queries longer than that are truncated by both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dr.models.encoder import DR_CONFIG, BiEncoder
+from dr.retrieval.index import DenseIndex
+from dr.data.io import write_json
+
+
+def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_length: int) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if encoder.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    write_json(out / "modules.json", modules)
+    write_json(
+        out / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": encoder.dim,
+            "pooling_mode_cls_token": encoder.pooling == "cls",
+            "pooling_mode_mean_tokens": encoder.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+    write_json(
+        out / "config_sentence_transformers.json",
+        {
+            "similarity_fn_name": "cosine" if encoder.similarity == "cos" else "dot",
+            "prompts": {},
+            "default_prompt_name": None,
+        },
+    )
+
+
+def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None) -> Path:
+    """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
+
+    The folder is assembled in a temporary sibling and renamed into place, so a crash never
+    leaves a half-exported model; an existing export at ``out_dir`` is replaced.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        encoder.save_pretrained(tmp)
+        if encoder.shared:
+            _write_sentence_transformers_layout(tmp, encoder, encoder.passage_max_length)
+        else:
+            _write_sentence_transformers_layout(tmp / "query", encoder, encoder.query_max_length)
+            _write_sentence_transformers_layout(tmp / "passage", encoder, encoder.passage_max_length)
+        if index is not None:
+            index.save(tmp / "index")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_dr_config(path: str | os.PathLike) -> dict:
+    """The ``dr_config.json`` of an exported or saved model."""
+    return json.loads((Path(path) / DR_CONFIG).read_text())

@@ -1,0 +1,10 @@
+"""Training: the Lightning data module and module, and ``train(cfg)``, the whole job as a function."""
+
+from dr.training.datamodule import ContrastiveDataset, ResumableDataLoader, RetrievalDataModule
+from dr.training.module import LOSS_INPUTS, DenseRetrievalModule
+from dr.training.pipeline import TestSplit, train
+
+__all__ = [
+    "LOSS_INPUTS", "ContrastiveDataset", "DenseRetrievalModule", "ResumableDataLoader", "RetrievalDataModule",
+    "TestSplit", "train",
+]

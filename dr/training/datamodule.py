@@ -1,0 +1,376 @@
+"""Lightning data module for contrastive training of a dual encoder.
+
+Each training example is one query with one positive and ``num_negatives`` hard negatives, drawn
+afresh every epoch from a seeded generator keyed by (seed, epoch, query), so a run is
+reproducible whatever the number of workers and a resumed epoch draws what it drew before.
+Hard negatives come from a negatives file (see :mod:`dr.data.negatives`) or from a negatives
+source handed in by the config, such as :class:`dr.retrieval.bm25.BM25Negatives` (computed at
+set-up and saved as a negatives file in the run directory). Batches are composed by the samplers
+of :mod:`dr.sampling`.
+
+Validation ranks a small candidate corpus for held-out queries (their judged documents plus the
+BM25 top ``val_depth``), so it is cheap enough to run during training. Its figures are for
+monitoring and checkpoint selection; full-corpus evaluation is done by ``dr-eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dr.data import (
+    NegativesRecord, TeacherScores, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
+    read_queries, read_teacher_scores, resolve_path, write_negatives,
+)
+from dr.retrieval.bm25 import BM25
+from dr.sampling.random import QueryBatchSampler, uniform_pair_sampler
+
+log = logging.getLogger(__name__)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`QueryBatchSampler` that resumes mid-epoch.
+
+    Lightning saves ``state_dict()`` in each checkpoint and calls ``load_state_dict`` before
+    iterating again. The position is derived from the trainer's optimizer steps (not from
+    batches fetched, which run ahead of training because Lightning prefetches), so the resumed
+    run trains on exactly the batches an uninterrupted run would have.
+    """
+
+    def __init__(self, *args, batches_done=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self._batches_done()) if self._batches_done else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.set_epoch(state["epoch"])
+        self.batch_sampler.skip = state["batches_done"] % max(1, len(self.batch_sampler))
+
+
+class ContrastiveDataset(Dataset):
+    """Query texts, positives and negative candidates; ``__getitem__((i, epoch))`` samples one example.
+
+    ``pair_sampler(qid, positives, negatives, teacher, num_negatives, rng) -> (positive, [negatives])``
+    chooses the example (default :func:`uniform_pair_sampler`; TAS-Balanced's margin-balanced
+    choice is in :mod:`dr.sampling`). ``teacher`` is a :class:`dr.data.TeacherScores` or None.
+    ``version`` counts negatives swaps (index refreshes, :mod:`dr.refresh`).
+    """
+
+    def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed, teacher=None, pair_sampler=None):
+        self.qids = qids
+        self.query_texts = query_texts
+        self.positives = positives
+        self.negatives = negatives
+        self.passage_lookup = passage_lookup
+        self.num_negatives = num_negatives
+        self.seed = seed
+        self.teacher = teacher
+        self.pair_sampler = pair_sampler or uniform_pair_sampler
+        self.version = 0
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        i, epoch = key
+        rng = np.random.default_rng([self.seed, epoch, i])
+        qid = self.qids[i]
+        positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher, self.num_negatives, rng)
+        return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
+
+
+class RetrievalDataModule(pl.LightningDataModule):
+    """Training and validation data for a dual encoder.
+
+    Args:
+        corpus, train_queries, train_qrels: file paths, ``irds:<id>`` or bundled names such as
+            ``scifact:corpus`` (see :func:`dr.data.resolve_path`).
+        val_queries, val_qrels: a dev split; if absent, ``val_fraction`` of the training queries
+            is held out instead (0 disables validation).
+        negatives: a negatives source, called as ``source(corpus, qids, query_texts, positives)
+            -> [NegativesRecord]`` (e.g. :class:`dr.retrieval.bm25.BM25Negatives`, whose BM25
+            index then also serves validation), the path of a negatives file, or None (the negatives of the
+            teacher-score triples when ``teacher_scores`` is set, else in-batch negatives only).
+        num_negatives: hard negatives per query per step.
+        teacher_scores: path(s) of teacher-score files (:mod:`dr.data.teacher_scores`, the published
+            Margin-MSE TSV format). Their positives count as positives and their negatives join
+            each query's candidates; batches carry ``teacher_pos`` / ``teacher_neg`` (NaN where
+            a pair is unscored).
+        teacher_from_negatives: the scores in the negatives file are teacher scores (as written
+            by ``dr-score`` on a negatives file), merged with ``teacher_scores``.
+        batch_sampler: a factory (Hydra ``_partial_``) called as ``factory(qids=, batch_size=,
+            seed=, rank=, world_size=)`` returning a :class:`QueryBatchSampler` (default: random
+            batches; TAS in :mod:`dr.sampling`).
+        pair_sampler: chooses each query's positive and negatives (see :class:`ContrastiveDataset`).
+        min_teacher_pairs: with a teacher-score file, train only on queries with at least this many
+            (positive, negative) teacher pairs (0: all; TAS-Balanced's reference uses 2).
+        min_relevance: qrels grade that counts as a positive.
+    """
+
+    def __init__(
+        self,
+        corpus: str,
+        train_queries: str,
+        train_qrels: str,
+        val_queries: str | None = None,
+        val_qrels: str | None = None,
+        val_fraction: float = 0.0,
+        val_depth: int = 30,
+        negatives=None,
+        num_negatives: int = 1,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        min_relevance: int = 1,
+        seed: int = 42,
+        output_dir: str | None = None,
+        teacher_scores: str | list[str] | None = None,
+        teacher_from_negatives: bool = False,
+        batch_sampler=None,
+        pair_sampler=None,
+        min_teacher_pairs: int = 0,
+    ):
+        super().__init__()
+        # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
+        # reads back with torch.load(weights_only=True) (pickled callables would not load).
+        self.save_hyperparameters(logger=False, ignore=["batch_sampler", "pair_sampler", "negatives"])
+        self.negatives = negatives  # a path (str), a source object or None
+        self.batch_sampler_factory = batch_sampler
+        self.pair_sampler = pair_sampler
+        self.corpus = None
+        self._prepared = False
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        hp = self.hparams
+        self.corpus = read_corpus(hp.corpus)
+        self.row_of = {docid: i for i, docid in enumerate(self.corpus["docid"])}
+        queries = read_queries(hp.train_queries)
+        qrels = read_qrels(hp.train_qrels)
+        positives = self._positives(qrels, hp.train_qrels)
+        self.teacher = self._read_teacher(positives)
+        qids = [q for q in queries if positives.get(q)]
+        if hp.teacher_scores and hp.min_teacher_pairs > 0:
+            # TAS-Balanced's reference keeps only queries with enough teacher pairs to balance.
+            kept = [q for q in qids if len(self.teacher.pairs.get(q, ())) >= hp.min_teacher_pairs]
+            if len(kept) < len(qids):
+                log.info("%d of %d training queries have fewer than %d teacher pairs and are left out", len(qids) - len(kept), len(qids), hp.min_teacher_pairs)
+            qids = kept
+        if not qids:
+            raise ValueError(
+                f"{hp.train_qrels}: no training query has a judged positive in the corpus"
+                + (f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}" if hp.teacher_scores and hp.min_teacher_pairs else "")
+            )
+
+        val_qids: list[str] = []
+        self.val_queries: dict[str, str] = {}
+        self.val_qrels: dict[str, dict[str, int]] = {}
+        if hp.val_queries and hp.val_qrels:
+            self.val_queries = read_queries(hp.val_queries)
+            self.val_qrels = read_qrels(hp.val_qrels)
+        elif hp.val_fraction > 0:
+            rng = np.random.default_rng(hp.seed)
+            n_val = max(1, int(round(hp.val_fraction * len(qids))))
+            val_qids = sorted(rng.choice(qids, size=n_val, replace=False).tolist())
+            held_out = set(val_qids)
+            self.val_queries = {q: queries[q] for q in val_qids}
+            self.val_qrels = {q: qrels[q] for q in val_qids}
+            qids = [q for q in qids if q not in held_out]
+
+        if callable(self.negatives):
+            records = self.negatives(self.corpus, qids, [queries[q] for q in qids], positives)
+            if hp.output_dir:
+                name = getattr(self.negatives, "name", "source")
+                write_negatives(Path(hp.output_dir) / f"negatives.{name}.jsonl", records)
+            negatives = {r.qid: list(r.negatives) for r in records}
+        elif self.negatives:
+            negatives = self._negatives_from_file(str(self.negatives), positives)
+        else:
+            negatives = {}
+        if self.teacher is not None:
+            self._add_teacher_negatives(negatives, positives)
+        missing = [q for q in qids if not negatives.get(q)]
+        if missing and hp.num_negatives > 0:
+            log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
+
+        self.train_dataset = ContrastiveDataset(
+            qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed,
+            teacher=self.teacher, pair_sampler=self.pair_sampler,
+        )
+        if self.val_queries:
+            bm25 = getattr(self.negatives, "index", None)  # a BM25 source's index, if any
+            self._setup_validation(bm25 if isinstance(bm25, BM25) else BM25(passage_texts(self.corpus), list(self.corpus["docid"])))
+        self._prepared = True
+
+    def _positives(self, qrels: dict[str, dict[str, int]], source: str) -> dict[str, list[str]]:
+        judged = read_positives(qrels, self.hparams.min_relevance)
+        positives = read_positives(qrels, self.hparams.min_relevance, known=self.row_of)
+        unknown = sum(len(d) for d in judged.values()) - sum(len(d) for d in positives.values())
+        if unknown:
+            log.warning("%s: %d judged positives are not in the corpus and were skipped", source, unknown)
+        return positives
+
+    def _read_teacher(self, positives: dict[str, list[str]]) -> TeacherScores | None:
+        paths = self.hparams.teacher_scores
+        if not paths and not self.hparams.teacher_from_negatives:
+            return None
+        teacher = TeacherScores()
+        for path in [paths] if isinstance(paths, str) else list(paths or []):
+            read_teacher_scores(resolve_path(path), into=teacher)
+        added = 0
+        for qid, pairs in teacher.pairs.items():  # the teacher's positives are positives
+            known = set(positives.get(qid, []))
+            new = sorted({p for p, _ in pairs if p in self.row_of and p not in known})
+            if new:
+                positives[qid] = sorted(known | set(new))
+                added += len(new)
+        if added:
+            log.info("teacher-score files add %d positives not in the qrels", added)
+        return teacher
+
+    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> None:
+        for qid, pairs in self.teacher.pairs.items():
+            pos = set(positives.get(qid, []))
+            have = negatives.setdefault(qid, [])
+            seen = set(have)
+            for _, neg in pairs:
+                if neg not in seen and neg not in pos and neg in self.row_of:
+                    have.append(neg)
+                    seen.add(neg)
+
+    def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> dict[str, list[str]]:
+        records: dict[str, NegativesRecord] = read_negatives(path)
+        negatives = {}
+        for qid, record in records.items():
+            pos = set(positives.get(qid, [])) | set(record.positives)
+            negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
+            if self.hparams.teacher_from_negatives and self.teacher is not None:
+                scores = self.teacher.scores[qid]
+                for docid, score in zip(record.positives, record.positive_scores):
+                    if score is not None:
+                        scores[docid] = float(score)
+                for docid, score in zip(record.negatives, record.negative_scores):
+                    if score is not None:
+                        scores[docid] = float(score)
+        return negatives
+
+    def set_negatives(self, path: str, version: int) -> None:
+        """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
+
+        Only the candidates change (and their teacher scores with ``teacher_from_negatives``);
+        the queries, positives and batch order stay, so the run stays reproducible given the
+        versions' swap steps. Needs ``num_workers=0``: worker processes hold their own copies.
+        """
+        if self.hparams.num_workers > 0:
+            raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
+        positives = self.train_dataset.positives
+        negatives = self._negatives_from_file(path, positives)
+        if self.teacher is not None:
+            self._add_teacher_negatives(negatives, positives)
+        self.train_dataset.negatives = negatives
+        self.train_dataset.version = version
+
+    def _setup_validation(self, bm25: BM25) -> None:
+        qids = list(self.val_queries)
+        rows, _ = bm25.search([self.val_queries[q] for q in qids], self.hparams.val_depth)
+        docids = {self.corpus[int(r)]["docid"] for row in rows for r in row}
+        for qid in qids:
+            docids.update(d for d in self.val_qrels.get(qid, {}) if d in self.row_of)
+        self.val_docids = sorted(docids)
+        self.val_passages = [self.passage_text(d) for d in self.val_docids]
+
+    def passage_text(self, docid: str) -> str:
+        return passage_texts(self.corpus, [self.row_of[docid]])[0]
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world_size = self._rank_and_world()
+        hp = self.hparams
+        if self.batch_sampler_factory is None:
+            sampler = QueryBatchSampler(len(self.train_dataset), hp.batch_size, hp.seed, drop_last=True, rank=rank, world_size=world_size)
+        else:
+            sampler = self.batch_sampler_factory(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
+        if len(sampler) == 0:
+            raise ValueError(
+                f"{len(self.train_dataset)} training queries cannot fill one batch of {self.hparams.batch_size} x {world_size} ranks"
+            )
+        return ResumableDataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate_train,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            batches_done=lambda: self._batches_done_in_epoch(len(sampler)),
+        )
+
+    def _batches_done_in_epoch(self, batches_per_epoch: int) -> int:
+        trainer = self.trainer
+        done = trainer.global_step * trainer.accumulate_grad_batches
+        return done - trainer.current_epoch * batches_per_epoch
+
+    def collate_train(self, examples: list[dict]) -> dict:
+        """Passages are laid out as [positives of all queries, then every query's negatives].
+
+        ``target[i]`` is query i's positive (column i); ``neg_index[i, j]`` the column of its j-th
+        negative (-1 when it has fewer); ``exclude[i, j]`` marks passage j as a known positive
+        of query i that is not its target, so the loss does not treat it as a negative. With a
+        teacher, ``teacher_pos[i]`` and ``teacher_neg[i, j]`` are the teacher's scores of those
+        pairs (NaN when unscored). ``negatives_version`` is the negatives' version.
+        """
+        qids = [ex["qid"] for ex in examples]
+        positives = [ex["positive"] for ex in examples]
+        negatives = [d for ex in examples for d in ex["negatives"]]
+        docids = positives + negatives
+        width = max((len(ex["negatives"]) for ex in examples), default=0)
+        neg_index = torch.full((len(examples), width), -1, dtype=torch.long)
+        col = len(examples)
+        for i, ex in enumerate(examples):
+            n = len(ex["negatives"])
+            neg_index[i, :n] = torch.arange(col, col + n)
+            col += n
+        relevant = [set(self.train_dataset.positives[q]) for q in qids]
+        exclude = torch.tensor([[d in rel for d in docids] for rel in relevant], dtype=torch.bool)
+        batch = {
+            "qids": qids,
+            "queries": [ex["query"] for ex in examples],
+            "passages": [self.passage_text(d) for d in docids],
+            "docids": docids,
+            "target": torch.arange(len(examples)),
+            "neg_index": neg_index,
+            "exclude": exclude,
+            "negatives_version": max((ex.get("version", 0) for ex in examples), default=0),
+        }
+        teacher = self.train_dataset.teacher
+        if teacher is not None:
+            batch["teacher_pos"] = torch.tensor([teacher.score(q, p) for q, p in zip(qids, positives)], dtype=torch.float32)
+            teacher_neg = torch.full((len(examples), width), float("nan"))
+            for i, ex in enumerate(examples):
+                for j, d in enumerate(ex["negatives"]):
+                    teacher_neg[i, j] = teacher.score(ex["qid"], d)
+            batch["teacher_neg"] = teacher_neg
+        return batch
+
+    def val_dataloader(self):
+        if not self.val_queries:
+            return []
+        items = [("passage", d, t) for d, t in zip(self.val_docids, self.val_passages)]
+        items += [("query", q, t) for q, t in self.val_queries.items()]
+        return DataLoader(items, batch_size=64, shuffle=False, collate_fn=self.collate_val)
+
+    @staticmethod
+    def collate_val(items) -> dict:
+        return {"kinds": [k for k, _, _ in items], "ids": [i for _, i, _ in items], "texts": [t for _, _, t in items]}

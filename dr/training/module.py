@@ -1,0 +1,137 @@
+"""LightningModule that trains a :class:`~dr.models.BiEncoder` with a contrastive loss."""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from dr.models.encoder import BiEncoder
+from dr.retrieval.evaluate import evaluate_run
+from dr.retrieval.index import DenseIndex
+
+
+LOSS_INPUTS = ("target", "exclude", "neg_index", "teacher_pos", "teacher_neg", "teacher_matrix")
+
+
+class DenseRetrievalModule(pl.LightningModule):
+    """Dual-encoder training.
+
+    Args:
+        encoder: the :class:`BiEncoder` to train.
+        loss: a module called as ``loss(q, d, **inputs)``, e.g. :class:`losses.InfoNCELoss`, where
+            ``q`` is ``[B, H]``, ``d`` is ``[P, H]`` (the batch's passages, see
+            :meth:`dr.training.RetrievalDataModule.collate_train`) and ``inputs`` are the batch's
+            supervision tensors (:data:`LOSS_INPUTS`); every loss accepts and ignores the keys it
+            does not use. It returns a scalar, or a dict with ``"loss"`` and named components
+            (each is logged as ``train/<name>``).
+        inbatch_teacher: optional frozen scorer called as ``teacher(queries, passages)`` on the
+            batch's texts; it returns the ``[B, P]`` teacher score matrix, passed to the loss as
+            ``teacher_matrix`` (TAS-B's in-batch teacher).
+        optimizer: a partial optimizer (Hydra ``_partial_: true``) completed with the parameters.
+        scheduler: a partial LR-scheduler factory completed with the optimizer and, when it takes
+            one, ``num_training_steps`` (the trainer's estimated stepping batches); stepped every step.
+        val_measures: ir-measures strings computed on the validation split.
+        step_seed: when set, the torch RNG (dropout) is reseeded from (step_seed, global step) before
+            every step, so a resumed run repeats an uninterrupted one exactly.
+        train_query_max_length / train_passage_max_length: truncation during training only, when
+            shorter than the encoder's (which still applies to validation, evaluation and export).
+            Training on shorter passages roughly halves the cost of a step on a CPU.
+    """
+
+    def __init__(
+        self,
+        encoder: BiEncoder,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable | None = None,
+        val_measures: tuple[str, ...] = ("nDCG@10", "R@100"),
+        step_seed: int | None = None,
+        train_query_max_length: int | None = None,
+        train_passage_max_length: int | None = None,
+        inbatch_teacher: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.inbatch_teacher = inbatch_teacher
+        if inbatch_teacher is not None:
+            inbatch_teacher.requires_grad_(False)
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_measures = list(val_measures)
+        self.step_seed = step_seed
+        self.train_query_max_length = train_query_max_length
+        self.train_passage_max_length = train_passage_max_length
+        self._val_outputs: dict[str, list] = defaultdict(list)
+
+    # ------------------------------------------------------------------ training
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Tokenise on the CPU before the batch moves to the device."""
+        if "queries" in batch:
+            batch["query_inputs"] = dict(self.encoder.tokenize(batch["queries"], "query", self.train_query_max_length))
+            batch["passage_inputs"] = dict(self.encoder.tokenize(batch["passages"], "passage", self.train_passage_max_length))
+        return batch
+
+    def on_train_start(self) -> None:
+        # from_pretrained returns models in eval mode and Lightning keeps modules' modes:
+        # switch to train mode so dropout is active, as in the models' pre-training.
+        self.encoder.train()
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed * 1_000_003 + self.global_step)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        q = self.encoder.embed_queries(batch["query_inputs"])
+        d = self.encoder.embed_passages(batch["passage_inputs"])
+        if self.inbatch_teacher is not None:
+            self.inbatch_teacher.eval()
+            with torch.no_grad():
+                batch["teacher_matrix"] = self.inbatch_teacher(batch["queries"], batch["passages"]).to(q.device)
+        out = self.loss(q, d, **{k: batch[k] for k in LOSS_INPUTS if k in batch})
+        parts = out if isinstance(out, dict) else {"loss": out}
+        batch_size = len(batch["queries"])
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        if "negatives_version" in batch:
+            self.log("train/negatives_version", float(batch["negatives_version"]), batch_size=batch_size)
+        return parts["loss"]
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if "num_training_steps" in inspect.signature(self.scheduler_factory).parameters:
+            kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        kinds = np.array(batch["kinds"])
+        for kind in ("passage", "query"):
+            sel = np.flatnonzero(kinds == kind)
+            if not len(sel):
+                continue
+            texts = [batch["texts"][i] for i in sel]
+            inputs = {k: v.to(self.device) for k, v in self.encoder.tokenize(texts, kind).items()}
+            embed = self.encoder.embed_queries if kind == "query" else self.encoder.embed_passages
+            self._val_outputs[kind + "_ids"].extend(batch["ids"][i] for i in sel)
+            self._val_outputs[kind + "_emb"].append(embed(inputs).float().cpu().numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        out, self._val_outputs = self._val_outputs, defaultdict(list)
+        if not out.get("query_emb") or not out.get("passage_emb"):
+            return
+        index = DenseIndex.build(np.concatenate(out["passage_emb"]), out["passage_ids"], use_gpu=False)
+        run = index.search_run(out["query_ids"], np.concatenate(out["query_emb"]), k=100)
+        metrics = evaluate_run(run, self.trainer.datamodule.val_qrels, self.val_measures)
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.val_measures[0], sync_dist=False)

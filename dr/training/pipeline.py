@@ -1,0 +1,139 @@
+"""``train(cfg)``: the whole training job as a plain function that returns its metrics.
+
+Steps: seed everything; optionally evaluate the untrained encoder and BM25 on the test split;
+fit with Lightning (checkpoints, CSV logs, resume with ``ckpt_path``; with ``refresh.enabled``,
+the negatives are re-mined during training by :class:`dr.refresh.IndexRefresh`); evaluate the trained
+encoder on the test split; export it; write ``metrics.json`` and the run files into the run
+directory and print a comparison table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
+from dr.plots import plot_training_curves
+from dr.retrieval import BM25, build_index, evaluate_run, export, format_table, search_queries, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The Hydra run directory when running under Hydra, else ``cfg.paths.output_dir``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir)
+
+
+def _instantiate_list(nodes: DictConfig | None) -> list:
+    if not nodes:
+        return []
+    return [hydra.utils.instantiate(node) for node in nodes.values() if node is not None and "_target_" in node]
+
+
+class TestSplit:
+    """The test split, loaded once, with helpers to evaluate dense and BM25 retrieval on it."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.corpus = read_corpus(cfg.corpus)
+        self.queries = read_queries(cfg.queries)
+        self.qrels = read_qrels(cfg.qrels)
+        self.queries = {q: t for q, t in self.queries.items() if q in self.qrels}
+        self.measures = list(cfg.measures)
+        self.last_index = None
+
+    def dense(self, encoder) -> dict[str, dict[str, float]]:
+        """Encode the corpus, search the queries; the index is kept (``last_index``) for export."""
+        self.last_index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
+        return search_queries(encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
+
+    def bm25(self) -> dict[str, dict[str, float]]:
+        bm25 = BM25(passage_texts(self.corpus), list(self.corpus["docid"]))
+        qids = list(self.queries)
+        return bm25.search_run(qids, [self.queries[q] for q in qids], self.cfg.k)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, evaluate and export as configured; returns the flat metrics written to metrics.json."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    out = run_dir_of(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    table: dict[str, dict[str, float]] = {}
+
+    module = hydra.utils.instantiate(cfg.module)
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(out))
+    test = TestSplit(cfg.test) if cfg.test.enabled else None
+
+    def evaluate(name: str, run_fn) -> None:
+        t0 = time.perf_counter()
+        run = run_fn()
+        write_run(run, out / "runs" / f"{name}.run", tag=name)
+        scores = evaluate_run(run, test.qrels, test.measures)
+        timings[f"time/{name}_eval_s"] = time.perf_counter() - t0
+        table[name] = scores
+        metrics.update({f"{name}/{m}": v for m, v in scores.items()})
+        log.info("%s: %s", name, scores)
+
+    if test is not None and cfg.test.bm25:
+        evaluate("bm25", test.bm25)
+    if test is not None and cfg.test.before:
+        evaluate("zero_shot", lambda: test.dense(module.encoder))
+
+    callbacks = _instantiate_list(cfg.get("callbacks"))
+    refresh = None
+    if cfg.get("refresh") is not None and cfg.refresh.get("enabled", False):
+        # Index refresh (dr/refresh/): re-mined negatives swapped in during training.
+        refresh = hydra.utils.instantiate(cfg.refresh)
+        callbacks.append(refresh)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=_instantiate_list(cfg.get("logger")) or False,
+        default_root_dir=str(out),
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    timings["time/train_s"] = time.perf_counter() - t0
+    metrics["train/global_step"] = float(trainer.global_step)
+    if refresh is not None:
+        metrics.update(refresh.summary(train_seconds=timings["time/train_s"]))
+    for name, value in trainer.callback_metrics.items():
+        if name.startswith("val/"):
+            metrics[name] = float(value)
+
+    if trainer.is_global_zero:
+        if test is not None and cfg.test.after:
+            evaluate("trained", lambda: test.dense(module.encoder))
+        if cfg.export.enabled:
+            # The test corpus was just indexed with the trained encoder: ship that index with the model.
+            index = test.last_index if (test is not None and cfg.test.after and cfg.export.index) else None
+            export_dir = export(module.encoder, out / "export", index=index)
+            log.info("exported the trained encoder to %s", export_dir)
+        csv_log = out / "logs" / "metrics.csv"
+        if csv_log.is_file():
+            plot_training_curves(csv_log, out / "training_curves.png")
+        timings["time/total_s"] = time.perf_counter() - started
+        metrics.update(timings)
+        write_metrics(metrics, out / "metrics.json")
+        if table:
+            print(format_table(table, title=f"{cfg.test.name} test"))
+        print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
+        print(f"run directory: {out}")
+        if cfg.export.enabled:
+            print(f"exported model: {out / 'export'}")
+        if table:
+            print(f"run files: {out / 'runs'}")
+    return metrics

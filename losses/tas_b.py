@@ -1,0 +1,115 @@
+"""TAS-B's dual-teacher supervision: pairwise Margin-MSE plus an in-batch term.
+
+Formula (Hofstätter et al. SIGIR 2021, "Efficiently Teaching an Effective Dense Retriever with
+Balanced Topic Aware Sampling", Sec. 3.3, Eq. 5–7)::
+
+    L = L_pair + λ · L_inbatch          (λ = 0.75 in TAS-B)
+
+L_pair is Margin-MSE against the pairwise teacher's scores (:mod:`losses.margin_mse`). The in-batch
+term: a teacher scores every (query, passage) pair of the batch (``teacher_matrix [B, P]``, from
+``module.inbatch_teacher``). For query i with s_pos = s(q_i, d_i⁺)::
+
+    L_pos = MarginMSE( s_pos − s(q_i, d_j⁺) ,  t_pos − t(q_i, d_j⁺) )   over j ≠ i   (in-batch positives)
+    L_neg = MarginMSE( s_pos − s(q_i, d_j⁻) ,  t_pos − t(q_i, d_j⁻) )   over negatives of queries j ≠ i
+    L_inbatch = 0.5 · (L_pos + L_neg)
+
+"Each with its own diagonal masked", as the reference code (matchmaker's TAS-B in-batch loss)
+does: in the positives block query i's own positive is s_pos itself; in the negatives block query
+i's own negatives are already covered by the pairwise term, so both are left out. Entries whose
+teacher score is NaN are skipped. When the batch has no hard negatives L_inbatch = L_pos (the mean
+of the terms that have pairs).
+
+:class:`DistillationLoss` returns ``{"loss", "pair", "inbatch"}`` (and the in-batch term's own
+components), each logged as ``train/<name>``. Its in-batch term may also be the listwise KL of
+:mod:`losses.listwise_kl`.
+
+Recommended settings: ``loss=tas_b`` with ``inbatch_teacher=fusion`` or ``biencoder`` and a
+teacher file (``data.teacher_scores``); scores are the student's raw q·d (times ``student_scale``
+in the pairwise term), compared with the teachers' raw scores. Related: :mod:`losses.infonce`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from losses.margin_mse import margin_mse
+
+
+def inbatch_margin_mse(
+    scores: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    neg_index: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """TAS-B's in-batch term on ``[B, P]`` student and teacher score matrices.
+
+    Returns ``{"inbatch": L_inbatch, "inbatch_pos": L_pos, "inbatch_neg": L_neg}`` (``inbatch_neg``
+    only when the batch has hard negatives).
+    """
+    B = scores.shape[0]
+    scores = scores.float()
+    teacher = teacher.to(scores)
+    target = target.to(scores.device)
+    rows = torch.arange(B, device=scores.device)
+    s_pos, t_pos = scores[rows, target], teacher[rows, target]
+    not_own = ~torch.eye(B, dtype=torch.bool, device=scores.device)
+    parts = {"inbatch_pos": margin_mse(s_pos, scores[:, target], t_pos, teacher[:, target], not_own)}
+    if neg_index is not None and neg_index.numel():
+        neg_index = neg_index.to(scores.device)
+        owner = rows[:, None].expand_as(neg_index)[neg_index >= 0]  # which query each negative belongs to
+        cols = neg_index[neg_index >= 0]
+        if cols.numel():
+            mask = owner[None, :] != rows[:, None]  # [B, K]: another query's negative
+            parts["inbatch_neg"] = margin_mse(s_pos, scores[:, cols], t_pos, teacher[:, cols], mask)
+    return {"inbatch": torch.stack(list(parts.values())).mean(), **parts}
+
+
+class InBatchMarginMSELoss(nn.Module):
+    """TAS-B's in-batch Margin-MSE term against ``teacher_matrix`` (see module docstring).
+
+    Returns a dict: ``loss`` (= ``inbatch``), ``inbatch_pos`` and ``inbatch_neg``.
+    """
+
+    def forward(self, q, d, target, neg_index=None, teacher_matrix=None, **_) -> dict[str, torch.Tensor]:
+        _require_matrix(teacher_matrix)
+        parts = inbatch_margin_mse(q.float() @ d.float().T, teacher_matrix, target, neg_index)
+        return {"loss": parts["inbatch"], **parts}
+
+
+class DistillationLoss(nn.Module):
+    """``L = L_pair + inbatch_weight · L_inbatch`` (see module docstring).
+
+    Args:
+        pair: the pairwise loss (e.g. :class:`losses.MarginMSELoss`).
+        inbatch: the in-batch loss (e.g. :class:`losses.InBatchMarginMSELoss`), or None.
+        inbatch_weight: λ.
+    """
+
+    def __init__(self, pair: nn.Module, inbatch: nn.Module | None = None, inbatch_weight: float = 0.75):
+        super().__init__()
+        self.pair = pair
+        self.inbatch = inbatch
+        self.inbatch_weight = inbatch_weight
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
+        pair = _components(self.pair(q, d, **inputs))
+        out = {"pair": pair["loss"]}
+        total = pair["loss"]
+        if self.inbatch is not None:
+            inbatch = _components(self.inbatch(q, d, **inputs))
+            out.update({k: v for k, v in inbatch.items() if k != "loss"})
+            out["inbatch"] = inbatch["loss"]
+            total = total + self.inbatch_weight * inbatch["loss"]
+        return {"loss": total, **out}
+
+
+def _components(out) -> dict[str, torch.Tensor]:
+    return out if isinstance(out, dict) else {"loss": out}
+
+
+def _require_matrix(teacher_matrix) -> None:
+    if teacher_matrix is None:
+        raise ValueError(
+            "the in-batch distillation term needs an in-batch teacher: set inbatch_teacher=biencoder|fusion|cross_encoder|colbert"
+        )

@@ -1,0 +1,110 @@
+"""The package layout: every module imports on its own (no import cycles), dependencies point down
+the layers, modules stay readable, and the console scripts match the command table."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Layers, bottom first: a module may import from its own layer and the ones below, never above.
+LAYERS = [
+    {"dr.data", "dr.config", "miners", "losses"},
+    {"dr.models", "dr.plots"},
+    {"dr.retrieval"},
+    {"dr.sampling", "dr.teachers"},
+    {"dr.training", "dr.refresh"},
+    {"dr.cli"},
+]
+
+
+def _modules() -> list[str]:
+    names = []
+    for pkg in ("dr", "losses", "miners"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if "resources" in path.parts:
+                continue
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _layer(module: str) -> int | None:
+    for i, layer in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in layer):
+            return i
+    return None
+
+
+def test_every_module_imports_on_its_own():
+    """Each module is imported first, in a fresh state of our packages: an import cycle that
+    depends on import order fails here. (Third-party packages stay loaded, for speed.)"""
+    script = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] in ('dr', 'losses', 'miners')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        failed.append(f'{name}: {type(e).__name__}: {e}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *_modules()], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for module in _modules():
+        if module.startswith("dr.cli") or _layer(module) is None:
+            continue
+        path = ROOT / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                target = node.module
+            elif isinstance(node, ast.Import):
+                target = node.names[0].name
+            else:
+                continue
+            layer = _layer(target)
+            if layer is not None and layer > _layer(module):
+                upward.append(f"{module} imports {target}")
+    assert not upward, upward
+
+
+def test_modules_stay_short():
+    long = {m: n for m in _modules() if (n := len(_source(m).splitlines())) > 430}
+    assert not long, long
+
+
+def _source(module: str) -> str:
+    path = ROOT / Path(*module.split("."))
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+
+
+def test_console_scripts_match_the_command_table():
+    from dr.cli import COMMANDS
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {name: f"dr.cli.{module}:main" for name, (module, _) in COMMANDS.items()}
+    for name, (module, config) in COMMANDS.items():
+        assert (ROOT / "dr" / "cli" / f"{module}.py").is_file(), name
+        assert (ROOT / "conf" / f"{config}.yaml").is_file(), name
+
+
+@pytest.mark.parametrize("name", ["dr.data", "dr.models", "dr.retrieval", "dr.sampling", "dr.teachers", "dr.training", "dr.refresh"])
+def test_subpackages_list_their_public_names(name):
+    import importlib
+
+    package = importlib.import_module(name)
+    assert package.__all__ and all(hasattr(package, n) for n in package.__all__)
