@@ -81,6 +81,7 @@ def tiny_train_overrides(tiny_bert: str, data: dict[str, str], out: Path, max_st
         f"test.qrels={data['test_qrels']}",
         "test.batch_size=32",
         "test.bf16=false",
+        "test.cache_dir=null",
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
         f"trainer.max_steps={max_steps}",

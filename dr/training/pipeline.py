@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
 from dr.plots import plot_training_curves
 from dr.retrieval import BM25, build_index, evaluate_run, export, format_table, search_queries, write_metrics
+from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,19 @@ class TestSplit:
         self.last_index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
         return search_queries(encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
 
+    def dense_cached(self, encoder, cache_dir: str | None) -> dict[str, dict[str, float]]:
+        """:meth:`dense`, reused from ``cache_dir`` while the weights, settings, data, ``k`` and
+        precision are those of an earlier run (the zero-shot evaluation; see :mod:`dr.retrieval.cache`)."""
+        if not cache_dir:
+            return self.dense(encoder)
+        run, hit = RunCache(cache_dir).get_or_compute(
+            lambda: self.dense(encoder), kind="dense_run", encoder=encoder_fingerprint(encoder), corpus=file_stamp(self.cfg.corpus),
+            queries=file_stamp(self.cfg.queries), qids=sorted(self.queries), k=int(self.cfg.k), bf16=bool(self.cfg.bf16),
+        )
+        if hit:
+            print(f"zero-shot run reused from the cache in {cache_dir} (test.cache_dir=null recomputes it)")
+        return run
+
     def bm25(self) -> dict[str, dict[str, float]]:
         bm25 = BM25(passage_texts(self.corpus), list(self.corpus["docid"]))
         qids = list(self.queries)
@@ -90,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if test is not None and cfg.test.bm25:
         evaluate("bm25", test.bm25)
     if test is not None and cfg.test.before:
-        evaluate("zero_shot", lambda: test.dense(module.encoder))
+        evaluate("zero_shot", lambda: test.dense_cached(module.encoder, cfg.test.get("cache_dir")))
 
     callbacks = _instantiate_list(cfg.get("callbacks"))
     refresh = None
