@@ -220,3 +220,27 @@ def test_plain_hf_folder_gets_the_defaults(tiny_bert):
     enc = BiEncoder.from_pretrained(tiny_bert)
     assert (enc.pooling, enc.normalize, enc.similarity) == ("cls", False, "dot")
     assert (enc.query_max_length, enc.passage_max_length) == (32, 256)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_bert):
+    """Checkpointed layers recompute their activations (dropout replayed): same loss, same gradients."""
+    texts = ["a short query", "a somewhat longer passage about proteins and cells", "third text here"]
+
+    def loss_and_grads(checkpointing: bool):
+        encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+        if checkpointing:
+            encoder.gradient_checkpointing_enable()
+        assert encoder.query_model.is_gradient_checkpointing == checkpointing
+        encoder.train()
+        torch.manual_seed(3)  # dropout is active: the same seed gives the same masks
+        emb = encoder.embed_passages(encoder.tokenize(texts, "passage"))
+        loss = (emb @ emb.T).logsumexp(-1).mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = loss_and_grads(False)
+    ckpt_loss, ckpt = loss_and_grads(True)
+    torch.testing.assert_close(ckpt_loss, plain_loss, atol=1e-6, rtol=1e-5)
+    assert plain.keys() == ckpt.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)

@@ -247,6 +247,13 @@ class BiEncoder(nn.Module):
                 self.tokenizer.save_pretrained(out / name)
         write_json(out / DR_CONFIG, self.config_dict())
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them
+        (Hugging Face's per-layer checkpointing, non-reentrant: dropout masks are replayed)."""
+        for model in (self.query_model, self.passage_model):
+            if model is not None:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ------------------------------------------------------------------ tokenising and embedding
     def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
         """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""

@@ -42,6 +42,11 @@ class DenseRetrievalModule(pl.LightningModule):
         train_query_max_length / train_passage_max_length: truncation during training only, when
             shorter than the encoder's (which still applies to validation, evaluation and export).
             Training on shorter passages roughly halves the cost of a step on a CPU.
+        gradient_checkpointing: keep only each transformer layer's input during the forward pass
+            and recompute the rest in the backward pass (Chen et al. 2016, "Training Deep Nets with
+            Sublinear Memory Cost"): activation memory falls from every layer's intermediates to one
+            layer's, for about one extra forward pass of compute. Dropout masks are replayed
+            (the RNG state is saved), so the gradients are those of the plain pass.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class DenseRetrievalModule(pl.LightningModule):
         train_query_max_length: int | None = None,
         train_passage_max_length: int | None = None,
         inbatch_teacher: nn.Module | None = None,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -69,6 +75,8 @@ class DenseRetrievalModule(pl.LightningModule):
         self.train_query_max_length = train_query_max_length
         self.train_passage_max_length = train_passage_max_length
         self._val_outputs: dict[str, list] = defaultdict(list)
+        if gradient_checkpointing:
+            encoder.gradient_checkpointing_enable()
 
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
