@@ -292,3 +292,25 @@ def test_bundled_dl19():
     assert len(queries) == 43 and set(qrels) == set(queries)
     assert sum(map(len, qrels.values())) == 9260
     assert {g for judged in qrels.values() for g in judged.values()} == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("reader,good", [
+    (read_queries, b"q1\thello\n"),
+    (read_qrels, b"q1 0 d1 1\n"),
+    (read_run, b"q1 Q0 d1 1 2.5 t\n"),
+])
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path, reader, good):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(good + good.replace(b"1", b"2", 1)[:3] + b"\xff\xfe" + good[3:] + good)
+    with pytest.raises(DataError, match=r"bad.txt, line 2: expected UTF-8 text, got the byte 0xff"):
+        reader(path)
+
+
+def test_damaged_gzip_is_a_data_error(tmp_path):
+    import gzip
+
+    path = tmp_path / "queries.tsv.gz"
+    data = gzip.compress(b"".join(f"q{i}\tquery number {i}\n".encode() for i in range(2000)))
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="queries.tsv.gz, line .*damaged"):
+        read_queries(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dr.data.io import DataError, atomic_write, open_text
+from dr.data.io import DataError, atomic_write, numbered_lines
 
 
 def read_clusters(path: str | os.PathLike) -> list[list[str]]:
@@ -20,8 +20,8 @@ def read_clusters(path: str | os.PathLike) -> list[list[str]]:
     """
     clusters: list[list[str]] = []
     line_of: dict[str, int] = {}
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with numbered_lines(path) as lines:
+        for line_no, line in lines:
             members = line.split()
             if not members:
                 continue

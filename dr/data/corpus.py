@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator
 import datasets
 import pyarrow.compute as pc
 
-from dr.data.io import DataError, open_text
+from dr.data.io import DataError, numbered_lines
 
 IRDS_PREFIX = "irds:"
 
@@ -81,8 +81,8 @@ def resolve_path(spec: str | os.PathLike) -> str:
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     """Yield ``(1-based line number, line without its end-of-line)`` for the non-blank lines of ``path``."""
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with numbered_lines(path) as lines:
+        for line_no, line in lines:
             line = line.rstrip("\r\n")
             if line.strip():
                 yield line_no, line

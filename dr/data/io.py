@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -66,6 +67,34 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent, sort_keys=False)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def numbered_lines(path: str | os.PathLike) -> Iterator[Iterator[tuple[int, str]]]:
+    """``(1-based line number, line)`` of a UTF-8 text file, transparently decompressing ``.gz``.
+
+    Lines are decoded one at a time, so a line that is not UTF-8 raises a :class:`DataError`
+    naming that very line (text-mode reading would fail somewhere in an 8 KB block instead); a
+    damaged ``.gz`` raises one naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+    def lines() -> Iterator[tuple[int, str]]:
+        line_no = 0
+        try:
+            for line_no, data in enumerate(raw, 1):
+                try:
+                    yield line_no, data.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(path, line_no, f"expected UTF-8 text, got the byte {data[e.start]:#04x} at column {e.start + 1}") from None
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise DataError(path, line_no + 1, f"expected a complete gzip file, got a damaged one ({e})") from None
+
+    with raw:
+        yield lines()
 
 
 def open_text(path: str | os.PathLike) -> IO[str]:

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from dr.data.io import DataError, atomic_write, open_text
+from dr.data.io import DataError, atomic_write, numbered_lines
 
 
 @dataclass
@@ -46,8 +46,8 @@ def read_negatives(path: str | os.PathLike) -> dict[str, NegativesRecord]:
     """Read a negatives file into ``{qid: NegativesRecord}``."""
     records: dict[str, NegativesRecord] = {}
     expected = 'expected a JSON object {"qid": str, "positives": [str], "negatives": [{"docid": str, "score": float|null}]}'
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with numbered_lines(path) as lines:
+        for line_no, line in lines:
             if not line.strip():
                 continue
             try:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from dr.data.io import DataError, atomic_write, open_text
+from dr.data.io import DataError, atomic_write, numbered_lines
 
 EXPECTED = "expected 5 tab-separated fields: pos_score, neg_score, qid, pos_pid, neg_pid (scores are numbers)"
 
@@ -64,8 +64,8 @@ class TeacherScores:
 def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = None) -> TeacherScores:
     """Read a teacher-score file (plain or .gz)."""
     teacher = into if into is not None else TeacherScores()
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with numbered_lines(path) as lines:
+        for line_no, line in lines:
             line = line.rstrip("\n\r")
             if not line.strip():
                 continue

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from dr.data.io import DataError, atomic_write, open_text, write_json
+from dr.data.io import DataError, atomic_write, numbered_lines, write_json
 from dr.data.negatives import read_negatives, write_negatives
 from dr.data.teacher_scores import format_teacher_line, read_teacher_scores
 
@@ -73,8 +73,8 @@ def pairs_from_triples(path: str) -> list[QueryPairs]:
     """Read TSV ``qid pos_pid neg_pid`` triples, grouped by query (first-seen order, no duplicates)."""
     expected = "expected 3 tab-separated fields: qid, pos_pid, neg_pid"
     groups: dict[str, dict[tuple[str, str], None]] = {}
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with numbered_lines(path) as lines:
+        for line_no, line in lines:
             line = line.rstrip("\n\r")
             if not line.strip():
                 continue
