@@ -244,3 +244,11 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_bert):
     assert plain.keys() == ckpt.keys() and len(plain) > 10
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        BiEncoder.from_pretrained(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        resolve_model_name("./not-here")
+    assert resolve_model_name("org/model") == "org/model"  # a hub id is left to the hub

