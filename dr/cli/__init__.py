@@ -74,10 +74,11 @@ def hydra_command(config_name: str, run: Callable) -> Callable[[], None]:
     return main
 
 
-def encoder_from_config(cfg):
-    """The encoder a command's ``model=`` (and ``encoder=`` overrides) names."""
-    from dr.models import BiEncoder
+def encoder_from_config(cfg, backend: str = "torch"):
+    """The encoder a command's ``model=`` (and ``encoder=`` overrides) names, for inference with
+    ``backend`` (``torch``, ``onnx`` or ``onnx-int8``; see :func:`dr.models.load_encoder`)."""
+    from dr.models import load_encoder
 
     if not cfg.get("model"):
         raise ValueError("model=... is required: a hub name, a saved model folder or a .ckpt of a dr-train run")
-    return BiEncoder.load(cfg.model, cfg.get("encoder"))
+    return load_encoder(cfg.model, cfg.get("encoder"), backend=backend, cache_dir=cfg.get("onnx_cache_dir"))

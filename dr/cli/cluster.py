@@ -20,7 +20,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
     k = cfg.num_clusters or default_num_clusters(len(qids), cfg.train_batch_size, cfg.queries_per_cluster)
     if k > len(qids):
         raise ValueError(f"num_clusters={k} exceeds the {len(qids)} queries to cluster")
-    encoder = encoder_from_config(cfg)
+    encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
     clusters = cluster_queries(encoder, qids, [queries[q] for q in qids], k, cfg.seed, cfg.spherical, cfg.niter, cfg.batch_size, cfg.bf16,
                                init=cfg.get("init", "random"))
     target = Path(cfg.output) if cfg.get("output") else out / "clusters.txt"

@@ -13,7 +13,7 @@ from dr.retrieval import DenseIndex, build_index
 
 def run(cfg: DictConfig, out: Path) -> DenseIndex:
     """Encode a corpus and save a FAISS index (the ``index`` file plus ``docid``)."""
-    encoder = encoder_from_config(cfg)
+    encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
     corpus = read_corpus(cfg.corpus)
     index = build_index(encoder, corpus, index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16)
     target = Path(cfg.output) if cfg.get("output") else out / "index"

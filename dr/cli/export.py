@@ -1,4 +1,5 @@
-"""``dr-export``: export a model (folder or ``.ckpt``) in the sentence-transformers layout, optionally with an index."""
+"""``dr-export``: export a model (folder or ``.ckpt``) in the sentence-transformers layout, optionally with an
+index and ONNX files (``format=onnx|onnx-int8``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def run(cfg: DictConfig, out: Path) -> Path:
     if cfg.get("corpus"):
         index = build_index(encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16)
     target = Path(cfg.output) if cfg.get("output") else out / "export"
-    export(encoder.cpu(), target, index=index)
+    export(encoder.cpu(), target, index=index, format=cfg.get("format", "torch"))
     print(f"exported to {target}")
     return target
 

@@ -28,7 +28,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
     if cfg.get("run_file"):
         candidates = run_candidates(read_run(cfg.run_file), positives)
     else:
-        encoder = encoder_from_config(cfg)
+        encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
         embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
         index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
         row_of = {d: i for i, d in enumerate(corpus["docid"])}

@@ -44,6 +44,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dr.models.onnx import check_backend
 from dr.refresh.job import RefreshJob, RefreshSetup, run_job
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule
 from dr.refresh.store import MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, verified_manifest, version_dir
@@ -70,6 +71,8 @@ class IndexRefresh(pl.Callback):
         teacher: optional teacher config scoring the new pairs (off by default; see
             :func:`dr.refresh.job.teacher_score`).
         keep_snapshots: keep each version's encoder snapshot (by default deleted once loaded).
+        backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
+            to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
         poll_every_n_steps: how often ranks look for a new version.
         dirpath: where versions go (default ``<trainer.default_root_dir>/refresh``).
         seed: mining seed (each version draws from ``(seed, version)``).
@@ -96,6 +99,7 @@ class IndexRefresh(pl.Callback):
         max_backoff_schedules: int = 8,
         teacher: dict | DictConfig | None = None,
         keep_snapshots: bool = False,
+        backend: str = "torch",
         poll_every_n_steps: int = 1,
         dirpath: str | None = None,
         seed: int = 42,
@@ -105,6 +109,7 @@ class IndexRefresh(pl.Callback):
             raise ValueError(f"refresh.mode must be 'async' or 'sync', got {mode!r}")
         if enabled and not every_n_steps and not every_minutes:
             raise ValueError("refresh: set every_n_steps or every_minutes (or refresh=none)")
+        check_backend(backend)
         if miner is None:
             miner = {"_target_": "miners.SimANSMiner", "num_negatives": 15}
         self.enabled = enabled
@@ -116,7 +121,7 @@ class IndexRefresh(pl.Callback):
         self.top_k, self.batch_size, self.chunk_size, self.bf16 = top_k, batch_size, chunk_size, bf16
         self.worker_threads, self.trainer_threads = worker_threads, trainer_threads
         self.timeout_s = timeout_s
-        self.keep_snapshots, self.poll_every_n_steps = keep_snapshots, max(1, poll_every_n_steps)
+        self.keep_snapshots, self.poll_every_n_steps, self.backend = keep_snapshots, max(1, poll_every_n_steps), backend
         self.dirpath, self.seed, self.job_hook = dirpath, seed, job_hook
         self.schedule = RefreshSchedule(every_n_steps, every_minutes, max_backoff_schedules)
         # versions and history: saved in checkpoints (with the schedule)
@@ -177,7 +182,7 @@ class IndexRefresh(pl.Callback):
             positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,
             device=self.device, top_k=self.top_k, batch_size=self.batch_size, chunk_size=self.chunk_size,
             bf16=self.bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
-            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook,
+            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=self.backend,
         )
 
     @staticmethod

@@ -1,10 +1,11 @@
 """The refresh job: what the worker process (or, in sync mode, the trainer) runs for one version.
 
-Load the snapshot, encode the corpus and the training queries, build a FAISS index (GPU, fp16
-vectors, when there is one), mine with the configured miner chain (:mod:`miners`, through
-:func:`dr.retrieval.mining.mine_queries`), optionally have a teacher re-score the new pairs, and
-write the version (:mod:`dr.refresh.store`), manifest last. Free of Lightning imports, so a
-freshly spawned worker starts in seconds.
+Load the snapshot (with ``backend=onnx|onnx-int8``, export it to ONNX and quantise it, inside
+the job: the time is in the manifest's ``stats.export_s``), encode the corpus and the training
+queries, build a FAISS index (GPU, fp16 vectors, when there is one), mine with the configured
+miner chain (:mod:`miners`, through :func:`dr.retrieval.mining.mine_queries`), optionally have a
+teacher re-score the new pairs, and write the version (:mod:`dr.refresh.store`), manifest last.
+Free of Lightning imports, so a freshly spawned worker starts in seconds.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RefreshSetup:
     worker_threads: int | None = 1
     teacher: dict | None = None
     keep_snapshots: bool = False
+    backend: str = "torch"  # torch | onnx | onnx-int8: what encodes the corpus and queries
     job_hook: Callable[[RefreshJob], None] | None = None  # called as each job starts (instrumentation, fault injection in tests)
 
 
@@ -69,7 +71,7 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     loaded. The manifest is written last, so a version without one is incomplete.
     """
     from dr.data import passage_texts, read_corpus, write_negatives
-    from dr.models import BiEncoder
+    from dr.models import BiEncoder, onnx_encoder
     from dr.retrieval import DenseIndex, encode_corpus, gpu_available
     from dr.retrieval.mining import dense_candidates, instantiate_miner, mine_queries
 
@@ -83,6 +85,11 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
         encoder = BiEncoder.from_pretrained(str(snapshot)).to(device).eval()
         if not setup.keep_snapshots:
             shutil.rmtree(snapshot, ignore_errors=True)
+    export_s = None
+    if setup.backend != "torch":  # the live encoder (sync) is traced in eval mode and given back as it was
+        t_export = time.perf_counter()
+        encoder = onnx_encoder(encoder, int8=setup.backend == "onnx-int8")
+        export_s = time.perf_counter() - t_export
     corpus = corpus if corpus is not None else read_corpus(setup.corpus)
     docids = list(corpus["docid"])
     embeddings = encode_corpus(encoder, corpus, batch_size=setup.batch_size, bf16=setup.bf16, show_progress=False)
@@ -93,6 +100,9 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
     rng = np.random.default_rng([setup.seed, job.version])
     records, stats = mine_queries(setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False)
+    stats["backend"] = setup.backend
+    if export_s is not None:
+        stats["export_s"] = export_s
     if setup.teacher:
         records = teacher_score(setup.teacher, records, setup.queries, lambda d: passage_texts(corpus, [row_of[d]])[0])
         stats["teacher_scored"] = True

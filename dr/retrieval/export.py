@@ -8,7 +8,11 @@ The exported folder holds:
   ``sentence_bert_config.json`` (max length) and ``config_sentence_transformers.json`` (the
   similarity function), so ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
 - our own ``dr_config.json`` (pooling, normalisation, similarity, both max lengths);
-- optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`).
+- optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`);
+- with ``format="onnx"`` also ``onnx/model.onnx`` (pooling and normalisation inside the graph,
+  see :mod:`dr.models.onnx`), where sentence-transformers' ONNX backend looks for it; with
+  ``format="onnx-int8"`` also the int8 file under sentence-transformers' name for it,
+  ``onnx/model_qint8_avx512.onnx``.
 
 A model with separate query and passage towers is exported as two such folders, ``query/`` and
 ``passage/``, each loadable on its own, with ``dr_config.json`` at the top.
@@ -26,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from dr.models.encoder import DR_CONFIG, BiEncoder
+from dr.models.onnx import export_onnx
 from dr.retrieval.index import DenseIndex
 from dr.data.io import write_json
 
@@ -63,12 +68,19 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
     )
 
 
-def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None) -> Path:
+FORMATS = ("torch", "onnx", "onnx-int8")
+
+
+def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None, format: str = "torch") -> Path:
     """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
 
-    The folder is assembled in a temporary sibling and renamed into place, so a crash never
-    leaves a half-exported model; an existing export at ``out_dir`` is replaced.
+    ``format`` is ``torch`` (the weights and the sentence-transformers files), ``onnx`` (also
+    ``onnx/model.onnx`` in each tower's folder) or ``onnx-int8`` (also the int8 file). The folder
+    is assembled in a temporary sibling and renamed into place, so a crash never leaves a
+    half-exported model; an existing export at ``out_dir`` is replaced.
     """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -79,6 +91,8 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
         else:
             _write_sentence_transformers_layout(tmp / "query", encoder, encoder.query_max_length)
             _write_sentence_transformers_layout(tmp / "passage", encoder, encoder.passage_max_length)
+        if format != "torch":
+            export_onnx(encoder, tmp, int8=format == "onnx-int8")
         if index is not None:
             index.save(tmp / "index")
         if out.exists():

@@ -30,12 +30,20 @@ log = logging.getLogger(__name__)
 
 
 def _fingerprint(encoder, corpus_path: str, n_docs: int) -> str:
-    """What the cached embeddings depend on: every weight, the encoder settings and the corpus."""
-    weights = hashlib.sha1()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(tensor.detach().float().cpu().numpy().tobytes())
-    return json.dumps({"weights": weights.hexdigest(), "corpus": str(corpus_path), "docs": n_docs, **encoder.config_dict()}, sort_keys=True)
+    """What the cached embeddings depend on: every weight, the encoder settings and the corpus.
+
+    An encoder with a ``fingerprint()`` (the onnxruntime one: a digest of its ONNX files) gives its
+    own; a torch encoder's weights are hashed here.
+    """
+    if hasattr(encoder, "fingerprint"):
+        digest = encoder.fingerprint()
+    else:
+        weights = hashlib.sha1()
+        for name, tensor in sorted(encoder.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.detach().float().cpu().numpy().tobytes())
+        digest = weights.hexdigest()
+    return json.dumps({"weights": digest, "corpus": str(corpus_path), "docs": n_docs, **encoder.config_dict()}, sort_keys=True)
 
 
 def corpus_embeddings(encoder, corpus, corpus_path: str, cache: str | None, batch_size: int, bf16: bool) -> np.ndarray:
