@@ -252,3 +252,28 @@ def test_a_missing_model_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         resolve_model_name("./not-here")
     assert resolve_model_name("org/model") == "org/model"  # a hub id is left to the hub
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_length_buckets_give_the_same_embeddings_loss_and_gradients(tiny_bert, pooling):
+    """Bucketed (padding-trimmed) embedding equals the padded pass: embeddings within 1e-5 (fp32),
+    and the same loss and gradients."""
+    texts = ["short", "a much longer passage about proteins, cells and the immune system of mice", "mid length text here",
+             "x", "another fairly long passage that talks about gene expression in tumours and outcomes"]
+
+    def run(buckets: int):
+        encoder = BiEncoder.from_pretrained(tiny_bert, pooling=pooling, normalize=True)
+        encoder.eval()  # no dropout: the passes must agree exactly
+        batch = encoder.tokenize(texts, "passage")
+        emb = encoder.embed_passages(batch, buckets=buckets)
+        loss = (emb @ emb.T / 0.05).logsumexp(-1).mean()
+        loss.backward()
+        return emb.detach(), loss.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    emb1, loss1, grads1 = run(1)
+    for buckets in (2, 3, 5, 8):
+        emb, loss, grads = run(buckets)
+        assert (emb - emb1).abs().max() < 1e-5, buckets
+        torch.testing.assert_close(loss, loss1, atol=1e-5, rtol=1e-5)
+        for name, grad in grads1.items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)

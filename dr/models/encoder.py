@@ -270,19 +270,36 @@ class BiEncoder(nn.Module):
             max_length = self.query_max_length if kind == "query" else self.passage_max_length
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
-    def _embed(self, model: PreTrainedModel, batch: dict) -> torch.Tensor:
+    def _embed(self, model: PreTrainedModel, batch: dict, buckets: int = 1) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if buckets > 1 and len(inputs["input_ids"]) > 1:
+            return self._embed_bucketed(model, inputs, buckets)
         hidden = model(**inputs).last_hidden_state
         emb = pool(hidden, inputs["attention_mask"], self.pooling)
         if self.normalize:
             emb = F.normalize(emb.float(), p=2, dim=-1)
         return emb
 
-    def embed_queries(self, batch: dict) -> torch.Tensor:
-        return self._embed(self.query_model, batch)
+    def _embed_bucketed(self, model: PreTrainedModel, inputs: dict, buckets: int) -> torch.Tensor:
+        """Embed a padded batch in ``buckets`` length-sorted slices, each cut to its own longest
+        text: the same embeddings (padding is masked out of attention and pooling) for less
+        padded compute. Gradients flow through as in one pass."""
+        lengths = inputs["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        parts = []
+        for idx in torch.tensor_split(order, min(buckets, len(order))):
+            if not len(idx):
+                continue
+            width = int(lengths[idx].max())
+            parts.append(self._embed(model, {k: v[idx, :width] for k, v in inputs.items()}))
+        emb = torch.cat(parts)
+        return emb[torch.argsort(order)]
 
-    def embed_passages(self, batch: dict) -> torch.Tensor:
-        return self._embed(self.passage_model if self.passage_model is not None else self.query_model, batch)
+    def embed_queries(self, batch: dict, buckets: int = 1) -> torch.Tensor:
+        return self._embed(self.query_model, batch, buckets)
+
+    def embed_passages(self, batch: dict, buckets: int = 1) -> torch.Tensor:
+        return self._embed(self.passage_model if self.passage_model is not None else self.query_model, batch, buckets)
 
     def score(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """All-pairs scores ``q @ d.T`` (cosine when the embeddings are normalised)."""

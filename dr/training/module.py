@@ -47,6 +47,9 @@ class DenseRetrievalModule(pl.LightningModule):
             Sublinear Memory Cost"): activation memory falls from every layer's intermediates to one
             layer's, for about one extra forward pass of compute. Dropout masks are replayed
             (the RNG state is saved), so the gradients are those of the plain pass.
+        length_buckets: split each training batch's queries and passages into this many
+            length-sorted slices, each padded to its own longest text (exact: padding is masked;
+            it only saves the padded compute). 1 pads the whole batch to its longest text.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class DenseRetrievalModule(pl.LightningModule):
         train_passage_max_length: int | None = None,
         inbatch_teacher: nn.Module | None = None,
         gradient_checkpointing: bool = False,
+        length_buckets: int = 1,
     ):
         super().__init__()
         self.encoder = encoder
@@ -77,6 +81,7 @@ class DenseRetrievalModule(pl.LightningModule):
         self._val_outputs: dict[str, list] = defaultdict(list)
         if gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
+        self.length_buckets = max(1, int(length_buckets))
 
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -96,8 +101,8 @@ class DenseRetrievalModule(pl.LightningModule):
             torch.manual_seed(self.step_seed * 1_000_003 + self.global_step)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        q = self.encoder.embed_queries(batch["query_inputs"])
-        d = self.encoder.embed_passages(batch["passage_inputs"])
+        q = self.encoder.embed_queries(batch["query_inputs"], self.length_buckets)
+        d = self.encoder.embed_passages(batch["passage_inputs"], self.length_buckets)
         if self.inbatch_teacher is not None:
             self.inbatch_teacher.eval()
             with torch.no_grad():
