@@ -14,6 +14,9 @@ document away.
 Inputs: query embeddings ``[B, H]``, passage embeddings ``[M, H]``, the index of each query's
 positive among the M passages, and optionally a ``[B, M]`` boolean mask of passages to exclude.
 
+Scores are computed in fp32 with autocast off (:mod:`losses.scores`), whatever the training
+precision. τ is on the raw score scale: the logits are s / τ.
+
 Recommended settings: τ = 0.05 (scale 20, the sentence-transformers default) for cosine
 similarity; τ = 1 for unnormalised dot products. Related: Margin-MSE (``losses/margin_mse.py``)
 when teacher scores are available.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from losses.scores import student_scores
 
 
 def info_nce(
@@ -58,4 +63,4 @@ class InfoNCELoss(nn.Module):
         **_,
     ) -> torch.Tensor:
         """Batch keys a loss does not use (teacher scores, ...) are accepted and ignored."""
-        return info_nce(q.float() @ d.float().T, target, exclude, self.temperature)
+        return info_nce(student_scores(q, d), target, exclude, self.temperature)

@@ -7,7 +7,7 @@ retrieval e.g. by RocketQAv2, Ren et al. 2021, Eq. 3)::
 
 over all P passages of the batch (NaN teacher entries left out of both softmaxes). At a high T it
 approaches matching centred scores, so T = 1 suits a cosine student (scores in [-1, 1]); T is on
-the raw score scale of both student and teacher.
+the score scale of both student (q·d times ``student_scale``) and teacher.
 
 Recommended settings: as the in-batch term of :class:`losses.tas_b.DistillationLoss`
 (``loss=margin_mse_kl``), weight 0.75. Related: :mod:`losses.tas_b`.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from losses.scores import student_scores
 from losses.tas_b import _require_matrix
 
 
@@ -42,14 +43,21 @@ def listwise_kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float 
 
 
 class InBatchKLLoss(nn.Module):
-    """Listwise KL to the in-batch teacher's distribution over the batch's passages, times T²."""
+    """Listwise KL to the in-batch teacher's distribution over the batch's passages, times T².
 
-    def __init__(self, temperature: float = 1.0):
+    ``student_scale`` multiplies the student's q·d first (as Margin-MSE's; inside
+    :class:`losses.DistillationLoss` it is the pair term's), so s is on the teacher's scale.
+    """
+
+    def __init__(self, temperature: float = 1.0, student_scale: float = 1.0):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if student_scale <= 0:
+            raise ValueError(f"student_scale must be positive, got {student_scale}")
         self.temperature = temperature
+        self.student_scale = student_scale
 
     def forward(self, q, d, teacher_matrix=None, **_) -> torch.Tensor:
         _require_matrix(teacher_matrix)
-        return listwise_kl(q.float() @ d.float().T, teacher_matrix, self.temperature)
+        return listwise_kl(student_scores(q, d, self.student_scale), teacher_matrix, self.temperature)

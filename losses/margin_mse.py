@@ -5,7 +5,8 @@ Cross-Architecture Knowledge Distillation", arXiv:2010.02666, Eq. 1)::
 
     L = mean over valid (i, j) of ( (s(q_i, d_i⁺) − s(q_i, d_ij⁻)) − (t(q_i, d_i⁺) − t(q_i, d_ij⁻)) )²
 
-where s is the student (here the dual encoder's q·d) and t the teacher. Only margins are matched,
+where s is the student (here the dual encoder's q·d, times ``student_scale``, computed in fp32 with
+autocast off: :mod:`losses.scores`) and t the teacher. Only margins are matched,
 so teacher and student may score on different scales (a cross-encoder's logits, a fused
 BM25 + dense score in [0, 1], ...). The pairwise form is one negative per query (N = 1); with N
 negatives per query there is one margin per negative and the loss averages all of them (the
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from losses.scores import student_scores
 
 
 def margin_mse(
@@ -79,7 +82,9 @@ class MarginMSELoss(nn.Module):
 
     Args:
         student_scale: student scores are multiplied by this before taking margins (1 = raw
-            q·d). Useful when a cosine student must match a teacher on a wider scale.
+            q·d), so the student's margins are on the teacher's scale. Useful when a cosine
+            student must match a teacher on a wider scale. Inside :class:`losses.DistillationLoss`
+            the in-batch term uses the same scale.
     """
 
     def __init__(self, student_scale: float = 1.0):
@@ -103,6 +108,6 @@ class MarginMSELoss(nn.Module):
                 "Margin-MSE needs teacher scores in the batch: set data.teacher_scores=FILE "
                 "(a dr-score TSV) or data.negatives=FILE data.teacher_from_negatives=true"
             )
-        scores = self.student_scale * (q.float() @ d.float().T)
+        scores = student_scores(q, d, self.student_scale)
         s_pos, s_neg, present = gather_pair_scores(scores, target, neg_index)
         return margin_mse(s_pos, s_neg, teacher_pos.to(scores.device), teacher_neg.to(scores.device), present)

@@ -23,9 +23,12 @@ of the terms that have pairs).
 components), each logged as ``train/<name>``. Its in-batch term may also be the listwise KL of
 :mod:`losses.listwise_kl`.
 
+Scale: both terms score with the same student scores, ``student_scale · q·d`` (fp32, autocast off:
+:mod:`losses.scores`), compared with the teachers' raw scores, so the pairwise and in-batch margins
+target one student scale (:class:`DistillationLoss` shares its ``student_scale``).
+
 Recommended settings: ``loss=tas_b`` with ``inbatch_teacher=fusion`` or ``biencoder`` and a
-teacher file (``data.teacher_scores``); scores are the student's raw q·d (times ``student_scale``
-in the pairwise term), compared with the teachers' raw scores. Related: :mod:`losses.infonce`.
+teacher file (``data.teacher_scores``). Related: :mod:`losses.infonce`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 
 from losses.margin_mse import margin_mse
+from losses.scores import student_scores
 
 
 def inbatch_margin_mse(
@@ -68,12 +72,20 @@ def inbatch_margin_mse(
 class InBatchMarginMSELoss(nn.Module):
     """TAS-B's in-batch Margin-MSE term against ``teacher_matrix`` (see module docstring).
 
+    ``student_scale`` multiplies the student's q·d before taking margins, as in
+    :class:`losses.MarginMSELoss` (inside :class:`DistillationLoss` both terms share one scale).
     Returns a dict: ``loss`` (= ``inbatch``), ``inbatch_pos`` and ``inbatch_neg``.
     """
 
+    def __init__(self, student_scale: float = 1.0):
+        super().__init__()
+        if student_scale <= 0:
+            raise ValueError(f"student_scale must be positive, got {student_scale}")
+        self.student_scale = student_scale
+
     def forward(self, q, d, target, neg_index=None, teacher_matrix=None, **_) -> dict[str, torch.Tensor]:
         _require_matrix(teacher_matrix)
-        parts = inbatch_margin_mse(q.float() @ d.float().T, teacher_matrix, target, neg_index)
+        parts = inbatch_margin_mse(student_scores(q, d, self.student_scale), teacher_matrix, target, neg_index)
         return {"loss": parts["inbatch"], **parts}
 
 
@@ -84,13 +96,30 @@ class DistillationLoss(nn.Module):
         pair: the pairwise loss (e.g. :class:`losses.MarginMSELoss`).
         inbatch: the in-batch loss (e.g. :class:`losses.InBatchMarginMSELoss`), or None.
         inbatch_weight: λ.
+        student_scale: one scale for the student's q·d in *both* terms, so that they target the
+            same student scores (TAS-B's two teachers are matched by one student). None: the pair
+            term's ``student_scale`` is given to the in-batch term. A value is given to both; it
+            must agree with a pair term's own non-default scale.
     """
 
-    def __init__(self, pair: nn.Module, inbatch: nn.Module | None = None, inbatch_weight: float = 0.75):
+    def __init__(self, pair: nn.Module, inbatch: nn.Module | None = None, inbatch_weight: float = 0.75,
+                 student_scale: float | None = None):
         super().__init__()
         self.pair = pair
         self.inbatch = inbatch
         self.inbatch_weight = inbatch_weight
+        own = getattr(pair, "student_scale", None)
+        if student_scale is None:
+            student_scale = own
+        elif own not in (None, 1.0, student_scale):
+            raise ValueError(f"DistillationLoss: student_scale={student_scale} but the pair term's is {own}; set one of them")
+        if student_scale is not None:
+            if student_scale <= 0:
+                raise ValueError(f"student_scale must be positive, got {student_scale}")
+            for term in (pair, inbatch):
+                if term is not None and hasattr(term, "student_scale"):
+                    term.student_scale = float(student_scale)
+        self.student_scale = student_scale
 
     def forward(self, q: torch.Tensor, d: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
         pair = _components(self.pair(q, d, **inputs))

@@ -141,6 +141,12 @@ class Candidates:
         return np.fmax.reduce(values, axis=1) if values.shape[1] else np.full(self.num_queries, np.nan)
 
     @cached_property
+    def min_positive_score(self) -> np.ndarray:
+        """[Q] the min over the query's positives of their (explicit or retrieved) score; NaN if none is known."""
+        values = self._positive_values(self.positive_scores, self.scores)
+        return np.fmin.reduce(values, axis=1) if values.shape[1] else np.full(self.num_queries, np.nan)
+
+    @cached_property
     def min_teacher_positive_score(self) -> np.ndarray:
         """[Q] the min over the query's positives of their teacher score; NaN if unknown."""
         if self.teacher_scores is None:

@@ -5,7 +5,8 @@ for Open-Domain Question Answering", "denoised hard negatives"): from the retrie
 candidates keep only those the cross-encoder scores low, since many top-ranked "negatives" are unlabelled
 positives.
 
-Formula, with t_i the teacher score of candidate i (``Candidates.teacher_scores``, computed elsewhere):
+Formula, with t_i the teacher score of candidate i (``Candidates.teacher_scores``; ``dr-mine teacher=...``
+fills them, :func:`dr.retrieval.mining.with_teacher_scores`), on the teacher's own scale:
     threshold:  keep i if t_i < threshold                     (RocketQA: 0.1 on a 0–1 scale)
     margin:     keep i if t_i ≤ min_p t_pos,p − margin        (e.g. 3.0 on raw cross-encoder logits)
 t_pos is each positive's teacher score (``teacher_positive_scores``, else its teacher score as a retrieved
@@ -42,7 +43,8 @@ class DenoiseMiner(FilterMiner):
     def passes(self, candidates: Candidates) -> np.ndarray:
         """[Q, K] bool: the candidate survives the teacher filters (before picking)."""
         if candidates.teacher_scores is None:
-            raise ValueError("DenoiseMiner: Candidates.teacher_scores [Q, K] are required (cross-encoder scores)")
+            raise ValueError("DenoiseMiner: Candidates.teacher_scores [Q, K] are required (cross-encoder scores): "
+                             "mine with dr-mine teacher=cross_encoder|fusion")
         t = candidates.teacher_scores
         ok = ~np.isnan(t)  # a candidate the teacher did not score cannot be vouched for
         if self.threshold is not None:

@@ -43,3 +43,18 @@ def take_weighted(eligible: np.ndarray, log_weights: np.ndarray, n: int | None, 
 def take_uniform(eligible: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct eligible columns per row, uniformly at random."""
     return take_weighted(eligible, np.zeros(eligible.shape), n, rng)
+
+
+def effective_sample_size(eligible: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
+    """[Q] the kernel's effective sample size 1/Σ_i p_i², p ∝ exp(log_weights) over each row's eligible columns.
+
+    It counts the candidates a draw effectively chooses among (Kish's effective number): K for a flat kernel
+    over K candidates, 1 for a kernel that always picks the same one. NaN for a row with no eligible column.
+    """
+    ok = eligible & (log_weights > -np.inf)
+    w = np.where(ok, log_weights, -np.inf)
+    top = w.max(axis=1, keepdims=True, initial=-np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(ok, np.exp(w - np.where(np.isfinite(top), top, 0.0)), 0.0)
+        p = p / p.sum(axis=1, keepdims=True)
+        return np.where(ok.any(axis=1), 1.0 / (p**2).sum(axis=1), np.nan)

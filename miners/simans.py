@@ -5,12 +5,22 @@ Zhou et al., EMNLP 2022, "SimANS: Simple Ambiguous Negatives Sampling for Dense 
 Formula. From the query's top-k candidates (positives removed), draw ``num_negatives`` distinct
 negatives, one at a time, each with
 
-    gaussian (paper):  p_i ∝ exp(−a · (s_i − s_pos − b)²)
-    laplace (reference code for MS MARCO passages):  p_i ∝ exp(−τ · |s_i − s_pos|)
+    gaussian (paper):  p_i ∝ exp(−a · (z_i − z_pos − b)²)
+    laplace (reference code for MS MARCO passages):  p_i ∝ exp(−τ · |z_i − z_pos|)
 
-and excluding those already drawn (we use Gumbel-top-k, which is exactly that; ``miners/sampling.py``).
+where z = ``score_scale`` × s are the retriever's logits, and excluding those already drawn (we use
+Gumbel-top-k, which is exactly that; ``miners/sampling.py``).
 
-Sign of ``b``. We follow the paper's text, ``(s_i − s_pos − b)``: the kernel peaks at s_i = s_pos + b.
+Score scale. a, b and τ are on the scale of the retriever's *logits*, z = ``score_scale × s``: the
+reference tuned a = 0.5 and τ = 3 on dot-product retrievers whose top-200 scores lie tens of points
+apart. A cosine student's scores lie in [−1, 1]; its logits are cos / temperature (InfoNCE's 0.05:
+``score_scale = 20``). On raw cosines the same a = 0.5 weighs the whole top-200 within a few percent
+of each other, i.e. samples uniformly. ``score_scale=None`` is 1 (raw scores) unless the mining path
+sets it (``dr-mine score_scale``, ``refresh.score_scale``: 1/temperature of the training loss, or
+by the encoder's similarity); each call records the kernel's effective sample size 1/Σp² per query
+in ``last_effective_sample_size`` (about the pool size: a flat kernel).
+
+Sign of ``b``. We follow the paper's text, ``(z_i − z_pos − b)``: the kernel peaks at z_i = z_pos + b.
 The reference code writes ``(s_neg − s_pos + b)``, so ``b_here = −b_code``: its NQ setting b = 1.0
 (peak one point *below* the positive) is ``b=-1.0`` here. b = 0 is the same in both.
 
@@ -20,9 +30,10 @@ where given, else the positive's score as a retrieved candidate.
 Fallback. When s_pos is unknown (no positive score given and no positive retrieved), the reference code
 takes the last ``num_negatives`` candidates of the top-k; we do the same (the lowest-ranked eligible ones).
 
-Defaults: a = 0.5, b = 0 (reference code), τ = 3 (MS MARCO passages), 15 negatives from the top-200
-(``top_k=None`` uses every candidate given; pass ``top_k=200`` to cut a deeper list). ``num_negatives=None``
-keeps the whole eligible top-k (no sampling).
+Defaults: a = 0.5, b = 0 (reference code), τ = 3 (MS MARCO passages), all on logits, 15 negatives from
+the top-200 (``top_k=None`` uses every candidate given; pass ``top_k=200`` to cut a deeper list).
+``num_negatives=None`` keeps the whole eligible top-k (no sampling). Training can also redraw from the
+stored top-k every time a query is loaded, as the reference does: :mod:`dr.sampling.simans`.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from miners.base import CandidateMiner, Candidates
-from miners.sampling import take_last, take_weighted
+from miners.sampling import effective_sample_size, take_last, take_weighted
 
 KERNELS = ("gaussian", "laplace")
 
@@ -46,16 +57,23 @@ class SimANSMiner(CandidateMiner):
         kernel: str = "gaussian",
         tau: float = 3.0,
         top_k: int | None = None,
+        score_scale: float | None = None,
     ):
         if kernel not in KERNELS:
             raise ValueError(f"SimANSMiner: kernel must be one of {KERNELS}, got {kernel!r}")
         if a < 0 or tau < 0:
             raise ValueError(f"SimANSMiner: a and tau must be >= 0, got a={a}, tau={tau}")
+        if score_scale is not None and not score_scale > 0:
+            raise ValueError(f"SimANSMiner: score_scale must be > 0, got {score_scale}")
         self.num_negatives, self.a, self.b, self.kernel, self.tau, self.top_k = num_negatives, a, b, kernel, tau, top_k
+        self.score_scale = score_scale
+        self.last_effective_sample_size: np.ndarray | None = None
 
     def log_weights(self, scores: np.ndarray, s_pos: np.ndarray) -> np.ndarray:
-        """Unnormalised log p_i for ``scores [Q, K]`` around ``s_pos [Q]``."""
-        diff = scores.astype(np.float64) - s_pos[:, None]
+        """Unnormalised log p_i for raw ``scores [Q, K]`` around raw ``s_pos [Q]``, on logits
+        (``score_scale ×`` the raw difference)."""
+        scale = 1.0 if self.score_scale is None else float(self.score_scale)
+        diff = scale * (scores.astype(np.float64) - s_pos[:, None])
         if self.kernel == "laplace":
             return -self.tau * np.abs(diff)
         return -self.a * (diff - self.b) ** 2
@@ -69,10 +87,12 @@ class SimANSMiner(CandidateMiner):
         s_pos = candidates.best_positive_score
         known = ~np.isnan(s_pos)
         log_w = self.log_weights(candidates.scores, np.where(known, s_pos, 0.0))
+        self.last_effective_sample_size = effective_sample_size(eligible & known[:, None], log_w)
         sampled = take_weighted(eligible & known[:, None], log_w, self.num_negatives, rng)
         fallback = take_last(eligible & ~known[:, None], self.num_negatives)
         return sampled | fallback
 
     def __repr__(self) -> str:
         kernel = f"tau={self.tau}" if self.kernel == "laplace" else f"a={self.a}, b={self.b}"
-        return f"SimANSMiner(num_negatives={self.num_negatives}, kernel={self.kernel!r}, {kernel}, top_k={self.top_k})"
+        return (f"SimANSMiner(num_negatives={self.num_negatives}, kernel={self.kernel!r}, {kernel}, top_k={self.top_k}, "
+                f"score_scale={self.score_scale})")

@@ -78,11 +78,12 @@ def run_st(model, qids, qtexts, positives, docids, texts, top_k, num_negatives, 
 
 
 # The miners' arms. The model scores with cosine similarity and trains at temperature 0.05, so the
-# logits are 20 x cos; SimANS's a=0.5 (reference code, on logits) is a = 0.5 * 20^2 = 200 on cosines.
+# logits are 20 x cos: dr-mine's score_scale=auto applies SimANS's a=0.5 (reference code, on logits)
+# to them, i.e. a = 0.5 * 20^2 = 200 on cosines.
 EFFECT_MINERS = {
     "topk": ["miner=topk"],
     "margin_topk_percpos95": ["miner=margin"],
-    "simans": ["miner=simans", "miner.a=200"],
+    "simans": ["miner=simans"],
 }
 
 

@@ -97,3 +97,33 @@ def test_dr_cluster_end_to_end(tiny_bert, scifact_slice, tmp_path):
     # the same seed gives the same clusters
     cluster(cfg, tmp_path / "again")
     assert (tmp_path / "again" / "clusters.txt").read_text() == path.read_text()
+
+
+def test_clustering_is_spherical_by_default_as_the_reference():
+    """The TAS reference clusters with FAISS IVF under METRIC_INNER_PRODUCT, which FAISS trains by
+    spherical k-means: queries group by direction, not by norm. So do our defaults (Python and configs)."""
+    import inspect
+
+    import faiss
+
+    from dr.sampling import tas_batch_sampler
+    from dr.sampling.clustering import auto_clusters, cluster_queries
+
+    # FAISS itself: an inner-product IVF index (the reference's) trains spherical k-means
+    ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(8), 8, 4, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    assert ivf.cp.spherical
+    # two directions, each at norms 1 and 8: inner product groups by direction; L2 separates the long vectors
+    rng = np.random.default_rng(0)
+    u, v = np.eye(8)[0], np.eye(8)[1]
+    x = np.concatenate([np.outer(np.repeat([1.0, 8.0], 20), w) for w in (u, v)]) + rng.normal(size=(80, 8)) * 0.05
+    direction = np.repeat([0, 1], 40)
+    for seed in range(3):
+        found = kmeans_assign(x.astype(np.float32), 2, seed=seed)
+        assert all(len(set(found[direction == c].tolist())) == 1 for c in (0, 1)) and len(set(found.tolist())) == 2
+        l2 = kmeans_assign(x.astype(np.float32), 2, seed=seed, spherical=False)
+        assert not all(len(set(l2[direction == c].tolist())) == 1 for c in (0, 1))
+    for function in (kmeans_assign, cluster_queries, auto_clusters, tas_batch_sampler):
+        assert inspect.signature(function).parameters["spherical"].default is True, function
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        assert compose("cluster").spherical is True
+        assert compose("train", overrides=["sampler=tas"]).data.batch_sampler.spherical is True

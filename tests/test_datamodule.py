@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from dr.retrieval import BM25Negatives
 from dr.sampling import QueryBatchSampler
 from dr.training import RetrievalDataModule
@@ -9,22 +12,22 @@ from dr.training import RetrievalDataModule
 
 def test_sampler_covers_each_query_once_per_epoch_and_reshuffles():
     sampler = QueryBatchSampler(100, batch_size=8, seed=1, drop_last=True)
-    epoch0 = [i for batch in sampler for i, e in batch]
+    epoch0 = [i for batch in sampler for i, *_ in batch]
     assert len(epoch0) == 96 and len(set(epoch0)) == 96
     sampler.set_epoch(1)
-    epoch1 = [i for batch in sampler for i, e in batch]
+    epoch1 = [i for batch in sampler for i, *_ in batch]
     assert epoch0 != epoch1
     sampler.set_epoch(0)
-    assert [i for batch in sampler for i, e in batch] == epoch0  # deterministic per (seed, epoch)
+    assert [i for batch in sampler for i, *_ in batch] == epoch0  # deterministic per (seed, epoch)
 
 
 def test_ddp_ranks_draw_disjoint_queries_within_each_global_step():
     ranks = [QueryBatchSampler(50, batch_size=4, seed=3, rank=r, world_size=3) for r in range(3)]
     assert len({len(s) for s in ranks}) == 1 and len(ranks[0]) == 50 // 12
     for step_batches in zip(*ranks):
-        ids = [i for batch in step_batches for i, _ in batch]
+        ids = [i for batch in step_batches for i, *_ in batch]
         assert len(ids) == 12 and len(set(ids)) == 12
-    every = [i for s in ranks for batch in s for i, _ in batch]
+    every = [i for s in ranks for batch in s for i, *_ in batch]
     assert len(every) == len(set(every))
 
 
@@ -98,3 +101,95 @@ def test_teacher_file_adds_scores_and_min_teacher_pairs_filters_queries(scifact_
     dm2 = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"], min_teacher_pairs=2, **common)
     dm2.setup("fit")
     assert dm2.train_dataset.qids == [qids[0]]
+
+
+# ---------------------------------------------------------------------- one fresh draw per load
+def _synthetic_dataset(num_queries: int, num_candidates: int, seed: int = 3):
+    from dr.training.datamodule import ContrastiveDataset
+
+    qids = [f"q{i}" for i in range(num_queries)]
+    positives = {q: [f"{q}-p0", f"{q}-p1"] for q in qids}
+    negatives = {q: [f"{q}-n{j}" for j in range(num_candidates)] for q in qids}
+    return ContrastiveDataset(qids, qids, positives, negatives, None, num_negatives=1, seed=seed)
+
+
+def test_a_query_drawn_again_in_an_epoch_gets_a_fresh_pair():
+    """TAS draws clusters with replacement, so a query can come back in the same epoch: each
+    occurrence draws its own (positive, negative) pair, reproducibly and resumably."""
+    from dr.sampling import TASBatchSampler
+
+    ds = _synthetic_dataset(200, 50)  # 2 positives x 50 candidates: 100 possible pairs
+    sampler = TASBatchSampler(ds.qids, [ds.qids[i : i + 20] for i in range(0, 200, 20)], batch_size=16, seed=1)
+    draws, repeats, same = [], 0, 0
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        first: dict[str, tuple] = {}
+        for batch in sampler:
+            for key in batch:
+                ex = ds[key]
+                pair = (ex["positive"], tuple(ex["negatives"]))
+                draws.append(pair)
+                if ex["qid"] in first:
+                    repeats += 1
+                    same += pair == first[ex["qid"]]
+                else:
+                    first[ex["qid"]] = pair
+                    assert key[2] == 0 and ds[key[:2]] == ex  # a first occurrence keeps the (seed, epoch, query) key
+    assert repeats > 200  # 12 batches of 16 from 10 clusters of 20: many queries come back
+    assert same / repeats < 0.05  # independent draws repeat a pair with probability 1/100 (before: always)
+    # reproducible, and a resumed epoch draws exactly what the uninterrupted one drew
+    sampler.set_epoch(3)
+    full = [ds[key] for batch in sampler for key in batch]
+    assert full == [ds[key] for batch in sampler for key in batch]
+    sampler.skip = 5
+    assert [ds[key] for batch in sampler for key in batch] == full[5 * 16 :]
+
+
+def test_random_batches_keep_their_draws():
+    """Plain random batches hold each query once an epoch: their draws are those of the (seed, epoch, query) key."""
+    ds = _synthetic_dataset(64, 30)
+    sampler = QueryBatchSampler(64, batch_size=8, seed=2)
+    keys = [key for batch in sampler for key in batch]
+    assert {k[2] for k in keys} == {0}
+    assert [ds[k] for k in keys] == [ds[k[:2]] for k in keys]
+
+
+def test_too_few_candidates_give_fewer_distinct_negatives(scifact_slice, tmp_path):
+    """A query with 2 candidates and num_negatives=4 gets both once (no duplicate in the InfoNCE
+    denominator); the collated batch pads its row of neg_index with -1 and the loss counts each passage once."""
+    import math
+
+    import torch
+
+    from dr.data import NegativesRecord, read_corpus, read_qrels, write_negatives
+    from dr.sampling import sample_negatives
+    from losses import InfoNCELoss
+
+    rng = np.random.default_rng(0)
+    assert sorted(sample_negatives(["a", "b"], 4, rng)) == ["a", "b"]
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    docids = list(read_corpus(scifact_slice["corpus"])["docid"])
+    qids = sorted(qrels)
+    others = [d for d in docids if not any(d in qrels[q] for q in qids[:4])]
+    records = [NegativesRecord(q, sorted(qrels[q]), others[10 * k : 10 * k + (2 if k == 0 else 10)]) for k, q in enumerate(qids[:4])]
+    write_negatives(tmp_path / "neg.jsonl", records)
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives=str(tmp_path / "neg.jsonl"), num_negatives=4, batch_size=4)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    rows = [ds.qids.index(q) for q in qids[:4]]
+    for epoch in range(10):
+        examples = [ds[(i, epoch)] for i in rows]
+        assert sorted(examples[0]["negatives"]) == sorted(records[0].negatives)  # both, once each
+        assert all(len(ex["negatives"]) == len(set(ex["negatives"])) == 4 for ex in examples[1:])
+    batch = dm.collate_train(examples)
+    assert batch["neg_index"][0].tolist()[2:] == [-1, -1] and (batch["neg_index"][1:] >= 0).all()
+    assert len(batch["passages"]) == 4 + 2 + 3 * 4
+    # InfoNCE over the batch = the hand-computed softmax with every passage once
+    g = torch.Generator().manual_seed(0)
+    q, d = torch.randn(4, 8, generator=g), torch.randn(len(batch["docids"]), 8, generator=g)
+    loss = InfoNCELoss(temperature=1.0)(q, d, batch["target"], batch["exclude"]).item()
+    s = (q @ d.T).tolist()
+    by_hand = [-s[i][i] + math.log(sum(math.exp(v) for j, v in enumerate(s[i]) if j == i or not batch["exclude"][i, j]))
+               for i in range(4)]
+    assert loss == pytest.approx(sum(by_hand) / 4, rel=1e-6)

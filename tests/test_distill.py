@@ -145,6 +145,40 @@ def test_distillation_loss_combines_pair_and_inbatch():
         DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss())(q, d, **{**inputs, "teacher_matrix": None})
 
 
+def test_student_scale_applies_to_both_tas_b_terms():
+    """TAS-B's two terms must target one student scale: student_scale multiplies q·d in the in-batch
+    term too (Margin-MSE and listwise KL), whether given to the pair term or to DistillationLoss."""
+    q, d = torch.eye(2), S.T.contiguous()  # q @ d.T == S
+    inputs = dict(target=torch.arange(2), neg_index=NEG, teacher_pos=torch.tensor([5.0, 4.0]),
+                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T)
+    scaled = 3.0 * S
+    # by hand on 3·S: in-batch positives q0 vs pos1: (3·0.6 − 4)², q1 vs pos0: (3·0.6 − 3)²;
+    # in-batch negatives q0 vs neg1: (3·0.8 − 3)², q1 vs neg0: (3·0.4 − 3)²
+    l_pos, l_neg = ((1.8 - 4) ** 2 + (1.8 - 3) ** 2) / 2, ((2.4 - 3) ** 2 + (1.2 - 3) ** 2) / 2
+    pair = ((3 * 0.4 - 2.0) ** 2 + (3 * 0.2 - 1.0) ** 2) / 2
+    for loss in (DistillationLoss(MarginMSELoss(student_scale=3.0), InBatchMarginMSELoss()),
+                 DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), student_scale=3.0)):
+        out = loss(q, d, **inputs)
+        assert out["pair"].item() == pytest.approx(pair)
+        assert out["inbatch"].item() == pytest.approx(0.5 * (l_pos + l_neg))
+        assert loss.inbatch.student_scale == loss.pair.student_scale == 3.0
+    kl = DistillationLoss(MarginMSELoss(student_scale=3.0), InBatchKLLoss(temperature=2.0))(q, d, **inputs)
+    assert kl["inbatch"].item() == pytest.approx(listwise_kl(scaled, T, 2.0).item())
+    with pytest.raises(ValueError, match="student_scale"):
+        DistillationLoss(MarginMSELoss(student_scale=2.0), InBatchMarginMSELoss(), student_scale=3.0)
+
+
+def test_tas_b_config_shares_student_scale(compose_config, tmp_path):
+    import hydra
+
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}", "loss=tas_b", "loss.student_scale=2"])
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert loss.pair.student_scale == loss.inbatch.student_scale == 2.0
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}", "loss=margin_mse_kl", "loss.student_scale=2"])
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert loss.pair.student_scale == loss.inbatch.student_scale == 2.0
+
+
 # ------------------------------------------------------------------ real training steps
 def _teacher_file(data: dict, path: Path) -> Path:
     """Random teacher scores for each train query: its positive against 3 other judged documents."""

@@ -108,3 +108,44 @@ def test_module_gradient_reaches_embeddings():
 def test_non_positive_temperature_is_rejected(tau):
     with pytest.raises(ValueError, match="temperature"):
         InfoNCELoss(temperature=tau)
+
+
+# ------------------------------------------------------------------ precision: scores in fp32 under autocast
+def _scores_near_70(seed: int = 0):
+    """Unit-free dot products around 70 (a trained dot-product student's range) for 4 queries and
+    8 passages (4 positives, then one negative per query), with teacher scores a few points apart."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) * 70**0.5
+    q = u + 0.4 * torch.randn(4, 64, generator=g)
+    d = u + 0.4 * torch.randn(8, 64, generator=g)
+    batch = dict(target=torch.arange(4), neg_index=torch.arange(4, 8)[:, None],
+                 teacher_pos=torch.tensor([9.0, 7.5, 8.0, 6.0]), teacher_neg=torch.tensor([[4.0], [5.5], [3.0], [5.0]]),
+                 teacher_matrix=torch.rand(4, 8, generator=g) * 10, exclude=torch.zeros(4, 8, dtype=torch.bool))
+    return q, d, batch
+
+
+def _every_loss():
+    from losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss
+
+    return {
+        "infonce": InfoNCELoss(temperature=1.0),
+        "margin_mse": MarginMSELoss(),
+        "inbatch_margin_mse": InBatchMarginMSELoss(),
+        "inbatch_kl": InBatchKLLoss(temperature=1.0),
+        "tas_b": DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_every_loss()))
+def test_losses_score_in_fp32_under_bf16_autocast(name):
+    """Under bf16 autocast a matmul runs in bf16 even on fp32 inputs; scores around 70 then move in
+    steps of 0.25–0.5. Every loss must give its fp32 value (to 1e-6 relative) whatever the autocast."""
+    loss = _every_loss()[name]
+    q, d, batch = _scores_near_70()
+    value = lambda out: (out["loss"] if isinstance(out, dict) else out).item()  # noqa: E731
+    exact = value(loss(q, d, **batch))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = value(loss(q, d, **batch))
+        coarse = q.float() @ d.float().T  # what the losses computed before: a bf16 product
+    assert coarse.dtype == torch.bfloat16 and (coarse.float() - q @ d.T).abs().max() > 0.05  # the test has power
+    assert mixed == pytest.approx(exact, rel=1e-6)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -92,3 +93,73 @@ def test_killed_mine_leaves_no_partial_file(tiny_bert, scifact_slice, tmp_path):
     finished = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     _check_file(out, scifact_slice, 3)
+
+
+def _base(tiny_bert, data, out, *extra):
+    return [f"model={tiny_bert}", f"corpus={data['corpus']}", f"queries={data['train_queries']}", f"qrels={data['train_qrels']}",
+            "top_k=20", "chunk_size=16", f"output={out}", "encoder.passage_max_length=48", *extra]
+
+
+def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
+    """teacher=cross_encoder scores every candidate and positive before mining, so miner=denoise runs:
+    it keeps exactly the candidates the cross-encoder scores below the threshold (or a margin under the positives)."""
+    from dr.teachers import CrossEncoderTeacher
+
+    mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "pool.jsonl", "miner=pool")), tmp_path)
+    pool = read_negatives(tmp_path / "pool.jsonl")
+    queries = read_queries(scifact_slice["train_queries"])
+    corpus = read_corpus(scifact_slice["corpus"])
+    text = dict(zip(corpus["docid"], passage_texts(corpus, list(range(len(corpus))))))
+    teacher = CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256)
+    groups = {q: r.negatives + r.positives for q, r in pool.items()}
+    scored = teacher.score_groups([queries[q] for q in groups], [[text[d] for d in g] for g in groups.values()])
+    t = {q: dict(zip(g, s.tolist())) for (q, g), s in zip(groups.items(), scored)}
+    threshold = float(np.median([t[q][d] for q, r in pool.items() for d in r.negatives]))
+
+    teacher_args = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "miner=denoise", "miner.num_negatives=null",
+                    "miner.sampling=top"]
+    stats = mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args, f"miner.threshold={threshold}")), tmp_path)
+    assert stats["teacher"] == "CrossEncoderTeacher"
+    denoised = read_negatives(tmp_path / "denoised.jsonl")
+    kept = dropped = 0
+    for qid, record in pool.items():
+        clear = [d for d in record.negatives if abs(t[qid][d] - threshold) > 1e-4]  # away from float noise
+        expected = {d for d in clear if t[qid][d] < threshold}
+        got = set(denoised[qid].negatives)
+        assert expected <= got and not (got & (set(clear) - expected)), qid
+        kept, dropped = kept + len(got), dropped + len(record.negatives) - len(got)
+    assert kept and dropped  # the filter did something both ways
+    # RocketQA's margin form: keep t <= min over positives of t_pos - margin (the positives' teacher scores are filled too)
+    mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "margin.jsonl", *teacher_args, "miner.threshold=null", "miner.margin=0.0")), tmp_path)
+    for qid, record in read_negatives(tmp_path / "margin.jsonl").items():
+        floor = min(t[qid][p] for p in pool[qid].positives)
+        assert all(t[qid][d] <= floor + 1e-4 for d in record.negatives), qid
+
+
+def test_mine_reports_the_kernels_scale_and_effective_sample_size(tiny_bert, scifact_slice, tmp_path):
+    """score_scale=auto is 20 (1/0.05) for a cosine encoder and 1 for a run file; the stats give each
+    SimANS kernel's effective sample size 1/Σp² (mean over queries), checked by hand on BM25 scores."""
+    args = _base(tiny_bert, scifact_slice, tmp_path / "neg.jsonl", "miner=simans", "miner.num_negatives=4", "encoder.similarity=cos")
+    auto = mine(_cfg(args), tmp_path)
+    assert auto["score_scale"] == {"simans": 20.0} and 1.0 <= auto["effective_sample_size"]["simans"] <= 20.0
+    assert json.loads((tmp_path / "neg.jsonl.stats.json").read_text()) == auto
+
+    corpus, queries = read_corpus(scifact_slice["corpus"]), read_queries(scifact_slice["train_queries"])
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    bm25 = BM25(passage_texts(corpus), list(corpus["docid"]))
+    qids = [q for q in queries if q in qrels]
+    run = bm25.search_run(qids, [queries[q] for q in qids], 30)
+    write_run(run, tmp_path / "bm25.run")
+    by_hand = []
+    for q in qids:  # the kernel's pool: non-positive candidates; s_pos: the best retrieved positive
+        s_pos = max((s for d, s in run[q].items() if d in qrels[q]), default=None)
+        if s_pos is not None:
+            w = np.exp(-0.5 * (np.array([s for d, s in run[q].items() if d not in qrels[q]]) - s_pos) ** 2)
+            by_hand.append(1.0 / ((w / w.sum()) ** 2).sum())
+    common = [f"run_file={tmp_path / 'bm25.run'}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
+              f"qrels={scifact_slice['train_qrels']}", "miner=simans", "miner.num_negatives=4", f"output={tmp_path / 'run.jsonl'}"]
+    from_run = mine(_cfg(common), tmp_path)
+    assert from_run["score_scale"] == {"simans": 1.0}
+    assert from_run["effective_sample_size"]["simans"] == pytest.approx(np.mean(by_hand), rel=1e-4)
+    flat = mine(_cfg(common + ["score_scale=0.001"]), tmp_path)  # BM25 points x 0.001: a flat kernel, ESS ~ pool size
+    assert np.mean(by_hand) < 0.8 * flat["effective_sample_size"]["simans"]

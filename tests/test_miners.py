@@ -303,7 +303,7 @@ def test_candidates_layout_and_validation():
 
 # --- Configs ---------------------------------------------------------------------------------------
 
-CONFIGS = ["topk", "random", "simans", "simans_laplace", "margin", "denoise", "margin_simans"]
+CONFIGS = ["topk", "random", "simans", "simans_laplace", "margin", "denoise", "margin_simans", "pool"]
 
 
 def test_every_config_is_listed():
@@ -324,3 +324,116 @@ def test_config_instantiates_and_mines(name):
     mined = miner(c, 0)
     assert mined.mask.sum(axis=1).min() > 0
     assert not (mined.docids[:, :, None] == c.positive_ids[:, None, :]).any()
+
+
+# --- Score scale and effective sample size -------------------------------------------------------
+
+def test_simans_kernel_is_on_logits_and_reports_its_effective_sample_size():
+    """score_scale turns cosines into logits before the kernel: a = 0.5 on cos / 0.05."""
+    cos = np.array([0.86, 0.84, 0.82, 0.80, 0.78, 0.76, 0.74, 0.72])
+    s_pos, scale = 0.81, 20.0
+    miner = SimANSMiner(num_negatives=1, a=0.5, score_scale=scale)
+    mined = miner(_repeat(cos, [s_pos], N_DRAWS), np.random.default_rng(0))
+    observed = _frequencies(mined, len(cos))
+    log_w = -0.5 * (scale * (cos - s_pos)) ** 2
+    assert chisquare(observed, _expected(log_w, N_DRAWS)).pvalue > 1e-3
+    assert chisquare(observed, _expected(-0.5 * (cos - s_pos) ** 2, N_DRAWS)).pvalue < 1e-6  # raw cosines: ~uniform
+    # ESS = 1 / Σ p², by hand for this kernel, and K for a flat one
+    p = np.exp(log_w) / np.exp(log_w).sum()
+    assert miner.last_effective_sample_size == pytest.approx(np.full(N_DRAWS, 1 / (p**2).sum()))
+    flat = SimANSMiner(num_negatives=1, a=0.5)
+    flat(_repeat(cos, [s_pos], 3), 0)
+    assert flat.last_effective_sample_size == pytest.approx([7.99] * 3, abs=0.01)  # 8 candidates: nearly uniform
+    with pytest.raises(ValueError, match="score_scale"):
+        SimANSMiner(score_scale=0.0)
+
+
+def test_mining_path_gives_its_scale_to_kernels_without_one():
+    from dr.retrieval.mining import instantiate_miner, kernel_miners, resolve_score_scale, student_score_scale
+    from losses import InfoNCELoss, MarginMSELoss
+
+    chain = instantiate_miner(OmegaConf.load(MINER_CONF / "margin_simans.yaml"), [], score_scale=20.0)
+    assert chain.miners[1].score_scale == 20.0 and list(kernel_miners(chain)) == ["1_simans"]
+    own = instantiate_miner({"_target_": "miners.SimANSMiner", "score_scale": 5.0}, [], score_scale=20.0)
+    assert own.score_scale == 5.0 and list(kernel_miners(own)) == ["simans"]
+
+    class Encoder:
+        def __init__(self, similarity):
+            self.similarity = similarity
+
+    assert student_score_scale(InfoNCELoss(0.04), Encoder("dot")) == pytest.approx(25.0)  # 1 / temperature first
+    assert student_score_scale(MarginMSELoss(), Encoder("cos")) == 20.0  # else cos: 1 / 0.05
+    assert student_score_scale(None, Encoder("dot")) == 1.0
+    assert resolve_score_scale("auto", None, Encoder("cos")) == 20.0 and resolve_score_scale(3, None, None) == 3.0
+    with pytest.raises(ValueError, match="score_scale"):
+        resolve_score_scale(-1.0)
+
+
+# --- Margin: positive score and rank window options ---------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        ({"absolute_margin": 0.125}, {14, 16, 17}),  # s_pos = max(0.75, 0.5): keep s ≤ 0.625
+        ({"absolute_margin": 0.125, "positive_score": "min"}, {16, 17}),  # s_pos = 0.5: keep s ≤ 0.375
+        ({"range_min": 1, "range_max": 3}, {11}),  # raw ranks 1, 2 (rank 2 is the positive 12)
+        ({"range_min": 1, "range_max": 3, "rank_window": "filtered"}, {11, 13}),  # survivors 10, 11, 13, 14, 16, 17
+        ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3}, set()),  # raw ranks 1, 2 are filtered out
+        ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3, "rank_window": "filtered"}, {16, 17}),  # survivors 14, 16, 17
+    ],
+)
+def test_margin_positive_score_and_rank_window_options(kwargs, expected):
+    c = _single(positives=(12, 15))  # positives scored 0.75 and 0.5 (both retrieved)
+    assert _kept(MarginMiner(**kwargs)(c, 0)) == expected
+
+
+def test_margin_relative_threshold_for_negative_scores():
+    """s_pos − |s_pos|·m stays below s_pos when scores are negative (as sentence-transformers);
+    (1 − m)·s_pos would sit above it and keep candidates scoring like the positive."""
+    c = Candidates.from_lists([[1, 2, 3, 4, 5]], [[-0.4, -0.5, -0.52, -0.6, -0.7]], [[99]], positive_scores=[[-0.5]])
+    assert _kept(MarginMiner(relative_margin=0.1)(c, 0)) == {4, 5}  # drop s > −0.55
+    with pytest.raises(ValueError, match="positive_score"):
+        MarginMiner(positive_score="mean")
+    with pytest.raises(ValueError, match="rank_window"):
+        MarginMiner(rank_window="ranks")
+
+
+def test_margin_parity_with_sentence_transformers(tiny_bert, scifact_slice, tmp_path):
+    """positive_score="min", rank_window="filtered" picks exactly what sentence-transformers'
+    mine_hard_negatives picks from the same embeddings; the defaults (max, raw ranks) do not."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers.util import mine_hard_negatives
+
+    from dr.data import passage_texts, read_corpus, read_qrels, read_queries
+
+    corpus = read_corpus(scifact_slice["corpus"])
+    texts = passage_texts(corpus, list(range(len(corpus))))
+    text_of = dict(zip(corpus["docid"], texts))
+    queries, qrels = read_queries(scifact_slice["train_queries"]), read_qrels(scifact_slice["train_qrels"])
+    pairs = [(queries[q], text_of[p]) for q in [q for q in queries if q in qrels][:30] for p in sorted(qrels[q]) if p in text_of]
+    model = SentenceTransformer(modules=[models.Transformer(tiny_bert, max_seq_length=64), models.Pooling(32, "mean")], device="cpu")
+    knobs = dict(range_min=2, range_max=12, absolute_margin=0.002, num_negatives=3, sampling="top")
+    st_knobs = {**{k: v for k, v in knobs.items() if k != "sampling"}, "sampling_strategy": "top"}
+    mined = mine_hard_negatives(Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}), model,
+                                corpus=texts, output_format="n-tuple", verbose=False, batch_size=32, cache_folder=str(tmp_path), **st_knobs)
+    # The same candidates from its cached embeddings, the same way: top (range_max + max positives) by cosine.
+    q_emb = torch.as_tensor(np.load(next(tmp_path.glob("query_embeddings_*.npy"))))
+    c_emb = torch.as_tensor(np.load(next(tmp_path.glob("corpus_embeddings_*.npy"))))
+    anchors = list(dict.fromkeys(a for a, _ in pairs))
+    index = {t: i for i, t in enumerate(dict.fromkeys(texts + [p for _, p in pairs]))}
+    positives = {a: list(dict.fromkeys(index[p] for b, p in pairs if b == a)) for a in anchors}
+    scores, ids = torch.topk(model.similarity(q_emb, c_emb), k=12 + max(map(len, positives.values())), dim=1)
+    pos_scores = [model.similarity_pairwise(q_emb[[k] * len(positives[a])], c_emb[positives[a]]).tolist() for k, a in enumerate(anchors)]
+    candidates = Candidates.from_lists(ids.tolist(), scores.tolist(), [positives[a] for a in anchors], pos_scores)
+    theirs = {row["anchor"]: {index[row[f"negative_{k}"]] for k in (1, 2, 3)} for row in mined}
+    assert len(theirs) >= 3 and any(len(p) > 1 for p in positives.values())
+
+    def ours(**options):
+        m = MarginMiner(**knobs, **options)(candidates, 0)
+        return {a: set(m.docids[k][m.mask[k]].tolist()) for k, a in enumerate(anchors)}
+
+    parity = ours(positive_score="min", rank_window="filtered")
+    assert {a: v for a, v in parity.items() if len(v) == 3} == theirs  # it drops queries short of 3 negatives
+    assert any(ours()[a] != theirs[a] for a in theirs)  # the defaults differ: the options matter

@@ -199,6 +199,50 @@ def test_sync_refresh_writes_the_same_format(async_run, tiny_bert, scifact_slice
     assert metrics["refresh/blocked_total_s"] >= metrics["refresh/mean_duration_s"]
 
 
+def _teacher_negatives_file(data: dict, path: Path) -> Path:
+    """A negatives file whose scores are a teacher's (as dr-score negatives_output writes it)."""
+    from dr.data import NegativesRecord, read_corpus, write_negatives
+
+    qrels = read_qrels(data["train_qrels"])
+    docids = list(read_corpus(data["corpus"])["docid"])
+    records = [NegativesRecord(q, sorted(qrels[q]), [d for d in docids if d not in qrels[q]][k : k + 4], [0.1, 0.2, 0.3, 0.4],
+                               [0.9] * len(qrels[q])) for k, q in enumerate(sorted(qrels))]
+    write_negatives(path, records)
+    return path
+
+
+def test_refresh_refuses_to_replace_teacher_scores_with_the_students(tiny_bert, scifact_slice, tmp_path):
+    """data.teacher_from_negatives=true with refresh.teacher=null: every refreshed file would carry the
+    student's scores as teacher scores. Refused at train start, naming both keys; with a teacher it trains."""
+    scored = _teacher_negatives_file(scifact_slice, tmp_path / "scored.jsonl")
+    common = ["loss=margin_mse", f"data.negatives={scored}", "data.teacher_from_negatives=true"]
+    out = tmp_path / "refused"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2) + common)
+    with pytest.raises(ValueError, match=r"data\.teacher_from_negatives=true.*refresh\.teacher"):
+        train(cfg)
+    assert not (out / "refresh").exists() and not (out / "checkpoints").exists()  # before any step or refresh
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, tmp_path / "run", max_steps=3, mode="sync", every=2) + common
+                   + ["+refresh.teacher._target_=test_refresh.LengthTeacher"])
+    assert train(cfg)["refresh/versions_used"] == 1
+
+
+def test_refresh_mines_simans_on_the_students_logits(tiny_bert, scifact_slice, tmp_path):
+    """The refresh default scale is 1/temperature of the training loss; its stats and the logs report
+    the SimANS kernel's effective sample size."""
+    out = tmp_path / "run"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2)
+                   + ["miner@refresh.miner=simans", "refresh.miner.num_negatives=4", "loss.temperature=0.04"])
+    metrics = train(cfg)
+    stats = verified_manifest(out / "refresh" / "v0001")["stats"]
+    assert stats["score_scale"] == {"simans": pytest.approx(25.0)}  # 1 / 0.04
+    ess = stats["effective_sample_size"]["simans"]
+    assert 1.0 <= ess <= 20.0  # refresh.top_k=20 candidates
+    assert metrics["refresh/last_effective_sample_size_simans"] == pytest.approx(ess)
+    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
+    assert [float(r["refresh/effective_sample_size_simans"]) for r in rows if r.get("refresh/effective_sample_size_simans")] == [
+        pytest.approx(ess)]
+
+
 def test_corrupt_or_partial_versions_are_never_read(tmp_path):
     root = tmp_path / "refresh"
     vdir = version_dir(root, 1)

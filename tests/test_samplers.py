@@ -98,7 +98,7 @@ def test_tas_ranks_take_disjoint_slices_of_the_global_batch():
     owner = _cluster_of(ranks[0])
     assert len({len(s) for s in ranks}) == 1 and len(ranks[0]) == 200 // 12
     for step, per_rank in enumerate(zip(*ranks)):
-        ids = [i for batch in per_rank for i, _ in batch]
+        ids = [i for batch in per_rank for i, *_ in batch]
         assert len(ids) == 12 and len(set(ids)) == 12
         assert ids == ranks[0].global_batches(0)[step].tolist()
         if len(ranks[0].clusters[owner[ids[0]]]) >= 12:
@@ -315,7 +315,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, tiny_bert: str, queries: 
         # clusters made at set-up (rank 0 encodes and writes, rank 1 reads after the barrier)
         sampler = tas_batch_sampler(qids=qids, batch_size=4, seed=7, rank=rank, world_size=world_size, clusters=None,
                                     model=tiny_bert, queries=queries, num_clusters=3, output_dir=out, encode_batch_size=64)
-        mine = [[i for i, _ in batch] for batch in sampler]
+        mine = [[i for i, *_ in batch] for batch in sampler]
         gathered = [None] * world_size
         dist.all_gather_object(gathered, {"batches": mine, "clusters": [c.tolist() for c in sampler.clusters]})
         if rank == 0:
@@ -345,3 +345,108 @@ def test_ddp_ranks_draw_disjoint_queries_with_real_gloo_processes(tiny_bert, sci
     assert len(rank0) == len(rank1) == len(qids) // 8
     for a, b in zip(rank0, rank1):
         assert len(a) == len(b) == 4 and not set(a) & set(b)
+
+
+# ---------------------------------------------------------------------- SimANS redrawn at every load
+def _pool(n: int = 30, seed: int = 0) -> dict[str, float]:
+    """n candidate cosines in [0.7, 0.9], best first: on logits (x 20) the kernel spans e^-2 .. 1."""
+    return {f"n{j}": float(s) for j, s in enumerate(-np.sort(-np.random.default_rng(seed).uniform(0.7, 0.9, n)))}
+
+
+def test_simans_pair_sampler_redraws_with_the_kernel_at_every_load():
+    """Every load of a query draws its negative from the stored pool with p ∝ exp(-a·(z - z_pos - b)²),
+    z = score_scale · cos (chi-square over 6,000 loads, one per epoch)."""
+    from dr.sampling import SimANSPairSampler
+    from dr.training.datamodule import ContrastiveDataset
+
+    pool, s_pos, a, b, scale = _pool(), 0.8, 0.5, 0.25, 20.0
+    sampler = SimANSPairSampler(a=a, b=b, score_scale=scale)
+    ds = ContrastiveDataset(["q"], ["text"], {"q": ["p"]}, {"q": list(pool)}, None, num_negatives=1, seed=0, pair_sampler=sampler)
+    ds.scores = {"q": {**pool, "p": s_pos}}
+    n = 6000
+    drawn = [ds[(0, epoch)]["negatives"] for epoch in range(n)]
+    assert all(len(d) == 1 for d in drawn)
+    observed = np.array([sum(d[0] == name for d in drawn) for name in pool])
+    s = np.array(list(pool.values()))
+    z = scale * (s - s_pos)
+    expected = np.exp(-a * (z - b) ** 2)
+    expected = n * expected / expected.sum()
+    assert expected.min() > 20 and chisquare(observed, expected).pvalue > 1e-3
+    assert np.allclose(sampler.probabilities(s, s_pos) * n, expected)
+    # power: the same kernel on raw cosines (a = 0.5 on [-1, 1] scores) is nearly uniform, a different law
+    flat = np.exp(-a * (s - s_pos - b) ** 2)
+    assert flat.max() / flat.min() < 1.1  # within 10%
+    assert chisquare(observed, n * flat / flat.sum()).pvalue < 1e-6
+    # several negatives: distinct, every load
+    ds.num_negatives = 4
+    assert all(len(set(ds[(0, e)]["negatives"])) == 4 for e in range(50))
+
+
+def test_simans_pair_sampler_fallbacks_and_laplace():
+    from dr.sampling import SimANSPairSampler
+
+    pool = _pool(10)
+    rng = np.random.default_rng(0)
+    sampler = SimANSPairSampler(kernel="laplace", tau=3.0, score_scale=20.0)
+    # s_pos unknown: the last (lowest-ranked) candidates, as the reference
+    assert sampler("q", ["p"], list(pool), None, 2, rng, scores=pool)[1] == ["n8", "n9"]
+    # no scored candidate: uniform, distinct
+    p, negs = sampler("q2", ["p"], ["x", "y", "z"], None, 2, rng, scores={})
+    assert p == "p" and len(set(negs)) == 2 and set(negs) <= {"x", "y", "z"}
+    # the Laplace kernel's probabilities on logits
+    s = np.array(list(pool.values()))
+    expected = np.exp(-3.0 * np.abs(20.0 * (s - 0.8)))
+    assert np.allclose(sampler.probabilities(s, 0.8), expected / expected.sum())
+
+
+def _pool_file(data: dict, path: Path, with_positive_scores: bool = True) -> Path:
+    """A negatives file as `dr-mine miner=pool` writes it: 20 scored candidates per query and the positives' scores."""
+    from dr.data import read_qrels
+    from dr.data.negatives import NegativesRecord, write_negatives
+
+    qrels = read_qrels(data["train_qrels"])
+    docids = [json.loads(line)["_id"] for line in open(data["corpus"])]
+    rng = np.random.default_rng(1)
+    records = []
+    for qid in sorted(qrels):
+        negs = [str(d) for d in rng.choice([d for d in docids if d not in qrels[qid]], size=20, replace=False)]
+        scores = sorted(rng.uniform(0.6, 0.9, size=20).tolist(), reverse=True)
+        pos = sorted(qrels[qid])
+        records.append(NegativesRecord(qid, pos, negs, scores, [0.85] * len(pos) if with_positive_scores else []))
+    write_negatives(path, records)
+    return path
+
+
+def test_simans_sampler_trains_with_the_students_scale(tiny_bert, scifact_slice, tmp_path, compose_config):
+    """sampler=simans in a real Trainer: the negatives file's scores reach the sampler, its scale is
+    1/temperature of the InfoNCE loss, and the batches' negatives are candidates of the file."""
+    import hydra
+
+    from dr.data.negatives import read_negatives
+
+    path = _pool_file(scifact_slice, tmp_path / "pool.jsonl")
+    cfg = compose_config("train", [
+        f"paths.output_dir={tmp_path}", f"encoder.name_or_path={tiny_bert}", "encoder.pooling=cls",
+        "encoder.query_max_length=16", "encoder.passage_max_length=24", f"data.corpus={scifact_slice['corpus']}",
+        f"data.train_queries={scifact_slice['train_queries']}", f"data.train_qrels={scifact_slice['train_qrels']}",
+        "data.batch_size=8", "data.val_fraction=0", f"data.negatives={path}", "data.num_negatives=2", "sampler=simans",
+        "loss.temperature=0.04",
+    ])
+    module = hydra.utils.instantiate(cfg.module)
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path))
+    recorder = _Recorder()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder], enable_checkpointing=False,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=datamodule)
+    assert datamodule.pair_sampler.score_scale == pytest.approx(25.0)  # 1 / 0.04
+    records = read_negatives(path)
+    assert datamodule.train_dataset.scores[records[next(iter(records))].qid]
+    for qids, docids in recorder.batches:
+        negs = docids[len(qids):]
+        assert len(negs) == 2 * len(qids)
+        for k, qid in enumerate(qids):
+            assert set(negs[2 * k : 2 * k + 2]) <= set(records[qid].negatives)
+    # the file's scores are the retriever's: reading them as teacher scores as well is refused
+    with pytest.raises(ValueError, match="teacher_from_negatives"):
+        hydra.utils.instantiate(cfg.data, teacher_from_negatives=True).setup("fit")

@@ -1,18 +1,27 @@
-"""``dr-mine``: retrieve candidates for the training queries, apply a miner, write a negatives file."""
+"""``dr-mine``: retrieve candidates for the training queries, apply a miner, write a negatives file.
+
+``score_scale`` (``auto``: 20 for a cosine encoder, 1 for dot or a run file) turns similarities into
+the logits the SimANS kernels are tuned on; ``teacher=cross_encoder|fusion`` scores every candidate
+and positive with a teacher before mining (``miner=denoise`` needs it).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
-from dr.data import read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
+from dr.data import passage_texts, read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
 from dr.plots import plot_score_histogram
 from dr.retrieval import DenseIndex
-from dr.retrieval.mining import corpus_embeddings, dense_candidates, instantiate_miner, mine_queries, run_candidates, score_lists
+from dr.retrieval.mining import (
+    corpus_embeddings, dense_candidates, instantiate_miner, mine_queries, resolve_score_scale, run_candidates, score_lists,
+    with_teacher_scores,
+)
 
 
 def run(cfg: DictConfig, out: Path) -> dict:
@@ -23,18 +32,26 @@ def run(cfg: DictConfig, out: Path) -> dict:
     positives = read_positives(qrels, cfg.min_relevance)
     qids = [q for q in queries if positives.get(q)]
     corpus = read_corpus(cfg.corpus)
-    miner = instantiate_miner(cfg.miner, corpus["docid"])
+    row_of = {d: i for i, d in enumerate(corpus["docid"])}
 
     if cfg.get("run_file"):
         candidates = run_candidates(read_run(cfg.run_file), positives)
+        score_scale = resolve_score_scale(cfg.get("score_scale", "auto"))  # auto: raw run scores (1)
     else:
         encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
         embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
         index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
-        row_of = {d: i for i, d in enumerate(corpus["docid"])}
         candidates = dense_candidates(encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16)
+        score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), encoder=encoder)
+    miner = instantiate_miner(cfg.miner, corpus["docid"], score_scale=score_scale)
+    if cfg.get("teacher"):
+        extra = {"corpus": cfg.corpus} if "corpus" in cfg.teacher else {}
+        teacher = hydra.utils.instantiate(cfg.teacher, **extra)
+        candidates = with_teacher_scores(candidates, teacher, queries, lambda d: passage_texts(corpus, [row_of[d]])[0], positives)
 
     records, stats = mine_queries(qids, positives, candidates, miner, rng, cfg.chunk_size)
+    if cfg.get("teacher"):
+        stats["teacher"] = cfg.teacher._target_.rsplit(".", 1)[-1]
     target = Path(cfg.output) if cfg.get("output") else out / "negatives.jsonl"
     write_negatives(target, records)
     write_json(target.with_name(target.name + ".stats.json"), stats)

@@ -8,7 +8,8 @@ training waits. :class:`IndexRefresh` does both as a Lightning callback, a thin 
 - :mod:`dr.refresh.schedule`: when a refresh is due, and the backoff after failures;
 - :mod:`dr.refresh.worker`: the worker process (spawn, queues, crash and timeout handling);
 - :mod:`dr.refresh.job`: what one refresh does (encode, index, mine, optionally teacher-score);
-- :mod:`dr.refresh.store`: the versioned, checksummed files a refresh writes.
+- :mod:`dr.refresh.store`: the versioned, checksummed files a refresh writes;
+- :mod:`dr.refresh.report`: the metrics logged per swap (kernel effective sample sizes included) and the summary.
 
 ``mode="async"``: at each schedule point the encoder is snapshotted and handed to the worker;
 the trainer keeps stepping and, at a batch boundary, swaps in the newest verified version
@@ -39,16 +40,17 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dr.models.onnx import check_backend
-from dr.refresh.job import RefreshJob, RefreshSetup, run_job
+from dr.refresh.job import RefreshJob, RefreshSetup, check_teacher_scores, run_job
+from dr.refresh.report import summarize, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule
 from dr.refresh.store import MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, verified_manifest, version_dir
 from dr.refresh.worker import RefreshWorker
+from dr.retrieval.mining import resolve_score_scale
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +65,16 @@ class IndexRefresh(pl.Callback):
         device: ``auto``, ``cpu`` or ``cuda`` for encoding and the FAISS index (GPU index in fp16).
         index: FAISS index kind (``flat``, ``ivf``, ``hnsw``).
         miner: a miner config (``conf/miner/*.yaml``), applied to the top ``top_k`` candidates.
+        score_scale: logits per unit of similarity for the miner's kernels (SimANS's a, b, τ are
+            on logits); ``"auto"``: 1/temperature of the training loss, else 20 for a cosine
+            encoder and 1 for a dot-product one (:func:`dr.retrieval.mining.resolve_score_scale`).
         top_k, batch_size, chunk_size, bf16: mining settings as in ``dr-mine``.
         worker_threads: torch and FAISS threads of the worker (CPU); trainer_threads: torch
             threads of the training process (None leaves them).
         timeout_s: a job running longer is killed and counted as a failure.
         max_backoff_schedules: the most schedules skipped after repeated failures.
         teacher: optional teacher config scoring the new pairs (off by default; see
-            :func:`dr.refresh.job.teacher_score`).
+            :func:`dr.refresh.job.teacher_score`); required with ``data.teacher_from_negatives``.
         keep_snapshots: keep each version's encoder snapshot (by default deleted once loaded).
         backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
             to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
@@ -104,6 +109,7 @@ class IndexRefresh(pl.Callback):
         dirpath: str | None = None,
         seed: int = 42,
         job_hook: Callable[[RefreshJob], None] | None = None,
+        score_scale: float | str = "auto",
     ):
         if mode not in ("async", "sync"):
             raise ValueError(f"refresh.mode must be 'async' or 'sync', got {mode!r}")
@@ -122,7 +128,7 @@ class IndexRefresh(pl.Callback):
         self.worker_threads, self.trainer_threads = worker_threads, trainer_threads
         self.timeout_s = timeout_s
         self.keep_snapshots, self.poll_every_n_steps, self.backend = keep_snapshots, max(1, poll_every_n_steps), backend
-        self.dirpath, self.seed, self.job_hook = dirpath, seed, job_hook
+        self.dirpath, self.seed, self.job_hook, self.score_scale = dirpath, seed, job_hook, score_scale
         self.schedule = RefreshSchedule(every_n_steps, every_minutes, max_backoff_schedules)
         # versions and history: saved in checkpoints (with the schedule)
         self.current_version = 0
@@ -172,17 +178,19 @@ class IndexRefresh(pl.Callback):
             root = root / f"node{trainer.node_rank}"
         return root
 
-    def _make_setup(self, trainer: pl.Trainer) -> RefreshSetup:
+    def _make_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> RefreshSetup:
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "set_negatives"):
             raise RuntimeError("IndexRefresh needs a datamodule with set_negatives (dr.training.RetrievalDataModule)")
+        check_teacher_scores(bool(dm.hparams.get("teacher_from_negatives")), self.teacher)
         ds = dm.train_dataset
+        score_scale = resolve_score_scale(self.score_scale, getattr(pl_module, "loss", None), getattr(pl_module, "encoder", None))
         return RefreshSetup(
             corpus=str(dm.hparams.corpus), qids=list(ds.qids), queries=dict(zip(ds.qids, ds.query_texts)),
             positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,
             device=self.device, top_k=self.top_k, batch_size=self.batch_size, chunk_size=self.chunk_size,
             bf16=self.bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
-            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=self.backend,
+            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=self.backend, score_scale=score_scale,
         )
 
     @staticmethod
@@ -197,10 +205,10 @@ class IndexRefresh(pl.Callback):
         if not self.enabled:
             return
         t0 = time.perf_counter()
+        self._setup = self._make_setup(trainer, pl_module)  # first: it refuses a bad configuration
         if self.trainer_threads:
             torch.set_num_threads(self.trainer_threads)
         self._root = self._root_for(trainer)
-        self._setup = self._make_setup(trainer)
         self._worker = RefreshWorker(self._setup, self._root)
         if self._local_zero(trainer):
             self._root.mkdir(parents=True, exist_ok=True)
@@ -398,32 +406,14 @@ class IndexRefresh(pl.Callback):
             "blocked_s": submit_s + time.perf_counter() - t0,
             "positive_retrieved": float(stats.get("positive_retrieved_in_top_k", float("nan"))),
             "negatives_per_query": float(stats.get("negatives_per_query", float("nan"))),
+            "effective_sample_size": {k: float(v) for k, v in stats.get("effective_sample_size", {}).items() if v is not None},
         }
         self.history.append(entry)
-        values = {k: entry[k] for k in ("version", "duration_s", "blocked_s", "staleness_steps", "positive_retrieved", "negatives_per_query")}
-        for kind in ("positive_score", "negative_score"):
-            for q, v in stats.get(kind, {}).items():
-                values[f"{kind}_{q}"] = v
-        values["failures"] = self.schedule.failures_total
-        self._log(trainer, values)
+        self._log(trainer, swap_metrics(entry, stats, self.schedule.failures_total))
         log.info("refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
                  version, step, entry["snapshot_step"], entry["duration_s"], self.top_k, entry["positive_retrieved"])
 
     # ------------------------------------------------------------------ reporting
     def summary(self, train_seconds: float | None = None) -> dict[str, float]:
-        """Flat metrics for metrics.json: versions used, failures, durations, blocked time."""
-        used = [h for h in self.history if h.get("status") == "used"]
-        out = {
-            "refresh/versions_used": float(len(used)),
-            "refresh/current_version": float(self.current_version),
-            "refresh/failures": float(self.schedule.failures_total),
-            "refresh/blocked_total_s": self.blocked_total_s,
-        }
-        if used:
-            out["refresh/mean_duration_s"] = float(np.mean([h["duration_s"] for h in used]))
-            out["refresh/mean_blocked_s"] = float(np.mean([h["blocked_s"] for h in used]))
-            out["refresh/mean_staleness_steps"] = float(np.mean([h["staleness_steps"] for h in used]))
-            out["refresh/last_positive_retrieved"] = used[-1]["positive_retrieved"]
-        if train_seconds:
-            out["refresh/blocked_fraction"] = self.blocked_total_s / train_seconds
-        return out
+        """Flat metrics for metrics.json (:func:`dr.refresh.report.summarize`)."""
+        return summarize(self.history, self.current_version, self.schedule.failures_total, self.blocked_total_s, train_seconds)

@@ -53,6 +53,7 @@ class RefreshSetup:
     teacher: dict | None = None
     keep_snapshots: bool = False
     backend: str = "torch"  # torch | onnx | onnx-int8: what encodes the corpus and queries
+    score_scale: float = 1.0  # logits per unit of similarity, for the miner's kernels (dr.retrieval.mining.resolve_score_scale)
     job_hook: Callable[[RefreshJob], None] | None = None  # called as each job starts (instrumentation, fault injection in tests)
 
 
@@ -95,7 +96,7 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     embeddings = encode_corpus(encoder, corpus, batch_size=setup.batch_size, bf16=setup.bf16, show_progress=False)
     use_gpu = device == "cuda" and gpu_available() and setup.index != "hnsw"
     index = DenseIndex.build(embeddings, docids, kind=setup.index, use_gpu=use_gpu, gpu_fp16=True)
-    miner = instantiate_miner(setup.miner, docids)
+    miner = instantiate_miner(setup.miner, docids, score_scale=setup.score_scale)
     row_of = {d: i for i, d in enumerate(docids)}
     candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
     rng = np.random.default_rng([setup.seed, job.version])
@@ -118,6 +119,22 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
         "index": setup.index,
         "stats": stats,
     })
+
+
+def check_teacher_scores(teacher_from_negatives: bool, teacher_cfg: dict | None) -> None:
+    """Refuse a refresh that would replace the teacher's scores with the student's own.
+
+    With ``data.teacher_from_negatives=true`` the scores of every swapped-in negatives file are
+    read as teacher scores (positives included); without ``refresh.teacher`` a refreshed file
+    carries the student's dense scores, which would silently become the distillation targets.
+    """
+    if teacher_from_negatives and not teacher_cfg:
+        raise ValueError(
+            "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but refresh.teacher "
+            "is null: every refreshed file would carry the student's own scores and replace the teacher's. Set "
+            "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
+            "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false"
+        )
 
 
 def teacher_score(teacher_cfg: dict, records, queries: dict[str, str], passage_text) -> list:

@@ -8,6 +8,15 @@ reused when the model, corpus and lengths are unchanged.
 For SimANS and the margin miners the positive's score matters: with an encoder it is computed
 exactly (q · d⁺), whether or not the positive was retrieved; with a run file it is the positive's
 score in the run when retrieved, else unknown (and the miners fall back as documented).
+
+Score scale: kernels tuned on a retriever's logits (SimANS's a, b, τ) see ``score_scale × s``
+(:func:`resolve_score_scale`: 1/temperature of the training loss, else 20 = 1/0.05 for a cosine
+encoder and 1 for a dot-product one or a run file); the negatives file keeps the raw scores. The
+statistics report each kernel's effective sample size 1/Σp² (mean over queries), so a flat kernel
+shows up as a value close to its pool size.
+
+Teacher: :func:`with_teacher_scores` has a teacher (cross-encoder, fusion) score every candidate and
+positive before mining, for the miners that read teacher scores (``miner=denoise``).
 """
 
 from __future__ import annotations
@@ -105,21 +114,52 @@ def run_candidates(run: dict[str, dict[str, float]], positives: dict[str, list[s
     return candidates
 
 
+def with_teacher_scores(candidates, teacher, queries: dict[str, str], passage_text, positives: dict[str, list[str]]):
+    """A candidate source that adds a teacher's scores of every candidate and positive.
+
+    ``teacher`` has ``score_groups(queries, passages_per_query)`` (:mod:`dr.teachers`); each
+    query's group is its candidates then its positives not among them, so a fusion teacher
+    normalises over exactly what the miner sees.
+    """
+
+    def scored(chunk: list[str]):
+        cand_ids, cand_scores, pos_scores = candidates(chunk)
+        groups = []
+        for q, ids in zip(chunk, cand_ids):
+            ids = [str(d) for d in ids]
+            groups.append(ids + [p for p in positives[q] if p not in set(ids)])
+        scores = teacher.score_groups([queries[q] for q in chunk], [[passage_text(d) for d in g] for g in groups])
+        t_cand, t_pos = [], []
+        for q, ids, g, s in zip(chunk, cand_ids, groups, scores):
+            by_doc = dict(zip(g, np.asarray(s, np.float64).tolist()))
+            t_cand.append([by_doc[str(d)] for d in ids])
+            t_pos.append([by_doc[p] for p in positives[q]])
+        return cand_ids, cand_scores, pos_scores, t_cand, t_pos
+
+    return scored
+
+
 def mine_queries(qids: list[str], positives: dict[str, list[str]], candidates, miner, rng: np.random.Generator,
                  chunk_size: int = 1024, show_progress: bool = True) -> tuple[list[NegativesRecord], dict]:
     """Apply ``miner`` to the candidates of ``qids``, chunk by chunk; returns the records and their statistics.
 
     ``candidates(chunk) -> (candidate ids, candidate scores, positive scores)``, one list per
-    query (see :func:`dense_candidates`, :func:`run_candidates`). Shared by ``dr-mine`` and the
-    index refresh (:mod:`dr.refresh`).
+    query (see :func:`dense_candidates`, :func:`run_candidates`), optionally followed by the
+    teacher's candidate and positive scores (:func:`with_teacher_scores`). Shared by ``dr-mine``
+    and the index refresh (:mod:`dr.refresh`).
     """
     records: list[NegativesRecord] = []
     pos_scores_all, neg_scores_all, retrieved = [], [], 0
+    kernels = kernel_miners(miner)
+    ess: dict[str, list[np.ndarray]] = {name: [] for name in kernels}
     for start in tqdm(range(0, len(qids), chunk_size), desc="mine", unit="chunk", disable=not show_progress):
         chunk = qids[start : start + chunk_size]
-        cand_ids, cand_scores, pos_scores = candidates(chunk)
-        batch = Candidates.from_lists(cand_ids, cand_scores, [positives[q] for q in chunk], pos_scores)
+        cand_ids, cand_scores, pos_scores, *teacher = candidates(chunk)
+        batch = Candidates.from_lists(cand_ids, cand_scores, [positives[q] for q in chunk], pos_scores, *teacher)
         mined = miner(batch, rng)
+        for name, kernel in kernels.items():
+            if kernel.last_effective_sample_size is not None:
+                ess[name].append(kernel.last_effective_sample_size)
         neg_ids, neg_scores = mined.to_lists()
         retrieved += int(batch.is_positive.any(axis=1).sum())
         for q, p_scores, n_ids, n_scores in zip(chunk, pos_scores, neg_ids, neg_scores):
@@ -137,7 +177,59 @@ def mine_queries(qids: list[str], positives: dict[str, list[str]], candidates, m
         "positive_score": _quantiles(pos_scores_all),
         "negative_score": _quantiles(neg_scores_all),
     }
+    if kernels:
+        stats["score_scale"] = {name: kernel.score_scale for name, kernel in kernels.items()}
+        stats["effective_sample_size"] = {name: _nanmean(values) for name, values in ess.items()}
     return records, stats
+
+
+def _nanmean(chunks: list[np.ndarray]) -> float | None:
+    """The mean of the known values (None when there is none: JSON has no NaN)."""
+    values = np.concatenate(chunks) if chunks else np.zeros(0)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def kernel_miners(miner) -> dict[str, object]:
+    """The sampling kernels inside ``miner`` (itself or the stages of a chain), by name: the
+    miners that record ``last_effective_sample_size`` (SimANS)."""
+    stages = list(getattr(miner, "miners", [miner]))
+    found = {}
+    for i, stage in enumerate(stages):
+        if hasattr(stage, "last_effective_sample_size"):
+            name = type(stage).__name__.removesuffix("Miner").lower()
+            found[name if len(stages) == 1 else f"{i}_{name}"] = stage
+    return found
+
+
+COSINE_TEMPERATURE = 0.05  # InfoNCE's default (sentence-transformers' scale 20)
+
+
+def student_score_scale(loss=None, encoder=None) -> float:
+    """Logits per unit of similarity: ``1 / loss.temperature`` when the training loss has one
+    (InfoNCE), else by the encoder's similarity: ``1 / 0.05 = 20`` for cosine, 1 for dot."""
+    temperature = getattr(loss, "temperature", None)
+    if temperature:
+        return 1.0 / float(temperature)
+    if getattr(encoder, "similarity", None) == "cos":
+        return 1.0 / COSINE_TEMPERATURE
+    return 1.0
+
+
+def resolve_score_scale(value, loss=None, encoder=None) -> float:
+    """``value`` as a positive float; ``"auto"`` or None: :func:`student_score_scale`."""
+    if value is None or value == "auto":
+        return student_score_scale(loss, encoder)
+    if not float(value) > 0:
+        raise ValueError(f"score_scale must be 'auto' or > 0, got {value!r}")
+    return float(value)
+
+
+def set_score_scale(miner, score_scale: float) -> None:
+    """Give ``score_scale`` to every stage of ``miner`` that takes one and has none set."""
+    for stage in [miner, *getattr(miner, "miners", [])]:
+        if hasattr(stage, "score_scale") and stage.score_scale is None:
+            stage.score_scale = float(score_scale)
 
 
 def score_lists(records: list[NegativesRecord]) -> tuple[list[float], list[float]]:
@@ -147,10 +239,13 @@ def score_lists(records: list[NegativesRecord]) -> tuple[list[float], list[float
     return pos, neg
 
 
-def instantiate_miner(miner_cfg, docids) -> object:
+def instantiate_miner(miner_cfg, docids, score_scale: float | None = None) -> object:
     """A miner from its Hydra config; a miner that draws from the whole corpus (``corpus=None``,
-    e.g. :class:`miners.RandomMiner`) is given the corpus's docids."""
+    e.g. :class:`miners.RandomMiner`) is given the corpus's docids, and the kernels without a
+    ``score_scale`` of their own are given ``score_scale`` (:func:`set_score_scale`)."""
     miner = hydra.utils.instantiate(miner_cfg)
     if getattr(miner, "corpus", False) is None:
         miner.corpus = np.asarray(docids)
+    if score_scale is not None:
+        set_score_scale(miner, score_scale)
     return miner

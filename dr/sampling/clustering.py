@@ -1,8 +1,13 @@
 """Query clustering for topic-aware batch sampling (TAS, Hofstätter et al., SIGIR 2021, Sec. 3.1).
 
 The training queries are encoded with an already trained dense retriever and clustered with
-k-means (FAISS); each query goes to its nearest centroid. :mod:`dr.sampling.tas` then composes each
-batch from one cluster, so a batch's in-batch negatives share a topic.
+k-means (FAISS); each query goes to its nearest centroid. The metric is the inner product by
+default (spherical k-means: normalised centroids, assignment by the largest inner product), as
+the reference: matchmaker's ``query_clusterer.py`` trains a FAISS IVF index built with
+``METRIC_INNER_PRODUCT`` (an ``IndexFlatIP`` quantizer), and FAISS trains such an index with
+spherical k-means (``ClusteringParameters.spherical``). ``spherical=False`` gives L2 k-means.
+:mod:`dr.sampling.tas` then composes each batch from one cluster, so a batch's in-batch negatives
+share a topic.
 
 The assignment file is the reference format: one cluster per line, its query ids separated by
 whitespace. ``dr-cluster`` writes it (atomically), prints cluster-size statistics and writes
@@ -42,14 +47,15 @@ def default_num_clusters(num_queries: int, batch_size: int, queries_per_cluster:
     return max(1, min(k, num_queries // max(1, batch_size)))
 
 
-def kmeans_assign(embeddings: np.ndarray, num_clusters: int, seed: int, spherical: bool = False, niter: int = 20,
+def kmeans_assign(embeddings: np.ndarray, num_clusters: int, seed: int, spherical: bool = True, niter: int = 20,
                   init: str = "random") -> np.ndarray:
     """FAISS k-means on the rows of ``embeddings``; returns each row's nearest centroid (int64).
 
-    ``spherical`` normalises the centroids and assigns by inner product (for cosine encoders).
-    The reference trains FAISS IVF centroids, i.e. the same Lloyd k-means on raw embeddings from
-    random initial centroids (``init="random"``); ``init="kmeans++"`` seeds them by k-means++
-    (fewer merged topics, O(n·k·d) more work).
+    ``spherical`` (the default, as the reference) normalises the centroids and assigns each row to
+    the centroid of largest inner product; ``False``: L2 k-means and the nearest centroid in L2.
+    The reference trains FAISS IVF centroids with the inner-product metric, i.e. spherical Lloyd
+    k-means on the raw embeddings from random initial centroids (``init="random"``);
+    ``init="kmeans++"`` seeds them by k-means++ (fewer merged topics, O(n·k·d) more work).
     """
     import faiss
 
@@ -81,7 +87,7 @@ def group(qids: list[str], assignment: np.ndarray) -> list[list[str]]:
     return [clusters[c] for c in sorted(clusters)]
 
 
-def cluster_queries(encoder, qids: list[str], texts: list[str], num_clusters: int, seed: int, spherical: bool = False,
+def cluster_queries(encoder, qids: list[str], texts: list[str], num_clusters: int, seed: int, spherical: bool = True,
                     niter: int = 20, batch_size: int = 256, bf16: bool = False, init: str = "random") -> list[list[str]]:
     """Encode the queries and cluster them: the TAS assignment as lists of query ids."""
     embeddings = encoder.encode_queries(texts, batch_size=batch_size, bf16=bf16, show_progress=True)
@@ -121,7 +127,7 @@ def training_queries(queries_path: str, qrels_path: str | None, min_relevance: i
 
 
 def auto_clusters(path: str | os.PathLike, model: str, queries: dict[str, str], encoder_overrides: dict | None, num_clusters: int,
-                  seed: int, spherical: bool = False, niter: int = 20, batch_size: int = 256, bf16: bool = False,
+                  seed: int, spherical: bool = True, niter: int = 20, batch_size: int = 256, bf16: bool = False,
                   init: str = "random") -> list[list[str]]:
     """Clusters cached in ``path``: reused while a ``<path>.json`` fingerprint (model, settings,
     queries) matches, else computed with :func:`cluster_queries` and written there."""

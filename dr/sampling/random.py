@@ -17,7 +17,10 @@ class QueryBatchSampler(Sampler[list[tuple[int, int]]]):
 
     Every rank shuffles all queries with the same (seed, epoch) permutation and takes its own
     slice of each global batch, so no query appears twice within a global step. Yields lists of
-    ``(query_index, epoch)`` so the dataset can draw that epoch's positive and negatives.
+    ``(query_index, epoch, occurrence)``: ``occurrence`` counts the query's earlier appearances
+    in the epoch's global batches (0 the first time), so the dataset draws a fresh (positive,
+    negatives) example each time a query comes back (TAS can draw a cluster several times an
+    epoch) while every draw stays a pure function of (seed, epoch) and resumes exactly.
     """
 
     def __init__(self, num_queries: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world_size: int = 1):
@@ -50,22 +53,42 @@ class QueryBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self):
         batches = self.global_batches(self.epoch)
         skip, self.skip = self.skip, 0
-        for chunk in batches[skip:]:
-            mine = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        occurrences = _occurrences(batches)  # over the whole epoch, skipped batches included
+        for chunk, seen in list(zip(batches, occurrences))[skip:]:
+            lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+            mine, seen = chunk[lo:hi], seen[lo:hi]
             if len(mine):
-                yield [(int(i), self.epoch) for i in mine]
+                yield [(int(i), self.epoch, int(k)) for i, k in zip(mine, seen)]
 
 
-def uniform_pair_sampler(qid, positives, negatives, teacher, num_negatives, rng):
-    """The default example: one positive and ``num_negatives`` distinct candidates, uniformly."""
+def _occurrences(batches: list[np.ndarray]) -> list[np.ndarray]:
+    """For each entry of each batch: how many times its query appeared earlier in ``batches``."""
+    counts: dict[int, int] = {}
+    out = []
+    for batch in batches:
+        seen = np.empty(len(batch), dtype=np.int64)
+        for j, i in enumerate(batch.tolist()):
+            seen[j] = counts.get(i, 0)
+            counts[i] = seen[j] + 1
+        out.append(seen)
+    return out
+
+
+def uniform_pair_sampler(qid, positives, negatives, teacher, num_negatives, rng, **_):
+    """The default example: one positive and ``num_negatives`` distinct candidates, uniformly
+    (fewer when the query has fewer candidates)."""
     positive = positives[rng.integers(len(positives))]
     return positive, sample_negatives(negatives, num_negatives, rng)
 
 
 def sample_negatives(candidates: list[str], num: int, rng: np.random.Generator) -> list[str]:
-    """``num`` distinct candidates uniformly at random (with replacement only when too few)."""
+    """``min(num, len(candidates))`` distinct candidates, uniformly at random without replacement.
+
+    A query with fewer candidates than asked gets all of them, never a repeat: a duplicate would
+    enter the InfoNCE denominator twice (Eq. 2 of DPR counts each negative once) and weigh that
+    passage double. The collated batch pads the shorter rows (``neg_index == -1``).
+    """
     if not candidates or num <= 0:
         return []
-    replace = len(candidates) < num
-    idx = rng.choice(len(candidates), size=num, replace=replace)
+    idx = rng.choice(len(candidates), size=min(num, len(candidates)), replace=False)
     return [candidates[i] for i in idx]

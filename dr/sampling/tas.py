@@ -39,8 +39,9 @@ class TASBatchSampler(QueryBatchSampler):
             ``global_batch // clusters_per_batch`` queries.
 
     An epoch is ``clustered queries // global batch`` batches; clusters are drawn with
-    replacement across batches, so an epoch need not visit every query (as in the reference,
-    which samples an endless stream). ``global_batches(epoch)`` is a pure function of
+    replacement across batches, so an epoch need not visit every query and may visit one several
+    times (as in the reference, which samples an endless stream); each visit carries its
+    occurrence number, so the dataset draws a fresh (positive, negative) pair every time. ``global_batches(epoch)`` is a pure function of
     (seed, epoch), so resuming mid-epoch (the inherited ``skip``) draws the same batches.
     """
 
@@ -101,7 +102,7 @@ def tas_batch_sampler(
     queries: str | None = None,
     num_clusters: int | None = None,
     queries_per_cluster: int = 200,
-    spherical: bool = False,
+    spherical: bool = True,
     init: str = "random",
     output_dir: str | os.PathLike | None = None,
     encode_batch_size: int = 256,
@@ -111,7 +112,8 @@ def tas_batch_sampler(
     ``clusters`` is a cluster file written by ``dr-cluster`` (or lists of query ids). When it is
     None the clusters are made here, once: the training queries (texts from ``queries``) are
     encoded with ``model`` (``encoder``: its pooling/length overrides) and clustered into
-    ``num_clusters`` (default :func:`dr.sampling.clustering.default_num_clusters` over the global batch);
+    ``num_clusters`` (default :func:`dr.sampling.clustering.default_num_clusters` over the global batch)
+    with spherical (inner-product) k-means as the reference (``spherical=False``: L2);
     the result is cached as ``<output_dir>/clusters.txt`` and reused by a resumed run. Under DDP
     rank 0 makes the file and the other ranks read it, so every rank has the same clusters.
     """

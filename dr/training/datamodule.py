@@ -1,8 +1,9 @@
 """Lightning data module for contrastive training of a dual encoder.
 
 Each training example is one query with one positive and ``num_negatives`` hard negatives, drawn
-afresh every epoch from a seeded generator keyed by (seed, epoch, query), so a run is
-reproducible whatever the number of workers and a resumed epoch draws what it drew before.
+afresh every time the query is loaded from a seeded generator keyed by (seed, epoch, query,
+occurrence), so a run is reproducible whatever the number of workers, a resumed epoch draws what it
+drew before, and a query that a batch sampler (TAS) draws twice in an epoch gets a fresh pair.
 Hard negatives come from a negatives file (see :mod:`dr.data.negatives`) or from a negatives
 source handed in by the config, such as :class:`dr.retrieval.bm25.BM25Negatives` (computed at
 set-up and saved as a negatives file in the run directory). Batches are composed by the samplers
@@ -28,6 +29,7 @@ from dr.data import (
     read_queries, read_teacher_scores, resolve_path, write_negatives,
 )
 from dr.retrieval.bm25 import BM25
+from dr.retrieval.mining import student_score_scale
 from dr.sampling.random import QueryBatchSampler, uniform_pair_sampler
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,18 @@ class ResumableDataLoader(DataLoader):
 
 
 class ContrastiveDataset(Dataset):
-    """Query texts, positives and negative candidates; ``__getitem__((i, epoch))`` samples one example.
+    """Query texts, positives and negative candidates; ``__getitem__((i, epoch, occurrence))``
+    samples one example.
 
+    The generator is keyed by (seed, epoch, i) on a query's first occurrence in the epoch and by
+    (seed, epoch, i, occurrence) on its later ones (``occurrence`` from the batch sampler; a
+    2-tuple key is occurrence 0), so every load of a query draws afresh and reproducibly.
     ``pair_sampler(qid, positives, negatives, teacher, num_negatives, rng) -> (positive, [negatives])``
     chooses the example (default :func:`uniform_pair_sampler`; TAS-Balanced's margin-balanced
-    choice is in :mod:`dr.sampling`). ``teacher`` is a :class:`dr.data.TeacherScores` or None.
-    ``version`` counts negatives swaps (index refreshes, :mod:`dr.refresh`).
+    choice and SimANS's kernel are in :mod:`dr.sampling`); a sampler with ``uses_scores = True``
+    also gets ``scores=`` (the query's ``{docid: retriever score}`` from the negatives file).
+    ``teacher`` is a :class:`dr.data.TeacherScores` or None. ``version`` counts negatives swaps
+    (index refreshes, :mod:`dr.refresh`).
     """
 
     def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed, teacher=None, pair_sampler=None):
@@ -73,17 +81,27 @@ class ContrastiveDataset(Dataset):
         self.seed = seed
         self.teacher = teacher
         self.pair_sampler = pair_sampler or uniform_pair_sampler
+        self.scores: dict[str, dict[str, float]] = {}  # retriever scores of the negatives file, per query
         self.version = 0
 
     def __len__(self) -> int:
         return len(self.qids)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        i, epoch = key
-        rng = np.random.default_rng([self.seed, epoch, i])
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        i, epoch, occurrence = (*key, 0) if len(key) == 2 else key
+        # The first occurrence keeps the (seed, epoch, i) key: plain random batches draw what they always drew.
+        rng = np.random.default_rng([self.seed, epoch, i] if occurrence == 0 else [self.seed, epoch, i, occurrence])
         qid = self.qids[i]
-        positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher, self.num_negatives, rng)
+        extra = {"scores": self.scores.get(qid, {})} if getattr(self.pair_sampler, "uses_scores", False) else {}
+        positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher,
+                                                self.num_negatives, rng, **extra)
         return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
+
+
+def _record_scores(record: NegativesRecord) -> dict[str, float]:
+    """``{docid: score}`` of a negatives record's positives and negatives (unknown scores left out)."""
+    pairs = [*zip(record.positives, record.positive_scores), *zip(record.negatives, record.negative_scores)]
+    return {d: float(s) for d, s in pairs if s is not None}
 
 
 class RetrievalDataModule(pl.LightningDataModule):
@@ -98,7 +116,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             -> [NegativesRecord]`` (e.g. :class:`dr.retrieval.bm25.BM25Negatives`, whose BM25
             index then also serves validation), the path of a negatives file, or None (the negatives of the
             teacher-score triples when ``teacher_scores`` is set, else in-batch negatives only).
-        num_negatives: hard negatives per query per step.
+        num_negatives: hard negatives per query per step (distinct; fewer for a query with fewer candidates).
         teacher_scores: path(s) of teacher-score files (:mod:`dr.data.teacher_scores`, the published
             Margin-MSE TSV format). Their positives count as positives and their negatives join
             each query's candidates; batches carry ``teacher_pos`` / ``teacher_neg`` (NaN where
@@ -108,7 +126,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         batch_sampler: a factory (Hydra ``_partial_``) called as ``factory(qids=, batch_size=,
             seed=, rank=, world_size=)`` returning a :class:`QueryBatchSampler` (default: random
             batches; TAS in :mod:`dr.sampling`).
-        pair_sampler: chooses each query's positive and negatives (see :class:`ContrastiveDataset`).
+        pair_sampler: chooses each query's positive and negatives (see :class:`ContrastiveDataset`);
+            one with ``uses_scores`` (SimANS, :mod:`dr.sampling.simans`) gets the negatives file's
+            scores, and one with ``score_scale=None`` the trained module's at train start.
         min_teacher_pairs: with a teacher-score file, train only on queries with at least this many
             (positive, negative) teacher pairs (0: all; TAS-Balanced's reference uses 2).
         min_relevance: qrels grade that counts as a positive.
@@ -185,14 +205,21 @@ class RetrievalDataModule(pl.LightningDataModule):
             self.val_qrels = {q: qrels[q] for q in val_qids}
             qids = [q for q in qids if q not in held_out]
 
+        if getattr(self.pair_sampler, "uses_scores", False) and hp.teacher_from_negatives:
+            raise ValueError(
+                f"data.pair_sampler={type(self.pair_sampler).__name__} samples by the retriever's scores in the negatives "
+                "file, but data.teacher_from_negatives=true says they are teacher scores: use data.teacher_scores=FILE instead"
+            )
+        scores: dict[str, dict[str, float]] = {}
         if callable(self.negatives):
             records = self.negatives(self.corpus, qids, [queries[q] for q in qids], positives)
             if hp.output_dir:
                 name = getattr(self.negatives, "name", "source")
                 write_negatives(Path(hp.output_dir) / f"negatives.{name}.jsonl", records)
             negatives = {r.qid: list(r.negatives) for r in records}
+            scores = {r.qid: _record_scores(r) for r in records}
         elif self.negatives:
-            negatives = self._negatives_from_file(str(self.negatives), positives)
+            negatives, scores = self._negatives_from_file(str(self.negatives), positives)
         else:
             negatives = {}
         if self.teacher is not None:
@@ -205,6 +232,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed,
             teacher=self.teacher, pair_sampler=self.pair_sampler,
         )
+        self.train_dataset.scores = scores
         if self.val_queries:
             bm25 = getattr(self.negatives, "index", None)  # a BM25 source's index, if any
             self._setup_validation(bm25 if isinstance(bm25, BM25) else BM25(passage_texts(self.corpus), list(self.corpus["docid"])))
@@ -246,12 +274,14 @@ class RetrievalDataModule(pl.LightningDataModule):
                     have.append(neg)
                     seen.add(neg)
 
-    def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+        """The file's negative candidates per query (known docids, never a positive) and its scores."""
         records: dict[str, NegativesRecord] = read_negatives(path)
-        negatives = {}
+        negatives, file_scores = {}, {}
         for qid, record in records.items():
             pos = set(positives.get(qid, [])) | set(record.positives)
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
+            file_scores[qid] = _record_scores(record)
             if self.hparams.teacher_from_negatives and self.teacher is not None:
                 scores = self.teacher.scores[qid]
                 for docid, score in zip(record.positives, record.positive_scores):
@@ -260,7 +290,7 @@ class RetrievalDataModule(pl.LightningDataModule):
                 for docid, score in zip(record.negatives, record.negative_scores):
                     if score is not None:
                         scores[docid] = float(score)
-        return negatives
+        return negatives, file_scores
 
     def set_negatives(self, path: str, version: int) -> None:
         """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
@@ -272,10 +302,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         if self.hparams.num_workers > 0:
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
-        negatives = self._negatives_from_file(path, positives)
+        negatives, scores = self._negatives_from_file(path, positives)
         if self.teacher is not None:
             self._add_teacher_negatives(negatives, positives)
         self.train_dataset.negatives = negatives
+        self.train_dataset.scores = scores
         self.train_dataset.version = version
 
     def _setup_validation(self, bm25: BM25) -> None:
@@ -304,6 +335,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             sampler = QueryBatchSampler(len(self.train_dataset), hp.batch_size, hp.seed, drop_last=True, rank=rank, world_size=world_size)
         else:
             sampler = self.batch_sampler_factory(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
+        self._resolve_score_scale()
         if len(sampler) == 0:
             raise ValueError(
                 f"{len(self.train_dataset)} training queries cannot fill one batch of {self.hparams.batch_size} x {world_size} ranks"
@@ -316,6 +348,14 @@ class RetrievalDataModule(pl.LightningDataModule):
             persistent_workers=self.hparams.num_workers > 0,
             batches_done=lambda: self._batches_done_in_epoch(len(sampler)),
         )
+
+    def _resolve_score_scale(self) -> None:
+        """A pair sampler whose kernel needs the student's logits (SimANS) and has no ``score_scale``
+        gets the trained module's: 1/temperature of its loss, else by its encoder's similarity."""
+        if getattr(self.pair_sampler, "score_scale", 1.0) is None:
+            module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+            self.pair_sampler.score_scale = student_score_scale(getattr(module, "loss", None), getattr(module, "encoder", None))
+            log.info("%r: kernel on logits = %g × similarity", self.pair_sampler, self.pair_sampler.score_scale)
 
     def _batches_done_in_epoch(self, batches_per_epoch: int) -> int:
         trainer = self.trainer
