@@ -1,4 +1,8 @@
-"""OmegaConf resolvers used by the configs.
+"""Config errors and the OmegaConf resolvers used by the configs.
+
+:class:`ConfigError` is a config value that cannot work (out of range, inconsistent with another,
+a required key missing); its message names the key, e.g. ``data.batch_size=0: expected a
+positive integer``. The checks themselves are in :mod:`dr.validate`.
 
 ``${dr.bf16:}`` is true where bf16 runs natively (a CUDA device with bf16, or a CPU whose
 oneDNN build has bf16 kernels: AVX512-BF16 or AMX). On other CPUs bf16 autocast is emulated and
@@ -9,6 +13,10 @@ tens of times slower than fp32, so the default falls back to fp32 there.
 from __future__ import annotations
 
 from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad config value: the message names the key, its value and what was expected."""
 
 
 def bf16_supported() -> bool:

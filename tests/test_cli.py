@@ -74,15 +74,76 @@ def test_encode_search_eval_export_with_a_model(tiny_bert, scifact_slice, tmp_pa
     assert len(DenseIndex.load(tmp_path / "export" / "index")) == len(index)
 
 
-def test_bad_input_gives_a_clear_error(tmp_path):
-    bad = tmp_path / "bad.trec"
-    bad.write_text("q1 0 d1 1\nq1 0 d2\n")
-    proc = subprocess.run(
-        [str(BIN / "dr-eval"), f"run_file={DATA / 'BM25_dl19.run'}", f"qrels={bad}", f"hydra.run.dir={tmp_path / 'o'}"],
-        cwd=tmp_path, capture_output=True, text=True,
+def _bad_qrels(tmp: Path) -> list[str]:
+    (tmp / "bad.trec").write_text("q1 0 d1 1\nq1 0 d2\n")
+    return [f"run_file={DATA / 'BM25_dl19.run'}", f"qrels={tmp / 'bad.trec'}"]
+
+
+def _non_utf8_queries(tmp: Path) -> list[str]:
+    (tmp / "queries.tsv").write_bytes(b"q1\tfine\nq2\tnot \xff utf-8\n")
+    return [f"model={tmp / 'model'}", f"queries={tmp / 'queries.tsv'}", "corpus=scifact:corpus", f"qrels={DATA / 'qrels.dl19.full.trec'}"]
+
+
+def _missing_model(tmp: Path) -> list[str]:
+    return [f"model={tmp / 'no-such-model'}", "queries=scifact:test_queries", "corpus=scifact:corpus", "qrels=scifact:test_qrels"]
+
+
+#: bad input -> (dr-eval arguments, the one line the user sees, with {tmp} for the test's folder)
+USER_ERRORS = {
+    "bad qrels line": (_bad_qrels, "dr-eval: error: {tmp}/bad.trec, line 2: expected 4 whitespace-separated fields 'qid 0 docid grade', got 3"),
+    "non-UTF-8 queries": (_non_utf8_queries, "dr-eval: error: {tmp}/queries.tsv, line 2: expected UTF-8 text, got the byte 0xff at column 8"),
+    "missing model folder": (_missing_model, "dr-eval: error: {tmp}/no-such-model: no such model folder (expected a saved or exported model, or a hub id like org/name)"),
+    "bad config value": (lambda tmp: [f"run_file={DATA / 'BM25_dl19.run'}", "preset=dl19", "k=0"], "dr-eval: error: k=0: expected a positive integer"),
+    "unknown key": (lambda tmp: ["top_k=5"], "dr-eval: error: Could not override 'top_k'. To append to your config use +top_k=5. Key 'top_k' is not in struct."),
+}
+
+
+def _dr_eval(args: list[str], tmp: Path, env: dict | None = None, flags: tuple = ()) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "dr-eval"), *flags, *args, f"hydra.run.dir={tmp / 'out'}"]
+    return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.mark.parametrize("case", USER_ERRORS)
+def test_user_errors_are_one_line_and_exit_2(case, tmp_path):
+    make_args, expected = USER_ERRORS[case]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([str(BIN / "dr-eval"), *make_args(tmp_path), f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected.format(tmp=tmp_path)), proc.stderr
+
+
+@pytest.mark.parametrize("how", ["HYDRA_FULL_ERROR=1", "--debug"])
+def test_tracebacks_on_request(how, tmp_path):
+    env, flags = ({"HYDRA_FULL_ERROR": "1"}, ()) if how.startswith("HYDRA") else ({}, ("--debug",))
+    proc = _dr_eval(_bad_qrels(tmp_path), tmp_path, env=env, flags=flags)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith(f"dr.data.io.DataError: {tmp_path}/bad.trec, line 2:")
+
+
+def test_unexpected_errors_keep_their_traceback(tmp_path):
+    script = (
+        "from dr.cli import hydra_command\n"
+        "def run(cfg, out):\n"
+        "    raise RuntimeError('a bug')\n"
+        "hydra_command('evaluate', run)()\n"
     )
-    assert proc.returncode != 0
-    assert "bad.trec, line 2" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", script, f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+
+
+def test_dr_train_validates_before_any_work(tmp_path):
+    """data.batch_size=0 used to end in a ZeroDivisionError after the BM25 evaluation."""
+    proc = subprocess.run([str(BIN / "dr-train"), "data.batch_size=0", f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["dr-train: error: data.batch_size=0: expected a positive integer"]
+    assert "faiss.loader" not in proc.stdout  # FAISS's loader messages stay below the default level
+    assert not (tmp_path / "out" / "config.yaml").exists()
 
 
 def test_regular_install_finds_its_configs(tmp_path):

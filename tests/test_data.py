@@ -259,7 +259,7 @@ def test_resolve_path():
     assert resolve_path("dl19:qrels") == BUNDLED["dl19"]["qrels"]
     for other in ["some/file.tsv", "irds:msmarco-passage", "C:/data/x.tsv"]:
         assert resolve_path(other) == other
-    with pytest.raises(KeyError, match="no 'corpsu'"):
+    with pytest.raises(FileNotFoundError, match="no 'corpsu'"):
         resolve_path("scifact:corpsu")
     with pytest.raises(KeyError):
         bundled("nope")

@@ -9,10 +9,13 @@ lands in ``outputs/<command>/<date>`` and logs to ``<command>.log``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 #: Console script -> (module under dr.cli, primary config in conf/). pyproject's [project.scripts]
 #: registers each as ``dr.cli.<module>:main``; tests check the two agree.
@@ -51,27 +54,133 @@ def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _command_name(config_name: str) -> str:
+    return next((name for name, (_, config) in COMMANDS.items() if config == config_name), f"dr-{config_name}")
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The error a user can act on without a traceback, or None for an unexpected one.
+
+    Bad data (:class:`dr.data.DataError`), bad config (:class:`dr.config.ConfigError`, and Hydra's
+    override and composition errors), a file or model that is not there or cannot be written
+    (``FileNotFoundError``, ``PermissionError``, a full disk). Hydra's instantiation errors are
+    looked through to their cause, so a model folder that does not exist reads the same from a
+    ``_target_`` node as from a command.
+    """
+    from hydra.errors import CompactHydraException, InstantiationException
+
+    from dr.config import ConfigError
+    from dr.data.io import DataError
+
+    while isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, (DataError, ConfigError, FileNotFoundError, PermissionError)):
+        return e
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+        return e
+    if isinstance(e, CompactHydraException) and not isinstance(e, InstantiationException):
+        return e
+    return None
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
+
+
+def one_line(e: BaseException) -> str:
+    """``e``'s message on one line (Hydra's composition errors span several, with their cause)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("See https://")]
+    if isinstance(e.__cause__, OmegaConfBaseException):
+        lines += str(e.__cause__).strip().splitlines()[:1]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1:
+        lines = [line if line[-1] in ".:;!?" else line + "." for line in lines]
+    return " ".join(lines)
+
+
 def hydra_command(config_name: str, run: Callable) -> Callable[[], None]:
     """The ``main()`` of a command: ``run(cfg, run_dir)`` under ``hydra.main`` with ``config_name``.
 
-    The task function wraps ``run``, so Hydra names the job after ``run``'s module
-    (``dr.cli.train`` -> ``train``). Its return value goes back to Hydra (sweepers use it).
+    The task function validates the config (:func:`dr.validate.validate_config`), then calls
+    ``run``; Hydra names the job after ``run``'s module (``dr.cli.train`` -> ``train``) and gets
+    its return value (sweepers use it).
+
+    Errors: a user error (:func:`user_error`) prints ``dr-<cmd>: error: <message>`` on one line
+    and exits with status 2; anything else keeps its traceback (exit status 1).
+    ``HYDRA_FULL_ERROR=1`` or ``--debug`` shows the traceback of user errors too. Hydra prints
+    its own report of an exception and exits, unless ``HYDRA_FULL_ERROR=1``: so the variable is
+    set while Hydra runs (composition errors then reach us as exceptions), and put back to the
+    user's value while the task runs (so worker processes inherit what the user set).
     """
     import hydra
 
+    name = _command_name(config_name)
+
     @functools.wraps(run)
     def task(cfg):
-        return run(cfg, run_dir())
+        from dr.validate import validate_config
+
+        with _environ(FULL_ERROR, _users_full_error):
+            try:
+                validate_config(cfg)
+                return run(cfg, run_dir())
+            except Exception as e:
+                # Here, not after Hydra: a job that raises gets Hydra's "Error executing job" line.
+                _exit_on_user_error(name, e)
+                raise
 
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)
 
     def main() -> None:
+        global _users_full_error
+        if "--debug" in sys.argv[1:]:
+            sys.argv.remove("--debug")
+            os.environ[FULL_ERROR] = "1"
+        _users_full_error = os.environ.get(FULL_ERROR)
         try:
-            app()
+            with _environ(FULL_ERROR, "1"):
+                app()
         except KeyboardInterrupt:
             sys.exit(130)
+        except Exception as e:  # Hydra's override and composition errors
+            _exit_on_user_error(name, e)
+            raise
 
     return main
+
+
+def _exit_on_user_error(name: str, e: Exception) -> None:
+    """For a user error, print ``<name>: error: <message>`` and exit with status 2 (unless the
+    user asked for tracebacks); return for anything else."""
+    error = user_error(e)
+    if error is None or _users_full_error == "1":
+        return
+    print(f"{name}: error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_users_full_error: str | None = None
+
+
+@contextlib.contextmanager
+def _environ(key: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) an environment variable for the block."""
+    before = os.environ.get(key)
+    _set_env(key, value)
+    try:
+        yield
+    finally:
+        _set_env(key, before)
+
+
+def _set_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
 
 
 def encoder_from_config(cfg, backend: str = "torch"):
@@ -80,5 +189,7 @@ def encoder_from_config(cfg, backend: str = "torch"):
     from dr.models import load_encoder
 
     if not cfg.get("model"):
-        raise ValueError("model=... is required: a hub name, a saved model folder or a .ckpt of a dr-train run")
+        from dr.config import ConfigError
+
+        raise ConfigError("model=null: expected a model (model=...): a hub name, a saved model folder or a .ckpt of a dr-train run")
     return load_encoder(cfg.model, cfg.get("encoder"), backend=backend, cache_dir=cfg.get("onnx_cache_dir"))

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
+from dr.config import ConfigError
 from dr.data import write_clusters, write_json
 from dr.plots import plot_cluster_sizes
 from dr.sampling.clustering import cluster_queries, default_num_clusters, size_stats, training_queries
@@ -19,7 +20,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
     qids = list(queries)
     k = cfg.num_clusters or default_num_clusters(len(qids), cfg.train_batch_size, cfg.queries_per_cluster)
     if k > len(qids):
-        raise ValueError(f"num_clusters={k} exceeds the {len(qids)} queries to cluster")
+        raise ConfigError(f"num_clusters={k}: expected at most the {len(qids)} queries to cluster")
     encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
     clusters = cluster_queries(encoder, qids, [queries[q] for q in qids], k, cfg.seed, cfg.spherical, cfg.niter, cfg.batch_size, cfg.bf16,
                                init=cfg.get("init", "random"))

@@ -9,14 +9,18 @@ import hydra
 from omegaconf import DictConfig
 
 from dr.cli import hydra_command
-from dr.data import passage_texts, read_corpus, read_positives, read_qrels, read_queries
+from dr.config import ConfigError
+from dr.data import DataError, passage_texts, read_corpus, read_positives, read_qrels, read_queries
 from dr.teachers.scoring import inputs_fingerprint, annotate_negatives, pairs_from_negatives, pairs_from_triples, score_to_file
 
 
 def run(cfg: DictConfig, out: Path) -> Path:
     """The ``dr-score`` app: returns the path of the teacher-score file."""
     if bool(cfg.get("negatives")) == bool(cfg.get("triples")):
-        raise ValueError("dr-score needs exactly one input: negatives=FILE (JSONL) or triples=FILE (TSV qid pos_pid neg_pid)")
+        raise ConfigError(f"negatives={cfg.get('negatives')}, triples={cfg.get('triples')}: expected exactly one input, "
+                          "negatives=FILE (JSONL) or triples=FILE (TSV qid pos_pid neg_pid)")
+    if cfg.get("negatives_output") and not cfg.negatives:
+        raise ConfigError(f"negatives_output={cfg.negatives_output}: expected a negatives file as input (negatives=FILE)")
     source = cfg.negatives or cfg.triples
     if cfg.negatives:
         positives = None
@@ -30,10 +34,10 @@ def run(cfg: DictConfig, out: Path) -> Path:
     row_of = {d: i for i, d in enumerate(corpus["docid"])}
     missing_q = [g.qid for g in groups if g.qid not in queries]
     if missing_q:
-        raise ValueError(f"{source}: {len(missing_q)} qids are not in {cfg.queries}, e.g. {missing_q[:3]}")
+        raise DataError(source, None, f"{len(missing_q)} qids are not in {cfg.queries}, e.g. {missing_q[:3]}")
     missing_d = sorted({d for g in groups for d in g.docids if d not in row_of})
     if missing_d:
-        raise ValueError(f"{source}: {len(missing_d)} docids are not in {cfg.corpus}, e.g. {missing_d[:3]}")
+        raise DataError(source, None, f"{len(missing_d)} docids are not in {cfg.corpus}, e.g. {missing_d[:3]}")
 
     extra = {"corpus": cfg.corpus} if "corpus" in cfg.teacher else {}
     teacher = hydra.utils.instantiate(cfg.teacher, **extra)
@@ -47,8 +51,6 @@ def run(cfg: DictConfig, out: Path) -> Path:
     )
     print(f"wrote {n} scored pairs for {len(groups)} queries to {target} ({time.perf_counter() - t0:.0f} s)")
     if cfg.get("negatives_output"):
-        if not cfg.negatives:
-            raise ValueError("negatives_output needs a negatives file as input (negatives=FILE)")
         annotate_negatives(cfg.negatives, target, cfg.negatives_output)
         print(f"wrote the negatives file with teacher scores to {cfg.negatives_output}")
     return target

@@ -19,7 +19,6 @@ dataset (optional dependency) instead of a file.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from importlib.resources import files
@@ -29,7 +28,7 @@ from typing import Any, Iterable, Iterator
 import datasets
 import pyarrow.compute as pc
 
-from dr.data.io import DataError, numbered_lines
+from dr.data.io import DataError, numbered_lines, parse_json
 
 IRDS_PREFIX = "irds:"
 
@@ -65,13 +64,15 @@ def bundled(name: str) -> dict[str, str]:
 
 
 def resolve_path(spec: str | os.PathLike) -> str:
-    """Map ``<bundled name>:<role>`` (e.g. ``scifact:corpus``) to its path; return anything else as is."""
+    """Map ``<bundled name>:<role>`` (e.g. ``scifact:corpus``) to its path; return anything else as is.
+
+    An unknown role of a bundled dataset (``scifact:corpsu``) raises ``FileNotFoundError``."""
     spec = os.fspath(spec)
     name, sep, role = spec.partition(":")
     if not sep or name not in BUNDLED:
         return spec
     if role not in BUNDLED[name]:
-        raise KeyError(f"{spec!r}: bundled dataset {name!r} has no {role!r}; available: {', '.join(BUNDLED[name])}")
+        raise FileNotFoundError(f"{spec}: bundled dataset {name!r} has no {role!r}; available: {', '.join(BUNDLED[name])}")
     return BUNDLED[name][role]
 
 
@@ -131,10 +132,7 @@ def _parse_tsv_passage(path: str, line_no: int, line: str) -> tuple[str, str, st
 
 def _parse_jsonl_passage(path: str, line_no: int, line: str) -> tuple[str, str, str]:
     expected = 'expected a JSON object {"_id": ..., "title": ..., "text": ...}'
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(path, line_no, f"{expected}, got invalid JSON ({e.msg}, column {e.colno})") from None
+    obj = parse_json(path, line_no, line, expected)
     if not isinstance(obj, dict):
         raise DataError(path, line_no, f"{expected}, got a JSON {type(obj).__name__}")
     docid = obj.get("_id")

@@ -14,7 +14,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 class DataError(ValueError):
@@ -27,39 +27,96 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+def parse_json(path: str | os.PathLike, line_no: int, line: str, expected: str) -> Any:
+    """The JSON value of one line of ``path``; a :class:`DataError` ``"<expected>, got ..."`` when
+    the line is not JSON, or holds what no text file can (an unpaired surrogate escape)."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(path, line_no, f"{expected}, got invalid JSON ({e.msg}, column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep
+        raise DataError(path, line_no, f"{expected}, got JSON that cannot be read ({type(e).__name__})") from None
+    if "\\u" in line:  # only escapes can make a surrogate: UTF-8 text cannot hold one
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(path, line_no, f"{expected}, got a string with an unpaired surrogate escape (\\ud800-\\udfff)") from None
+    return value
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left untouched. ``.gz`` targets
-    are gzip-compressed transparently. ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
+    On any exception the temporary file is removed and ``path`` is left untouched. A write that
+    fails (a full disk, no permission) raises an ``OSError`` naming ``path`` (not the temporary
+    file). The file gets the mode the umask gives an ordinary new file. ``.gz`` targets are
+    gzip-compressed transparently. ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+    tmp, in_block = None, False
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         if path.suffix == ".gz":
             handle = gzip.open(tmp, "wb" if "b" in mode else "wt", encoding=None if "b" in mode else encoding)
         else:
             handle = open(tmp, mode, encoding=None if "b" in mode else encoding)
         with handle:
+            in_block = True
             yield handle
+            in_block = False
             handle.flush()
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and not (in_block and e.filename not in (None, tmp)):
+            # Ours (making the folder or file, a write, the rename), not another file the block used.
+            raise naming(e, path) from e
         raise
+
+
+def naming(error: OSError, path: str | os.PathLike) -> OSError:
+    """``error`` again, naming ``path`` (same errno, so still e.g. a ``PermissionError``)."""
+    if error.errno is None:
+        return OSError(f"{path}: {error}")
+    return OSError(error.errno, error.strerror or str(error), str(path))
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def usual_modes(root: str | os.PathLike, keep: dict[str, int] | None = None) -> None:
+    """Give ``root`` and everything under it the modes the umask gives ordinary new files and
+    folders (libraries that write through temporary files leave them 0600 or 0700), except the
+    paths of ``keep`` (:func:`tree_stamps` of an earlier state) that have not changed since."""
+    mask, keep = _umask(), keep or {}
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        st = path.stat()
+        is_dir = path.is_dir()
+        if str(path) in keep and (is_dir or keep[str(path)] == st.st_mtime_ns):
+            continue  # a folder or file that was there before and was not rewritten
+        os.chmod(path, (0o777 if is_dir else 0o666) & ~mask)
+
+
+def tree_stamps(root: str | os.PathLike) -> dict[str, int]:
+    """``{path: mtime_ns}`` of ``root`` and everything under it (empty when it does not exist)."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p): p.stat().st_mtime_ns for p in [root, *root.rglob("*")] if not p.is_symlink()}
 
 
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:

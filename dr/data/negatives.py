@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
-from dr.data.io import DataError, atomic_write, numbered_lines
+from dr.data.io import DataError, atomic_write, numbered_lines, parse_json
+
+EXPECTED = 'expected a JSON object {"qid": str, "positives": [str], "negatives": [{"docid": str, "score": float|null}]}'
+_WHITESPACE = re.compile(r"\s")
 
 
 @dataclass
@@ -43,35 +47,49 @@ def write_negatives(path: str | os.PathLike, records: list[NegativesRecord]) -> 
 
 
 def read_negatives(path: str | os.PathLike) -> dict[str, NegativesRecord]:
-    """Read a negatives file into ``{qid: NegativesRecord}``."""
+    """Read a negatives file into ``{qid: NegativesRecord}``.
+
+    Ids are non-empty strings without whitespace (as in a corpus); scores are numbers or null.
+    Anything else raises :class:`DataError` naming the file and line.
+    """
     records: dict[str, NegativesRecord] = {}
-    expected = 'expected a JSON object {"qid": str, "positives": [str], "negatives": [{"docid": str, "score": float|null}]}'
     with numbered_lines(path) as lines:
         for line_no, line in lines:
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line_no, f"invalid JSON ({e.msg}); {expected}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("qid"), str) or not isinstance(obj.get("negatives"), list):
-                raise DataError(path, line_no, expected)
+            obj = parse_json(path, line_no, line, EXPECTED)
+            if not isinstance(obj, dict) or not isinstance(obj.get("negatives"), list):
+                raise DataError(path, line_no, EXPECTED)
+            qid = _id(path, line_no, obj.get("qid"), "'qid'")
             negatives, scores = [], []
             for neg in obj["negatives"]:
-                if isinstance(neg, str):
-                    negatives.append(neg)
-                    scores.append(None)
-                elif isinstance(neg, dict) and isinstance(neg.get("docid"), str):
-                    negatives.append(neg["docid"])
-                    scores.append(neg.get("score"))
+                if isinstance(neg, dict):
+                    negatives.append(_id(path, line_no, neg.get("docid"), "negative 'docid'"))
+                    scores.append(_score(path, line_no, neg.get("score"), "negative 'score'"))
                 else:
-                    raise DataError(path, line_no, f"bad negative {neg!r}; {expected}")
+                    negatives.append(_id(path, line_no, neg, "negative"))
+                    scores.append(None)
             positives = obj.get("positives", [])
-            if not isinstance(positives, list) or not all(isinstance(p, str) for p in positives):
-                raise DataError(path, line_no, f"'positives' must be a list of docids; {expected}")
-            if obj["qid"] in records:
-                raise DataError(path, line_no, f"duplicate qid {obj['qid']!r}; expected one line per query")
-            records[obj["qid"]] = NegativesRecord(
-                obj["qid"], positives, negatives, scores, list(obj.get("positive_scores") or [])
-            )
+            if not isinstance(positives, list):
+                raise DataError(path, line_no, f"expected 'positives' to be a list of docids, got {positives!r}")
+            positives = [_id(path, line_no, p, "positive") for p in positives]
+            positive_scores = obj.get("positive_scores") or []
+            if not isinstance(positive_scores, list):
+                raise DataError(path, line_no, f"expected 'positive_scores' to be a list of numbers or nulls, got {positive_scores!r}")
+            positive_scores = [_score(path, line_no, v, "positive score") for v in positive_scores]
+            if qid in records:
+                raise DataError(path, line_no, f"duplicate qid {qid!r}; expected one line per query")
+            records[qid] = NegativesRecord(qid, positives, negatives, scores, positive_scores)
     return records
+
+
+def _id(path, line_no: int, value, what: str) -> str:
+    if not isinstance(value, str) or not value or _WHITESPACE.search(value):
+        raise DataError(path, line_no, f"expected the {what} to be a non-empty string without whitespace, got {value!r}")
+    return value
+
+
+def _score(path, line_no: int, value, what: str) -> float | None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise DataError(path, line_no, f"expected the {what} to be a number or null, got {value!r}")

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from dr.data.io import DataError, atomic_write, numbered_lines
 
+_WHITESPACE = re.compile(r"\s")
 EXPECTED = "expected 5 tab-separated fields: pos_score, neg_score, qid, pos_pid, neg_pid (scores are numbers)"
 
 
@@ -88,8 +90,8 @@ def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = No
 def format_teacher_line(pos_score: float, neg_score: float, qid: str, pos: str, neg: str) -> str:
     """One line of the format (with its newline). Scores keep 8 significant digits (float32 round trip)."""
     for name, value in (("qid", qid), ("pos_pid", pos), ("neg_pid", neg)):
-        if not value or any(c in str(value) for c in "\t\n\r"):
-            raise ValueError(f"{name} {value!r} cannot be written to a teacher-score file: empty or contains a tab/newline")
+        if not value or _WHITESPACE.search(str(value)):  # the reader strips ids and splits on tabs
+            raise ValueError(f"{name} {value!r} cannot be written to a teacher-score file: empty or contains whitespace")
     if not (math.isfinite(float(pos_score)) and math.isfinite(float(neg_score))):
         raise ValueError(f"non-finite teacher score for ({qid}, {pos}, {neg}): {pos_score}, {neg_score}")
     return f"{float(pos_score):.8g}\t{float(neg_score):.8g}\t{qid}\t{pos}\t{neg}\n"

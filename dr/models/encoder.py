@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from dr.data.io import write_json
+from dr.data.io import naming, tree_stamps, usual_modes, write_json
 
 Pooling = Literal["cls", "mean"]
 Similarity = Literal["dot", "cos"]
@@ -244,17 +244,28 @@ class BiEncoder(nn.Module):
         }
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
-        """Save weights, tokenizer and ``dr_config.json``; two towers go to ``query/`` and ``passage/``."""
+        """Save weights, tokenizer and ``dr_config.json``; two towers go to ``query/`` and ``passage/``.
+
+        What is written gets the modes the umask gives ordinary files (safetensors writes the
+        weights through a private temporary file); a failed write raises an ``OSError`` naming a path.
+        """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.shared:
-            self.query_model.save_pretrained(out)
-            self.tokenizer.save_pretrained(out)
-        else:
-            for name, model in (("query", self.query_model), ("passage", self.passage_model)):
-                model.save_pretrained(out / name)
-                self.tokenizer.save_pretrained(out / name)
-        write_json(out / DR_CONFIG, self.config_dict())
+        before = tree_stamps(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if self.shared:
+                self.query_model.save_pretrained(out)
+                self.tokenizer.save_pretrained(out)
+            else:
+                for name, model in (("query", self.query_model), ("passage", self.passage_model)):
+                    model.save_pretrained(out / name)
+                    self.tokenizer.save_pretrained(out / name)
+            write_json(out / DR_CONFIG, self.config_dict())
+        except OSError as e:
+            if e.filename is None:  # e.g. a full disk while writing the weights
+                raise naming(e, out) from e
+            raise
+        usual_modes(out, keep=before)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each layer's activations in the backward pass instead of storing them

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import ir_measures
 
+from dr.config import ConfigError
 from dr.data.io import write_json
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_measures(names: list[str]) -> list:
-    """Parse ir-measures names into measure objects; raise ValueError naming any bad one."""
+    """Parse ir-measures names into measure objects; raise :class:`ConfigError` naming any bad one."""
     measures = []
     for name in names:
         try:
             measures.append(ir_measures.parse_measure(name))
         except Exception as e:  # ir-measures raises NameError, ValueError or SyntaxError
-            raise ValueError(f"unknown or malformed measure {name!r}: {e}") from None
+            raise ConfigError(f"unknown or malformed measure {name!r}: {e}") from None
     return measures
 
 

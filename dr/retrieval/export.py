@@ -32,7 +32,8 @@ from pathlib import Path
 from dr.models.encoder import DR_CONFIG, BiEncoder
 from dr.models.onnx import export_onnx
 from dr.retrieval.index import DenseIndex
-from dr.data.io import write_json
+from dr.config import ConfigError
+from dr.data.io import naming, usual_modes, write_json
 
 
 def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_length: int) -> None:
@@ -76,14 +77,18 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
 
     ``format`` is ``torch`` (the weights and the sentence-transformers files), ``onnx`` (also
     ``onnx/model.onnx`` in each tower's folder) or ``onnx-int8`` (also the int8 file). The folder
-    is assembled in a temporary sibling and renamed into place, so a crash never leaves a
-    half-exported model; an existing export at ``out_dir`` is replaced.
+    is assembled in a temporary sibling and renamed into place, so a crash or a failed write
+    (an ``OSError`` naming ``out_dir``) never leaves a half-exported model; an existing export at
+    ``out_dir`` is replaced. Files and folders get the modes the umask gives ordinary ones.
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
+        raise ConfigError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise naming(e, out) from e
     try:
         encoder.save_pretrained(tmp)
         if encoder.shared:
@@ -95,13 +100,32 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
             export_onnx(encoder, tmp, int8=format == "onnx-int8")
         if index is not None:
             index.save(tmp / "index")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
+        usual_modes(tmp)  # mkdtemp makes the folder 0700: others of the group could not load the model
+        _swap_into_place(tmp, out)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename).startswith(str(tmp))):
+            # The temporary folder's name would mean nothing to a user: name the file in out_dir.
+            raise naming(e, str(e.filename or tmp).replace(str(tmp), str(out), 1)) from e
         raise
     return out
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Rename the folder ``new`` to ``out``; an existing ``out`` is moved aside first and deleted
+    only once ``new`` is in place (put back if that fails), so ``out`` is always a complete export."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_dr_config(path: str | os.PathLike) -> dict:

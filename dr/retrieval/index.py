@@ -15,7 +15,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from dr.data.io import DataError, atomic_write
+from dr.data.io import DataError, atomic_write, numbered_lines
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 INDEX_FILE = "index"
@@ -130,14 +130,19 @@ class DenseIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Write ``index`` and ``docid`` atomically into ``out_dir``."""
+        """Write ``index`` and ``docid`` atomically into ``out_dir``.
+
+        Both files are written out in full before either replaces a previous one, so a failed
+        write (an ``OSError`` naming the file) leaves the previous index and docids as they were.
+        """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / INDEX_FILE, "wb") as f:
-            f.write(faiss.serialize_index(self.index).tobytes())
-        with atomic_write(out / DOCID_FILE) as f:
-            for docid in self.docids:
-                f.write(f"{docid}\n")
+        with atomic_write(out / INDEX_FILE, "wb") as index_file:
+            index_file.write(faiss.serialize_index(self.index).tobytes())
+            index_file.flush()  # the index is on disk (a full disk shows here) before the docids are committed
+            os.fsync(index_file.fileno())
+            with atomic_write(out / DOCID_FILE) as f:
+                for docid in self.docids:
+                    f.write(f"{docid}\n")
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike, use_gpu: bool | None = None) -> "DenseIndex":
@@ -146,10 +151,13 @@ class DenseIndex:
         for name in (INDEX_FILE, DOCID_FILE):
             if not (index_dir / name).is_file():
                 raise FileNotFoundError(f"{index_dir / name}: missing; expected a FAISS index folder with '{INDEX_FILE}' and '{DOCID_FILE}'")
-        index = faiss.read_index(str(index_dir / INDEX_FILE))
+        try:
+            index = faiss.read_index(str(index_dir / INDEX_FILE))
+        except RuntimeError as e:  # FAISS's reader raises RuntimeError on a file it cannot parse
+            raise DataError(index_dir / INDEX_FILE, None, f"expected a FAISS index file, got one FAISS cannot read ({str(e).splitlines()[0]})") from None
         docids = []
-        with open(index_dir / DOCID_FILE, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        with numbered_lines(index_dir / DOCID_FILE) as lines:
+            for line_no, line in lines:
                 docid = line.rstrip("\n")
                 if not docid or "\t" in docid:
                     raise DataError(index_dir / DOCID_FILE, line_no, "expected one docid per line")

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from dr.data.io import DataError, atomic_write, numbered_lines, write_json
+from dr.data.io import DataError, atomic_write, naming, numbered_lines, write_json
 from dr.data.negatives import read_negatives, write_negatives
 from dr.data.teacher_scores import format_teacher_line, read_teacher_scores
 
@@ -122,27 +122,32 @@ def score_to_file(
             log.info("resuming %s: %d of %d queries already scored (%d lines)", output, done, len(groups), lines)
         else:
             log.warning("%s: inputs or teacher changed since the interrupted run; starting again", progress_file)
-    with open(partial, "a+b") as f:
-        f.truncate(size)  # drops whatever was written after the last recorded chunk
-        f.seek(size)
-        bar = tqdm(total=len(groups), initial=done, desc="score", unit="query", disable=not show_progress, mininterval=2)
-        for start in range(done, len(groups), chunk_size):
-            chunk = groups[start : start + chunk_size]
-            cands = [g.docids for g in chunk]
-            scores = teacher.score_groups([query_text(g.qid) for g in chunk], [[passage_text(d) for d in c] for c in cands])
-            text = []
-            for g, c, s in zip(chunk, cands, scores):
-                by_doc = dict(zip(c, np.asarray(s, dtype=np.float64).tolist()))
-                text += [format_teacher_line(by_doc[p], by_doc[n], g.qid, p, n) for p, n in g.pairs]
-            f.write("".join(text).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-            done, size, lines = start + len(chunk), f.tell(), lines + len(text)
-            write_json(progress_file, {"fingerprint": fingerprint, "queries_done": done, "bytes": size, "lines": lines})
-            bar.update(len(chunk))
-            if on_chunk is not None:
-                on_chunk(done, lines)
-        bar.close()
+    try:
+        with open(partial, "a+b") as f:
+            f.truncate(size)  # drops whatever was written after the last recorded chunk
+            f.seek(size)
+            bar = tqdm(total=len(groups), initial=done, desc="score", unit="query", disable=not show_progress, mininterval=2)
+            for start in range(done, len(groups), chunk_size):
+                chunk = groups[start : start + chunk_size]
+                cands = [g.docids for g in chunk]
+                scores = teacher.score_groups([query_text(g.qid) for g in chunk], [[passage_text(d) for d in c] for c in cands])
+                text = []
+                for g, c, s in zip(chunk, cands, scores):
+                    by_doc = dict(zip(c, np.asarray(s, dtype=np.float64).tolist()))
+                    text += [format_teacher_line(by_doc[p], by_doc[n], g.qid, p, n) for p, n in g.pairs]
+                f.write("".join(text).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+                done, size, lines = start + len(chunk), f.tell(), lines + len(text)
+                write_json(progress_file, {"fingerprint": fingerprint, "queries_done": done, "bytes": size, "lines": lines})
+                bar.update(len(chunk))
+                if on_chunk is not None:
+                    on_chunk(done, lines)
+            bar.close()
+    except OSError as e:
+        if e.filename is None:  # a write to the partial file failed (a full disk): say which file
+            raise naming(e, partial) from e
+        raise
     if output.suffix == ".gz":
         with atomic_write(output) as out, open(partial, encoding="utf-8") as src:
             for line in src:

@@ -21,6 +21,7 @@ from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_
 from dr.plots import plot_training_curves
 from dr.retrieval import BM25, build_index, evaluate_run, export, format_table, search_queries, write_metrics
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
+from dr.validate import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class TestSplit:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate and export as configured; returns the flat metrics written to metrics.json."""
+    validate_config(cfg)  # before any work: a bad value fails now, not after hours of training
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     out = run_dir_of(cfg)

@@ -1,0 +1,228 @@
+"""Config validation: reject values that cannot work before any work starts.
+
+:func:`validate_config` runs at the start of every command (:func:`dr.cli.hydra_command`) and of
+:func:`dr.training.train`. A check applies when its key is in the config and not null, so one
+table serves every command (``data.batch_size`` is dr-train's, ``top_k`` dr-mine's). Each failure
+is a :class:`dr.config.ConfigError` naming the key, its value and what was expected, for example
+``data.batch_size=0: expected a positive integer``. Besides ranges it checks what the keys must
+agree on: a refresh miner keeping at least ``data.num_negatives`` negatives, refresh without
+loader workers (negatives are swapped in the training process), a distillation loss with its
+teachers, measures that ir-measures can parse.
+
+Errors found only in data (a bad line, an unknown id) are :class:`dr.data.DataError`, raised by
+the readers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dr.config import ConfigError
+from dr.models.onnx import BACKENDS
+from dr.retrieval.evaluate import PRESETS, parse_measures
+from dr.retrieval.export import FORMATS
+
+_ABSENT = object()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive_int(v: Any) -> str | None:
+    return None if _is_int(v) and v > 0 else "expected a positive integer"
+
+
+def non_negative_int(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else "expected an integer >= 0"
+
+
+def positive_number(v: Any) -> str | None:
+    return None if _is_number(v) and v > 0 else "expected a positive number"
+
+
+def non_negative_number(v: Any) -> str | None:
+    return None if _is_number(v) and v >= 0 else "expected a number >= 0"
+
+
+def fraction(v: Any) -> str | None:
+    return None if _is_number(v) and 0 <= v < 1 else "expected a fraction in [0, 1)"
+
+
+def steps_or_unlimited(v: Any) -> str | None:
+    return None if _is_int(v) and (v > 0 or v == -1) else "expected a positive number of steps (or -1: no step limit)"
+
+
+def one_of(*options: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"expected one of {', '.join(options)}"
+
+    return check
+
+
+def measures(v: Any) -> str | None:
+    names = list(v) if isinstance(v, (list, tuple, ListConfig)) else None
+    if not names or not all(isinstance(n, str) for n in names):
+        return "expected a non-empty list of ir-measures names, e.g. [nDCG@10,R@100]"
+    try:
+        parse_measures(names)
+    except ValueError as e:
+        return f"expected ir-measures names; {e}"
+    return None
+
+
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+#: key -> check (returns what was expected, or None when the value is fine). Keys absent from a
+#: command's config, or null, are skipped.
+RULES: dict[str, Callable[[Any], str | None]] = {
+    # dr-train
+    "data.batch_size": positive_int,
+    "data.num_negatives": non_negative_int,
+    "data.num_workers": non_negative_int,
+    "data.val_fraction": fraction,
+    "data.val_depth": positive_int,
+    "data.min_relevance": non_negative_int,
+    "data.min_teacher_pairs": non_negative_int,
+    "data.negatives.rank_min": non_negative_int,
+    "data.negatives.rank_max": positive_int,
+    "loss.temperature": positive_number,
+    "loss.student_scale": positive_number,
+    "loss.pair.student_scale": positive_number,
+    "loss.inbatch.temperature": positive_number,
+    "loss.inbatch_weight": non_negative_number,
+    "optimizer.lr": positive_number,
+    "optimizer.weight_decay": non_negative_number,
+    "scheduler.num_warmup_steps": non_negative_int,
+    "trainer.max_steps": steps_or_unlimited,
+    "trainer.max_epochs": steps_or_unlimited,
+    "trainer.val_check_interval": positive_number,
+    "module.val_measures": measures,
+    "module.length_buckets": positive_int,
+    # the other commands
+    "k": positive_int,
+    "batch_size": positive_int,
+    "top_k": positive_int,
+    "chunk_size": positive_int,
+    "min_relevance": non_negative_int,
+    "max_negatives": positive_int,
+    "num_clusters": positive_int,
+    "queries_per_cluster": positive_int,
+    "train_batch_size": positive_int,
+    "niter": positive_int,
+    "measures": measures,
+    "preset": one_of(*PRESETS),
+    "index_kind": one_of(*INDEX_KINDS),
+    "backend": one_of(*BACKENDS),
+    "format": one_of(*FORMATS),
+    "miner.num_negatives": non_negative_int,
+}
+
+#: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).
+TEST_RULES = {"test.k": positive_int, "test.batch_size": positive_int, "test.measures": measures}
+REFRESH_RULES = {
+    "refresh.mode": one_of("async", "sync"),
+    "refresh.every_n_steps": positive_int,
+    "refresh.every_minutes": positive_number,
+    "refresh.poll_every_n_steps": positive_int,
+    "refresh.top_k": positive_int,
+    "refresh.batch_size": positive_int,
+    "refresh.chunk_size": positive_int,
+    "refresh.worker_threads": positive_int,
+    "refresh.timeout_s": positive_number,
+    "refresh.index": one_of(*INDEX_KINDS),
+    "refresh.device": one_of("auto", "cpu", "cuda"),
+    "refresh.backend": one_of(*BACKENDS),
+    "refresh.miner.num_negatives": non_negative_int,
+}
+
+#: Losses that need teacher scores in the batch, and those with an in-batch teacher term.
+TEACHER_LOSSES = ("losses.MarginMSELoss", "losses.DistillationLoss")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+
+
+def _check(cfg: DictConfig, rules: dict[str, Callable[[Any], str | None]]) -> None:
+    for key, check in rules.items():
+        value = _get(cfg, key)
+        if value is _ABSENT or value is None:
+            continue
+        expected = check(value)
+        if expected:
+            raise ConfigError(f"{key}={_show(value)}: {expected}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return str(OmegaConf.to_container(value))
+    return str(value)
+
+
+def _enabled(cfg: DictConfig, group: str) -> bool:
+    node = _get(cfg, group)
+    return isinstance(node, DictConfig) and bool(node.get("enabled", False))
+
+
+def miner_keeps(miner: DictConfig | None) -> int | None:
+    """How many negatives per query a miner config keeps (the last stage of a chain); None: all."""
+    if not isinstance(miner, DictConfig):
+        return None
+    stages = miner.get("miners")
+    if isinstance(stages, ListConfig) and len(stages):
+        return miner_keeps(stages[-1])
+    keeps = miner.get("num_negatives")
+    return int(keeps) if _is_int(keeps) else None
+
+
+def _check_training(cfg: DictConfig) -> None:
+    data = _get(cfg, "data")
+    if not isinstance(data, DictConfig):
+        return
+    negatives = data.get("negatives")
+    if isinstance(negatives, DictConfig) and _is_int(negatives.get("rank_min")) and _is_int(negatives.get("rank_max")):
+        lo, hi = negatives.rank_min, negatives.rank_max
+        if lo >= hi:
+            raise ConfigError(f"data.negatives.rank_min={lo}, data.negatives.rank_max={hi}: expected rank_min < rank_max")
+        if _is_int(data.get("num_negatives")) and data.num_negatives > hi - lo:
+            raise ConfigError(f"data.num_negatives={data.num_negatives}: expected at most the {hi - lo} BM25 ranks "
+                              f"[{lo}, {hi}) of data.negatives")
+    if _enabled(cfg, "refresh"):
+        keeps = miner_keeps(_get(cfg, "refresh.miner"))
+        wanted = data.get("num_negatives")
+        if keeps is not None and _is_int(wanted) and wanted > keeps:
+            raise ConfigError(f"data.num_negatives={wanted}: expected at most the {keeps} negatives per query that "
+                              f"the refresh miner keeps (refresh.miner num_negatives={keeps})")
+        if _is_int(data.get("num_workers")) and data.num_workers > 0:
+            raise ConfigError(f"data.num_workers={data.num_workers}: expected 0 with an index refresh (refresh.enabled=true), "
+                              "which swaps the negatives inside the training process")
+        if _get(cfg, "refresh.every_n_steps") is None and _get(cfg, "refresh.every_minutes") is None:
+            raise ConfigError("refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)")
+    loss = _get(cfg, "loss._target_")
+    if loss in TEACHER_LOSSES and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
+        raise ConfigError(f"loss={loss.rsplit('.', 1)[-1]}: expected teacher scores, set data.teacher_scores=FILE "
+                          "(dr-score output) or data.teacher_from_negatives=true with a scored negatives file")
+    if loss == "losses.DistillationLoss" and _get(cfg, "loss.inbatch") not in (None, _ABSENT) \
+            and _get(cfg, "module.inbatch_teacher") in (None, _ABSENT):
+        raise ConfigError("module.inbatch_teacher=null: expected an in-batch teacher for this loss's in-batch term, "
+                          "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Raise :class:`ConfigError` for the first value that cannot work; return ``cfg`` otherwise."""
+    _check(cfg, RULES)
+    if _enabled(cfg, "test"):
+        _check(cfg, TEST_RULES)
+    if _enabled(cfg, "refresh"):
+        _check(cfg, REFRESH_RULES)
+    _check_training(cfg)
+    return cfg
