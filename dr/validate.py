@@ -107,6 +107,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.val_check_interval": positive_number,
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
+    "module.attention_dropout": fraction,
     # the other commands
     "k": positive_int,
     "batch_size": positive_int,

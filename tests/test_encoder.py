@@ -277,3 +277,25 @@ def test_length_buckets_give_the_same_embeddings_loss_and_gradients(tiny_bert, p
         torch.testing.assert_close(loss, loss1, atol=1e-5, rtol=1e-5)
         for name, grad in grads1.items():
             torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_attention_dropout_zero_leaves_only_the_hidden_dropout(tiny_bert):
+    """set_attention_dropout(0) switches off exactly the dropout on attention probabilities."""
+    encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    for module in encoder.modules():  # switch off every other dropout, so only attention's is left
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name, module in encoder.named_modules():
+        if type(module).__name__.endswith("SelfAttention"):
+            module.dropout.p = 0.5
+    inputs = encoder.tokenize(TEXTS, "passage")
+    encoder.eval()
+    with torch.no_grad():
+        reference = encoder.embed_passages(inputs)
+    encoder.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.allclose(encoder.embed_passages(inputs), reference, atol=1e-4)
+    assert encoder.set_attention_dropout(0.0) == encoder.query_model.config.num_hidden_layers
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.embed_passages(inputs), reference, atol=1e-5, rtol=1e-5)

@@ -274,6 +274,28 @@ class BiEncoder(nn.Module):
             if model is not None:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def set_attention_dropout(self, p: float) -> int:
+        """Set the dropout on the attention probabilities of both towers to ``p``; returns how many
+        attention modules were changed.
+
+        With ``p = 0`` PyTorch's ``scaled_dot_product_attention`` can take its fused kernel in
+        training too (on CPU its flash kernel does not support dropout), which never stores the
+        (batch x heads x length x length) probabilities for the backward pass. On a batch of
+        32 queries and 64 passages at 256 tokens that is 4.3 of the 7.0 GB saved for backward by
+        all-MiniLM-L6-v2 in fp32. The hidden-state dropout is unchanged. The saved model's config
+        is not changed: this is a training setting.
+        """
+        changed = 0
+        for model in (self.query_model, self.passage_model):
+            if model is None:
+                continue
+            for module in model.modules():
+                dropout = getattr(module, "dropout", None)
+                if isinstance(dropout, nn.Dropout) and "Attention" in type(module).__name__:
+                    dropout.p = float(p)
+                    changed += 1
+        return changed
+
     # ------------------------------------------------------------------ tokenising and embedding
     def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
         """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""

@@ -50,6 +50,10 @@ class DenseRetrievalModule(pl.LightningModule):
         length_buckets: split each training batch's queries and passages into this many
             length-sorted slices, each padded to its own longest text (exact: padding is masked;
             it only saves the padded compute). 1 pads the whole batch to its longest text.
+        attention_dropout: when set, the dropout on attention probabilities during training
+            (``None`` keeps the model's own, 0.1 for BERT-style models). 0 lets the fused attention
+            kernel run in training: about 4 GB less activation memory at batch 32 + 64 passages of
+            256 tokens (:meth:`BiEncoder.set_attention_dropout`). It changes the regularisation.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class DenseRetrievalModule(pl.LightningModule):
         inbatch_teacher: nn.Module | None = None,
         gradient_checkpointing: bool = False,
         length_buckets: int = 1,
+        attention_dropout: float | None = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -82,6 +87,9 @@ class DenseRetrievalModule(pl.LightningModule):
         if gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
         self.length_buckets = max(1, int(length_buckets))
+        if attention_dropout is not None:
+            if not encoder.set_attention_dropout(attention_dropout):
+                raise ValueError(f"attention_dropout={attention_dropout}: found no attention module with a dropout in the encoder")
 
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
