@@ -90,3 +90,37 @@ def plot_cluster_sizes(sizes: list[int], out_png: str | os.PathLike, batch_size:
     ax.set_title(title or f"{len(sizes)} clusters, median size {np.median(sizes):.0f}", fontsize=9)
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def plot_split_similarities(
+    max_sim_full: dict[str, float], max_sim: dict[str, float], labels: dict[str, str], shares_doc_full: dict[str, bool],
+    threshold: float, out_png: str | os.PathLike, title: str = "",
+) -> Path:
+    """``dr-split``: each test query's max cosine to the training queries, before resampling (split
+    by whether it shares a relevant document with a training query) and after (by its label), with
+    the threshold drawn."""
+    import numpy as np
+
+    plt = _pyplot()
+    bins = np.linspace(min([*max_sim_full.values(), *max_sim.values(), threshold]) - 0.01, 1.0, 50)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    panels = [
+        (axes[0], max_sim_full, {"shares a relevant doc": [q for q, s in shares_doc_full.items() if s],
+                                 "shares none": [q for q, s in shares_doc_full.items() if not s]},
+         "full training set"),
+        (axes[1], max_sim, {label: [q for q, lab in labels.items() if lab == label] for label in ("interpolation", "extrapolation")},
+         "resampled training set"),
+    ]
+    for ax, sims, groups, what in panels:
+        for name, qids in groups.items():
+            if qids:
+                ax.hist([sims[q] for q in qids], bins=bins, alpha=0.6, label=f"{name} (n={len(qids)})")
+        ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
+        ax.set_ylabel("test queries")
+        ax.set_title(f"max cosine of each test query to the {what}", fontsize=9)
+        ax.legend(fontsize=8)
+    axes[-1].set_xlabel("cosine similarity to the nearest training query")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
