@@ -113,8 +113,8 @@ def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, flo
         front["datasets"] = sorted(d[0] for d in datasets)
     out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     settings = encoder.config_dict()
-    out += [f"A dual encoder trained with dr {dr.__version__}"
-            + (f" from `{base}`." if base else "."), "",
+    out += [(f"A dual encoder trained with dr {dr.__version__}" + (f" from `{base}`." if base else ".")) if config
+            else f"A dual encoder exported with dr {dr.__version__}.", "",
             "| setting | value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in settings.items()]
     out += [""]
