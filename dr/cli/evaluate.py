@@ -20,7 +20,10 @@ from dr.retrieval.splits import read_split
 
 
 def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, qrels: dict) -> dict:
+    """Search the judged queries; ``encoder`` is a model or a function that loads it (called after the
+    queries are read, so a bad queries file is reported before a model is loaded)."""
     queries = {q: t for q, t in read_queries(queries_path).items() if q in qrels}
+    encoder = encoder() if callable(encoder) and not hasattr(encoder, "encode_queries") else encoder
     index = DenseIndex.load(cfg.index) if cfg.get("index") else build_index(encoder, read_corpus(corpus), batch_size=cfg.batch_size, bf16=cfg.bf16)
     return search_queries(encoder, index, queries, k=cfg.k, batch_size=cfg.batch_size, bf16=cfg.bf16)
 
@@ -76,7 +79,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
         corpus = cfg.get("corpus") or preset.get("corpus")
         if not (cfg.get("model") and queries_path and (corpus or cfg.get("index"))):
             raise ConfigError("run_file=null: expected a run file (run_file=...), or model=... with queries=... and corpus=... (or index=...)")
-        run = _retrieve(cfg, encoder_from_config(cfg), corpus, queries_path, qrels)
+        run = _retrieve(cfg, lambda: encoder_from_config(cfg), corpus, queries_path, qrels)
         write_run(run, out / "run.trec", tag="dr")
         label = str(cfg.model)
     metrics = evaluate_run(run, qrels, measures)
