@@ -90,3 +90,108 @@ def plot_cluster_sizes(sizes: list[int], out_png: str | os.PathLike, batch_size:
     ax.set_title(title or f"{len(sizes)} clusters, median size {np.median(sizes):.0f}", fontsize=9)
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def plot_split_similarities(
+    max_sim_full: dict[str, float], max_sim: dict[str, float], labels: dict[str, str], shares_doc_full: dict[str, bool],
+    threshold: float, out_png: str | os.PathLike, title: str = "",
+) -> Path:
+    """``dr-split``: each test query's max cosine to the training queries, before resampling (split
+    by whether it shares a relevant document with a training query) and after (by its label), with
+    the threshold drawn."""
+    import numpy as np
+
+    plt = _pyplot()
+    bins = np.linspace(min([*max_sim_full.values(), *max_sim.values(), threshold]) - 0.01, 1.0, 50)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    panels = [
+        (axes[0], max_sim_full, {"shares a relevant doc": [q for q, s in shares_doc_full.items() if s],
+                                 "shares none": [q for q, s in shares_doc_full.items() if not s]},
+         "full training set"),
+        (axes[1], max_sim, {label: [q for q, lab in labels.items() if lab == label] for label in ("interpolation", "extrapolation")},
+         "resampled training set"),
+    ]
+    for ax, sims, groups, what in panels:
+        for name, qids in groups.items():
+            if qids:
+                ax.hist([sims[q] for q in qids], bins=bins, alpha=0.6, label=f"{name} (n={len(qids)})")
+        ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
+        ax.set_ylabel("test queries")
+        ax.set_title(f"max cosine of each test query to the {what}", fontsize=9)
+        ax.legend(fontsize=8)
+    axes[-1].set_xlabel("cosine similarity to the nearest training query")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
+    """``{series: [(step, value), ...]}`` of a Lightning CSV log (rows without a step are skipped)."""
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = row.get("step")
+            if not step:
+                continue
+            for name, value in row.items():
+                if name not in ("step", "epoch") and value not in ("", None):
+                    series[name].append((float(step), float(value)))
+    return {name: sorted(points) for name, points in series.items()}
+
+
+#: The series ``dr-plot`` draws, in panel order: training loss (and its terms), learning rate, validation.
+_PANEL_ORDER = ("train/loss", "train/", "lr-", "val/")
+#: Series whose changes mark a new negatives version (an index refresh) on the step axis.
+_VERSION_SERIES = ("train/negatives_version", "refresh/version")
+
+
+def plot_runs(runs: dict[str, dict[str, list[tuple[float, float]]]], out_png: str | os.PathLike, title: str = "") -> Path:
+    """``dr-plot``: training loss, learning rate and validation metrics against the step, one line per
+    run (``{label: read_metrics_csv(...)}``) in each panel. A series that never changes in any run is
+    left out (``train/negatives_version`` without a refresh); the steps where a run's negatives
+    version changes are drawn as dotted vertical lines in its colour."""
+    plt = _pyplot()
+
+    def wanted(name: str) -> bool:
+        return name.startswith(_PANEL_ORDER[1:]) and name not in _VERSION_SERIES
+
+    names = sorted({n for series in runs.values() for n in series if wanted(n)},
+                   key=lambda n: (next(i for i, p in enumerate(_PANEL_ORDER) if n.startswith(p)), n))
+
+    def never_changes(name: str) -> bool:  # logged several times, always the same value, in every run
+        points = [s.get(name, []) for s in runs.values()]
+        return all(len({v for _, v in p}) <= 1 for p in points) and any(len(p) > 1 for p in points)
+
+    names = [n for n in names if not never_changes(n)]
+    if not names:
+        raise ValueError("no training series to plot (expected train/*, lr-* or val/* columns in logs/metrics.csv)")
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.4 * len(names) + 0.6), sharex=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, series) in enumerate(runs.items()):
+        colour = colours[k % len(colours)]
+        refreshes = _version_changes(series)
+        for ax, name in zip(axes[:, 0], names):
+            if series.get(name):
+                steps, values = zip(*series[name])
+                ax.plot(steps, values, color=colour, label=label, marker="o" if len(steps) < 20 else None, markersize=3)
+            for i, step in enumerate(refreshes):
+                ax.axvline(step, color=colour, linestyle=":", alpha=0.8, label=f"{label}: new negatives" if i == 0 else None)
+    for ax, name in zip(axes[:, 0], names):
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("step")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _version_changes(series: dict[str, list[tuple[float, float]]]) -> list[float]:
+    """Steps at which the negatives version changed (a refresh swapped new negatives in)."""
+    for name in _VERSION_SERIES:
+        points = series.get(name)
+        if points:
+            return [step for (_, before), (step, after) in zip(points, points[1:]) if after != before]
+    return []

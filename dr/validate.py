@@ -125,6 +125,10 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "backend": one_of(*BACKENDS),
     "format": one_of(*FORMATS),
     "miner.num_negatives": non_negative_int,
+    "threshold": lambda v: None if _is_number(v) and -1 <= v <= 1 else "expected a cosine similarity in [-1, 1]",
+    "extrapolation_fraction": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a fraction in [0, 1]",
+    "max_removed_fraction": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a fraction in [0, 1]",
+    "max_removed_per_query": non_negative_int,
 }
 
 #: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).

@@ -128,6 +128,8 @@ READERS = {
     "corpus.jsonl.gz": (_corpus, _inputs(_json_lines(NEAR_CORPUS))),
     "queries.tsv": (read_queries, TSV_INPUTS),
     "qrels.trec": (read_qrels, TSV_INPUTS),
+    "queries.jsonl": (read_queries, _inputs(_json_lines(NEAR_CORPUS))),  # BEIR {"_id", "text"}
+    "qrels.tsv": (read_qrels, TSV_INPUTS),  # BEIR query-id, corpus-id, score
     "run.trec": (read_run, TSV_INPUTS),
     "run.trec.gz": (read_run, TSV_INPUTS),
     "negatives.jsonl": (read_negatives, _inputs(_json_lines(NEAR_NEGATIVES))),

@@ -28,11 +28,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dr-mine": ("mine", "mine"),
     "dr-score": ("score", "score"),
     "dr-cluster": ("cluster", "cluster"),
+    "dr-split": ("split", "split"),
+    "dr-plot": ("plot", "plot"),
 }
 
 
 def config_dir() -> str:
-    """Absolute path of the config tree, for installed and source layouts alike."""
+    """Absolute path of the config tree, for installed and source layouts alike.
+
+    A source checkout's own ``conf/`` comes first: with the checkout on ``PYTHONPATH`` and another
+    copy of dr installed, ``dr.conf`` would be the other copy's configs."""
+    source = Path(__file__).resolve().parent.parent.parent / "conf"
+    if (source / "train.yaml").is_file() and (source.parent / "dr" / "__init__.py").is_file():
+        return str(source)
     try:
         from importlib.resources import files
 

@@ -10,6 +10,15 @@ from omegaconf import DictConfig
 from dr.cli import encoder_from_config, hydra_command
 from dr.data import read_corpus
 from dr.retrieval import build_index, export
+from dr.retrieval.model_card import model_card, read_run_outputs
+
+
+def _run_dir_of(model: str) -> Path | None:
+    """The dr-train run a model comes from: a ``.ckpt``'s (``RUN/checkpoints/x.ckpt``) or an
+    export's (``RUN/export``), when that folder has the run's ``config.yaml``."""
+    path = Path(model).expanduser()
+    run = path.resolve().parent.parent if path.suffix == ".ckpt" else path.resolve().parent
+    return run if (run / "config.yaml").is_file() else None
 
 
 def run(cfg: DictConfig, out: Path) -> Path:
@@ -19,7 +28,9 @@ def run(cfg: DictConfig, out: Path) -> Path:
     if cfg.get("corpus"):
         index = build_index(encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16)
     target = Path(cfg.output) if cfg.get("output") else out / "export"
-    export(encoder.cpu(), target, index=index, format=cfg.get("format", "torch"))
+    config, metrics = read_run_outputs(_run_dir_of(str(cfg.model)))
+    card = model_card(encoder, config, metrics)
+    export(encoder.cpu(), target, index=index, format=cfg.get("format", "torch"), card=card)
     print(f"exported to {target}")
     return target
 

@@ -6,6 +6,7 @@ Corpora and queries (:mod:`.corpus`), TREC qrels and runs (:mod:`.trec`), negati
 model, an index or Lightning: this is the bottom layer.
 """
 
+from dr.data.beir import beir_folder
 from dr.data.clusters import read_clusters, write_clusters
 from dr.data.corpus import BUNDLED, IRDS_PREFIX, bundled, passage_texts, read_corpus, read_queries, resolve_path
 from dr.data.io import DataError, atomic_write, open_text, write_json
@@ -16,7 +17,7 @@ from dr.data.trec import read_positives, read_qrels, read_run, write_run
 
 __all__ = [
     "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "TeacherScores",
-    "atomic_write", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
+    "atomic_write", "beir_folder", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
     "read_corpus", "read_negatives", "read_positives", "read_qrels", "read_queries", "read_run",
     "read_teacher_scores", "resolve_path", "write_clusters", "write_json", "write_negatives",
     "write_run", "write_subset", "write_teacher_scores",

@@ -234,10 +234,14 @@ def passage_texts(corpus: datasets.Dataset, indices: Iterable[int] | None = None
 
 
 def read_queries(path: str | os.PathLike) -> dict[str, str]:
-    """Read queries ``qid<TAB>text`` (or ``irds:<id>``) into ``{qid: text}``."""
+    """Read queries ``qid<TAB>text`` (BEIR JSONL ``{"_id", "text"}`` for ``*.jsonl``, or ``irds:<id>``) into ``{qid: text}``."""
     path = resolve_path(path)
     if path.startswith(IRDS_PREFIX):
         return {str(q.query_id): _irds_text(q) for q in _irds(path).queries_iter()}
+    if path.lower().removesuffix(".gz").endswith(".jsonl"):  # BEIR queries {"_id", "text"}
+        from dr.data.beir import read_jsonl_queries
+
+        return read_jsonl_queries(path)
     queries: dict[str, str] = {}
     for line_no, line in _lines(path):
         fields = line.split("\t")

@@ -31,13 +31,17 @@ def read_positives(qrels: dict[str, dict[str, int]], min_relevance: int = 1, kno
 
 
 def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """Read TREC qrels ``qid 0 docid grade`` (or ``irds:<id>``) into ``{qid: {docid: grade}}``."""
+    """Read TREC qrels ``qid 0 docid grade`` (BEIR TSV for ``*.tsv``, or ``irds:<id>``) into ``{qid: {docid: grade}}``."""
     path = resolve_path(path)
     qrels: dict[str, dict[str, int]] = {}
     if path.startswith(IRDS_PREFIX):
         for q in _irds(path).qrels_iter():
             qrels.setdefault(str(q.query_id), {})[str(q.doc_id)] = int(q.relevance)
         return qrels
+    if path.lower().removesuffix(".gz").endswith(".tsv"):  # BEIR qrels: query-id, corpus-id, score
+        from dr.data.beir import read_tsv_qrels
+
+        return read_tsv_qrels(path)
     for line_no, line in _lines(path):
         fields = line.split()
         if len(fields) != 4:

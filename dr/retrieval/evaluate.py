@@ -35,6 +35,7 @@ TREC_DL_MEASURES = ["nDCG@10", "RR@10", "AP(rel=2)", "R(rel=2)@1000"]
 PRESETS: dict[str, dict[str, Any]] = {
     "dl19": {
         "measures": TREC_DL_MEASURES,
+        "corpus": "irds:msmarco-passage",
         "queries": "dl19:queries",
         "qrels": "dl19:qrels",
         "description": "TREC DL 2019 passages, 43 judged queries (bundled); nDCG@10 over grades 0-3, "
@@ -42,13 +43,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "dl20": {
         "measures": TREC_DL_MEASURES,
+        "corpus": "irds:msmarco-passage",
         "queries": "irds:msmarco-passage/trec-dl-2020/judged",
         "qrels": "irds:msmarco-passage/trec-dl-2020/judged",
         "description": "TREC DL 2020 passages, 54 judged queries (needs ir_datasets and a download); "
         "nDCG@10 over grades 0-3, RR@10 with grade >= 1, AP and R@1000 with grade >= 2",
     },
+    "msmarco-dev": {
+        "measures": ["RR@10", "R@1000"],
+        "corpus": "irds:msmarco-passage",
+        "queries": "irds:msmarco-passage/dev/small",
+        "qrels": "irds:msmarco-passage/dev/small",
+        "description": "MS MARCO passage dev (small), 6,980 queries (needs ir_datasets and a download); "
+        "RR@10 (MRR@10, ranking cut at 10) and R@1000, grade >= 1",
+    },
     "scifact": {
         "measures": ["nDCG@10", "R@100"],
+        "corpus": "scifact:corpus",
         "queries": "scifact:test_queries",
         "qrels": "scifact:test_qrels",
         "description": "BEIR SciFact test split, 300 queries (bundled)",
@@ -121,6 +132,8 @@ def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], 
     columns = list(dict.fromkeys(m for values in table.values() for m in values))
 
     def cell(value: Any) -> str:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return str(value)  # counts (e.g. a ``queries`` column)
         return f"{value:.4f}" if isinstance(value, numbers.Real) else str(value)
 
     body = [[label] + [cell(values[c]) if c in values else "-" for c in columns] for label, values in table.items()]

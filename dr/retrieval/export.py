@@ -8,6 +8,7 @@ The exported folder holds:
   ``sentence_bert_config.json`` (max length) and ``config_sentence_transformers.json`` (the
   similarity function), so ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
 - our own ``dr_config.json`` (pooling, normalisation, similarity, both max lengths);
+- ``README.md``, a Hugging Face model card (:mod:`dr.retrieval.model_card`);
 - optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`);
 - with ``format="onnx"`` also ``onnx/model.onnx`` (pooling and normalisation inside the graph,
   see :mod:`dr.models.onnx`), where sentence-transformers' ONNX backend looks for it; with
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from dr.models.encoder import DR_CONFIG, BiEncoder
 from dr.models.onnx import export_onnx
+from dr.retrieval.model_card import model_card
 from dr.retrieval.index import DenseIndex
 from dr.config import ConfigError
 from dr.data.io import naming, usual_modes, write_json
@@ -72,7 +74,8 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
 FORMATS = ("torch", "onnx", "onnx-int8")
 
 
-def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None, format: str = "torch") -> Path:
+def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None, format: str = "torch",
+           card: str | None = None) -> Path:
     """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
 
     ``format`` is ``torch`` (the weights and the sentence-transformers files), ``onnx`` (also
@@ -80,6 +83,8 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
     is assembled in a temporary sibling and renamed into place, so a crash or a failed write
     (an ``OSError`` naming ``out_dir``) never leaves a half-exported model; an existing export at
     ``out_dir`` is replaced. Files and folders get the modes the umask gives ordinary ones.
+    ``card`` is the ``README.md`` (default: :func:`dr.retrieval.model_card.model_card` of the
+    encoder alone; a run passes its config and metrics).
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
@@ -100,6 +105,7 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
             export_onnx(encoder, tmp, int8=format == "onnx-int8")
         if index is not None:
             index.save(tmp / "index")
+        (tmp / "README.md").write_text(card if card is not None else model_card(encoder), encoding="utf-8")
         usual_modes(tmp)  # mkdtemp makes the folder 0700: others of the group could not load the model
         _swap_into_place(tmp, out)
     except BaseException as e:

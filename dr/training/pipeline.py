@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
 from dr.plots import plot_training_curves
 from dr.retrieval import BM25, build_index, evaluate_run, export, format_table, search_queries, write_metrics
+from dr.retrieval.benchmarks import SPLIT_MEASURES, split_metrics
+from dr.retrieval.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.validate import validate_config
 
@@ -71,6 +73,20 @@ class TestSplit:
             print(f"zero-shot run reused from the cache in {cache_dir} (test.cache_dir=null recomputes it)")
         return run
 
+    def split(self):
+        """The interpolation/extrapolation labels of the test queries against the full training set
+        (``test.split``; :mod:`dr.retrieval.splits` without resampling), cached in ``cache_dir``."""
+        from dr.models import BiEncoder
+        from dr.retrieval.splits import cached_split
+
+        s = self.cfg.split
+        files = {"train_queries": s.train_queries, "train_qrels": s.train_qrels, "test_queries": self.cfg.queries, "test_qrels": self.cfg.qrels}
+        return cached_split(
+            str(s.model), files, self.cfg.get("cache_dir"), lambda: BiEncoder.load(s.model, device="cpu"),
+            threshold=float(s.threshold), extrapolation_fraction=0.0, min_relevance=int(s.get("min_relevance", 1)),
+            batch_size=self.cfg.batch_size, show_progress=False,
+        )
+
     def bm25(self) -> dict[str, dict[str, float]]:
         bm25 = BM25(passage_texts(self.corpus), list(self.corpus["docid"]))
         qids = list(self.queries)
@@ -93,6 +109,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(out))
     test = TestSplit(cfg.test) if cfg.test.enabled else None
 
+    split = test.split() if test is not None and test.cfg.get("split") is not None and test.cfg.split.get("enabled") else None
+
     def evaluate(name: str, run_fn) -> None:
         t0 = time.perf_counter()
         run = run_fn()
@@ -102,6 +120,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         table[name] = scores
         metrics.update({f"{name}/{m}": v for m, v in scores.items()})
         log.info("%s: %s", name, scores)
+        if split is not None:  # interpolation / extrapolation (dr-split's rule), rows for the trained model
+            by_set = split_metrics(run, test.qrels, split, SPLIT_MEASURES)
+            metrics.update({f"{name}/{k}": v for k, v in by_set.items()})
+            if name == "trained":
+                for label in ("interpolation", "extrapolation"):
+                    table[f"trained {label[:6]}. ({int(by_set[f'{label}/queries'])})"] = {m: by_set[f"{label}/{m}"] for m in SPLIT_MEASURES}
 
     if test is not None and cfg.test.bm25:
         evaluate("bm25", test.bm25)
@@ -136,7 +160,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.export.enabled:
             # The test corpus was just indexed with the trained encoder: ship that index with the model.
             index = test.last_index if (test is not None and cfg.test.after and cfg.export.index) else None
-            export_dir = export(module.encoder, out / "export", index=index)
+            card = model_card(module.encoder, OmegaConf.to_container(cfg, resolve=True), metrics)
+            export_dir = export(module.encoder, out / "export", index=index, card=card)
             log.info("exported the trained encoder to %s", export_dir)
         csv_log = out / "logs" / "metrics.csv"
         if csv_log.is_file():

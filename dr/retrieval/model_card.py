@@ -1,0 +1,189 @@
+"""The model card (``README.md``) written into every exported folder, in the Hugging Face format.
+
+YAML front matter (``library_name: sentence-transformers``, ``pipeline_tag``, ``tags``,
+``base_model`` when it is a hub id, ``datasets`` when known), then: the base model and the
+encoder's settings, the training recipe (the run's resolved ``config.yaml``), the data, the
+evaluation table exactly as the run's ``metrics.json`` holds it (every system, the validation
+metrics, interpolation and extrapolation when the run measured them), the package versions,
+usage with sentence-transformers and with FAISS, and the papers to cite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from dr.models.encoder import PACKAGED_MINILM_ALIASES
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: Known data specs -> (Hugging Face dataset id, description).
+_DATASETS = {"scifact": ("BeIR/scifact", "BEIR SciFact (Wadden et al. 2020): 5,183 abstracts; 809 train and 300 test claims")}
+
+_CITATIONS = {
+    "sentence-transformers": "Reimers and Gurevych. Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks. EMNLP 2019.",
+    "infonce": "van den Oord, Li and Vinyals. Representation Learning with Contrastive Predictive Coding. arXiv:1807.03748, 2018; "
+               "Karpukhin et al. Dense Passage Retrieval for Open-Domain Question Answering. EMNLP 2020.",
+    "margin_mse": "Hofstätter et al. Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge Distillation. arXiv:2010.02666, 2020.",
+    "tas": "Hofstätter et al. Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware Sampling. SIGIR 2021.",
+    "simans": "Zhou et al. SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval. EMNLP 2022 (industry track).",
+    "ance": "Xiong et al. Approximate Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval. ICLR 2021.",
+    "split": "Zhan et al. Evaluating Interpolation and Extrapolation Performance of Neural Retrieval Models. CIKM 2022.",
+    "beir": "Thakur et al. BEIR: A Heterogeneous Benchmark for Zero-shot Evaluation of Information Retrieval Models. NeurIPS 2021 Datasets and Benchmarks.",
+    "scifact": "Wadden et al. Fact or Fiction: Verifying Scientific Claims. EMNLP 2020.",
+}
+
+
+def read_run_outputs(run_dir: str | os.PathLike | None) -> tuple[dict | None, dict | None]:
+    """The resolved ``config.yaml`` and the ``metrics.json`` of a dr-train run directory (None when absent)."""
+    if run_dir is None:
+        return None, None
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else None
+    return config, metrics
+
+
+def _base_model(config: Mapping | None) -> str | None:
+    name = ((config or {}).get("encoder") or {}).get("name_or_path")
+    if name is None:
+        return None
+    return "sentence-transformers/all-MiniLM-L6-v2" if str(name) in PACKAGED_MINILM_ALIASES else str(name)
+
+
+def _dataset(spec: Any) -> tuple[str, str] | None:
+    return _DATASETS.get(str(spec).split(":", 1)[0]) if spec else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4f}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
+    """Markdown tables of a metrics.json: systems x measures (``<system>/<measure>``), their
+    interpolation/extrapolation rows (``<system>/interpolation/<measure>``) and the validation metrics."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if parts[0] in ("time", "train", "refresh") or len(parts) < 2:
+            continue
+        if parts[0] == "val":
+            rows.setdefault("validation (held-out train queries)", {})[parts[1]] = value
+        elif len(parts) == 2:
+            rows.setdefault(parts[0], {})[parts[1]] = value
+        elif len(parts) == 3 and parts[1] in ("interpolation", "extrapolation", "gap"):
+            rows.setdefault(f"{parts[0]} {parts[1]}", {})[parts[2]] = value
+    if not rows:
+        return []
+    columns = list(dict.fromkeys(m for r in rows.values() for m in r if m != "queries"))
+    counted = any("queries" in r for r in rows.values())
+    header = ["system", *columns] + (["queries"] if counted else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, values in rows.items():
+        cells = [_fmt(values[c]) if c in values else "" for c in columns]
+        if counted:
+            cells.append(_fmt(values["queries"]) if "queries" in values else "")
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return lines
+
+
+def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, float] | None = None, name: str = "dr dense retriever") -> str:
+    """The README.md of an exported model (see the module docstring)."""
+    import dr
+
+    base = _base_model(config)
+    data = (config or {}).get("data") or {}
+    test = (config or {}).get("test") or {}
+    datasets = {d for d in (_dataset(data.get("corpus")), _dataset(test.get("corpus"))) if d}
+    front: dict[str, Any] = {"library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
+                             "tags": ["sentence-transformers", "feature-extraction", "sentence-similarity", "dense-retrieval", "dr"]}
+    if base and _HUB_ID.match(base):
+        front["base_model"] = base
+    if datasets:
+        front["datasets"] = sorted(d[0] for d in datasets)
+    out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    settings = encoder.config_dict()
+    out += [(f"A dual encoder trained with dr {dr.__version__}" + (f" from `{base}`." if base else ".")) if config
+            else f"A dual encoder exported with dr {dr.__version__}.", "",
+            "| setting | value |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in settings.items()]
+    out += [""]
+    if config:
+        loss = str((config.get("loss") or {}).get("_target_", "")).rsplit(".", 1)[-1]
+        trainer = config.get("trainer") or {}
+        optimizer = config.get("optimizer") or {}
+        out += ["## Training", "",
+                f"Loss `{loss}`, {trainer.get('max_steps')} steps of {data.get('batch_size')} queries, "
+                f"learning rate {optimizer.get('lr')}, seed {config.get('seed')}. The resolved configuration of the run:", "",
+                "<details><summary>config.yaml</summary>", "", "```yaml", yaml.safe_dump(dict(config), sort_keys=False).strip(), "```", "",
+                "</details>", "", "## Data", ""]
+        out += [f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus `{data.get('corpus')}`"]
+        if test.get("enabled"):
+            out += [f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"]
+        out += [f"- {d[1]}" for d in sorted(datasets)] + [""]
+    tables = evaluation_tables(metrics or {})
+    if tables:
+        test_name = test.get("name") or "test"
+        out += ["## Evaluation", "", f"As printed by the run (its `metrics.json`), on the {test_name} split:", "", *tables, ""]
+        if any("/interpolation/" in k for k in metrics or {}):
+            out += ["Interpolation: test queries whose nearest training query has a cosine at or above the threshold "
+                    "or that share a relevant document with a training query; extrapolation: the others "
+                    "(`dr-split`, after Zhan et al. 2022).", ""]
+    out += ["## Usage", "", "sentence-transformers:", "", "```python", "from sentence_transformers import SentenceTransformer", "",
+            'model = SentenceTransformer("path/to/this/folder")',
+            'queries = model.encode(["what is dense retrieval?"], normalize_embeddings=True)',
+            'passages = model.encode(["Dense retrieval encodes queries and passages into vectors."], normalize_embeddings=True)',
+            "print(queries @ passages.T)", "```", "",
+            "FAISS (inner product; the embeddings are normalised, so it is cosine):", "", "```python", "import faiss", "",
+            "index = faiss.IndexFlatIP(passages.shape[1])", "index.add(passages)", "scores, ids = index.search(queries, 10)", "```", ""]
+    out += ["With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder corpus=...`.", "",
+            "## Versions", "", f"- dr {dr.__version__}"]
+    for package in ("torch", "transformers", "faiss", "sentence_transformers"):
+        version = _version(package)
+        if version:
+            out.append(f"- {package} {version}")
+    out += ["", "## Citation", ""] + [f"- {c}" for c in _citations(config, metrics)]
+    text = "\n".join(out) + "\n"
+    # A dot-product model is used as it is, without normalising its embeddings.
+    return text if settings.get("normalize") else text.replace(", normalize_embeddings=True", "").replace(
+        "(inner product; the embeddings are normalised, so it is cosine)", "(inner product, the model's dot-product score)")
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    names = {"faiss": ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu"), "sentence_transformers": ("sentence-transformers",)}
+    for dist in names.get(package, (package,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _citations(config: Mapping | None, metrics: Mapping | None) -> list[str]:
+    keys = ["sentence-transformers"]
+    text = json.dumps(config or {}, default=str).lower()
+    loss = str(((config or {}).get("loss") or {}).get("_target_", "")).lower()
+    keys.append("margin_mse" if "margin" in loss else "infonce")
+    if "tas" in text:
+        keys.append("tas")
+    if "simans" in text:
+        keys.append("simans")
+    if '"refresh": {"enabled": true' in text or (config or {}).get("refresh", {}).get("enabled"):
+        keys.append("ance")
+    if any("/interpolation/" in k for k in metrics or {}):
+        keys.append("split")
+    if "scifact" in text:
+        keys += ["beir", "scifact"]
+    return [_CITATIONS[k] for k in dict.fromkeys(keys)]
