@@ -174,8 +174,9 @@ def step_clock(out_file: str):
     return StepClock()
 
 
-def dr_config(args, data: dict[str, str], run_dir: Path):
-    """``conf/train.yaml`` composed with the benchmark's settings (as ``dr-train`` would with these overrides)."""
+def dr_config(args, data: dict[str, str], run_dir: Path, extra: list[str] = ()):
+    """``conf/train.yaml`` composed with the benchmark's settings (as ``dr-train`` would with these
+    overrides), then ``extra`` (a ``--variant``'s overrides)."""
     from hydra import compose, initialize_config_dir
 
     from dr.cli import config_dir
@@ -221,14 +222,15 @@ def dr_config(args, data: dict[str, str], run_dir: Path):
         ]
     else:
         overrides.append("test=none")
+    overrides += list(extra)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 
-def run_dr(args, data: dict[str, str], run_dir: Path) -> dict:
+def run_dr(args, data: dict[str, str], run_dir: Path, extra: list[str] = ()) -> dict:
     from dr.training import train
 
-    cfg = dr_config(args, data, run_dir)
+    cfg = dr_config(args, data, run_dir, extra)
     metrics = train(cfg)
     record = json.loads((run_dir / "steps.json").read_text())
     result = {"step_ends": record["step_ends"], "losses": record["losses"], "threads": record["threads"],
@@ -367,7 +369,7 @@ def summarise(result: dict, batch_size: int) -> dict:
 
 
 def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -> str:
-    head = f"{'system':<8}{'s/step':>9}{'range':>15}{'examples/s':>12}{'vs st':>8}{'last loss':>11}{'peak RSS MiB':>14}{'threads':>9}"
+    head = f"{'system':<14}{'s/step':>9}{'range':>15}{'examples/s':>12}{'vs st':>8}{'last loss':>11}{'peak RSS MiB':>14}{'threads':>9}"
     if effect:
         head += f"{'nDCG@10':>9}{'R@100':>8}"
     lines = [head]
@@ -375,7 +377,7 @@ def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -
     for name, r in rows.items():
         steps = r["step_s"] or [float("nan")]
         ratio = f"{r['examples_per_s'] / base:>7.2f}x" if base else f"{'-':>8}"
-        line = (f"{name:<8}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
+        line = (f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
                 f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}")
         if effect:
             test = results[name].get("test", {})
@@ -399,11 +401,20 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS, help="run in this order")
     parser.add_argument("--effect", action="store_true", help="also evaluate both trained models on the SciFact test split (slow)")
     parser.add_argument("--out", default="bench/train_speed")
-    parser.add_argument("--only", choices=SYSTEMS, help=argparse.SUPPRESS)  # the child process of one system
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
+                        help="also run dr with these dr-train overrides, as system NAME, e.g. "
+                             "--variant ckpt=module.gradient_checkpointing=true,module.attention_dropout=0")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # the child process of one system  # the child process of one system
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # seconds-long end-to-end check on tiny data
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is the warm-up")
+    variants = {}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        if not name or not overrides or name in SYSTEMS:
+            parser.error(f"--variant {spec!r}: expected NAME=OVERRIDE[,OVERRIDE...] with a NAME other than {SYSTEMS}")
+        variants[name] = overrides.split(",")
     out = Path(args.out).resolve()
     if args.smoke:
         args.steps, args.batch_size, args.query_length, args.passage_length = 3, 4, 16, 32
@@ -418,16 +429,19 @@ def main() -> None:
 
         transformers.utils.logging.disable_progress_bar()
         data = json.loads((out / "data" / "data.json").read_text())  # written by the parent
-        run = run_st if args.only == "st" else run_dr
-        result = run(args, data, out / f"{args.only}_run")
+        if args.only == "st":
+            result = run_st(args, data, out / "st_run")
+        else:
+            result = run_dr(args, data, out / f"{args.only}_run", variants.get(args.only, []))
         (out / f"{args.only}.result.json").write_text(json.dumps(result, indent=2) + "\n")
         return
 
     info = machine_info(torch.get_num_threads())
     print(format_machine(info))
     data = prepare_data(args, out)
-    results = {system: run_child(system, out) for system in args.systems}
-    rows = {system: summarise(results[system], args.batch_size) for system in args.systems}
+    systems = list(args.systems) + list(variants)
+    results = {system: run_child(system, out) for system in systems}
+    rows = {system: summarise(results[system], args.batch_size) for system in systems}
     cut = results.get("st", {}).get("queries_cut")
     title = (f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
              f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
@@ -435,10 +449,12 @@ def main() -> None:
     table = "\n".join([title, format_machine(info), speed_table(rows, results, args.effect)])
     if cut:
         table += f"\n{cut} of {args.steps * args.batch_size} queries were cut to {args.query_length} tokens for sentence-transformers"
+    for name, overrides in variants.items():
+        table += f"\n{name}: dr with {' '.join(overrides)}"
     if args.effect:
         table += "\nnDCG@10 / R@100 on the SciFact test split" + (" (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)")
     print("\n" + table)
-    payload = {"settings": vars(args), "machine": info, "systems": rows, "raw": results, "data": data}
+    payload = {"settings": vars(args), "variants": variants, "machine": info, "systems": rows, "raw": results, "data": data}
     write_results(out, "train", table, payload)
 
 
