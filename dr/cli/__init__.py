@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dr-mine": ("mine", "mine"),
     "dr-score": ("score", "score"),
     "dr-cluster": ("cluster", "cluster"),
+    "dr-compare": ("compare", "compare"),
 }
 
 
