@@ -195,3 +195,25 @@ def _version_changes(series: dict[str, list[tuple[float, float]]]) -> list[float
         if points:
             return [step for (_, before), (step, after) in zip(points, points[1:]) if after != before]
     return []
+
+def plot_sorted_differences(differences: dict[str, dict[str, list[float]]], out_png: str | os.PathLike, baseline: str = "") -> Path:
+    """Per-query differences against a baseline, sorted, one panel per measure and one line per
+    system (``{measure: {system: [value - baseline value per query]}}``; ``dr-compare``)."""
+    import numpy as np
+
+    plt = _pyplot()
+    measures = list(differences)
+    fig, axes = plt.subplots(len(measures), 1, figsize=(7, 2.8 * len(measures)), squeeze=False)
+    for ax, measure in zip(axes[:, 0], measures):
+        for system, diffs in differences[measure].items():
+            values = np.sort(np.asarray(diffs, np.float64))[::-1]
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o" if len(values) <= 60 else None, markersize=3,
+                    label=f"{system} (mean {values.mean():+.4f})" if len(values) else system)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_ylabel(f"Δ {measure}", fontsize=8)
+        ax.set_xlabel("queries, sorted by difference", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_title(f"per-query difference against {baseline}" if baseline else "per-query differences", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -95,7 +95,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.negatives.rank_min": non_negative_int,
     "data.negatives.rank_max": positive_int,
     "loss.temperature": positive_number,
-    "loss.student_scale": positive_number,
+    "loss.student_scale": lambda v: None if v == "auto" else positive_number(v) and "expected a positive number or auto",
+    "loss.alpha": non_negative_number,
+    "loss.teacher_temperature": positive_number,
     "loss.pair.student_scale": positive_number,
     "loss.inbatch.temperature": positive_number,
     "loss.inbatch_weight": non_negative_number,
@@ -150,7 +152,7 @@ REFRESH_RULES = {
 }
 
 #: Losses that need teacher scores in the batch, and those with an in-batch teacher term.
-TEACHER_LOSSES = ("losses.MarginMSELoss", "losses.DistillationLoss")
+TEACHER_LOSSES = ("losses.MarginMSELoss", "losses.DistillationLoss", "losses.InfoNCEKDLoss")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

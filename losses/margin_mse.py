@@ -31,6 +31,8 @@ Related: the TAS-B in-batch term (``losses/tas_b.py``), InfoNCE (``losses/infonc
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -77,6 +79,17 @@ def gather_pair_scores(scores: torch.Tensor, target: torch.Tensor, neg_index: to
     return s_pos, s_neg, present
 
 
+def fit_student_scale(student_margins: torch.Tensor, teacher_margins: torch.Tensor) -> float:
+    """Least-squares scale c of ``teacher ≈ c · student`` margins (no intercept: margins are
+    differences), ``c = Σ s·t / Σ s²`` over the pairs where both are finite; 1.0 without any."""
+    s, t = student_margins.double().flatten(), teacher_margins.double().flatten().to(student_margins.device)
+    ok = torch.isfinite(s) & torch.isfinite(t)
+    denominator = (s[ok] ** 2).sum()
+    if not bool(ok.any()) or float(denominator) == 0.0:
+        return 1.0
+    return float((s[ok] * t[ok]).sum() / denominator)
+
+
 class MarginMSELoss(nn.Module):
     """Margin-MSE against pairwise teacher scores (see module docstring).
 
@@ -84,14 +97,38 @@ class MarginMSELoss(nn.Module):
         student_scale: student scores are multiplied by this before taking margins (1 = raw
             q·d), so the student's margins are on the teacher's scale. Useful when a cosine
             student must match a teacher on a wider scale. Inside :class:`losses.DistillationLoss`
-            the in-batch term uses the same scale.
+            the in-batch term uses the same scale. ``"auto"``: at train start, the least-squares
+            fit of the untrained student's margins to the teacher's on a sample of training pairs
+            (:func:`fit_student_scale`; :class:`dr.training.DenseRetrievalModule` fits and logs it
+            as ``train/student_scale_fit``, from ``auto_scale_queries`` queries).
+        learnable_scale: the scale is a trained parameter (log-parametrised, starting at
+            ``student_scale`` or its fit), logged as ``train/student_scale``; it trains with its
+            own learning rate ``scale_lr`` and no weight decay (the encoder's rate would barely move it).
     """
 
-    def __init__(self, student_scale: float = 1.0):
+    def __init__(self, student_scale: float | str = 1.0, learnable_scale: bool = False, auto_scale_queries: int = 256,
+                 scale_lr: float = 1e-2):
         super().__init__()
-        if student_scale <= 0:
-            raise ValueError(f"student_scale must be positive, got {student_scale}")
+        self.scale_lr = scale_lr
+        if student_scale != "auto" and (isinstance(student_scale, str) or student_scale <= 0):
+            raise ValueError(f"student_scale must be positive or 'auto', got {student_scale}")
         self.student_scale = student_scale
+        self.auto_scale_queries = auto_scale_queries
+        self.log_scale = nn.Parameter(torch.zeros(())) if learnable_scale else None
+        if learnable_scale and student_scale != "auto":
+            self.set_scale(float(student_scale))
+
+    def set_scale(self, value: float) -> None:
+        """Set the scale (the fitted one for ``"auto"``; the learnable parameter's start)."""
+        self.student_scale = float(value)
+        if self.log_scale is not None:
+            with torch.no_grad():
+                self.log_scale.fill_(math.log(value))
+
+    def scale(self) -> torch.Tensor | float:
+        if self.student_scale == "auto":
+            raise RuntimeError("student_scale='auto' is fitted at train start (DenseRetrievalModule); it was not fitted")
+        return self.log_scale.exp() if self.log_scale is not None else self.student_scale
 
     def forward(
         self,
@@ -102,12 +139,16 @@ class MarginMSELoss(nn.Module):
         teacher_pos: torch.Tensor | None = None,
         teacher_neg: torch.Tensor | None = None,
         **_,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | dict:
         if teacher_pos is None or teacher_neg is None or neg_index is None:
             raise ValueError(
                 "Margin-MSE needs teacher scores in the batch: set data.teacher_scores=FILE "
                 "(a dr-score TSV) or data.negatives=FILE data.teacher_from_negatives=true"
             )
-        scores = student_scores(q, d, self.student_scale)
+        scale = self.scale()
+        scores = student_scores(q, d) * scale if self.log_scale is not None else student_scores(q, d, scale)
         s_pos, s_neg, present = gather_pair_scores(scores, target, neg_index)
-        return margin_mse(s_pos, s_neg, teacher_pos.to(scores.device), teacher_neg.to(scores.device), present)
+        loss = margin_mse(s_pos, s_neg, teacher_pos.to(scores.device), teacher_neg.to(scores.device), present)
+        if self.log_scale is not None:
+            return {"loss": loss, "student_scale": scale.detach()}
+        return loss

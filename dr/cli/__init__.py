@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dr-cluster": ("cluster", "cluster"),
     "dr-split": ("split", "split"),
     "dr-plot": ("plot", "plot"),
+    "dr-compare": ("compare", "compare"),
 }
 
 

@@ -12,13 +12,13 @@ from dr.data.corpus import BUNDLED, IRDS_PREFIX, bundled, passage_texts, read_co
 from dr.data.io import DataError, atomic_write, open_text, write_json
 from dr.data.negatives import NegativesRecord, read_negatives, write_negatives
 from dr.data.subset import write_subset
-from dr.data.teacher_scores import TeacherScores, format_teacher_line, read_teacher_scores, write_teacher_scores
+from dr.data.teacher_scores import TeacherScores, drop_teacher_inversions, format_teacher_line, read_teacher_scores, write_teacher_scores
 from dr.data.trec import read_positives, read_qrels, read_run, write_run
 
 __all__ = [
     "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "TeacherScores",
     "atomic_write", "beir_folder", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
     "read_corpus", "read_negatives", "read_positives", "read_qrels", "read_queries", "read_run",
-    "read_teacher_scores", "resolve_path", "write_clusters", "write_json", "write_negatives",
+    "drop_teacher_inversions", "read_teacher_scores", "resolve_path", "write_clusters", "write_json", "write_negatives",
     "write_run", "write_subset", "write_teacher_scores",
 ]

@@ -63,6 +63,34 @@ class TeacherScores:
         return sum(len(p) for p in self.pairs.values())
 
 
+def drop_teacher_inversions(teacher: TeacherScores, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> tuple[int, int]:
+    """Drop the pairs where the teacher scores the negative at or above the positive (likely
+    unlabelled positives, or pairs the teacher would teach backwards); returns (pairs dropped,
+    candidates dropped).
+
+    - ``teacher.pairs``: every (pos, neg) with ``t(neg) >= t(pos)``;
+    - ``negatives[qid]`` (the candidates a pair sampler draws from, with the positive drawn apart):
+      a candidate scored at or above *any* of the query's scored positives, so no draw can pair it
+      with a positive the teacher ranks below it (with one positive: exactly that pair).
+
+    Unscored entries (NaN) are kept: the teacher says nothing about them.
+    """
+    pairs_dropped = candidates_dropped = 0
+    for qid, pairs in teacher.pairs.items():
+        scores = teacher.scores.get(qid, {})
+        kept = [(p, n) for p, n in pairs if not scores.get(n, math.nan) >= scores.get(p, math.nan)]
+        pairs_dropped += len(pairs) - len(kept)
+        teacher.pairs[qid] = kept
+        teacher._pair_sets[qid] = set(kept)
+    for qid, candidates in negatives.items():
+        scores = teacher.scores.get(qid, {})
+        floor = min((scores[p] for p in positives.get(qid, []) if not math.isnan(scores.get(p, math.nan))), default=math.nan)
+        kept_negatives = [d for d in candidates if not scores.get(d, math.nan) >= floor]
+        candidates_dropped += len(candidates) - len(kept_negatives)
+        negatives[qid] = kept_negatives
+    return pairs_dropped, candidates_dropped
+
+
 def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = None) -> TeacherScores:
     """Read a teacher-score file (plain or .gz)."""
     teacher = into if into is not None else TeacherScores()

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dr.data import (
-    NegativesRecord, TeacherScores, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
+    NegativesRecord, TeacherScores, drop_teacher_inversions, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
     read_queries, read_teacher_scores, resolve_path, write_negatives,
 )
 from dr.retrieval.bm25 import BM25
@@ -132,6 +132,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         min_teacher_pairs: with a teacher-score file, train only on queries with at least this many
             (positive, negative) teacher pairs (0: all; TAS-Balanced's reference uses 2).
         min_relevance: qrels grade that counts as a positive.
+        teacher_pair_filter: drop the teacher pairs and candidates that the teacher scores at or above
+            a positive (:func:`dr.data.drop_teacher_inversions`), at set-up and after each refresh.
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         batch_sampler=None,
         pair_sampler=None,
         min_teacher_pairs: int = 0,
+        teacher_pair_filter: bool = False,
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
@@ -222,8 +225,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             negatives, scores = self._negatives_from_file(str(self.negatives), positives)
         else:
             negatives = {}
-        if self.teacher is not None:
-            self._add_teacher_negatives(negatives, positives)
+        self._add_teacher_negatives(negatives, positives)
         missing = [q for q in qids if not negatives.get(q)]
         if missing and hp.num_negatives > 0:
             log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
@@ -265,6 +267,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         return teacher
 
     def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> None:
+        """The teacher's negatives join the candidates; ``teacher_pair_filter`` drops inverted pairs."""
+        if self.teacher is None:
+            return
         for qid, pairs in self.teacher.pairs.items():
             pos = set(positives.get(qid, []))
             have = negatives.setdefault(qid, [])
@@ -273,6 +278,9 @@ class RetrievalDataModule(pl.LightningDataModule):
                 if neg not in seen and neg not in pos and neg in self.row_of:
                     have.append(neg)
                     seen.add(neg)
+        if self.hparams.teacher_pair_filter:
+            pairs, candidates = drop_teacher_inversions(self.teacher, negatives, positives)
+            log.info("teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive", pairs, candidates)
 
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores."""
@@ -303,8 +311,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
         negatives, scores = self._negatives_from_file(path, positives)
-        if self.teacher is not None:
-            self._add_teacher_negatives(negatives, positives)
+        self._add_teacher_negatives(negatives, positives)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
         self.train_dataset.version = version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import defaultdict
 from typing import Callable
 
@@ -14,7 +15,9 @@ from torch import nn
 from dr.models.encoder import BiEncoder
 from dr.retrieval.evaluate import evaluate_run
 from dr.retrieval.index import DenseIndex
+from losses.scores import student_scores
 
+log = logging.getLogger(__name__)
 
 LOSS_INPUTS = ("target", "exclude", "neg_index", "teacher_pos", "teacher_neg", "teacher_matrix")
 
@@ -100,9 +103,46 @@ class DenseRetrievalModule(pl.LightningModule):
         return batch
 
     def on_train_start(self) -> None:
+        if getattr(self.loss, "student_scale", None) == "auto" and hasattr(self.loss, "set_scale"):
+            self._fit_student_scale()
         # from_pretrained returns models in eval mode and Lightning keeps modules' modes:
         # switch to train mode so dropout is active, as in the models' pre-training.
         self.encoder.train()
+
+    @torch.no_grad()
+    def _fit_student_scale(self) -> None:
+        """``loss.student_scale: auto``: fit the untrained student's margins to the teacher's
+        (least squares, :func:`losses.margin_mse.fit_student_scale`) on the training pairs of up
+        to ``loss.auto_scale_queries`` queries (epoch 0's draws, evenly spread), and log it."""
+        from losses.margin_mse import fit_student_scale, gather_pair_scores
+
+        dm = self.trainer.datamodule
+        n = len(dm.train_dataset)
+        picks = np.unique(np.linspace(0, n - 1, min(n, int(self.loss.auto_scale_queries))).round().astype(int))
+        s_margins, t_margins = [], []
+        self.encoder.eval()
+        for start in range(0, len(picks), dm.hparams.batch_size):
+            batch = dm.collate_train([dm.train_dataset[(int(i), 0)] for i in picks[start:start + dm.hparams.batch_size]])
+            if "teacher_pos" not in batch or not batch["neg_index"].numel():
+                continue
+            batch = self.on_before_batch_transfer(batch, 0)
+            q = self.encoder.embed_queries({k: v.to(self.device) for k, v in batch["query_inputs"].items()})
+            d = self.encoder.embed_passages({k: v.to(self.device) for k, v in batch["passage_inputs"].items()})
+            s_pos, s_neg, present = gather_pair_scores(student_scores(q, d), batch["target"].to(self.device), batch["neg_index"])
+            s_margins.append(torch.where(present, s_pos[:, None] - s_neg, torch.nan).cpu())
+            t_margins.append(batch["teacher_pos"][:, None] - batch["teacher_neg"])
+        if not s_margins:
+            raise ValueError("loss.student_scale=auto: no training pair with teacher scores to fit the scale on")
+        s_all, t_all = torch.cat([m.flatten() for m in s_margins]), torch.cat([m.flatten() for m in t_margins])
+        scale = fit_student_scale(s_all, t_all)
+        if not scale > 0:
+            raise ValueError(f"loss.student_scale=auto: the fitted scale is {scale:.4g} (the untrained student's margins "
+                             "disagree with the teacher's); set loss.student_scale to a positive number")
+        self.loss.set_scale(scale)
+        pairs = int((torch.isfinite(s_all) & torch.isfinite(t_all)).sum())
+        log.info("loss.student_scale=auto: %.4g (least squares of teacher margins on the student's, %d pairs of %d queries)",
+                 scale, pairs, len(picks))
+        self.log("train/student_scale_fit", scale, rank_zero_only=True)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.step_seed is not None:
@@ -125,7 +165,11 @@ class DenseRetrievalModule(pl.LightningModule):
         return parts["loss"]
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        params = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("loss.")]
+        loss_params = [p for p in self.loss.parameters() if p.requires_grad]  # a learnable student scale
+        if loss_params:
+            params = [{"params": params}, {"params": loss_params, "lr": self.loss.scale_lr, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
