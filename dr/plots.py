@@ -196,6 +196,7 @@ def _version_changes(series: dict[str, list[tuple[float, float]]]) -> list[float
             return [step for (_, before), (step, after) in zip(points, points[1:]) if after != before]
     return []
 
+
 def plot_sorted_differences(differences: dict[str, dict[str, list[float]]], out_png: str | os.PathLike, baseline: str = "") -> Path:
     """Per-query differences against a baseline, sorted, one panel per measure and one line per
     system (``{measure: {system: [value - baseline value per query]}}``; ``dr-compare``)."""
