@@ -134,7 +134,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 #: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).
-TEST_RULES = {"test.k": positive_int, "test.batch_size": positive_int, "test.measures": measures}
+TEST_RULES = {"test.backend": one_of("auto", "torch", "onnx"), "test.k": positive_int, "test.batch_size": positive_int, "test.measures": measures}
 REFRESH_RULES = {
     "refresh.mode": one_of("async", "sync"),
     "refresh.every_n_steps": positive_int,

@@ -81,6 +81,7 @@ def tiny_train_overrides(tiny_bert: str, data: dict[str, str], out: Path, max_st
         f"test.qrels={data['test_qrels']}",
         "test.batch_size=32",
         "test.bf16=false",
+        "test.backend=torch",  # test_train.py checks test.backend=onnx against it
         "test.cache_dir=null",
         "test.split.enabled=false",  # the interpolation/extrapolation rows encode queries with MiniLM; tests switch them on
         "trainer.accelerator=cpu",

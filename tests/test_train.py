@@ -127,3 +127,25 @@ def test_bucketed_and_checkpointed_training_runs(cfg_train):
                               "test.enabled=false",
                               "export.enabled=false", "data.val_fraction=0", max_steps=2))
     assert metrics["train/global_step"] == 2
+
+
+def test_onnx_test_backend_gives_the_torch_scores(cfg_train, tmp_path):
+    """test.backend=onnx (fp32 onnxruntime on the current weights) scores as the torch evaluation does.
+
+    The tiny random BERT embeds every text almost alike (cosines within 1e-5 of each other), so 1e-7
+    noise reorders near-ties: the runs are compared by their sorted score lists, not their rankings."""
+    from dr.data import read_run
+
+    # unnormalised dot products: a spread of scores that a wrong pooling or length would change
+    common = ("test.bm25=false", "export.enabled=false", "data.val_fraction=0", "encoder.normalize=false", "encoder.similarity=dot",
+              "encoder.pooling=mean")
+    train(cfg_train(*common, "test.backend=torch", out=tmp_path / "torch", max_steps=2))
+    metrics = train(cfg_train(*common, "test.backend=onnx", out=tmp_path / "onnx", max_steps=2))
+    assert 0.0 <= metrics["trained/nDCG@10"] <= 1.0
+    for system in ("zero_shot", "trained"):
+        a, b = read_run(tmp_path / "torch" / "runs" / f"{system}.run"), read_run(tmp_path / "onnx" / "runs" / f"{system}.run")
+        assert a.keys() == b.keys() and len(a) > 5
+        spread = [max(scores.values()) - min(scores.values()) for scores in a.values()]
+        assert min(spread) > 1e-2
+        for qid in a:
+            np.testing.assert_allclose(sorted(a[qid].values()), sorted(b[qid].values()), atol=1e-5)
