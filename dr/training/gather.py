@@ -26,6 +26,8 @@ loss by W because its gather drops the other ranks' gradients; this one keeps th
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -56,7 +58,10 @@ def gather_rows(t: torch.Tensor, pad_value: float | int = 0) -> tuple[torch.Tens
         pad += [0, full[dim] - t.shape[dim]]
     padded = F.pad(t, pad, value=pad_value) if any(pad) else t.contiguous()
     if t.requires_grad:
-        parts = all_gather_with_grad(padded)
+        with warnings.catch_warnings():
+            # torch 2.13 marks it deprecated in favour of a private (_functional_collectives) API
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*all_gather is deprecated")
+            parts = all_gather_with_grad(padded)
     else:
         parts = [torch.empty_like(padded) for _ in range(world_size())]
         dist.all_gather(parts, padded)

@@ -113,6 +113,9 @@ class DenseRetrievalModule(pl.LightningModule):
         # from_pretrained returns models in eval mode and Lightning keeps modules' modes:
         # switch to train mode so dropout is active, as in the models' pre-training.
         self.encoder.train()
+        if self.gather_negatives and world_size() == 1:
+            log.warning("module.gather_negatives=true on a single process: there are no other devices' negatives to gather "
+                        "(use trainer=ddp with several devices)")
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.step_seed is not None:
