@@ -61,6 +61,10 @@ def steps_or_unlimited(v: Any) -> str | None:
     return None if _is_int(v) and (v > 0 or v == -1) else "expected a positive number of steps (or -1: no step limit)"
 
 
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "expected true or false"
+
+
 def one_of(*options: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in options else f"expected one of {', '.join(options)}"
@@ -110,6 +114,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,
+    "module.grad_cache_chunk": positive_int,
+    "module.gather_negatives": boolean,
     # the other commands
     "k": positive_int,
     "batch_size": positive_int,

@@ -374,7 +374,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
         ``target[i]`` is query i's positive (column i); ``neg_index[i, j]`` the column of its j-th
         negative (-1 when it has fewer); ``exclude[i, j]`` marks passage j as a known positive
-        of query i that is not its target, so the loss does not treat it as a negative. With a
+        of query i that is not its target, so the loss does not treat it as a negative (rebuilt across
+        DDP ranks from the corpus rows ``passage_rows [P]`` and ``positive_rows [B, K]``, -1 padded). With a
         teacher, ``teacher_pos[i]`` and ``teacher_neg[i, j]`` are the teacher's scores of those
         pairs (NaN when unscored). ``negatives_version`` is the negatives' version.
         """
@@ -399,6 +400,10 @@ class RetrievalDataModule(pl.LightningDataModule):
             "target": torch.arange(len(examples)),
             "neg_index": neg_index,
             "exclude": exclude,
+            "passage_rows": torch.tensor([self.row_of[d] for d in docids], dtype=torch.long),
+            "positive_rows": torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(sorted(self.row_of[d] for d in rel if d in self.row_of), dtype=torch.long) for rel in relevant],
+                batch_first=True, padding_value=-1),
             "negatives_version": max((ex.get("version", 0) for ex in examples), default=0),
         }
         teacher = self.train_dataset.teacher

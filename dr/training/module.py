@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import defaultdict
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -16,6 +17,8 @@ from dr.models.encoder import BiEncoder
 from dr.retrieval.evaluate import evaluate_run
 from dr.retrieval.index import DenseIndex
 from losses.scores import student_scores
+from dr.training.gather import gather_batch, gather_rows, gather_texts, world_size
+from dr.training.grad_cache import embed_in_chunks, memory_estimate
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,12 @@ class DenseRetrievalModule(pl.LightningModule):
             (``None`` keeps the model's own, 0.1 for BERT-style models). 0 lets the fused attention
             kernel run in training: about 4 GB less activation memory at batch 32 + 64 passages of
             256 tokens (:meth:`BiEncoder.set_attention_dropout`). It changes the regularisation.
+        gather_negatives: under DDP, gather every rank's query and passage embeddings (gradient
+            kept) so each query scores every rank's passages (:mod:`dr.training.gather`); the loss
+            is that of one process on the concatenated batch. No effect on one device.
+        grad_cache_chunk: encode queries and passages this many at a time and back-propagate
+            chunk by chunk (GradCache, Gao et al. 2021; :mod:`dr.training.grad_cache`): the same
+            gradients for one chunk's activation memory. None encodes the whole batch at once.
     """
 
     def __init__(
@@ -73,6 +82,8 @@ class DenseRetrievalModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         length_buckets: int = 1,
         attention_dropout: float | None = None,
+        gather_negatives: bool = False,
+        grad_cache_chunk: int | None = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -93,6 +104,11 @@ class DenseRetrievalModule(pl.LightningModule):
         if attention_dropout is not None:
             if not encoder.set_attention_dropout(attention_dropout):
                 raise ValueError(f"attention_dropout={attention_dropout}: found no attention module with a dropout in the encoder")
+        self.gather_negatives = bool(gather_negatives)
+        if grad_cache_chunk is not None and int(grad_cache_chunk) < 1:
+            raise ValueError(f"grad_cache_chunk must be a positive integer or None, got {grad_cache_chunk}")
+        self.grad_cache_chunk = None if grad_cache_chunk is None else int(grad_cache_chunk)
+        self.memory_estimate: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -108,6 +124,9 @@ class DenseRetrievalModule(pl.LightningModule):
         # from_pretrained returns models in eval mode and Lightning keeps modules' modes:
         # switch to train mode so dropout is active, as in the models' pre-training.
         self.encoder.train()
+        if self.gather_negatives and world_size() == 1:
+            log.warning("module.gather_negatives=true on a single process: there are no other devices' negatives to gather "
+                        "(use trainer=ddp with several devices)")
 
     @torch.no_grad()
     def _fit_student_scale(self) -> None:
@@ -149,20 +168,50 @@ class DenseRetrievalModule(pl.LightningModule):
             torch.manual_seed(self.step_seed * 1_000_003 + self.global_step)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        q = self.encoder.embed_queries(batch["query_inputs"], self.length_buckets)
-        d = self.encoder.embed_passages(batch["passage_inputs"], self.length_buckets)
-        if self.inbatch_teacher is not None:
-            self.inbatch_teacher.eval()
-            with torch.no_grad():
-                batch["teacher_matrix"] = self.inbatch_teacher(batch["queries"], batch["passages"]).to(q.device)
-        out = self.loss(q, d, **{k: batch[k] for k in LOSS_INPUTS if k in batch})
-        parts = out if isinstance(out, dict) else {"loss": out}
+        parts = self.batch_loss(batch)
         batch_size = len(batch["queries"])
         for name, value in parts.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        # queries that score each other in one loss: the batch of every rank when gathering
+        gathered = self.gather_negatives and world_size() > 1
+        self.log("train/effective_batch_size", float(batch_size * (world_size() if gathered else 1)), batch_size=batch_size)
+        if self.memory_estimate is not None:
+            for name, value in self.memory_estimate.items():
+                self.log(f"train/grad_cache_activation_mib_{name}", value, batch_size=batch_size)
         if "negatives_version" in batch:
             self.log("train/negatives_version", float(batch["negatives_version"]), batch_size=batch_size)
         return parts["loss"]
+
+    def batch_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Embed the batch (in GradCache chunks when configured), gather it across ranks when
+        configured, score it with the in-batch teacher if any, and return the loss's parts."""
+        embed_q = partial(self.encoder.embed_queries, buckets=self.length_buckets)
+        embed_d = partial(self.encoder.embed_passages, buckets=self.length_buckets)
+        if self.grad_cache_chunk is None:
+            q, d = embed_q(batch["query_inputs"]), embed_d(batch["passage_inputs"])
+        else:
+            if self.memory_estimate is None and torch.is_grad_enabled():
+                self.memory_estimate = memory_estimate(embed_q, embed_d, batch["query_inputs"], batch["passage_inputs"],
+                                                       self.grad_cache_chunk, list(self.encoder.parameters()))
+                log.info("grad cache: chunks of %d texts; estimated activation memory %.0f MiB for the whole batch, "
+                         "%.0f MiB per chunk (%.0f MiB saved)", self.grad_cache_chunk, *self.memory_estimate.values())
+            q = embed_in_chunks(embed_q, batch["query_inputs"], self.grad_cache_chunk)
+            d = embed_in_chunks(embed_d, batch["passage_inputs"], self.grad_cache_chunk)
+        inputs = {k: batch[k] for k in LOSS_INPUTS if k in batch}
+        passages = batch["passages"]
+        gathered = self.gather_negatives and world_size() > 1
+        if gathered:
+            q, d, inputs = gather_batch(q, d, inputs, batch.get("positive_rows"), batch.get("passage_rows"))
+            if self.inbatch_teacher is not None:
+                passages = gather_texts(passages)
+        if self.inbatch_teacher is not None:
+            self.inbatch_teacher.eval()
+            with torch.no_grad():
+                # this rank's queries against every passage; the rows of all ranks are then gathered
+                matrix = self.inbatch_teacher(batch["queries"], passages).to(q.device)
+            inputs["teacher_matrix"] = gather_rows(matrix.float(), float("nan"))[0] if gathered else matrix
+        out = self.loss(q, d, **inputs)
+        return out if isinstance(out, dict) else {"loss": out}
 
     def configure_optimizers(self):
         params = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("loss.")]
