@@ -40,8 +40,8 @@ def gpu_available() -> bool:
 
 
 def default_nlist(n: int) -> int:
-    """IVF lists: 4·sqrt(N) (the FAISS guideline is 4-16·sqrt(N)), with >= 39 training points per list."""
-    return max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+    """IVF lists: sqrt(N), the usual FAISS rule of thumb, with >= 39 training points per list."""
+    return max(1, min(int(np.sqrt(n)), n // 39 or 1))
 
 
 def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int = 48, hnsw_m: int = 32,
