@@ -108,3 +108,22 @@ def test_an_unfinished_folder_is_refused_by_the_reader(tiny_bert, corpus_file, t
         encode_sharded(BiEncoder.load(tiny_bert), corpus, tmp_path / "emb", shard_size=20, show_progress=False, on_shard=stop)
     with pytest.raises(ValueError, match="1 of 3 shards are done"):
         ShardedEmbeddings(tmp_path / "emb")
+
+
+def test_dr_encode_with_shards_and_an_ivfpq_index(tiny_bert, corpus_file, tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+
+    from dr.cli.encode import run
+
+    emb, corpus_file = tmp_path / "emb", tmp_path / "big.tsv"
+    corpus_file.write_text("".join(f"d{i}\tpassage number {i} about topic {i % 17}\n" for i in range(300)))
+    overrides = [f"model={tiny_bert}", f"corpus={corpus_file}", "shard_size=128", "fp16=true", f"embeddings={emb}", "index_kind=ivfpq",
+                 "index_params.pq_m=8", "index_params.nlist=2"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # this checkout's configs
+        cfg = compose("encode", overrides=overrides)
+    run(cfg, tmp_path / "run")
+    manifest = json.loads((emb / MANIFEST).read_text())
+    assert manifest["num_shards"] == 3 and manifest["depends"]["dtype"] == "float16"
+    index = DenseIndex.load(tmp_path / "run" / "index", use_gpu=False)
+    assert len(index) == 300 and index.kind == "ivfpq" and index.index.pq.M == 8 and index.index.nlist == 2
+    assert "(ivfpq)" in capsys.readouterr().out

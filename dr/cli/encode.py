@@ -23,7 +23,8 @@ def run(cfg: DictConfig, out: Path) -> DenseIndex:
     """Encode a corpus and save a FAISS index (the ``index`` file plus ``docid``)."""
     encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
     corpus = read_corpus(cfg.corpus)
-    index_args = {"memory_budget_gb": float(cfg.get("index_memory_gb", 8.0)), **OmegaConf.to_container(cfg.get("index_params") or OmegaConf.create({}))}
+    params = OmegaConf.to_container(cfg.index_params) if cfg.get("index_params") else {}
+    index_args = {"memory_budget_gb": float(cfg.get("index_memory_gb", 8.0)), **{k: v for k, v in params.items() if v is not None}}
     if cfg.get("shard_size"):
         folder = Path(cfg.embeddings) if cfg.get("embeddings") else out / "embeddings"
         shards = encode_sharded(encoder, corpus, folder, shard_size=cfg.shard_size, fp16=cfg.get("fp16", False),

@@ -84,7 +84,7 @@ def choose_index(n: int, dim: int, memory_budget_gb: float, on_gpu: bool = False
     if not fitting:
         need = index_bytes("ivfpq", n, dim, nlist, pq_m=min(m for m in PQ_BYTES if dim % m == 0) if any(dim % m == 0 for m in PQ_BYTES) else 1)
         raise ValueError(f"no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
-                         f"{need / 2**30:.2f} GiB); raise index_memory_gb")
+                         f"{need / 2**20:.1f} MiB); raise index_memory_gb")
     return "ivfpq", {"pq_m": fitting[0]}
 
 
@@ -98,6 +98,8 @@ def _build_cpu_index(dim: int, kind: str, n: int, nlist: int | None, hnsw_m: int
             return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         if dim % pq_m:
             raise ValueError(f"IVF-PQ needs pq_m dividing the dimension {dim}, got pq_m={pq_m}")
+        if n < 256:
+            raise ValueError(f"IVF-PQ needs at least 256 vectors to train its 8-bit codebooks, got {n}; use index_kind=flat")
         return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
         if hnsw_storage == "sq8":
