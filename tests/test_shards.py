@@ -28,7 +28,7 @@ from dr.models import BiEncoder
 from dr.retrieval.shards import encode_sharded
 corpus = read_corpus(sys.argv[2], cache_dir=sys.argv[3])
 encoder = BiEncoder.load(sys.argv[1], {"passage_max_length": 32})
-encode_sharded(encoder, corpus, sys.argv[4], shard_size=8, show_progress=False, on_shard=lambda i, n: time.sleep(0.5))
+encode_sharded(encoder, corpus, sys.argv[4], shard_size=8, show_progress=False, on_shard=lambda i, n: time.sleep(1.0))
 """
 
 
