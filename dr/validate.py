@@ -83,7 +83,7 @@ def measures(v: Any) -> str | None:
     return None
 
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
 #: key -> check (returns what was expected, or None when the value is fine). Keys absent from a
 #: command's config, or null, are skipped.
@@ -130,6 +130,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "measures": measures,
     "preset": one_of(*PRESETS),
     "index_kind": one_of(*INDEX_KINDS),
+    "index_memory_gb": positive_number,
+    "shard_size": non_negative_int,
     "backend": one_of(*BACKENDS),
     "format": one_of(*FORMATS),
     "miner.num_negatives": non_negative_int,

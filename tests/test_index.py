@@ -147,3 +147,58 @@ def test_docid_count_must_match_vectors():
     flat.add(np.eye(4, dtype=np.float32))
     with pytest.raises(ValueError, match="4 vectors but 3 docids"):
         DenseIndex(flat, ["a", "b", "c"])
+
+
+# ---------------------------------------------------------------------- the auto choice under a memory budget
+from dr.retrieval.index import choose_index, index_bytes  # noqa: E402
+
+
+def _clustered(n=3000, dim=128, n_queries=50, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim))
+    docs = _unit((centres[rng.integers(50, size=n)] + 0.5 * rng.standard_normal((n, dim))).astype(np.float32))
+    queries = _unit(docs[rng.integers(n, size=n_queries)] + 0.1 * rng.standard_normal((n_queries, dim)).astype(np.float32))
+    return docs, queries, [f"doc{i}" for i in range(n)]
+
+
+def _recall(index, docs, queries, k=10):
+    exact = np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, :k]
+    _, got = index.search(queries, k)
+    return np.mean([len({f"doc{j}" for j in row} & set(ids)) / k for row, ids in zip(exact, got)])
+
+
+def test_auto_picks_flat_when_it_fits():
+    assert choose_index(5000, 128, memory_budget_gb=1.0) == ("flat", {})
+    # MS MARCO (8.8M x 384): 13.5 GB flat; under 8 GiB too big for HNSW's build, so IVF-PQ.
+    assert index_bytes("flat", 8_841_823, 384) > 8 * 2**30
+    assert choose_index(8_841_823, 384, memory_budget_gb=8.0)[0] == "ivfpq"
+    # HNSW only for CPU search of corpora up to hnsw_max_vectors.
+    assert choose_index(3000, 128, 1.3e6 / 2**30)[0] == "hnsw"
+    assert choose_index(3000, 128, 1.3e6 / 2**30, hnsw_max_vectors=1000)[0] == "ivfpq"
+    assert choose_index(3000, 128, 1.3e6 / 2**30, on_gpu=True)[0] == "ivfpq"
+
+
+@pytest.mark.parametrize("budget_bytes, hnsw_max, expected", [(1.3e6, 1_000_000, "hnsw"), (0.38e6, 1_000_000, "ivfpq")])
+def test_auto_under_a_small_budget_picks_an_approximate_index_that_still_finds_the_neighbours(budget_bytes, hnsw_max, expected):
+    docs, queries, docids = _clustered()
+    assert index_bytes("flat", *docs.shape) > budget_bytes
+    index = DenseIndex.build(docs, docids, kind="auto", use_gpu=False, memory_budget_gb=budget_bytes / 2**30,
+                             hnsw_max_vectors=hnsw_max, nprobe=16)
+    assert index.kind == expected
+    pq_m = index.index.pq.M if index.kind == "ivfpq" else 48
+    assert index_bytes(index.kind, *docs.shape, pq_m=pq_m, hnsw_storage="sq8") <= budget_bytes
+    assert _recall(index, docs, queries) >= 0.7  # 0.80 (IVF-PQ, 32 bytes) here; a broken index gives ~0
+
+
+def test_ivfpq_round_trips_through_save_and_load(tmp_path):
+    docs, queries, docids = _clustered(n=2000, dim=64)
+    index = DenseIndex.build(docs, docids, kind="ivfpq", pq_m=16, nprobe=8, use_gpu=False)
+    index.save(tmp_path / "idx")
+    loaded = DenseIndex.load(tmp_path / "idx", use_gpu=False)
+    assert loaded.kind == "ivfpq" and len(loaded) == 2000
+    assert loaded.search(queries, 5)[1] == index.search(queries, 5)[1]
+
+
+def test_no_index_fits_a_tiny_budget():
+    with pytest.raises(ValueError, match="raise index_memory_gb"):
+        choose_index(1_000_000, 384, memory_budget_gb=0.001)

@@ -84,7 +84,7 @@ def test_switched_off_groups_are_not_checked(compose_config, tmp_path):
     ("evaluate", "preset=dl21", "preset=dl21: expected one of dl19, dl20, msmarco-dev, scifact"),
     ("evaluate", "measures=[P@x]", "measures=['P@x']: expected ir-measures names"),
     ("search", "batch_size=0", "batch_size=0: expected a positive integer"),
-    ("encode", "index_kind=lsh", "index_kind=lsh: expected one of flat, ivf, hnsw"),
+    ("encode", "index_kind=lsh", "index_kind=lsh: expected one of auto, flat, ivf, ivfpq, hnsw"),
     ("export", "format=onnx-fp16", "format=onnx-fp16: expected one of torch, onnx, onnx-int8"),
     ("mine", "top_k=0", "top_k=0: expected a positive integer"),
     ("score", "chunk_size=-1", "chunk_size=-1: expected a positive integer"),

@@ -15,6 +15,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from dr.data.io import DataError, atomic_write, numbered_lines, parse_json
 
@@ -46,13 +47,34 @@ def write_negatives(path: str | os.PathLike, records: list[NegativesRecord]) -> 
             f.write(json.dumps(record.to_json()) + "\n")
 
 
+def iter_negatives(path: str | os.PathLike) -> Iterator[NegativesRecord]:
+    """Stream a negatives file one validated record at a time (memory stays flat on any size).
+
+    The same validation as :func:`read_negatives`, without the duplicate-qid check (that needs
+    every qid in memory; :func:`dr.data.compact.read_negatives_compact` does it in arrays).
+    """
+    for _, record in _records(path):
+        yield record
+
+
 def read_negatives(path: str | os.PathLike) -> dict[str, NegativesRecord]:
     """Read a negatives file into ``{qid: NegativesRecord}``.
 
     Ids are non-empty strings without whitespace (as in a corpus); scores are numbers or null.
-    Anything else raises :class:`DataError` naming the file and line.
+    Anything else raises :class:`DataError` naming the file and line. For files of MS MARCO size
+    (millions of lines) stream with :func:`iter_negatives` or read them into compact arrays with
+    :func:`dr.data.compact.read_negatives_compact`.
     """
     records: dict[str, NegativesRecord] = {}
+    for line_no, record in _records(path):
+        if record.qid in records:
+            raise DataError(path, line_no, f"duplicate qid {record.qid!r}; expected one line per query")
+        records[record.qid] = record
+    return records
+
+
+def _records(path: str | os.PathLike) -> Iterator[tuple[int, NegativesRecord]]:
+    """``(line number, record)`` of every non-blank line, validated."""
     with numbered_lines(path) as lines:
         for line_no, line in lines:
             if not line.strip():
@@ -77,10 +99,7 @@ def read_negatives(path: str | os.PathLike) -> dict[str, NegativesRecord]:
             if not isinstance(positive_scores, list):
                 raise DataError(path, line_no, f"expected 'positive_scores' to be a list of numbers or nulls, got {positive_scores!r}")
             positive_scores = [_score(path, line_no, v, "positive score") for v in positive_scores]
-            if qid in records:
-                raise DataError(path, line_no, f"duplicate qid {qid!r}; expected one line per query")
-            records[qid] = NegativesRecord(qid, positives, negatives, scores, positive_scores)
-    return records
+            yield line_no, NegativesRecord(qid, positives, negatives, scores, positive_scores)
 
 
 def _id(path, line_no: int, value, what: str) -> str:

@@ -17,7 +17,7 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from dr.data.io import DataError, atomic_write, numbered_lines
 
@@ -91,9 +91,10 @@ def drop_teacher_inversions(teacher: TeacherScores, negatives: dict[str, list[st
     return pairs_dropped, candidates_dropped
 
 
-def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = None) -> TeacherScores:
-    """Read a teacher-score file (plain or .gz)."""
-    teacher = into if into is not None else TeacherScores()
+def iter_teacher_scores(path: str | os.PathLike) -> Iterator[tuple[float, float, str, str, str]]:
+    """Stream ``(pos_score, neg_score, qid, pos_pid, neg_pid)`` from a teacher-score file (plain or
+    .gz), one validated line at a time: memory stays flat on files of any size (the MS MARCO
+    files hold ~40M lines; :func:`dr.data.compact.read_teacher_triples` keeps them all in arrays)."""
     with numbered_lines(path) as lines:
         for line_no, line in lines:
             line = line.rstrip("\n\r")
@@ -111,7 +112,14 @@ def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = No
             qid, pos, neg = (p.strip() for p in parts[2:])
             if not (qid and pos and neg):
                 raise DataError(path, line_no, f"empty id; {EXPECTED}")
-            teacher.add(qid, pos, neg, pos_score, neg_score)
+            yield pos_score, neg_score, qid, pos, neg
+
+
+def read_teacher_scores(path: str | os.PathLike, into: TeacherScores | None = None) -> TeacherScores:
+    """Read a teacher-score file (plain or .gz) into dictionaries (see :func:`iter_teacher_scores`)."""
+    teacher = into if into is not None else TeacherScores()
+    for pos_score, neg_score, qid, pos, neg in iter_teacher_scores(path):
+        teacher.add(qid, pos, neg, pos_score, neg_score)
     return teacher
 
 

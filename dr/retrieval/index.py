@@ -2,12 +2,16 @@
 
 On disk an index is a folder with the FAISS file ``index`` and the document ids in row order,
 one per line, in ``docid`` (the pyserini layout). Loading checks that both have the same count.
-A flat inner-product index is the default; IVF and HNSW are available for large corpora. When
-faiss-gpu and a CUDA device are present, flat and IVF indices are searched on the GPU.
+A flat inner-product index is the default; IVF, IVF-PQ and HNSW are available for large corpora,
+and ``auto`` picks one that fits a memory budget (:func:`choose_index`). Indices are built from an
+array or from shards added chunk by chunk (:mod:`dr.retrieval.shards`). On a GPU, flat and IVF
+indices are searched by FAISS when its GPU build passes a probe, else flat ones by torch
+(:mod:`dr.retrieval.gpu`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -16,27 +20,113 @@ import faiss
 import numpy as np
 
 from dr.data.io import DataError, atomic_write, numbered_lines
+from dr.retrieval.gpu import TorchFlatSearch, faiss_to_gpus, search_backend
 
-IndexKind = Literal["flat", "ivf", "hnsw"]
+log = logging.getLogger(__name__)
+
+IndexKind = Literal["auto", "flat", "ivf", "ivfpq", "hnsw"]
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 INDEX_FILE = "index"
 DOCID_FILE = "docid"
+#: Bytes per code of IVF-PQ sub-quantizers that FAISS GPU supports (8 bits each); the auto choice picks among them.
+PQ_BYTES = (64, 48, 32, 24, 16, 12, 8, 4)
+_ID_BYTES = 8  # an IVF list stores an int64 id per vector
 
 
 def gpu_available() -> bool:
-    """True when this FAISS build has GPU support and sees at least one device."""
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    """True when some GPU search works here: FAISS GPU that passed its probe, or torch with CUDA
+    (exact search as matrix products, :mod:`dr.retrieval.gpu`)."""
+    return search_backend() != "cpu"
 
 
-def _build_cpu_index(dim: int, kind: IndexKind, n: int, nlist: int | None, hnsw_m: int) -> faiss.Index:
+def default_nlist(n: int) -> int:
+    """IVF lists: sqrt(N), the usual FAISS rule of thumb, with >= 39 training points per list."""
+    return max(1, min(int(np.sqrt(n)), n // 39 or 1))
+
+
+def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int = 48, hnsw_m: int = 32,
+                hnsw_storage: str = "flat") -> int:
+    """The memory an index of ``n`` ``dim``-d vectors takes (FAISS layouts; the docids come on top).
+
+    flat: 4·d per vector; ivf: 4·d + 8 (id) + the centroids; ivfpq: m code bytes + 8 (id) + the
+    centroids and the PQ codebooks (256·d floats); hnsw: the vectors (4·d, or d with ``sq8``) plus
+    ~2·M int32 links on level 0 (upper levels add ~1/M of that).
+    """
+    nlist = nlist or default_nlist(n)
+    if kind == "flat":
+        return 4 * n * dim
+    if kind == "ivf":
+        return n * (4 * dim + _ID_BYTES) + 4 * nlist * dim
+    if kind == "ivfpq":
+        return n * (pq_m + _ID_BYTES) + 4 * nlist * dim + 4 * 256 * dim
+    if kind == "hnsw":
+        per_vector = dim if hnsw_storage == "sq8" else 4 * dim
+        return int(n * (per_vector + 2 * hnsw_m * 4 * (1 + 1 / hnsw_m)))
+    raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(INDEX_KINDS[1:])}")
+
+
+def choose_index(n: int, dim: int, memory_budget_gb: float, on_gpu: bool = False, hnsw_m: int = 32,
+                 hnsw_max_vectors: int = 1_000_000, nlist: int | None = None) -> tuple[str, dict]:
+    """The ``auto`` rule: ``(kind, parameters)`` for ``n`` vectors under ``memory_budget_gb``.
+
+    1. flat (exact) when ``4·n·d`` bytes fit;
+    2. else HNSW over 8-bit scalar-quantised vectors when it fits, the search runs on the CPU
+       (FAISS has no GPU HNSW) and ``n <= hnsw_max_vectors`` (HNSW builds by inserting one vector at
+       a time: ~1M vectors is minutes on a few cores, MS MARCO's 8.8M hours);
+    3. else IVF-PQ with the largest code (bytes per vector, :data:`PQ_BYTES`, dividing ``dim``) that fits.
+    """
+    budget = memory_budget_gb * 2**30
+    if index_bytes("flat", n, dim) <= budget:
+        return "flat", {}
+    if not on_gpu and n <= hnsw_max_vectors and index_bytes("hnsw", n, dim, hnsw_m=hnsw_m, hnsw_storage="sq8") <= budget:
+        return "hnsw", {"hnsw_storage": "sq8"}
+    fitting = [m for m in PQ_BYTES if dim % m == 0 and index_bytes("ivfpq", n, dim, nlist, pq_m=m) <= budget]
+    if not fitting:
+        need = index_bytes("ivfpq", n, dim, nlist, pq_m=min(m for m in PQ_BYTES if dim % m == 0) if any(dim % m == 0 for m in PQ_BYTES) else 1)
+        raise ValueError(f"no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
+                         f"{need / 2**20:.1f} MiB); raise index_memory_gb")
+    return "ivfpq", {"pq_m": fitting[0]}
+
+
+def _build_cpu_index(dim: int, kind: str, n: int, nlist: int | None, hnsw_m: int, pq_m: int = 48, hnsw_storage: str = "flat") -> faiss.Index:
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
-    if kind == "ivf":
-        # sqrt(N) lists is the usual FAISS rule of thumb; at least 39 points per centroid to train.
-        nlist = nlist or max(1, min(int(np.sqrt(n)), n // 39 or 1))
-        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    if kind in ("ivf", "ivfpq"):
+        nlist = nlist or default_nlist(n)
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if dim % pq_m:
+            raise ValueError(f"IVF-PQ needs pq_m dividing the dimension {dim}, got pq_m={pq_m}")
+        if n < 256:
+            raise ValueError(f"IVF-PQ needs at least 256 vectors to train its 8-bit codebooks, got {n}; use index_kind=flat")
+        return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
+        if hnsw_storage == "sq8":
+            return faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         return faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    raise ValueError(f"unknown index kind {kind!r}: expected 'flat', 'ivf' or 'hnsw'")
+    raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+
+
+def _as_chunks(embeddings) -> list[np.ndarray]:
+    """An array ``[N, dim]`` or a sequence of them (e.g. the memory-mapped shards of
+    :class:`dr.retrieval.shards.ShardedEmbeddings`) as a list of 2-d arrays."""
+    if isinstance(embeddings, np.ndarray):
+        return [embeddings]
+    return [np.asarray(chunk) for chunk in embeddings]
+
+
+def _training_sample(chunks: list[np.ndarray], size: int, seed: int = 0) -> np.ndarray:
+    """``size`` rows drawn uniformly without replacement across ``chunks`` (float32, in row order)."""
+    n = sum(len(c) for c in chunks)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    parts = []
+    for i, chunk in enumerate(chunks):
+        lo, hi = np.searchsorted(rows, [starts[i], starts[i + 1]])
+        if hi > lo:
+            parts.append(np.asarray(chunk[rows[lo:hi] - starts[i]], dtype=np.float32))
+    return np.ascontiguousarray(np.concatenate(parts))
 
 
 class DenseIndex:
@@ -48,11 +138,12 @@ class DenseIndex:
         self.index = index
         self.docids = list(docids)
         self._search_index = index
+        self.kind = _kind_of(index)
 
     @classmethod
     def build(
         cls,
-        embeddings: np.ndarray,
+        embeddings,
         docids: list[str],
         kind: IndexKind = "flat",
         use_gpu: bool | None = None,
@@ -61,38 +152,64 @@ class DenseIndex:
         hnsw_m: int = 32,
         ef_search: int = 128,
         gpu_fp16: bool = False,
+        pq_m: int = 48,
+        hnsw_storage: str = "flat",
+        memory_budget_gb: float = 8.0,
+        hnsw_max_vectors: int = 1_000_000,
+        add_chunk: int = 1 << 16,
     ) -> "DenseIndex":
-        """Index ``embeddings`` (float32 ``[N, dim]``) with inner product.
+        """Index ``embeddings`` with inner product: a float ``[N, dim]`` array, or a sequence of
+        such arrays (shards, possibly memory-mapped float16) added one chunk at a time.
 
-        ``use_gpu=None`` uses the GPU when faiss-gpu sees one (flat and IVF only; HNSW is CPU-only
-        in FAISS); ``gpu_fp16`` stores the GPU copy in float16 (half the memory, for refreshes).
+        ``kind="auto"`` picks flat, HNSW or IVF-PQ to fit ``memory_budget_gb`` (:func:`choose_index`).
+        IVF kinds are trained on a uniform sample of the rows (~40 per list). ``use_gpu=None``
+        searches on a GPU when one works (:mod:`dr.retrieval.gpu`; flat and IVF only: FAISS has no GPU
+        HNSW); ``gpu_fp16`` stores the GPU copy in float16 (half the memory, for refreshes).
         """
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(docids):
-            raise ValueError(f"expected embeddings of shape [{len(docids)}, dim], got {embeddings.shape}")
-        index = _build_cpu_index(embeddings.shape[1], kind, len(docids), nlist, hnsw_m)
-        if kind == "ivf":
-            index.train(embeddings)
+        chunks = _as_chunks(embeddings)
+        n = sum(len(c) for c in chunks)
+        dim = chunks[0].shape[1] if chunks and chunks[0].ndim == 2 else -1
+        if any(c.ndim != 2 or c.shape[1] != dim for c in chunks) or n != len(docids):
+            raise ValueError(f"expected embeddings of shape [{len(docids)}, dim], got {[c.shape for c in chunks]}")
+        if use_gpu is None:
+            use_gpu = gpu_available()
+        if kind == "auto":
+            kind, chosen = choose_index(n, dim, memory_budget_gb, on_gpu=use_gpu, hnsw_m=hnsw_m,
+                                        hnsw_max_vectors=hnsw_max_vectors, nlist=nlist)
+            pq_m, hnsw_storage = chosen.get("pq_m", pq_m), chosen.get("hnsw_storage", hnsw_storage)
+            log.info("index_kind=auto: %s for %d %d-d vectors under %.1f GiB (%s)", kind, n, dim, memory_budget_gb, chosen or "exact")
+        index = _build_cpu_index(dim, kind, n, nlist, hnsw_m, pq_m, hnsw_storage)
+        if not index.is_trained:
+            per_list = 40 * getattr(index, "nlist", 1)
+            index.train(_training_sample(chunks, max(per_list, 256 * 40) if kind != "hnsw" else 100_000))
+        if kind in ("ivf", "ivfpq"):
             index.nprobe = nprobe
         if kind == "hnsw":
             index.hnsw.efSearch = ef_search
-        index.add(embeddings)
+        for chunk in chunks:
+            for start in range(0, len(chunk), add_chunk):
+                index.add(np.ascontiguousarray(chunk[start : start + add_chunk], dtype=np.float32))
         built = cls(index, docids)
-        if use_gpu is None:
-            use_gpu = gpu_available() and kind != "hnsw"
-        if use_gpu:
+        if use_gpu and kind != "hnsw":
             built.to_gpu(fp16=gpu_fp16)
         return built
 
-    def to_gpu(self, device: int = 0, fp16: bool = False) -> "DenseIndex":
-        """Search on a GPU from now on (vectors in float16 with ``fp16``); the CPU copy stays for saving."""
-        if not gpu_available():
-            raise RuntimeError("FAISS has no GPU support here (install faiss-gpu and use a CUDA device)")
-        resources = faiss.StandardGpuResources()
-        options = faiss.GpuClonerOptions()
-        options.useFloat16 = fp16
-        self._gpu_resources = resources
-        self._search_index = faiss.index_cpu_to_gpu(resources, device, self.index, options)
+    def to_gpu(self, device: int | None = None, fp16: bool = False) -> "DenseIndex":
+        """Search on the GPU from now on; the CPU copy stays for saving.
+
+        FAISS GPU when its probe passed (sharded over all GPUs when there are several and no
+        ``device`` is named; vectors in float16 with ``fp16``); else, for a flat index, exact torch
+        search on CUDA (:class:`dr.retrieval.gpu.TorchFlatSearch`); else the CPU index with a warning.
+        """
+        backend = search_backend()
+        if backend == "cpu":
+            raise RuntimeError("no GPU search here: neither FAISS GPU nor torch sees a usable CUDA device")
+        if backend == "faiss-gpu":
+            self._search_index, self._gpu_resources = faiss_to_gpus(self.index, fp16=fp16, device=device)
+        elif self.kind == "flat":
+            self._search_index = TorchFlatSearch(self.index.reconstruct_n(0, self.index.ntotal), f"cuda:{device or 0}")
+        else:
+            log.warning("a %s index is searched on the CPU: FAISS has no working GPU here and torch search is exact (flat) only", self.kind)
         return self
 
     @property
@@ -170,7 +287,15 @@ class DenseIndex:
             )
         loaded = cls(index, docids)
         if use_gpu is None:
-            use_gpu = gpu_available() and not isinstance(index, faiss.IndexHNSW)
+            use_gpu = gpu_available() and loaded.kind != "hnsw"
         if use_gpu:
             loaded.to_gpu()
         return loaded
+
+
+def _kind_of(index: faiss.Index) -> str:
+    """``flat``, ``ivf``, ``ivfpq``, ``hnsw`` (or the FAISS class name) of a CPU index."""
+    for cls, kind in ((faiss.IndexFlat, "flat"), (faiss.IndexIVFPQ, "ivfpq"), (faiss.IndexIVF, "ivf"), (faiss.IndexHNSW, "hnsw")):
+        if isinstance(index, cls):
+            return kind
+    return type(index).__name__

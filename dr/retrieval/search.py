@@ -14,9 +14,11 @@ def encode_corpus(encoder: BiEncoder, corpus, batch_size: int = 64, bf16: bool =
     return encoder.encode_passages(passage_texts(corpus), batch_size=batch_size, bf16=bf16, show_progress=show_progress)
 
 
-def build_index(encoder: BiEncoder, corpus, index_kind: str = "flat", batch_size: int = 64, bf16: bool = False, show_progress: bool = True) -> DenseIndex:
+def build_index(encoder: BiEncoder, corpus, index_kind: str = "flat", batch_size: int = 64, bf16: bool = False, show_progress: bool = True,
+                **index_args) -> DenseIndex:
+    """Encode the corpus in memory and index it (``index_args`` go to :meth:`DenseIndex.build`)."""
     embeddings = encode_corpus(encoder, corpus, batch_size=batch_size, bf16=bf16, show_progress=show_progress)
-    return DenseIndex.build(embeddings, list(corpus["docid"]), kind=index_kind)
+    return DenseIndex.build(embeddings, list(corpus["docid"]), kind=index_kind, **index_args)
 
 
 def search_queries(
