@@ -22,6 +22,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dr.config import ConfigError
+from dr.data.checks import ON_MISSING
 from dr.models.onnx import BACKENDS
 from dr.retrieval.evaluate import PRESETS, parse_measures
 from dr.retrieval.export import FORMATS
@@ -92,6 +93,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.val_depth": positive_int,
     "data.min_relevance": non_negative_int,
     "data.min_teacher_pairs": non_negative_int,
+    "data.on_missing": one_of(*ON_MISSING),
     "data.negatives.rank_min": non_negative_int,
     "data.negatives.rank_max": positive_int,
     "loss.temperature": positive_number,
@@ -124,6 +126,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "backend": one_of(*BACKENDS),
     "format": one_of(*FORMATS),
     "miner.num_negatives": non_negative_int,
+    "on_missing": one_of(*ON_MISSING),
 }
 
 #: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).

@@ -2,10 +2,12 @@
 
 Corpora and queries (:mod:`.corpus`), TREC qrels and runs (:mod:`.trec`), negatives files
 (:mod:`.negatives`), teacher-score files (:mod:`.teacher_scores`), query-cluster files
-(:mod:`.clusters`); atomic writes and :class:`DataError` (:mod:`.io`). Nothing here imports a
-model, an index or Lightning: this is the bottom layer.
+(:mod:`.clusters`); referential checks of ids (:mod:`.checks`); atomic writes and
+:class:`DataError` (:mod:`.io`). Nothing here imports a model, an index or Lightning: this is the
+bottom layer.
 """
 
+from dr.data.checks import ON_MISSING, check_ids
 from dr.data.clusters import read_clusters, write_clusters
 from dr.data.corpus import BUNDLED, IRDS_PREFIX, bundled, passage_texts, read_corpus, read_queries, resolve_path
 from dr.data.io import DataError, atomic_write, open_text, write_json
@@ -15,8 +17,8 @@ from dr.data.teacher_scores import TeacherScores, format_teacher_line, read_teac
 from dr.data.trec import read_positives, read_qrels, read_run, write_run
 
 __all__ = [
-    "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "TeacherScores",
-    "atomic_write", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
+    "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "ON_MISSING", "TeacherScores",
+    "atomic_write", "check_ids", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
     "read_corpus", "read_negatives", "read_positives", "read_qrels", "read_queries", "read_run",
     "read_teacher_scores", "resolve_path", "write_clusters", "write_json", "write_negatives",
     "write_run", "write_subset", "write_teacher_scores",

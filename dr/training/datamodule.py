@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dr.data import (
-    NegativesRecord, TeacherScores, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
+    NegativesRecord, check_ids, TeacherScores, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
     read_queries, read_teacher_scores, resolve_path, write_negatives,
 )
 from dr.retrieval.bm25 import BM25
@@ -132,6 +132,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         min_teacher_pairs: with a teacher-score file, train only on queries with at least this many
             (positive, negative) teacher pairs (0: all; TAS-Balanced's reference uses 2).
         min_relevance: qrels grade that counts as a positive.
+        on_missing: ids that the qrels, negatives or teacher files name but the corpus or queries lack:
+            ``"warn"`` logs their count and drops them, ``"error"`` raises (:func:`dr.data.check_ids`).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         batch_sampler=None,
         pair_sampler=None,
         min_teacher_pairs: int = 0,
+        on_missing: str = "warn",
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
@@ -173,9 +176,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         hp = self.hparams
         self.corpus = read_corpus(hp.corpus)
         self.row_of = {docid: i for i, docid in enumerate(self.corpus["docid"])}
-        queries = read_queries(hp.train_queries)
-        qrels = read_qrels(hp.train_qrels)
-        positives = self._positives(qrels, hp.train_qrels)
+        self._queries = queries = read_queries(hp.train_queries)
+        qrels = self._known_qrels(read_qrels(hp.train_qrels), hp.train_qrels, queries, hp.train_queries)
+        positives = read_positives(qrels, hp.min_relevance)
         self.teacher = self._read_teacher(positives)
         qids = [q for q in queries if positives.get(q)]
         if hp.teacher_scores and hp.min_teacher_pairs > 0:
@@ -195,7 +198,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.val_qrels: dict[str, dict[str, int]] = {}
         if hp.val_queries and hp.val_qrels:
             self.val_queries = read_queries(hp.val_queries)
-            self.val_qrels = read_qrels(hp.val_qrels)
+            self.val_qrels = self._known_qrels(read_qrels(hp.val_qrels), hp.val_qrels, self.val_queries, hp.val_queries)
         elif hp.val_fraction > 0:
             rng = np.random.default_rng(hp.seed)
             n_val = max(1, int(round(hp.val_fraction * len(qids))))
@@ -238,13 +241,18 @@ class RetrievalDataModule(pl.LightningDataModule):
             self._setup_validation(bm25 if isinstance(bm25, BM25) else BM25(passage_texts(self.corpus), list(self.corpus["docid"])))
         self._prepared = True
 
-    def _positives(self, qrels: dict[str, dict[str, int]], source: str) -> dict[str, list[str]]:
-        judged = read_positives(qrels, self.hparams.min_relevance)
-        positives = read_positives(qrels, self.hparams.min_relevance, known=self.row_of)
-        unknown = sum(len(d) for d in judged.values()) - sum(len(d) for d in positives.values())
-        if unknown:
-            log.warning("%s: %d judged positives are not in the corpus and were skipped", source, unknown)
-        return positives
+    def _unknown(self, ids, source: str, what: str, known=None, where: str | None = None) -> set[str]:
+        """The ``ids`` that ``source`` names but ``known`` (default: the training queries for qids, else the corpus)
+        lacks; logged and returned to drop, or a DataError (``data.on_missing``, :func:`dr.data.check_ids`)."""
+        if known is None:
+            known, where = (self._queries, self.hparams.train_queries) if what == "qids" else (self.row_of, self.hparams.corpus)
+        return check_ids(ids, known, source=source, what=what, where=where, on_missing=self.hparams.on_missing)
+
+    def _known_qrels(self, qrels: dict, source: str, queries: dict, queries_source: str) -> dict[str, dict[str, int]]:
+        """``qrels`` without the qids missing from ``queries`` and the judged docids missing from the corpus."""
+        bad_q, bad_d = self._unknown(qrels, source, "qids", queries, queries_source), self._unknown(
+            (d for j in qrels.values() for d in j), source, "judged docids")
+        return {q: {d: g for d, g in j.items() if d not in bad_d} for q, j in qrels.items() if q not in bad_q}
 
     def _read_teacher(self, positives: dict[str, list[str]]) -> TeacherScores | None:
         paths = self.hparams.teacher_scores
@@ -252,7 +260,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             return None
         teacher = TeacherScores()
         for path in [paths] if isinstance(paths, str) else list(paths or []):
-            read_teacher_scores(resolve_path(path), into=teacher)
+            part = read_teacher_scores(resolve_path(path))
+            bad_q = self._unknown(part.pairs, path, "qids")
+            teacher.update(part.without(bad_q, self._unknown((d for pairs in part.pairs.values() for pair in pairs for d in pair), path, "docids")))
         added = 0
         for qid, pairs in teacher.pairs.items():  # the teacher's positives are positives
             known = set(positives.get(qid, []))
@@ -277,8 +287,12 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores."""
         records: dict[str, NegativesRecord] = read_negatives(path)
+        bad_q = self._unknown(records, path, "qids")
+        self._unknown((d for r in records.values() for d in (*r.positives, *r.negatives)), path, "docids")
         negatives, file_scores = {}, {}
         for qid, record in records.items():
+            if qid in bad_q:
+                continue
             pos = set(positives.get(qid, [])) | set(record.positives)
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
             file_scores[qid] = _record_scores(record)
