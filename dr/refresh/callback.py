@@ -19,10 +19,12 @@ training process with the live encoder while the trainer waits.
 Failures: a worker that raises, dies or overruns ``timeout_s`` is logged (and killed); the run
 keeps training on the last good negatives and a new worker starts at a later schedule point.
 
-Resume: the schedule, the current version and the history are in the checkpoint. On resume the
-current version's negatives are loaded again before the first batch; versions newer than the
-checkpoint's and orphan ``.tmp-*`` folders are deleted; a refresh in flight at the checkpoint is
-started again at the first resumed step.
+Resume: the schedule, the versions (current, next, in flight) and the history are in the
+checkpoint. On resume the current version's negatives are loaded again before the first batch;
+versions the checkpoint had not started and orphan ``.tmp-*`` folders are deleted. A refresh in
+flight at the checkpoint is kept if it completed since, else built again from its snapshot (kept
+until its version is complete): the same weights and mining seed give the same negatives, so a
+killed run resumes as it would have gone on. Without its snapshot it is redone at the first step.
 
 DDP: only local rank 0 of each node snapshots and owns a worker (each node writes its own
 ``refresh/node<k>`` unless there is one node). All ranks take the same decisions at the same
@@ -52,9 +54,11 @@ from omegaconf import DictConfig, OmegaConf
 from dr.config import ConfigError
 from dr.models.onnx import check_backend
 from dr.refresh.job import RefreshJob, RefreshSetup, check_teacher_scores, run_job
-from dr.refresh.report import summarize, swap_metrics
+from dr.refresh.report import summarize, swap_entry, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
-from dr.refresh.store import MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, verified_manifest, version_dir
+from dr.refresh.store import (
+    MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, staged_job, verified_manifest, version_dir,
+)
 from dr.refresh.worker import RefreshWorker
 from dr.retrieval.mining import resolve_score_scale
 
@@ -81,7 +85,7 @@ class IndexRefresh(pl.Callback):
         max_backoff_schedules: the most schedules skipped after repeated failures.
         teacher: optional teacher config scoring the new pairs (off by default; see
             :func:`dr.refresh.job.teacher_score`); required with ``data.teacher_from_negatives``.
-        keep_snapshots: keep each version's encoder snapshot (by default deleted once loaded).
+        keep_snapshots: keep each version's encoder snapshot (by default deleted once the version is complete).
         backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
             to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
         poll_every_n_steps: how often ranks look for a new version.
@@ -148,8 +152,8 @@ class IndexRefresh(pl.Callback):
         self._worker: RefreshWorker | None = None
         self._verified: dict[int, dict] = {}
         self._bad: set[int] = set()
-        self._resubmit = False
         self._submit_blocked: dict[int, float] = {}
+        self._in_flight: list[int] = []  # versions in flight at the checkpoint resumed from
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -167,11 +171,10 @@ class IndexRefresh(pl.Callback):
         self.schedule.load_state_dict(state)
         self.history = list(state.get("history", []))
         self.blocked_total_s = float(state.get("blocked_total_s", 0.0))
-        # Versions after the checkpoint's belong to the killed run's future: they are deleted
-        # and made again; a refresh in flight at the checkpoint starts again at once.
-        self.next_version = self.current_version + 1
+        # Versions after the checkpoint's belong to the killed run's future: they are deleted.
+        self.next_version = int(state.get("next_version", self.current_version + 1))
         self.pending = {}
-        self._resubmit = bool(state.get("pending"))
+        self._in_flight = [int(v) for v in state.get("pending", [])]
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -221,7 +224,7 @@ class IndexRefresh(pl.Callback):
         self._worker = RefreshWorker(self._setup, self._root)
         if self._local_zero(trainer):
             self._root.mkdir(parents=True, exist_ok=True)
-            removed = clean_refresh_dir(self._root, keep_upto=self.current_version)
+            removed = clean_refresh_dir(self._root, keep_upto=self.next_version - 1)
             if removed:
                 log.info("refresh: removed %s left by an earlier run", ", ".join(sorted(removed)))
         trainer.strategy.barrier("refresh_clean")
@@ -235,11 +238,24 @@ class IndexRefresh(pl.Callback):
                 )
             trainer.datamodule.set_negatives(str(vdir / NEGATIVES), self.current_version)
             log.info("refresh: resumed on negatives version %d", self.current_version)
-        if self._resubmit:
-            self.schedule.due_now(trainer.global_step)
-            self._resubmit = False
+        for version in self._in_flight:
+            self._resume_version(trainer, version)
+        self._in_flight = []
         self.schedule.restart_timer()
         self.blocked_total_s += time.perf_counter() - t0
+
+    def _resume_version(self, trainer: pl.Trainer, version: int) -> None:
+        """A refresh in flight at the checkpoint: complete since (used at the next poll), built again
+        from its staged snapshot, or, without one, redone with the current weights at the next poll."""
+        job = None if self._complete(version) else staged_job(self._root, version)
+        if job is not None:
+            self.pending[version] = {"snapshot_step": int(job["snapshot_step"]), "submitted": time.time(), "started": None}
+            if self._local_zero(trainer) and self.mode == "async":
+                self._worker.submit(RefreshJob(version, int(job["snapshot_step"]), str(version_dir(self._root, version))))
+                log.info("refresh: v%04d, in flight at the checkpoint, is built again from its snapshot (step %d)", version, job["snapshot_step"])
+        elif not self._complete(version):
+            self._bad.add(version)
+            self.schedule.due_now(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.enabled:
@@ -402,21 +418,9 @@ class IndexRefresh(pl.Callback):
         for v in superseded:
             self.pending.pop(v, None)
         self.current_version = version
-        stats = manifest.get("stats", {})
-        entry = {
-            "version": version,
-            "status": "used",
-            "snapshot_step": int(manifest["snapshot_step"]),
-            "swap_step": step,
-            "staleness_steps": step - int(manifest["snapshot_step"]),
-            "duration_s": float(manifest["duration_s"]),
-            "blocked_s": submit_s + time.perf_counter() - t0,
-            "positive_retrieved": float(stats.get("positive_retrieved_in_top_k", float("nan"))),
-            "negatives_per_query": float(stats.get("negatives_per_query", float("nan"))),
-            "effective_sample_size": {k: float(v) for k, v in stats.get("effective_sample_size", {}).items() if v is not None},
-        }
+        entry = swap_entry(manifest, step, blocked_s=submit_s + time.perf_counter() - t0)
         self.history.append(entry)
-        self._log(trainer, swap_metrics(entry, stats, self.schedule.failures_total))
+        self._log(trainer, swap_metrics(entry, manifest.get("stats", {}), self.schedule.failures_total))
         log.info("refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
                  version, step, entry["snapshot_step"], entry["duration_s"], self.top_k, entry["positive_retrieved"])
 
