@@ -170,13 +170,16 @@ def test_version_failed_on_one_node_is_never_used(tiny_bert, scifact_slice, tmp_
     assert (root / "node1" / "v0002" / FAILED).is_file() and verified_manifest(root / "node0" / "v0002") is not None
     seen = dict((step, v) for step, v in ranks[0])
     assert 2 not in seen.values()
-    assert all(seen[s] == 1 for s in range(4, 13))  # v2 complete on node 0 only, v3 on node 1 only: stay on v1
-    assert seen[13] == 3 and seen[15] == 3  # v3 complete on both nodes at the poll ending step 13
+    # At the poll of step 10 v3 is complete on node 1 (held for) and not on node 0 (it starts 3 s later):
+    # node 0's newest is v2, node 1's v3; the minimum, v2, failed on node 1. The ranks stay on v1 ...
+    assert all(seen[s] == 1 for s in range(4, 11))
+    # ... and take v3 (or a later version) once it is complete on both nodes, at step 13 at the latest.
+    assert all(seen[s] >= 3 for s in range(13, 16)) and [seen[s] for s in range(16)] == sorted(seen.values())
 
 
 def test_worker_hanging_past_timeout_is_killed_and_training_goes_on(tiny_bert, scifact_slice, tmp_path):
     """v1's job hangs; after timeout_s the worker is killed, both ranks keep training on v0, and v2
-    (submitted at the next schedule point) is used by both from the same step."""
+    (submitted at the next schedule point, step 6) is used by both from the same step."""
     out = tmp_path / "run"
     overrides = _overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + [
         "refresh._target_=test_refresh_ddp.NodeFaultyRefresh", "+refresh.sleep={refresh: [[1, 600]]}", "refresh.timeout_s=2"]
@@ -185,6 +188,7 @@ def test_worker_hanging_past_timeout_is_killed_and_training_goes_on(tiny_bert, s
     root = out / "refresh"
     assert "timed out after 2 s" in (root / "v0001" / FAILED).read_text()
     seen = dict((step, v) for step, v in ranks[0])
-    assert 1 not in seen.values() and seen[9] == 2 and seen[11] == 2
+    assert 1 not in seen.values() and all(seen[s] == 0 for s in range(7)) and seen[8] >= 2  # v2 by step 8 (held for)
+    assert [seen[s] for s in range(12)] == sorted(seen.values())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["refresh/failures"] == 1 and metrics["refresh/current_version"] == 2
+    assert metrics["refresh/failures"] == 1 and metrics["refresh/current_version"] >= 2
