@@ -304,11 +304,12 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
 
     ckpt_path = out / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = next(v for k, v in ckpt["callbacks"].items() if "IndexRefresh" in k)
+    state = next(v for k, v in ckpt["callbacks"].items() if "Refresh" in k)  # IndexRefresh or the FaultyRefresh subclass
     step, version = ckpt["global_step"], state["current_version"]
     (root / ".tmp-v0009-1").mkdir()  # an orphan temp folder, as a kill during a snapshot leaves
     seen = tmp_path / "seen.json"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3) + [f"ckpt_path={ckpt_path}"])
+    # The same callback class (its checkpoint state is keyed by class name), without faults this time.
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3) + _faulty() + [f"ckpt_path={ckpt_path}"])
     metrics = train(_with_recorder(cfg, seen, []))
     assert metrics["train/global_step"] == step + 5
     resumed = json.loads(seen.read_text())
