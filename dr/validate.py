@@ -22,6 +22,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dr.config import ConfigError
+from dr.data.checks import ON_MISSING
 from dr.models.onnx import BACKENDS
 from dr.retrieval.evaluate import PRESETS, parse_measures
 from dr.retrieval.export import FORMATS
@@ -96,6 +97,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.val_depth": positive_int,
     "data.min_relevance": non_negative_int,
     "data.min_teacher_pairs": non_negative_int,
+    "data.on_missing": one_of(*ON_MISSING),
     "data.negatives.rank_min": non_negative_int,
     "data.negatives.rank_max": positive_int,
     "loss.temperature": positive_number,
@@ -139,6 +141,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "extrapolation_fraction": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a fraction in [0, 1]",
     "max_removed_fraction": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a fraction in [0, 1]",
     "max_removed_per_query": non_negative_int,
+    "on_missing": one_of(*ON_MISSING),
 }
 
 #: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).

@@ -304,11 +304,12 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
 
     ckpt_path = out / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = next(v for k, v in ckpt["callbacks"].items() if "IndexRefresh" in k)
+    state = next(v for k, v in ckpt["callbacks"].items() if "Refresh" in k)  # IndexRefresh or the FaultyRefresh subclass
     step, version = ckpt["global_step"], state["current_version"]
     (root / ".tmp-v0009-1").mkdir()  # an orphan temp folder, as a kill during a snapshot leaves
     seen = tmp_path / "seen.json"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3) + [f"ckpt_path={ckpt_path}"])
+    # The same callback class (its checkpoint state is keyed by class name), without faults this time.
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3) + _faulty() + [f"ckpt_path={ckpt_path}"])
     metrics = train(_with_recorder(cfg, seen, []))
     assert metrics["train/global_step"] == step + 5
     resumed = json.loads(seen.read_text())
@@ -347,3 +348,34 @@ def test_ddp_ranks_switch_versions_at_the_same_step(tiny_bert, scifact_slice, tm
     assert versions[:4] == [0, 0, 0, 0] and versions[-1] >= 1
     assert versions == sorted(versions)
     assert verified_manifest(out / "refresh" / "v0001")["snapshot_step"] == 3
+
+
+def test_refresh_points_fall_on_poll_steps(tiny_bert, scifact_slice, tmp_path):
+    """A refresh due between polls waits for the next poll, where ranks meet (so under DDP no rank
+    enters a collective alone): every_n_steps=2 with poll_every_n_steps=3 refreshes at 3, 6 and 9."""
+    out = tmp_path / "run"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=10, mode="sync", every=2) + ["refresh.poll_every_n_steps=3"])
+    metrics = train(cfg)
+    steps = [verified_manifest(version_dir(out / "refresh", v))["snapshot_step"] for v in range(1, 4)]
+    assert steps == [3, 6, 9] and metrics["refresh/current_version"] == 3
+
+
+def test_refresh_with_loader_workers_is_refused_at_train_start(tiny_bert, scifact_slice, tmp_path):
+    """The config check (dr.validate) refuses refresh with data.num_workers>0; the callback checks it
+    again at train start for a Trainer built without the config, before any step or refresh."""
+    import hydra
+
+    from dr.config import ConfigError
+
+    out = tmp_path / "run"
+    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=4, mode="async", every=2) + ["data.num_workers=1"])
+    with pytest.raises(ConfigError, match=r"^data\.num_workers=1: expected 0 with an index refresh"):
+        train(cfg)
+    module = hydra.utils.instantiate(cfg.module)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    refresh = hydra.utils.instantiate(cfg.refresh, dirpath=str(out / "refresh"))
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", callbacks=[refresh], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=str(out))
+    with pytest.raises(ConfigError, match=r"^data\.num_workers=1: expected 0 with an index refresh"):
+        trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 0 and not (out / "refresh").exists()

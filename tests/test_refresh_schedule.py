@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule
+from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
 
 
 class Clock:
@@ -71,3 +71,25 @@ def test_state_round_trip_and_resubmission():
     }
     restored.due_now(7)
     assert restored.due(7)
+
+
+def test_resubmission_works_for_a_time_schedule_too():
+    clock = Clock()
+    schedule = RefreshSchedule(every_minutes=10, clock=clock)
+    schedule.due_now(4)
+    assert schedule.decide(4) == SUBMIT
+    schedule.advance(4)
+    assert schedule.decide(5) == NOTHING
+
+
+def test_ranks_agree_on_the_highest_version_complete_on_every_node():
+    # complete[r][i]: version current+1+i is complete on rank r's node
+    assert agreed_version(3, [[], []]) == 3
+    assert agreed_version(0, [[1, 1, 0], [1, 1, 1]]) == 2
+    # v2 failed on node 1 and v3 succeeded there; node 0 has v2 but not yet v3. The minimum of the
+    # nodes' newest (2) would be the failed version: the agreement stays on v1 ...
+    assert agreed_version(0, [[1, 1, 0], [1, 0, 1]]) == 1
+    # ... and takes v3 once node 0 has it too.
+    assert agreed_version(0, [[1, 1, 1], [1, 0, 1]]) == 3
+    assert agreed_version(1, [[0, 1], [1, 0]]) == 1  # nothing newer complete on both
+    assert agreed_version(5, [[1, 0, 1]]) == 8  # one node: its newest complete version

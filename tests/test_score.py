@@ -183,8 +183,8 @@ def test_dr_score_rejects_unknown_ids(tiny_cross_encoder, scifact_slice, tmp_pat
     triples = tmp_path / "triples.tsv"
     triples.write_text("nosuchquery\tx\ty\n")
     cfg = _score_cfg([f"triples={triples}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-                      f"teacher.model={tiny_cross_encoder}"])
-    with pytest.raises(ValueError, match="qids are not in"):
+                      f"teacher.model={tiny_cross_encoder}", "on_missing=error"])
+    with pytest.raises(ValueError, match=f"{triples}: expected every id to exist; 1 qids are not in .*nosuchquery"):
         score(cfg, tmp_path)
     with pytest.raises(ValueError, match="exactly one input"):
         score(_score_cfg([]), tmp_path)

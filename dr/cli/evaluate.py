@@ -7,25 +7,36 @@ its interpolation and extrapolation test queries, side by side, with the gap).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
 from dr.cli import encoder_from_config, hydra_command
 from dr.config import ConfigError
-from dr.data import beir_folder, read_corpus, read_qrels, read_queries, read_run, resolve_path, write_run
+from dr.data import beir_folder, check_ids, read_corpus, read_qrels, read_queries, read_run, resolve_path, write_run
 from dr.retrieval import PRESETS, DenseIndex, build_index, evaluate_run, format_table, search_queries, write_metrics
 from dr.retrieval.benchmarks import split_metrics, split_rows, summary_rows
 from dr.retrieval.splits import read_split
 
 
-def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, qrels: dict) -> dict:
-    """Search the judged queries; ``encoder`` is a model or a function that loads it (called after the
-    queries are read, so a bad queries file is reported before a model is loaded)."""
-    queries = {q: t for q, t in read_queries(queries_path).items() if q in qrels}
+def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, qrels: dict, qrels_path: str) -> tuple[dict, dict]:
+    """Search the judged queries; returns the run and the qrels without the ids that the queries or
+    the corpus lack (``on_missing``). ``encoder`` is a model or a function that loads it (called after
+    the files are read and checked, so a bad file is reported before a model is loaded)."""
+    all_queries = read_queries(queries_path)
+    if cfg.get("index"):
+        index, table = DenseIndex.load(cfg.index), None
+        docids = set(index.docids)
+    else:
+        table = read_corpus(corpus)
+        docids = set(table["docid"])
+    qrels = _known_qrels(qrels, qrels_path, all_queries, queries_path, docids, corpus or cfg.index, cfg.get("on_missing", "warn"))
+    queries = {q: t for q, t in all_queries.items() if q in qrels}
     encoder = encoder() if callable(encoder) and not hasattr(encoder, "encode_queries") else encoder
-    index = DenseIndex.load(cfg.index) if cfg.get("index") else build_index(encoder, read_corpus(corpus), batch_size=cfg.batch_size, bf16=cfg.bf16)
-    return search_queries(encoder, index, queries, k=cfg.k, batch_size=cfg.batch_size, bf16=cfg.bf16)
+    if table is not None:
+        index = build_index(encoder, table, batch_size=cfg.batch_size, bf16=cfg.bf16)
+    return search_queries(encoder, index, queries, k=cfg.k, batch_size=cfg.batch_size, bf16=cfg.bf16), qrels
 
 
 def _several(cfg: DictConfig, out: Path, folders: list[str], measures: list[str]) -> dict[str, float]:
@@ -39,8 +50,7 @@ def _several(cfg: DictConfig, out: Path, folders: list[str], measures: list[str]
         name = Path(folder).expanduser().resolve().name
         if name in results:
             raise ConfigError(f"beir={folders}: two folders are named {name!r}; expected distinct folder names")
-        qrels = read_qrels(files["qrels"])
-        run = _retrieve(cfg, encoder, files["corpus"], files["queries"], qrels)
+        run, qrels = _retrieve(cfg, encoder, files["corpus"], files["queries"], read_qrels(files["qrels"]), files["qrels"])
         write_run(run, out / f"{name}.run", tag="dr")
         results[name] = evaluate_run(run, qrels, measures)
     rows = summary_rows(results)
@@ -79,7 +89,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
         corpus = cfg.get("corpus") or preset.get("corpus")
         if not (cfg.get("model") and queries_path and (corpus or cfg.get("index"))):
             raise ConfigError("run_file=null: expected a run file (run_file=...), or model=... with queries=... and corpus=... (or index=...)")
-        run = _retrieve(cfg, lambda: encoder_from_config(cfg), corpus, queries_path, qrels)
+        run, qrels = _retrieve(cfg, lambda: encoder_from_config(cfg), corpus, queries_path, qrels, qrels_path)
         write_run(run, out / "run.trec", tag="dr")
         label = str(cfg.model)
     metrics = evaluate_run(run, qrels, measures)
@@ -95,6 +105,15 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
               f"{Path(cfg.split) / 'train.qrels.trec'}, not on the full training set")
     print(f"metrics: {out / 'metrics.json'}")
     return metrics
+
+
+def _known_qrels(qrels: dict, source: str, queries: dict, queries_source: str, docids: set, corpus: str, on_missing: str) -> dict:
+    """``qrels`` without the qids that ``queries`` lacks and the judged docids that the corpus lacks
+    (counted and dropped, or a DataError with ``on_missing=error``)."""
+    check = functools.partial(check_ids, source=source, on_missing=on_missing, key="on_missing")
+    bad_q = check(qrels, queries, what="qids", where=queries_source)
+    bad_d = check((d for j in qrels.values() for d in j), docids, what="judged docids", where=corpus)
+    return {q: {d: g for d, g in j.items() if d not in bad_d} for q, j in qrels.items() if q not in bad_q}
 
 
 main = hydra_command("evaluate", run)

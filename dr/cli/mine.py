@@ -7,6 +7,7 @@ and positive with a teacher before mining (``miner=denoise`` needs it).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
-from dr.data import passage_texts, read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
+from dr.data import check_ids, passage_texts, read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
 from dr.plots import plot_score_histogram
 from dr.retrieval import DenseIndex
 from dr.retrieval.mining import (
@@ -29,10 +30,13 @@ def run(cfg: DictConfig, out: Path) -> dict:
     rng = np.random.default_rng(cfg.seed)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
-    positives = read_positives(qrels, cfg.min_relevance)
-    qids = [q for q in queries if positives.get(q)]
     corpus = read_corpus(cfg.corpus)
     row_of = {d: i for i, d in enumerate(corpus["docid"])}
+    check = functools.partial(check_ids, source=cfg.qrels, on_missing=cfg.get("on_missing", "warn"), key="on_missing")
+    check(qrels, queries, what="qids", where=cfg.queries)  # queries without text are never mined
+    unknown = check((d for j in qrels.values() for d in j), row_of, what="judged docids", where=cfg.corpus)
+    positives = read_positives(qrels, cfg.min_relevance, known=row_of if unknown else None)
+    qids = [q for q in queries if positives.get(q)]
 
     if cfg.get("run_file"):
         candidates = run_candidates(read_run(cfg.run_file), positives)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from omegaconf import DictConfig
 
 from dr.cli import hydra_command
 from dr.config import ConfigError
-from dr.data import DataError, passage_texts, read_corpus, read_positives, read_qrels, read_queries
-from dr.teachers.scoring import inputs_fingerprint, annotate_negatives, pairs_from_negatives, pairs_from_triples, score_to_file
+from dr.data import check_ids, passage_texts, read_corpus, read_positives, read_qrels, read_queries
+from dr.teachers.scoring import QueryPairs, inputs_fingerprint, annotate_negatives, pairs_from_negatives, pairs_from_triples, score_to_file
 
 
 def run(cfg: DictConfig, out: Path) -> Path:
@@ -22,22 +23,26 @@ def run(cfg: DictConfig, out: Path) -> Path:
     if cfg.get("negatives_output") and not cfg.negatives:
         raise ConfigError(f"negatives_output={cfg.negatives_output}: expected a negatives file as input (negatives=FILE)")
     source = cfg.negatives or cfg.triples
-    if cfg.negatives:
-        positives = None
-        if cfg.get("qrels"):
-            positives = read_positives(read_qrels(cfg.qrels), cfg.min_relevance)
-        groups = pairs_from_negatives(cfg.negatives, cfg.get("max_negatives"), positives)
-    else:
-        groups = pairs_from_triples(cfg.triples)
     queries = read_queries(cfg.queries)
     corpus = read_corpus(cfg.corpus)
     row_of = {d: i for i, d in enumerate(corpus["docid"])}
-    missing_q = [g.qid for g in groups if g.qid not in queries]
-    if missing_q:
-        raise DataError(source, None, f"{len(missing_q)} qids are not in {cfg.queries}, e.g. {missing_q[:3]}")
-    missing_d = sorted({d for g in groups for d in g.docids if d not in row_of})
-    if missing_d:
-        raise DataError(source, None, f"{len(missing_d)} docids are not in {cfg.corpus}, e.g. {missing_d[:3]}")
+    check = functools.partial(check_ids, on_missing=cfg.get("on_missing", "warn"), key="on_missing")
+    if cfg.negatives:
+        positives = None
+        if cfg.get("qrels"):  # more positives: those of unknown queries or docids are dropped (or refused)
+            qrels = read_qrels(cfg.qrels)
+            bad_q = check(qrels, queries, source=cfg.qrels, what="qids", where=cfg.queries)
+            bad_d = check((d for j in qrels.values() for d in j), row_of, source=cfg.qrels, what="judged docids", where=cfg.corpus)
+            positives = read_positives({q: j for q, j in qrels.items() if q not in bad_q}, cfg.min_relevance,
+                                       known=row_of if bad_d else None)
+        groups = pairs_from_negatives(cfg.negatives, cfg.get("max_negatives"), positives)
+    else:
+        groups = pairs_from_triples(cfg.triples)
+    bad_q = check((g.qid for g in groups), queries, source=source, what="qids", where=cfg.queries)
+    bad_d = check((d for g in groups for d in g.docids), row_of, source=source, what="docids", where=cfg.corpus)
+    if bad_q or bad_d:
+        groups = [QueryPairs(g.qid, [(p, n) for p, n in g.pairs if p not in bad_d and n not in bad_d]) for g in groups if g.qid not in bad_q]
+        groups = [g for g in groups if g.pairs]
 
     extra = {"corpus": cfg.corpus} if "corpus" in cfg.teacher else {}
     teacher = hydra.utils.instantiate(cfg.teacher, **extra)

@@ -2,11 +2,13 @@
 
 Corpora and queries (:mod:`.corpus`), TREC qrels and runs (:mod:`.trec`), negatives files
 (:mod:`.negatives`), teacher-score files (:mod:`.teacher_scores`), query-cluster files
-(:mod:`.clusters`); atomic writes and :class:`DataError` (:mod:`.io`). Nothing here imports a
-model, an index or Lightning: this is the bottom layer.
+(:mod:`.clusters`); referential checks of ids (:mod:`.checks`); atomic writes and
+:class:`DataError` (:mod:`.io`). Nothing here imports a model, an index or Lightning: this is the
+bottom layer.
 """
 
 from dr.data.beir import beir_folder
+from dr.data.checks import ON_MISSING, check_ids
 from dr.data.clusters import read_clusters, write_clusters
 from dr.data.compact import NegativesTable, TeacherTriples, read_negatives_compact, read_teacher_triples
 from dr.data.corpus import BUNDLED, IRDS_PREFIX, bundled, passage_texts, read_corpus, read_queries, resolve_path
@@ -17,8 +19,8 @@ from dr.data.teacher_scores import TeacherScores, drop_teacher_inversions, forma
 from dr.data.trec import read_positives, read_qrels, read_run, write_run
 
 __all__ = [
-    "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "TeacherScores",
-    "atomic_write", "beir_folder", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
+    "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "ON_MISSING", "TeacherScores",
+    "atomic_write", "beir_folder", "check_ids", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
     "read_corpus", "read_negatives", "read_positives", "read_qrels", "read_queries", "read_run",
     "drop_teacher_inversions", "read_teacher_scores", "resolve_path", "write_clusters", "write_json", "write_negatives",
     "write_run", "write_subset", "write_teacher_scores",

@@ -31,7 +31,7 @@ def parse_json(path: str | os.PathLike, line_no: int, line: str, expected: str) 
     """The JSON value of one line of ``path``; a :class:`DataError` ``"<expected>, got ..."`` when
     the line is not JSON, or holds what no text file can (an unpaired surrogate escape)."""
     try:
-        value = json.loads(line)
+        value = json.loads(line.rstrip("\r\n"))  # a column past the newline would read as "column 1"
     except json.JSONDecodeError as e:
         raise DataError(path, line_no, f"{expected}, got invalid JSON ({e.msg}, column {e.colno})") from None
     except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep

@@ -62,6 +62,15 @@ class TeacherScores:
     def __len__(self) -> int:
         return sum(len(p) for p in self.pairs.values())
 
+    def without(self, qids: set[str], docids: set[str]) -> "TeacherScores":
+        """A copy without the pairs of ``qids`` and the pairs naming one of ``docids`` (unknown ids)."""
+        kept = TeacherScores()
+        for qid, pairs in self.pairs.items():
+            for pos, neg in pairs:
+                if qid not in qids and pos not in docids and neg not in docids:
+                    kept.add(qid, pos, neg, self.scores[qid][pos], self.scores[qid][neg])
+        return kept
+
 
 def drop_teacher_inversions(teacher: TeacherScores, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> tuple[int, int]:
     """Drop the pairs where the teacher scores the negative at or above the positive (likely

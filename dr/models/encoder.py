@@ -254,11 +254,11 @@ class BiEncoder(nn.Module):
         try:
             out.mkdir(parents=True, exist_ok=True)
             if self.shared:
-                self.query_model.save_pretrained(out)
+                _save_model(self.query_model, out)
                 self.tokenizer.save_pretrained(out)
             else:
                 for name, model in (("query", self.query_model), ("passage", self.passage_model)):
-                    model.save_pretrained(out / name)
+                    _save_model(model, out / name)
                     self.tokenizer.save_pretrained(out / name)
             write_json(out / DR_CONFIG, self.config_dict())
         except OSError as e:
@@ -387,3 +387,17 @@ class BiEncoder(nn.Module):
 
     def encode_passages(self, texts: Iterable[str], **kwargs) -> np.ndarray:
         return self.encode(texts, "passage", **kwargs)
+
+
+def _save_model(model: PreTrainedModel, out: Path) -> None:
+    """``model.save_pretrained(out)`` on any rank. Once torch.distributed is initialised, transformers
+    writes nothing on a global rank other than 0, but each node's local rank 0 writes its own refresh
+    snapshot (:mod:`dr.refresh`): there the config and the safetensors weights are written directly."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
+        model.save_pretrained(out)
+        return
+    from safetensors.torch import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -19,17 +19,24 @@ training process with the live encoder while the trainer waits.
 Failures: a worker that raises, dies or overruns ``timeout_s`` is logged (and killed); the run
 keeps training on the last good negatives and a new worker starts at a later schedule point.
 
-Resume: the schedule, the current version and the history are in the checkpoint. On resume the
-current version's negatives are loaded again before the first batch; versions newer than the
-checkpoint's and orphan ``.tmp-*`` folders are deleted; a refresh in flight at the checkpoint is
-started again at the first resumed step.
+Resume: the schedule, the versions (current, next, in flight) and the history are in the
+checkpoint. On resume the current version's negatives are loaded again before the first batch;
+versions the checkpoint had not started and orphan ``.tmp-*`` folders are deleted. A refresh in
+flight at the checkpoint is kept if it completed since, else built again from its snapshot (kept
+until its version is complete): the same weights and mining seed give the same negatives, so a
+killed run resumes as it would have gone on. Without its snapshot it is redone at the first step.
 
 DDP: only local rank 0 of each node snapshots and owns a worker (each node writes its own
 ``refresh/node<k>`` unless there is one node). All ranks take the same decisions at the same
-global step: at every poll each rank reports the newest verified version on its node, and rank 0
-whether a refresh is due; one ``all_gather`` later every rank switches to the *minimum* complete
-version (so a version is used only once every node has it) and submits the refresh rank 0 chose.
-Corpus encoding is not sharded across ranks: the node's worker encodes the whole corpus.
+global step, and the only collective is at poll steps (``global_step % poll_every_n_steps == 0``,
+the same on every rank): there each rank reports which versions are complete on its node, and
+rank 0 whether a refresh is due (a schedule point that falls between polls, by time, by steps or
+a resubmission after resume, waits for the next poll). One ``all_gather`` later every rank
+switches to the *highest version complete on every node*
+(:func:`dr.refresh.schedule.agreed_version`: a version that failed on one node is never used,
+even once a later one succeeded there) and submits the refresh rank 0 chose. Corpus encoding is
+not sharded across ranks: the node's worker encodes the whole corpus. Swapping negatives needs
+``data.num_workers=0``; it is checked at train start, before any refresh runs.
 """
 
 from __future__ import annotations
@@ -44,11 +51,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dr.config import ConfigError
 from dr.models.onnx import check_backend
 from dr.refresh.job import RefreshJob, RefreshSetup, check_teacher_scores, run_job
-from dr.refresh.report import summarize, swap_metrics
-from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule
-from dr.refresh.store import MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, verified_manifest, version_dir
+from dr.refresh.report import summarize, swap_entry, swap_metrics
+from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
+from dr.refresh.store import (
+    MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, staged_job, verified_manifest, version_dir,
+)
 from dr.refresh.worker import RefreshWorker
 from dr.retrieval.mining import resolve_score_scale
 
@@ -75,7 +85,7 @@ class IndexRefresh(pl.Callback):
         max_backoff_schedules: the most schedules skipped after repeated failures.
         teacher: optional teacher config scoring the new pairs (off by default; see
             :func:`dr.refresh.job.teacher_score`); required with ``data.teacher_from_negatives``.
-        keep_snapshots: keep each version's encoder snapshot (by default deleted once loaded).
+        keep_snapshots: keep each version's encoder snapshot (by default deleted once the version is complete).
         backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
             to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
         poll_every_n_steps: how often ranks look for a new version.
@@ -142,8 +152,8 @@ class IndexRefresh(pl.Callback):
         self._worker: RefreshWorker | None = None
         self._verified: dict[int, dict] = {}
         self._bad: set[int] = set()
-        self._resubmit = False
         self._submit_blocked: dict[int, float] = {}
+        self._in_flight: list[int] = []  # versions in flight at the checkpoint resumed from
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -161,11 +171,10 @@ class IndexRefresh(pl.Callback):
         self.schedule.load_state_dict(state)
         self.history = list(state.get("history", []))
         self.blocked_total_s = float(state.get("blocked_total_s", 0.0))
-        # Versions after the checkpoint's belong to the killed run's future: they are deleted
-        # and made again; a refresh in flight at the checkpoint starts again at once.
-        self.next_version = self.current_version + 1
+        # Versions after the checkpoint's belong to the killed run's future: they are deleted.
+        self.next_version = int(state.get("next_version", self.current_version + 1))
         self.pending = {}
-        self._resubmit = bool(state.get("pending"))
+        self._in_flight = [int(v) for v in state.get("pending", [])]
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -183,6 +192,9 @@ class IndexRefresh(pl.Callback):
         if dm is None or not hasattr(dm, "set_negatives"):
             raise RuntimeError("IndexRefresh needs a datamodule with set_negatives (dr.training.RetrievalDataModule)")
         check_teacher_scores(bool(dm.hparams.get("teacher_from_negatives")), self.teacher)
+        if dm.hparams.get("num_workers", 0) > 0:  # loader workers hold their own copies of the negatives
+            raise ConfigError(f"data.num_workers={dm.hparams.num_workers}: expected 0 with an index refresh, "
+                              "which swaps the negatives inside the training process")
         ds = dm.train_dataset
         score_scale = resolve_score_scale(self.score_scale, getattr(pl_module, "loss", None), getattr(pl_module, "encoder", None))
         return RefreshSetup(
@@ -212,7 +224,7 @@ class IndexRefresh(pl.Callback):
         self._worker = RefreshWorker(self._setup, self._root)
         if self._local_zero(trainer):
             self._root.mkdir(parents=True, exist_ok=True)
-            removed = clean_refresh_dir(self._root, keep_upto=self.current_version)
+            removed = clean_refresh_dir(self._root, keep_upto=self.next_version - 1)
             if removed:
                 log.info("refresh: removed %s left by an earlier run", ", ".join(sorted(removed)))
         trainer.strategy.barrier("refresh_clean")
@@ -226,11 +238,24 @@ class IndexRefresh(pl.Callback):
                 )
             trainer.datamodule.set_negatives(str(vdir / NEGATIVES), self.current_version)
             log.info("refresh: resumed on negatives version %d", self.current_version)
-        if self._resubmit:
-            self.schedule.due_now(trainer.global_step)
-            self._resubmit = False
+        for version in self._in_flight:
+            self._resume_version(trainer, version)
+        self._in_flight = []
         self.schedule.restart_timer()
         self.blocked_total_s += time.perf_counter() - t0
+
+    def _resume_version(self, trainer: pl.Trainer, version: int) -> None:
+        """A refresh in flight at the checkpoint: complete since (used at the next poll), built again
+        from its staged snapshot, or, without one, redone with the current weights at the next poll."""
+        job = None if self._complete(version) else staged_job(self._root, version)
+        if job is not None:
+            self.pending[version] = {"snapshot_step": int(job["snapshot_step"]), "submitted": time.time(), "started": None}
+            if self._local_zero(trainer) and self.mode == "async":
+                self._worker.submit(RefreshJob(version, int(job["snapshot_step"]), str(version_dir(self._root, version))))
+                log.info("refresh: v%04d, in flight at the checkpoint, is built again from its snapshot (step %d)", version, job["snapshot_step"])
+        elif not self._complete(version):
+            self._bad.add(version)
+            self.schedule.due_now(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.enabled:
@@ -240,23 +265,29 @@ class IndexRefresh(pl.Callback):
         failures = self.schedule.failures_total
         if self._local_zero(trainer) and self.mode == "async":
             self._check_worker()
-        decision = self._decide(trainer)
-        if step % self.poll_every_n_steps == 0 or decision != NOTHING:
-            local = self._newest_complete()
-            if trainer.world_size > 1:
-                # One collective per poll: every rank's newest complete version, rank 0's decision.
-                gathered = trainer.strategy.all_gather(torch.tensor([local, decision], device=pl_module.device))
-                local, decision = int(gathered[:, 0].min()), int(gathered[0, 1])
-            if local > self.current_version:
-                self._swap(trainer, pl_module, local)
+        if step % self.poll_every_n_steps == 0:  # the same steps on every rank: the only collective
+            version, decision = self._agree(trainer, pl_module, self._decide(trainer))
+            if version > self.current_version:
+                self._swap(trainer, pl_module, version)
             if decision != NOTHING:
                 self._take_schedule_point(trainer, pl_module, submit=decision == SUBMIT)
         if self.schedule.failures_total > failures:
             self._log(trainer, {"failures": self.schedule.failures_total})
         self.blocked_total_s += time.perf_counter() - t0
 
+    def _agree(self, trainer: pl.Trainer, pl_module: pl.LightningModule, decision: int = NOTHING) -> tuple[int, int]:
+        """(the highest version complete on every node, rank 0's ``decision``): one ``all_gather`` of
+        ``[decision, complete flags of versions current+1 .. next-1]`` (the same length on every rank)."""
+        flags = [int(self._complete(v)) for v in range(self.current_version + 1, self.next_version)]
+        rows = [flags]
+        if trainer.world_size > 1:
+            row = torch.tensor([decision, *flags], dtype=torch.long, device=pl_module.device)
+            gathered = trainer.strategy.all_gather(row).reshape(trainer.world_size, -1).tolist()
+            decision, rows = int(gathered[0][0]), [r[1:] for r in gathered]
+        return agreed_version(self.current_version, rows), decision
+
     def _decide(self, trainer: pl.Trainer) -> int:
-        """Rank 0 decides whether this step is a refresh point (time-based schedules differ
+        """Rank 0 decides whether this poll is a refresh point (time-based schedules differ
         across ranks) and whether to submit: not while one is running, not during a backoff."""
         if trainer.global_rank != 0:
             return NOTHING
@@ -283,12 +314,10 @@ class IndexRefresh(pl.Callback):
         if self.mode == "sync":
             trainer.strategy.barrier("refresh_sync")
             self.pending.pop(version, None)
-            local = self._newest_complete()
-            if trainer.world_size > 1:
-                local = int(trainer.strategy.all_gather(torch.tensor([local], device=pl_module.device)).min())
+            agreed, _ = self._agree(trainer, pl_module)
             self._submit_blocked[version] = time.perf_counter() - t0
-            if local > self.current_version:
-                self._swap(trainer, pl_module, local)
+            if agreed > self.current_version:
+                self._swap(trainer, pl_module, agreed)
         else:
             self._submit_blocked[version] = time.perf_counter() - t0
 
@@ -365,24 +394,18 @@ class IndexRefresh(pl.Callback):
         self._stop_worker()
 
     # ------------------------------------------------------------------ swapping
-    def _newest_complete(self) -> int:
-        """The newest verified version above the current one on this node (the current if none)."""
-        if self._root is None:
-            return self.current_version
-        for version in range(self.next_version - 1, self.current_version, -1):
-            if version in self._bad:
-                continue
-            if version in self._verified:
-                return version
-            if not (version_dir(self._root, version) / MANIFEST).is_file():
-                continue
-            manifest = verified_manifest(version_dir(self._root, version))
-            if manifest is None:
-                self._bad.add(version)
-                continue
-            self._verified[version] = manifest
-            return version
-        return self.current_version
+    def _complete(self, version: int) -> bool:
+        """Whether ``version`` is complete (its manifest checks out) on this node; cached."""
+        if version in self._verified:
+            return True
+        if version in self._bad or self._root is None or not (version_dir(self._root, version) / MANIFEST).is_file():
+            return False
+        manifest = verified_manifest(version_dir(self._root, version))
+        if manifest is None:
+            self._bad.add(version)
+            return False
+        self._verified[version] = manifest
+        return True
 
     def _swap(self, trainer, pl_module, version: int) -> None:
         t0 = time.perf_counter()
@@ -395,21 +418,9 @@ class IndexRefresh(pl.Callback):
         for v in superseded:
             self.pending.pop(v, None)
         self.current_version = version
-        stats = manifest.get("stats", {})
-        entry = {
-            "version": version,
-            "status": "used",
-            "snapshot_step": int(manifest["snapshot_step"]),
-            "swap_step": step,
-            "staleness_steps": step - int(manifest["snapshot_step"]),
-            "duration_s": float(manifest["duration_s"]),
-            "blocked_s": submit_s + time.perf_counter() - t0,
-            "positive_retrieved": float(stats.get("positive_retrieved_in_top_k", float("nan"))),
-            "negatives_per_query": float(stats.get("negatives_per_query", float("nan"))),
-            "effective_sample_size": {k: float(v) for k, v in stats.get("effective_sample_size", {}).items() if v is not None},
-        }
+        entry = swap_entry(manifest, step, blocked_s=submit_s + time.perf_counter() - t0)
         self.history.append(entry)
-        self._log(trainer, swap_metrics(entry, stats, self.schedule.failures_total))
+        self._log(trainer, swap_metrics(entry, manifest.get("stats", {}), self.schedule.failures_total))
         log.info("refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
                  version, step, entry["snapshot_step"], entry["duration_s"], self.top_k, entry["positive_retrieved"])
 

@@ -84,8 +84,6 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     if encoder is None:
         snapshot = vdir / SNAPSHOT
         encoder = BiEncoder.from_pretrained(str(snapshot)).to(device).eval()
-        if not setup.keep_snapshots:
-            shutil.rmtree(snapshot, ignore_errors=True)
     export_s = None
     if setup.backend != "torch":  # the live encoder (sync) is traced in eval mode and given back as it was
         t_export = time.perf_counter()
@@ -109,7 +107,7 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
         stats["teacher_scored"] = True
     write_negatives(vdir / NEGATIVES, records)
     write_json(vdir / STATS, stats)
-    return write_manifest(vdir, {
+    manifest = write_manifest(vdir, {
         "version": job.version,
         "snapshot_step": job.snapshot_step,
         "queries": len(records),
@@ -119,6 +117,9 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
         "index": setup.index,
         "stats": stats,
     })
+    if not setup.keep_snapshots:  # kept until the version is complete: a run killed before can build it again from it
+        shutil.rmtree(vdir / SNAPSHOT, ignore_errors=True)
+    return manifest
 
 
 def check_teacher_scores(teacher_from_negatives: bool, teacher_cfg: dict | None) -> None:

@@ -7,6 +7,23 @@ import numpy as np
 SWAP_KEYS = ("version", "duration_s", "blocked_s", "staleness_steps", "positive_retrieved", "negatives_per_query")
 
 
+def swap_entry(manifest: dict, step: int, blocked_s: float) -> dict:
+    """The history entry of a version swapped in at ``step`` (from its manifest)."""
+    stats = manifest.get("stats", {})
+    return {
+        "version": int(manifest["version"]),
+        "status": "used",
+        "snapshot_step": int(manifest["snapshot_step"]),
+        "swap_step": step,
+        "staleness_steps": step - int(manifest["snapshot_step"]),
+        "duration_s": float(manifest["duration_s"]),
+        "blocked_s": blocked_s,
+        "positive_retrieved": float(stats.get("positive_retrieved_in_top_k", float("nan"))),
+        "negatives_per_query": float(stats.get("negatives_per_query", float("nan"))),
+        "effective_sample_size": {k: float(v) for k, v in stats.get("effective_sample_size", {}).items() if v is not None},
+    }
+
+
 def swap_metrics(entry: dict, stats: dict, failures: int) -> dict[str, float]:
     """The values logged when a version is swapped in (``refresh/<name>``): the history entry's
     numbers, the mined score quantiles, each sampling kernel's effective sample size 1/Σp² (mean

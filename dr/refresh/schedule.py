@@ -8,10 +8,24 @@ refresh that keeps failing costs less and less. The clock is injectable, so test
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 #: Decisions at a schedule point.
 NOTHING, SUBMIT, SKIP = 0, 1, 2
+
+
+def agreed_version(current: int, complete: Sequence[Sequence[int]]) -> int:
+    """The highest version complete on every node: ``complete[r][i]`` is true when version
+    ``current + 1 + i`` is complete where rank ``r`` runs; ``current`` when there is none.
+
+    Not the minimum of each node's newest: a version that failed on one node is never chosen,
+    even when a later one succeeded there and that failed version is another node's newest.
+    """
+    width = min((len(row) for row in complete), default=0)
+    for i in range(width - 1, -1, -1):
+        if all(row[i] for row in complete):
+            return current + 1 + i
+    return current
 
 
 class RefreshSchedule:
@@ -28,6 +42,7 @@ class RefreshSchedule:
         self.skip_schedules = 0
         self.failures_total = 0
         self.last_refresh_t = clock()
+        self.forced = False  # due_now: a refresh point at the next decision, whatever the schedule
 
     def due(self, step: int, max_steps: int | None = None) -> bool:
         """Whether ``step`` is a refresh point (never at or after the last step)."""
@@ -35,7 +50,7 @@ class RefreshSchedule:
             return False
         by_steps = bool(self.every_n_steps) and step >= self.next_refresh_step
         by_time = bool(self.every_minutes) and self.clock() - self.last_refresh_t >= 60 * self.every_minutes
-        return by_steps or by_time
+        return by_steps or by_time or self.forced
 
     def decide(self, step: int, max_steps: int | None = None, busy: bool = False) -> int:
         """NOTHING when not due; SKIP during a backoff or while a refresh is ``busy``; else SUBMIT.
@@ -54,13 +69,16 @@ class RefreshSchedule:
         if self.every_n_steps:
             self.next_refresh_step = step + self.every_n_steps
         self.last_refresh_t = self.clock()
+        self.forced = False
 
     def restart_timer(self) -> None:
         self.last_refresh_t = self.clock()
 
     def due_now(self, step: int) -> None:
-        """Make ``step`` a refresh point (a refresh in flight at a checkpoint is redone on resume)."""
+        """Make ``step`` (or the first decision after it) a refresh point, for step and time schedules
+        alike (a refresh in flight at a checkpoint is redone on resume)."""
         self.next_refresh_step = min(self.next_refresh_step, step)
+        self.forced = True
 
     def failed(self) -> None:
         self.consecutive_failures += 1

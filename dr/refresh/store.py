@@ -3,7 +3,7 @@
 Files, under ``<run dir>/refresh/`` (``refresh/node<k>/`` per node when training on several)::
 
     v0003/job.json        what was asked (version, snapshot step)
-    v0003/encoder/        the snapshot (deleted once loaded unless keep_snapshots)
+    v0003/encoder/        the snapshot (deleted once the version is complete unless keep_snapshots)
     v0003/negatives.jsonl the mined negatives
     v0003/stats.json      mining statistics (as dr-mine prints them)
     v0003/manifest.json   written last: a version is complete iff its manifest checks out
@@ -108,6 +108,17 @@ def stage_version(root: str | os.PathLike, version: int, step: int, mode: str, e
     shutil.rmtree(vdir, ignore_errors=True)
     os.replace(tmp, vdir)
     return vdir
+
+
+def staged_job(root: str | os.PathLike, version: int) -> dict | None:
+    """``job.json`` of a version whose snapshot is still staged (it can be built again from the same
+    weights), or None. A version folder appears with its snapshot complete (:func:`stage_version`)."""
+    vdir = version_dir(root, version)
+    try:
+        job = json.loads((vdir / JOB).read_text())
+    except (OSError, ValueError):
+        return None
+    return job if (vdir / SNAPSHOT).is_dir() and not (vdir / FAILED).exists() else None
 
 
 def write_manifest(vdir: str | os.PathLike, manifest: dict) -> dict:

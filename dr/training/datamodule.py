@@ -22,86 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dr.data import (
-    NegativesRecord, TeacherScores, drop_teacher_inversions, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
+    NegativesRecord, TeacherScores, check_ids, drop_teacher_inversions, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
     read_queries, read_teacher_scores, resolve_path, write_negatives,
 )
 from dr.retrieval.bm25 import BM25
 from dr.retrieval.mining import student_score_scale
-from dr.sampling.random import QueryBatchSampler, uniform_pair_sampler
+from dr.sampling.random import QueryBatchSampler
+from dr.training.dataset import ContrastiveDataset, ResumableDataLoader, record_scores
 
 log = logging.getLogger(__name__)
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over a :class:`QueryBatchSampler` that resumes mid-epoch.
-
-    Lightning saves ``state_dict()`` in each checkpoint and calls ``load_state_dict`` before
-    iterating again. The position is derived from the trainer's optimizer steps (not from
-    batches fetched, which run ahead of training because Lightning prefetches), so the resumed
-    run trains on exactly the batches an uninterrupted run would have.
-    """
-
-    def __init__(self, *args, batches_done=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._batches_done = batches_done
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self._batches_done()) if self._batches_done else 0}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.set_epoch(state["epoch"])
-        self.batch_sampler.skip = state["batches_done"] % max(1, len(self.batch_sampler))
-
-
-class ContrastiveDataset(Dataset):
-    """Query texts, positives and negative candidates; ``__getitem__((i, epoch, occurrence))``
-    samples one example.
-
-    The generator is keyed by (seed, epoch, i) on a query's first occurrence in the epoch and by
-    (seed, epoch, i, occurrence) on its later ones (``occurrence`` from the batch sampler; a
-    2-tuple key is occurrence 0), so every load of a query draws afresh and reproducibly.
-    ``pair_sampler(qid, positives, negatives, teacher, num_negatives, rng) -> (positive, [negatives])``
-    chooses the example (default :func:`uniform_pair_sampler`; TAS-Balanced's margin-balanced
-    choice and SimANS's kernel are in :mod:`dr.sampling`); a sampler with ``uses_scores = True``
-    also gets ``scores=`` (the query's ``{docid: retriever score}`` from the negatives file).
-    ``teacher`` is a :class:`dr.data.TeacherScores` or None. ``version`` counts negatives swaps
-    (index refreshes, :mod:`dr.refresh`).
-    """
-
-    def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed, teacher=None, pair_sampler=None):
-        self.qids = qids
-        self.query_texts = query_texts
-        self.positives = positives
-        self.negatives = negatives
-        self.passage_lookup = passage_lookup
-        self.num_negatives = num_negatives
-        self.seed = seed
-        self.teacher = teacher
-        self.pair_sampler = pair_sampler or uniform_pair_sampler
-        self.scores: dict[str, dict[str, float]] = {}  # retriever scores of the negatives file, per query
-        self.version = 0
-
-    def __len__(self) -> int:
-        return len(self.qids)
-
-    def __getitem__(self, key: tuple[int, ...]) -> dict:
-        i, epoch, occurrence = (*key, 0) if len(key) == 2 else key
-        # The first occurrence keeps the (seed, epoch, i) key: plain random batches draw what they always drew.
-        rng = np.random.default_rng([self.seed, epoch, i] if occurrence == 0 else [self.seed, epoch, i, occurrence])
-        qid = self.qids[i]
-        extra = {"scores": self.scores.get(qid, {})} if getattr(self.pair_sampler, "uses_scores", False) else {}
-        positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher,
-                                                self.num_negatives, rng, **extra)
-        return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
-
-
-def _record_scores(record: NegativesRecord) -> dict[str, float]:
-    """``{docid: score}`` of a negatives record's positives and negatives (unknown scores left out)."""
-    pairs = [*zip(record.positives, record.positive_scores), *zip(record.negatives, record.negative_scores)]
-    return {d: float(s) for d, s in pairs if s is not None}
 
 
 class RetrievalDataModule(pl.LightningDataModule):
@@ -134,6 +66,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         min_relevance: qrels grade that counts as a positive.
         teacher_pair_filter: drop the teacher pairs and candidates that the teacher scores at or above
             a positive (:func:`dr.data.drop_teacher_inversions`), at set-up and after each refresh.
+        on_missing: ids that the qrels, negatives or teacher files name but the corpus or queries lack:
+            ``"warn"`` logs their count and drops them, ``"error"`` raises (:func:`dr.data.check_ids`).
     """
 
     def __init__(
@@ -158,6 +92,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         pair_sampler=None,
         min_teacher_pairs: int = 0,
         teacher_pair_filter: bool = False,
+        on_missing: str = "warn",
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
@@ -176,9 +111,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         hp = self.hparams
         self.corpus = read_corpus(hp.corpus)
         self.row_of = {docid: i for i, docid in enumerate(self.corpus["docid"])}
-        queries = read_queries(hp.train_queries)
-        qrels = read_qrels(hp.train_qrels)
-        positives = self._positives(qrels, hp.train_qrels)
+        self._queries = queries = read_queries(hp.train_queries)
+        qrels = self._known_qrels(read_qrels(hp.train_qrels), hp.train_qrels, queries, hp.train_queries)
+        positives = read_positives(qrels, hp.min_relevance)
         self.teacher = self._read_teacher(positives)
         qids = [q for q in queries if positives.get(q)]
         if hp.teacher_scores and hp.min_teacher_pairs > 0:
@@ -198,7 +133,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.val_qrels: dict[str, dict[str, int]] = {}
         if hp.val_queries and hp.val_qrels:
             self.val_queries = read_queries(hp.val_queries)
-            self.val_qrels = read_qrels(hp.val_qrels)
+            self.val_qrels = self._known_qrels(read_qrels(hp.val_qrels), hp.val_qrels, self.val_queries, hp.val_queries)
         elif hp.val_fraction > 0:
             rng = np.random.default_rng(hp.seed)
             n_val = max(1, int(round(hp.val_fraction * len(qids))))
@@ -220,7 +155,7 @@ class RetrievalDataModule(pl.LightningDataModule):
                 name = getattr(self.negatives, "name", "source")
                 write_negatives(Path(hp.output_dir) / f"negatives.{name}.jsonl", records)
             negatives = {r.qid: list(r.negatives) for r in records}
-            scores = {r.qid: _record_scores(r) for r in records}
+            scores = {r.qid: record_scores(r) for r in records}
         elif self.negatives:
             negatives, scores = self._negatives_from_file(str(self.negatives), positives)
         else:
@@ -240,13 +175,18 @@ class RetrievalDataModule(pl.LightningDataModule):
             self._setup_validation(bm25 if isinstance(bm25, BM25) else BM25(passage_texts(self.corpus), list(self.corpus["docid"])))
         self._prepared = True
 
-    def _positives(self, qrels: dict[str, dict[str, int]], source: str) -> dict[str, list[str]]:
-        judged = read_positives(qrels, self.hparams.min_relevance)
-        positives = read_positives(qrels, self.hparams.min_relevance, known=self.row_of)
-        unknown = sum(len(d) for d in judged.values()) - sum(len(d) for d in positives.values())
-        if unknown:
-            log.warning("%s: %d judged positives are not in the corpus and were skipped", source, unknown)
-        return positives
+    def _unknown(self, ids, source: str, what: str, known=None, where: str | None = None) -> set[str]:
+        """The ``ids`` that ``source`` names but ``known`` (default: the training queries for qids, else the corpus)
+        lacks; logged and returned to drop, or a DataError (``data.on_missing``, :func:`dr.data.check_ids`)."""
+        if known is None:
+            known, where = (self._queries, self.hparams.train_queries) if what == "qids" else (self.row_of, self.hparams.corpus)
+        return check_ids(ids, known, source=source, what=what, where=where, on_missing=self.hparams.on_missing)
+
+    def _known_qrels(self, qrels: dict, source: str, queries: dict, queries_source: str) -> dict[str, dict[str, int]]:
+        """``qrels`` without the qids missing from ``queries`` and the judged docids missing from the corpus."""
+        bad_q, bad_d = self._unknown(qrels, source, "qids", queries, queries_source), self._unknown(
+            (d for j in qrels.values() for d in j), source, "judged docids")
+        return {q: {d: g for d, g in j.items() if d not in bad_d} for q, j in qrels.items() if q not in bad_q}
 
     def _read_teacher(self, positives: dict[str, list[str]]) -> TeacherScores | None:
         paths = self.hparams.teacher_scores
@@ -254,7 +194,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             return None
         teacher = TeacherScores()
         for path in [paths] if isinstance(paths, str) else list(paths or []):
-            read_teacher_scores(resolve_path(path), into=teacher)
+            part = read_teacher_scores(resolve_path(path))
+            bad_q = self._unknown(part.pairs, path, "qids")
+            teacher.update(part.without(bad_q, self._unknown((d for pairs in part.pairs.values() for pair in pairs for d in pair), path, "docids")))
         added = 0
         for qid, pairs in teacher.pairs.items():  # the teacher's positives are positives
             known = set(positives.get(qid, []))
@@ -285,11 +227,15 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores."""
         records: dict[str, NegativesRecord] = read_negatives(path)
+        bad_q = self._unknown(records, path, "qids")
+        self._unknown((d for r in records.values() for d in (*r.positives, *r.negatives)), path, "docids")
         negatives, file_scores = {}, {}
         for qid, record in records.items():
+            if qid in bad_q:
+                continue
             pos = set(positives.get(qid, [])) | set(record.positives)
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
-            file_scores[qid] = _record_scores(record)
+            file_scores[qid] = record_scores(record)
             if self.hparams.teacher_from_negatives and self.teacher is not None:
                 scores = self.teacher.scores[qid]
                 for docid, score in zip(record.positives, record.positive_scores):
