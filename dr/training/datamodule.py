@@ -31,6 +31,7 @@ from dr.data import (
 from dr.retrieval.bm25 import BM25
 from dr.retrieval.mining import student_score_scale
 from dr.sampling.random import QueryBatchSampler, uniform_pair_sampler
+from dr.training.compact_data import WithTeacherNegatives, negatives_compact, read_teacher_compact, record_scores
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,6 @@ class ContrastiveDataset(Dataset):
         return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
 
 
-def _record_scores(record: NegativesRecord) -> dict[str, float]:
-    """``{docid: score}`` of a negatives record's positives and negatives (unknown scores left out)."""
-    pairs = [*zip(record.positives, record.positive_scores), *zip(record.negatives, record.negative_scores)]
-    return {d: float(s) for d, s in pairs if s is not None}
-
-
 class RetrievalDataModule(pl.LightningDataModule):
     """Training and validation data for a dual encoder.
 
@@ -134,6 +129,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         min_relevance: qrels grade that counts as a positive.
         teacher_pair_filter: drop the teacher pairs and candidates that the teacher scores at or above
             a positive (:func:`dr.data.drop_teacher_inversions`), at set-up and after each refresh.
+        compact: read negatives and teacher files into arrays, for MS MARCO sizes (:mod:`dr.training.compact_data`).
     """
 
     def __init__(
@@ -158,6 +154,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         pair_sampler=None,
         min_teacher_pairs: int = 0,
         teacher_pair_filter: bool = False,
+        compact: bool = False,
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
@@ -220,12 +217,12 @@ class RetrievalDataModule(pl.LightningDataModule):
                 name = getattr(self.negatives, "name", "source")
                 write_negatives(Path(hp.output_dir) / f"negatives.{name}.jsonl", records)
             negatives = {r.qid: list(r.negatives) for r in records}
-            scores = {r.qid: _record_scores(r) for r in records}
+            scores = {r.qid: record_scores(r) for r in records}
         elif self.negatives:
             negatives, scores = self._negatives_from_file(str(self.negatives), positives)
         else:
             negatives = {}
-        self._add_teacher_negatives(negatives, positives)
+        negatives = self._add_teacher_negatives(negatives, positives)
         missing = [q for q in qids if not negatives.get(q)]
         if missing and hp.num_negatives > 0:
             log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
@@ -252,6 +249,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         paths = self.hparams.teacher_scores
         if not paths and not self.hparams.teacher_from_negatives:
             return None
+        if self.hparams.compact:
+            return read_teacher_compact(self.hparams, positives, self.row_of)
         teacher = TeacherScores()
         for path in [paths] if isinstance(paths, str) else list(paths or []):
             read_teacher_scores(resolve_path(path), into=teacher)
@@ -266,10 +265,10 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher-score files add %d positives not in the qrels", added)
         return teacher
 
-    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> None:
+    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]):
         """The teacher's negatives join the candidates; ``teacher_pair_filter`` drops inverted pairs."""
-        if self.teacher is None:
-            return
+        if self.teacher is None or self.hparams.compact:
+            return negatives if self.teacher is None else WithTeacherNegatives(negatives, self.teacher, positives, self.row_of)
         for qid, pairs in self.teacher.pairs.items():
             pos = set(positives.get(qid, []))
             have = negatives.setdefault(qid, [])
@@ -281,15 +280,18 @@ class RetrievalDataModule(pl.LightningDataModule):
         if self.hparams.teacher_pair_filter:
             pairs, candidates = drop_teacher_inversions(self.teacher, negatives, positives)
             log.info("teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive", pairs, candidates)
+        return negatives
 
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores."""
+        if self.hparams.compact:
+            return negatives_compact(path, positives, self.row_of)
         records: dict[str, NegativesRecord] = read_negatives(path)
         negatives, file_scores = {}, {}
         for qid, record in records.items():
             pos = set(positives.get(qid, [])) | set(record.positives)
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
-            file_scores[qid] = _record_scores(record)
+            file_scores[qid] = record_scores(record)
             if self.hparams.teacher_from_negatives and self.teacher is not None:
                 scores = self.teacher.scores[qid]
                 for docid, score in zip(record.positives, record.positive_scores):
@@ -311,7 +313,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
         negatives, scores = self._negatives_from_file(path, positives)
-        self._add_teacher_negatives(negatives, positives)
+        negatives = self._add_teacher_negatives(negatives, positives)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
         self.train_dataset.version = version
