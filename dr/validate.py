@@ -118,6 +118,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "module.attention_dropout": fraction,
     "module.grad_cache_chunk": positive_int,
     "module.gather_negatives": boolean,
+    "data.compact": boolean,
     # the other commands
     "k": positive_int,
     "batch_size": positive_int,
@@ -225,6 +226,7 @@ def _check_training(cfg: DictConfig) -> None:
                               "which swaps the negatives inside the training process")
         if _get(cfg, "refresh.every_n_steps") is None and _get(cfg, "refresh.every_minutes") is None:
             raise ConfigError("refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)")
+    check_compact(data)
     loss = _get(cfg, "loss._target_")
     if loss in TEACHER_LOSSES and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
         raise ConfigError(f"loss={loss.rsplit('.', 1)[-1]}: expected teacher scores, set data.teacher_scores=FILE "
@@ -233,6 +235,26 @@ def _check_training(cfg: DictConfig) -> None:
             and _get(cfg, "module.inbatch_teacher") in (None, _ABSENT):
         raise ConfigError("module.inbatch_teacher=null: expected an in-batch teacher for this loss's in-batch term, "
                           "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")
+
+
+#: Data options that ``data.compact`` (arrays instead of dictionaries) does not support, with why.
+COMPACT_UNSUPPORTED = {
+    "teacher_from_negatives": "the negatives file's scores would be merged into the teacher's scores in place",
+    "teacher_pair_filter": "dropping inverted teacher pairs edits the teacher's pairs in place",
+}
+
+
+def check_compact(data: Any) -> None:
+    """Refuse the data options (``data`` config or datamodule hyperparameters) that ``compact`` does not support."""
+    if not data.get("compact"):
+        return
+    teacher = data.get("teacher_scores")
+    if not isinstance(teacher, str) and teacher is not None and len(teacher) > 1:
+        raise ConfigError(f"data.compact=true, data.teacher_scores={_show(teacher)}: expected one teacher-score file "
+                          "(several are merged into dictionaries only; merge the files or set data.compact=false)")
+    for key, why in COMPACT_UNSUPPORTED.items():
+        if data.get(key):
+            raise ConfigError(f"data.compact=true, data.{key}=true: expected data.compact=false ({why})")
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:

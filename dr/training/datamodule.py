@@ -31,7 +31,8 @@ from dr.data import (
 from dr.retrieval.bm25 import BM25
 from dr.retrieval.mining import student_score_scale
 from dr.sampling.random import QueryBatchSampler
-from dr.training.dataset import ContrastiveDataset, ResumableDataLoader, record_scores
+from dr.training.compact_data import WithTeacherNegatives, negatives_compact, read_teacher_compact, record_scores
+from dr.training.dataset import ContrastiveDataset, ResumableDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             a positive (:func:`dr.data.drop_teacher_inversions`), at set-up and after each refresh.
         on_missing: ids that the qrels, negatives or teacher files name but the corpus or queries lack:
             ``"warn"`` logs their count and drops them, ``"error"`` raises (:func:`dr.data.check_ids`).
+        compact: read negatives and teacher files into arrays, for MS MARCO sizes (:mod:`dr.training.compact_data`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         min_teacher_pairs: int = 0,
         teacher_pair_filter: bool = False,
         on_missing: str = "warn",
+        compact: bool = False,
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
@@ -160,7 +163,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             negatives, scores = self._negatives_from_file(str(self.negatives), positives)
         else:
             negatives = {}
-        self._add_teacher_negatives(negatives, positives)
+        negatives = self._add_teacher_negatives(negatives, positives)
         missing = [q for q in qids if not negatives.get(q)]
         if missing and hp.num_negatives > 0:
             log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
@@ -192,6 +195,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         paths = self.hparams.teacher_scores
         if not paths and not self.hparams.teacher_from_negatives:
             return None
+        if self.hparams.compact:
+            return read_teacher_compact(self.hparams, positives, self.row_of)
         teacher = TeacherScores()
         for path in [paths] if isinstance(paths, str) else list(paths or []):
             part = read_teacher_scores(resolve_path(path))
@@ -208,10 +213,10 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher-score files add %d positives not in the qrels", added)
         return teacher
 
-    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> None:
+    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]):
         """The teacher's negatives join the candidates; ``teacher_pair_filter`` drops inverted pairs."""
-        if self.teacher is None:
-            return
+        if self.teacher is None or self.hparams.compact:
+            return negatives if self.teacher is None else WithTeacherNegatives(negatives, self.teacher, positives, self.row_of)
         for qid, pairs in self.teacher.pairs.items():
             pos = set(positives.get(qid, []))
             have = negatives.setdefault(qid, [])
@@ -223,9 +228,12 @@ class RetrievalDataModule(pl.LightningDataModule):
         if self.hparams.teacher_pair_filter:
             pairs, candidates = drop_teacher_inversions(self.teacher, negatives, positives)
             log.info("teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive", pairs, candidates)
+        return negatives
 
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores."""
+        if self.hparams.compact:
+            return negatives_compact(path, positives, self.row_of)
         records: dict[str, NegativesRecord] = read_negatives(path)
         bad_q = self._unknown(records, path, "qids")
         self._unknown((d for r in records.values() for d in (*r.positives, *r.negatives)), path, "docids")
@@ -257,7 +265,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
         negatives, scores = self._negatives_from_file(path, positives)
-        self._add_teacher_negatives(negatives, positives)
+        negatives = self._add_teacher_negatives(negatives, positives)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
         self.train_dataset.version = version

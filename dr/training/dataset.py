@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from dr.data import NegativesRecord
 from dr.sampling.random import uniform_pair_sampler
 
 
@@ -71,9 +70,3 @@ class ContrastiveDataset(Dataset):
         positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher,
                                                 self.num_negatives, rng, **extra)
         return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
-
-
-def record_scores(record: NegativesRecord) -> dict[str, float]:
-    """``{docid: score}`` of a negatives record's positives and negatives (unknown scores left out)."""
-    pairs = [*zip(record.positives, record.positive_scores), *zip(record.negatives, record.negative_scores)]
-    return {d: float(s) for d, s in pairs if s is not None}
