@@ -38,12 +38,38 @@ def record_scores(record: NegativesRecord) -> dict[str, float]:
     return {d: float(s) for d, s in pairs if s is not None}
 
 
-def read_teacher_compact(hparams, positives: dict[str, list[str]], known: Mapping[str, int]) -> TeacherTriples:
+def _without(teacher: TeacherTriples, qids: set[str], docids: set[str]) -> TeacherTriples:
+    """``teacher`` without the triples of the queries ``qids`` and those naming a passage of ``docids``."""
+    codes = lambda table, ids: np.array([c for c in (table.code(i) for i in ids) if c >= 0], dtype=np.int64)  # noqa: E731
+    query_of_row = np.repeat(np.arange(len(teacher.qids), dtype=np.int64), np.diff(teacher.offsets))
+    bad_docs = codes(teacher.docids, docids)
+    keep = ~np.isin(query_of_row, codes(teacher.qids, qids)) & ~np.isin(teacher.pos, bad_docs) & ~np.isin(teacher.neg, bad_docs)
+    counts = np.bincount(query_of_row[keep], minlength=len(teacher.qids))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(teacher.offsets.dtype)
+    # As TeacherScores.without: a kept passage keeps its last score over every line of the file,
+    # dropped lines included (a positive scored on a line whose negative is unknown is still scored).
+    n_docs = max(1, len(teacher.docids))
+    keys = np.stack([query_of_row * n_docs + teacher.pos, query_of_row * n_docs + teacher.neg], axis=1).reshape(-1)
+    values = np.stack([teacher.pos_score, teacher.neg_score], axis=1).reshape(-1)
+    order = np.lexsort((np.arange(len(keys)), keys))  # by key, then file order
+    last = np.r_[keys[order][1:] != keys[order][:-1], True]
+    final_keys, final_values = keys[order][last], values[order][last]
+    final = lambda docs: final_values[np.searchsorted(final_keys, query_of_row[keep] * n_docs + docs[keep])]  # noqa: E731
+    return TeacherTriples(teacher.qids, teacher.docids, offsets, teacher.pos[keep], teacher.neg[keep],
+                          final(teacher.pos).astype(teacher.pos_score.dtype), final(teacher.neg).astype(teacher.neg_score.dtype))
+
+
+def read_teacher_compact(hparams, positives: dict[str, list[str]], known: Mapping[str, int], unknown=None) -> TeacherTriples:
     """Read the one teacher-score file of the data options ``hparams`` as :class:`TeacherTriples` (after
-    :func:`check_compact`); its positives in ``known`` join ``positives``."""
+    :func:`check_compact`); its positives in ``known`` join ``positives``. ``unknown(ids, source, what)``
+    returns the qids or docids to drop (``data.on_missing``; it raises for ``error``)."""
     check_compact(hparams)
     (path,) = [hparams.teacher_scores] if isinstance(hparams.teacher_scores, str) else list(hparams.teacher_scores)
     teacher = read_teacher_triples(resolve_path(path))
+    if unknown is not None:
+        bad_q, bad_d = unknown(teacher.qids, path, "qids"), unknown(teacher.docids, path, "docids")
+        if bad_q or bad_d:
+            teacher = _without(teacher, bad_q, bad_d)
     n_docs = max(1, len(teacher.docids))
     query_of_row = np.repeat(np.arange(len(teacher.qids), dtype=np.int64), np.diff(teacher.offsets))
     pairs = np.unique(query_of_row * n_docs + teacher.pos)  # distinct (query, positive) codes
@@ -66,19 +92,21 @@ def read_teacher_compact(hparams, positives: dict[str, list[str]], known: Mappin
 class FileNegatives(Mapping):
     """``{qid: [negative, ...]}`` of a :class:`NegativesTable`: known docids, never a positive of the query."""
 
-    def __init__(self, table: NegativesTable, positives: Mapping[str, list[str]], known: Mapping[str, int]):
-        self.table, self.positives, self.known = table, positives, known
+    def __init__(self, table: NegativesTable, positives: Mapping[str, list[str]], known: Mapping[str, int], dropped: set[str] = frozenset()):
+        self.table, self.positives, self.known, self.dropped = table, positives, known, set(dropped)
 
     def __getitem__(self, qid: str) -> list[str]:
+        if qid in self.dropped:
+            raise KeyError(qid)
         record = self.table[qid]
         pos = set(self.positives.get(qid, [])) | set(record.positives)
         return [d for d in record.negatives if d in self.known and d not in pos]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.table)
+        return (q for q in self.table if q not in self.dropped)
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.table) - len(self.dropped)
 
 
 class FileScores(Mapping):
@@ -97,11 +125,17 @@ class FileScores(Mapping):
         return len(self.table)
 
 
-def negatives_compact(path: str, positives: Mapping[str, list[str]], known: Mapping[str, int]) -> tuple[FileNegatives, FileScores]:
-    """A negatives file's candidates and scores per query, read into a :class:`NegativesTable`."""
+def negatives_compact(path: str, positives: Mapping[str, list[str]], known: Mapping[str, int], unknown=None) -> tuple[FileNegatives, FileScores]:
+    """A negatives file's candidates and scores per query, read into a :class:`NegativesTable`;
+    ``unknown(ids, source, what)`` returns the qids to drop (and reports unknown docids, which
+    :class:`FileNegatives` leaves out)."""
     table = read_negatives_compact(path)
     log.info("%s: %d queries in %.1f MiB of arrays", path, len(table), table.nbytes / 2**20)
-    return FileNegatives(table, positives, known), FileScores(table)
+    dropped = set()
+    if unknown is not None:
+        dropped = unknown(table.qids, path, "qids")
+        unknown(table.docids, path, "docids")
+    return FileNegatives(table, positives, known, dropped), FileScores(table)
 
 
 class WithTeacherNegatives(Mapping):

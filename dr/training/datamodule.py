@@ -196,7 +196,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         if not paths and not self.hparams.teacher_from_negatives:
             return None
         if self.hparams.compact:
-            return read_teacher_compact(self.hparams, positives, self.row_of)
+            return read_teacher_compact(self.hparams, positives, self.row_of, self._unknown)
         teacher = TeacherScores()
         for path in [paths] if isinstance(paths, str) else list(paths or []):
             part = read_teacher_scores(resolve_path(path))
@@ -233,7 +233,7 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores."""
         if self.hparams.compact:
-            return negatives_compact(path, positives, self.row_of)
+            return negatives_compact(path, positives, self.row_of, self._unknown)
         records: dict[str, NegativesRecord] = read_negatives(path)
         bad_q = self._unknown(records, path, "qids")
         self._unknown((d for r in records.values() for d in (*r.positives, *r.negatives)), path, "docids")
