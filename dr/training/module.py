@@ -102,8 +102,8 @@ class DenseRetrievalModule(pl.LightningModule):
             encoder.gradient_checkpointing_enable()
         self.length_buckets = max(1, int(length_buckets))
         if attention_dropout is not None:
-            if not encoder.set_attention_dropout(attention_dropout):
-                raise ValueError(f"attention_dropout={attention_dropout}: found no attention module with a dropout in the encoder")
+            if not encoder.set_attention_dropout(attention_dropout):  # e.g. an architecture whose attention keeps a float
+                log.warning("module.attention_dropout=%s: no attention module with an nn.Dropout in this encoder; left as it is", attention_dropout)
         self.gather_negatives = bool(gather_negatives)
         if grad_cache_chunk is not None and int(grad_cache_chunk) < 1:
             raise ValueError(f"grad_cache_chunk must be a positive integer or None, got {grad_cache_chunk}")
