@@ -29,23 +29,14 @@ def _save(fig, out_png: str | os.PathLike) -> Path:
 
 def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
     """Plot every logged series of a Lightning CSV log against the step; one panel per metric."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            step = row.get("step")
-            if not step:
-                continue
-            for name, value in row.items():
-                if name in ("step", "epoch") or value in ("", None):
-                    continue
-                series[name].append((float(step), float(value)))
+    series = read_metrics_csv(metrics_csv)
     if not series:
         return None
     plt = _pyplot()
     names = sorted(series)
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.3 * len(names)), sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
-        steps, values = zip(*sorted(series[name]))
+        steps, values = zip(*series[name])  # sorted by read_metrics_csv
         ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3)
         ax.set_ylabel(name, fontsize=8)
         ax.grid(alpha=0.3)

@@ -352,16 +352,8 @@ class OnnxEncoder:
         return self.passage_session is None
 
     def config_dict(self) -> dict:
-        return {
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "similarity": self.similarity,
-            "query_max_length": self.query_max_length,
-            "passage_max_length": self.passage_max_length,
-            "shared": self.shared,
-            "dim": self.dim,
-            "backend": self.backend,
-        }
+        # BiEncoder's settings (read from the same attribute names), plus the backend
+        return {**BiEncoder.config_dict(self), "backend": self.backend}
 
     def fingerprint(self) -> str:
         """sha1 of the ONNX files' bytes: what the embeddings depend on besides :meth:`config_dict`
