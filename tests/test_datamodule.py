@@ -193,3 +193,17 @@ def test_too_few_candidates_give_fewer_distinct_negatives(scifact_slice, tmp_pat
     by_hand = [-s[i][i] + math.log(sum(math.exp(v) for j, v in enumerate(s[i]) if j == i or not batch["exclude"][i, j]))
                for i in range(4)]
     assert loss == pytest.approx(sum(by_hand) / 4, rel=1e-6)
+
+
+def test_val_seed_fixes_the_held_out_queries_across_seeds(scifact_slice):
+    def held_out(seed, val_seed=None):
+        dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                                 negatives=None, val_fraction=0.25, seed=seed, val_seed=val_seed)
+        dm.setup("fit")
+        assert not set(dm.val_queries) & set(dm.train_dataset.qids)
+        return sorted(dm.val_queries)
+
+    draws = {tuple(held_out(seed)) for seed in range(6)}
+    assert len(draws) > 1  # without val_seed the split follows the training seed
+    fixed = held_out(1, val_seed=0)
+    assert fixed == held_out(2, val_seed=0) == held_out(0)

@@ -44,7 +44,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         corpus, train_queries, train_qrels: file paths, ``irds:<id>`` or bundled names such as
             ``scifact:corpus`` (see :func:`dr.data.resolve_path`).
         val_queries, val_qrels: a dev split; if absent, ``val_fraction`` of the training queries
-            is held out instead (0 disables validation).
+            is held out instead (0 disables validation), drawn with ``val_seed`` (default: ``seed``).
         negatives: a negatives source, called as ``source(corpus, qids, query_texts, positives)
             -> [NegativesRecord]`` (e.g. :class:`dr.retrieval.bm25.BM25Negatives`, whose BM25
             index then also serves validation), the path of a negatives file, or None (the negatives of the
@@ -81,6 +81,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         val_qrels: str | None = None,
         val_fraction: float = 0.0,
         val_depth: int = 30,
+        val_seed: int | None = None,
         negatives=None,
         num_negatives: int = 1,
         batch_size: int = 32,
@@ -138,7 +139,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             self.val_queries = read_queries(hp.val_queries)
             self.val_qrels = self._known_qrels(read_qrels(hp.val_qrels), hp.val_qrels, self.val_queries, hp.val_queries)
         elif hp.val_fraction > 0:
-            rng = np.random.default_rng(hp.seed)
+            rng = np.random.default_rng(hp.seed if hp.val_seed is None else hp.val_seed)
             n_val = max(1, int(round(hp.val_fraction * len(qids))))
             val_qids = sorted(rng.choice(qids, size=n_val, replace=False).tolist())
             held_out = set(val_qids)
