@@ -12,8 +12,9 @@ Arms (``dr-train`` overrides; {pool} and {teacher} are made once, see below):
   drawn uniformly from the teacher's candidates (instead of BM25's);
 - ``tas_balanced``: + TAS-Balanced batches and pairs (clusters of training queries, pairs drawn
   from teacher-margin bins of {teacher});
-- ``full``: all of the above with TAS batches (SimANS takes the pair choice);
-- ``full_random``: the same with random batches (no TAS).
+- ``full``: ``experiment=scifact_recipe``: SimANS, refresh and distillation, random batches;
+- ``full_tas``: the same with TAS batches (SimANS keeps the pair choice); the recipe's random
+  batches were chosen over TAS batches on validation.
 
 Protocols (``--protocol``): ``quickstart`` is dr-train's defaults (57 steps, passages 256 tokens);
 ``cheap`` trains at 128 tokens with ``--steps`` (default 30). Both keep ``data.val_fraction=0.05``:
@@ -48,14 +49,15 @@ SIMANS = ["sampler=simans", "data.negatives={pool}"]
 ARMS: dict[str, list[str]] = {
     "baseline": [],
     "simans": SIMANS,
-    "refresh": SIMANS + ["refresh=async", "miner@refresh.miner=pool", "refresh.every_n_steps={refresh_every}"],
+    "refresh": SIMANS + ["refresh=async", "miner@refresh.miner=pool", "refresh.every_n_steps={refresh_every}",
+                         "refresh.backend=onnx-int8"],
     "distillation": ["loss=infonce_kd", "data.teacher_scores={teacher}", "data.negatives=null", "data.teacher_pair_filter=true",
                      "data.num_negatives=4"],
     "tas_balanced": ["sampler=tas_balanced", "data.teacher_scores={teacher}", "data.negatives=null"],
     "full": ["experiment=scifact_recipe", "data.negatives={pool}", "data.teacher_scores={teacher}",
              "refresh.every_n_steps={refresh_every}"],
-    "full_random": ["experiment=scifact_recipe", "data.negatives={pool}", "data.teacher_scores={teacher}",
-                    "refresh.every_n_steps={refresh_every}", "data.batch_sampler=null"],
+    "full_tas": ["experiment=scifact_recipe", "data.negatives={pool}", "data.teacher_scores={teacher}",
+                 "refresh.every_n_steps={refresh_every}", "sampler=tas"],
 }
 # One held-out split for every arm, seed and the teacher (data.val_seed): the fine-tuned teacher never saw
 # the validation queries, and seeds vary the training draws only.

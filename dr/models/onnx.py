@@ -49,7 +49,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_DIR = "onnx"
 ONNX_MODEL = "model.onnx"
 ONNX_INT8_MODEL = "model_qint8_avx512.onnx"  # sentence-transformers' name for this quantisation
-INT8 = "dynamic-qint8-per-channel"  # what the metadata says of the int8 file
+INT8 = "dynamic-qint8-per-channel-fp32-early-down-proj"  # what the metadata says of the int8 file
 METADATA_KEY = "dr_config"
 EMBEDDING = "sentence_embedding"
 TOKEN_STATES = "last_hidden_state"
@@ -159,15 +159,29 @@ def export_tower(model: nn.Module, tokenizer, pooling: str, normalize: bool, pat
     return path
 
 
+def down_projections(graph) -> list[str]:
+    """The MatMul nodes of ``graph`` whose constant weight maps a wider input to a narrower output
+    (``[K, N]``, K > N): the feed-forward blocks' down-projections (BERT's ``output.dense``,
+    DistilBERT's ``lin2``), in graph order. Their inputs are the post-GELU activations, whose
+    outliers make one dynamic uint8 scale per tensor the coarsest of the model."""
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2
+            and len(shapes.get(n.input[1], ())) == 2 and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
+
+
 def quantize_int8(source: str | os.PathLike, path: str | os.PathLike, metadata: dict) -> Path:
     """Dynamic int8 quantisation of an exported tower (onnxruntime's ``quantize_dynamic``).
 
     The weights of every MatMul/Gemm with a constant weight (the linear layers, not the attention
     products) become int8, symmetric, one scale per output channel, which keeps retrieval much
     closer to fp32 than one scale per matrix (top-10 overlap 0.92 against 0.83 for
-    all-MiniLM-L6-v2 on SciFact); activations are quantised to uint8 on the fly. The model is
-    first pre-processed as onnxruntime recommends (ONNX shape inference and graph
-    optimisation; its symbolic shape inference does not complete on these graphs, so it is skipped).
+    all-MiniLM-L6-v2 on SciFact); activations are quantised to uint8 on the fly. The
+    down-projections of the first half of the layers (:func:`down_projections`) stay in fp32:
+    for all-MiniLM-L6-v2 on 300 SciFact passages that takes the mean 1 − cos to fp32 from 5.1e-3
+    to 2.7e-3 (all six layers: 2.3e-3; any single layer: 4.0e-3 to 5.0e-3, the first layers
+    mattering most). The model is first pre-processed as onnxruntime recommends (ONNX shape
+    inference and graph optimisation; its symbolic shape inference does not complete on these
+    graphs, so it is skipped).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -182,9 +196,11 @@ def quantize_int8(source: str | os.PathLike, path: str | os.PathLike, metadata: 
         except Exception as e:  # quantisation works without it, only with a warning
             log.info("onnxruntime pre-processing failed (%s); quantising the exported graph as it is", e)
             prepared = Path(source)
+        down = down_projections(onnx.load(str(prepared)).graph)
+        keep = down[: (len(down) + 1) // 2]
         quantized = Path(tmp) / "quantized.onnx"
         quantize_dynamic(prepared, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         _save(onnx.load(str(quantized)), path, metadata)
     return path
 
