@@ -269,10 +269,10 @@ def test_refresh_job_exports_and_quantises_the_snapshot(tiny_bert, scifact_slice
     _check_negatives(vdir / "negatives.jsonl", scifact_slice, 4)
 
 
-def test_int8_keeps_the_first_half_of_the_down_projections_in_fp32(tiny_bert, tmp_path):
+def test_int8_keeps_the_first_down_projections_in_fp32(tiny_bert, tmp_path):
     import onnx
 
-    from dr.models.onnx import down_projections
+    from dr.models.onnx import INT8_FP32_DOWN_PROJECTIONS, down_projections
 
     enc = _encoder(tiny_bert, "mean", True)
     fp32, int8 = export_onnx(enc, tmp_path, int8=True)
@@ -282,7 +282,8 @@ def test_int8_keeps_the_first_half_of_the_down_projections_in_fp32(tiny_bert, tm
     assert len(down) == layers and all("output/dense" in n and "attention" not in n for n in down)
     quantized = onnx.load(str(int8)).graph
     float_matmuls = {n.name for n in quantized.node if n.op_type == "MatMul"}
-    kept = set(down[: (layers + 1) // 2])
+    kept = set(down[:INT8_FP32_DOWN_PROJECTIONS])
+    assert 0 < len(kept) < layers
     assert kept <= float_matmuls
     assert not (set(down) - kept) & float_matmuls  # the later ones are int8
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.node)
