@@ -56,9 +56,8 @@ ARMS: dict[str, list[str]] = {
     "tas_balanced": ["sampler=tas_balanced", "data.teacher_scores={teacher}", "data.negatives=null"],
     "full": ["experiment=scifact_recipe", "data.negatives={pool}", "data.teacher_scores={teacher}",
              "refresh.every_n_steps={refresh_every}"],
-    "full_tas": ["experiment=scifact_recipe", "data.negatives={pool}", "data.teacher_scores={teacher}",
-                 "refresh.every_n_steps={refresh_every}", "sampler=tas"],
 }
+ARMS["full_tas"] = ARMS["full"] + ["sampler=tas"]
 # One held-out split for every arm, seed and the teacher (data.val_seed): the fine-tuned teacher never saw
 # the validation queries, and seeds vary the training draws only.
 VAL = ["data.val_fraction=0.05", "data.val_seed=0"]

@@ -180,9 +180,10 @@ def quantize_int8(source: str | os.PathLike, path: str | os.PathLike, metadata: 
     first ``INT8_FP32_DOWN_PROJECTIONS`` feed-forward down-projections (:func:`down_projections`)
     stay in fp32. For all-MiniLM-L6-v2 on 300 SciFact passages (1 thread), keeping the first
     layer's takes the mean 1 − cos to fp32 from 5.1e-3 to 4.0e-3 for 6% of the int8 speed;
-    the first three layers' 2.7e-3 for 16%, all six 2.3e-3; a later layer alone helps least. The model is first pre-processed as onnxruntime recommends (ONNX shape
-    inference and graph optimisation; its symbolic shape inference does not complete on these
-    graphs, so it is skipped).
+    the first three layers' 2.7e-3 for 16%, all six 2.3e-3; a later layer alone helps least.
+    The model is first pre-processed as onnxruntime recommends (ONNX shape inference and graph
+    optimisation; its symbolic shape inference does not complete on these graphs, so it is
+    skipped).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
