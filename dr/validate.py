@@ -116,6 +116,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,
+    "module.ffn_recompute": one_of("none", "activation", "full"),
     "module.grad_cache_chunk": positive_int,
     "module.gather_negatives": boolean,
     "data.compact": boolean,

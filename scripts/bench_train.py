@@ -346,19 +346,42 @@ def evaluate_saved(model, args, data: dict[str, str], run_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- parent
-def run_child(system: str, out: Path) -> dict:
-    """``--only system`` in a fresh process (its output in ``out/<system>.log``); returns its result."""
+def run_child(system: str, out: Path, allocator: str = "system") -> dict:
+    """``--only system`` in a fresh process (its output in ``out/<system>.log``) with the system's
+    malloc or jemalloc preloaded (:mod:`dr.allocator`); returns its result."""
     result_file = out / f"{system}.result.json"
     result_file.unlink(missing_ok=True)
     log = out / f"{system}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--only", system]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if allocator == "jemalloc":
+        from dr.allocator import find_jemalloc, jemalloc_environ
+
+        library = find_jemalloc()
+        if library is None:
+            raise RuntimeError(f"{system}: jemalloc asked for but not found (scripts/setup.sh puts it in the venv)")
+        env = jemalloc_environ(library, env)
     print(f"[{time.strftime('%H:%M:%S')}] {system}: {' '.join(cmd[1:])} > {log}", flush=True)
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode or not result_file.is_file():
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{system} failed ({proc.returncode}); last lines of {log}:\n{tail}")
     return json.loads(result_file.read_text())
+
+
+def allocator_of(system: str, dr_allocator: str) -> str:
+    """The malloc a system's process runs on: ``st`` the system's (as its users run it), ``st-jemalloc``
+    jemalloc, dr and its variants ``--allocator`` (``auto``: jemalloc when found, like dr's commands)."""
+    if system == "st":
+        return "system"
+    if system == "st-jemalloc":
+        return "jemalloc"
+    if dr_allocator == "auto":
+        from dr.allocator import find_jemalloc
+
+        return "jemalloc" if find_jemalloc() else "system"
+    return dr_allocator
 
 
 def summarise(result: dict, batch_size: int) -> dict:
@@ -369,7 +392,7 @@ def summarise(result: dict, batch_size: int) -> dict:
 
 
 def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -> str:
-    head = f"{'system':<14}{'s/step':>9}{'range':>15}{'examples/s':>12}{'vs st':>8}{'last loss':>11}{'peak RSS MiB':>14}{'threads':>9}"
+    head = f"{'system':<14}{'s/step':>9}{'range':>15}{'examples/s':>12}{'vs st':>8}{'last loss':>11}{'peak RSS MiB':>14}{'threads':>9}{'malloc':>10}"
     if effect:
         head += f"{'nDCG@10':>9}{'R@100':>8}"
     lines = [head]
@@ -378,7 +401,7 @@ def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -
         steps = r["step_s"] or [float("nan")]
         ratio = f"{r['examples_per_s'] / base:>7.2f}x" if base else f"{'-':>8}"
         line = (f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
-                f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}")
+                f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}{results[name].get('allocator', '?'):>10}")
         if effect:
             test = results[name].get("test", {})
             line += f"{test.get('nDCG@10', float('nan')):>9.4f}{test.get('R@100', float('nan')):>8.4f}"
@@ -398,12 +421,16 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (ST scale = 1/temperature)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both systems")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS, help="run in this order")
+    parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ["st-jemalloc"],
+                        help="run in this order (st-jemalloc: the st trainer with jemalloc preloaded)")
     parser.add_argument("--effect", action="store_true", help="also evaluate both trained models on the SciFact test split (slow)")
     parser.add_argument("--out", default="bench/train_speed")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
                         help="also run dr with these dr-train overrides, as system NAME, e.g. "
                              "--variant ckpt=module.gradient_checkpointing=true,module.attention_dropout=0")
+    parser.add_argument("--allocator", default="auto", choices=("auto", "jemalloc", "system"),
+                        help="malloc of dr's runs (auto: jemalloc when found, as dr's commands do); st runs on the "
+                             "system's malloc, st-jemalloc on jemalloc")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # the child process of one system  # the child process of one system
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # seconds-long end-to-end check on tiny data
     args = parser.parse_args()
@@ -429,10 +456,13 @@ def main() -> None:
 
         transformers.utils.logging.disable_progress_bar()
         data = json.loads((out / "data" / "data.json").read_text())  # written by the parent
-        if args.only == "st":
-            result = run_st(args, data, out / "st_run")
+        if args.only in ("st", "st-jemalloc"):
+            result = run_st(args, data, out / f"{args.only}_run")
         else:
             result = run_dr(args, data, out / f"{args.only}_run", variants.get(args.only, []))
+        from dr.allocator import active
+
+        result["allocator"] = active()
         (out / f"{args.only}.result.json").write_text(json.dumps(result, indent=2) + "\n")
         return
 
@@ -440,7 +470,7 @@ def main() -> None:
     print(format_machine(info))
     data = prepare_data(args, out)
     systems = list(args.systems) + list(variants)
-    results = {system: run_child(system, out) for system in systems}
+    results = {system: run_child(system, out, allocator_of(system, args.allocator)) for system in systems}
     rows = {system: summarise(results[system], args.batch_size) for system in systems}
     cut = results.get("st", {}).get("queries_cut")
     title = (f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "

@@ -144,6 +144,10 @@ def hydra_command(config_name: str, run: Callable) -> Callable[[], None]:
 
     def main() -> None:
         global _users_full_error
+        if name in ALLOCATOR_COMMANDS and _is_console_script(name):
+            from dr.allocator import reexec_with_jemalloc
+
+            reexec_with_jemalloc(name)  # returns unless it replaces this process (see dr.allocator)
         if "--debug" in sys.argv[1:]:
             sys.argv.remove("--debug")
             os.environ[FULL_ERROR] = "1"
@@ -158,6 +162,20 @@ def hydra_command(config_name: str, run: Callable) -> Callable[[], None]:
             raise
 
     return main
+
+
+#: the commands that run a model: they start under jemalloc when there is one (:mod:`dr.allocator`)
+ALLOCATOR_COMMANDS = {"dr-train", "dr-encode", "dr-search", "dr-eval", "dr-export", "dr-mine", "dr-score", "dr-cluster",
+                      "dr-split"}
+
+
+def _is_console_script(name: str) -> bool:
+    """Whether this process is the command itself (its console script, or ``python -m dr.cli.<module>``),
+    not a caller of its ``main()`` such as a test."""
+    if Path(sys.argv[0]).name == name:
+        return True
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == f"dr.cli.{COMMANDS[name][0]}"
 
 
 def _exit_on_user_error(name: str, e: Exception) -> None:

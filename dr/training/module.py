@@ -53,6 +53,11 @@ class DenseRetrievalModule(pl.LightningModule):
             Sublinear Memory Cost"): activation memory falls from every layer's intermediates to one
             layer's, for about one extra forward pass of compute. Dropout masks are replayed
             (the RNG state is saved), so the gradients are those of the plain pass.
+        ffn_recompute: ``"none"``, ``"activation"`` or ``"full"``: recompute the feed-forward
+            block's activation (almost free), or its up-projection and activation (one extra
+            matrix product per layer), in the backward pass instead of storing them (selective
+            recomputation, Korthikanti et al. 2022; :mod:`dr.models.recompute`). Same gradients;
+            ``"full"`` stores about 40% less for the backward pass on all-MiniLM-L6-v2.
         length_buckets: split each training batch's queries and passages into this many
             length-sorted slices, each padded to its own longest text (exact: padding is masked;
             it only saves the padded compute). 1 pads the whole batch to its longest text.
@@ -80,6 +85,7 @@ class DenseRetrievalModule(pl.LightningModule):
         train_passage_max_length: int | None = None,
         inbatch_teacher: nn.Module | None = None,
         gradient_checkpointing: bool = False,
+        ffn_recompute: str = "none",
         length_buckets: int = 1,
         attention_dropout: float | None = None,
         gather_negatives: bool = False,
@@ -100,6 +106,8 @@ class DenseRetrievalModule(pl.LightningModule):
         self._val_outputs: dict[str, list] = defaultdict(list)
         if gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
+        if ffn_recompute != "none" and not encoder.set_feed_forward_recompute(ffn_recompute):
+            log.warning("module.ffn_recompute=%s: no supported feed-forward block in this encoder; left as it is", ffn_recompute)
         self.length_buckets = max(1, int(length_buckets))
         if attention_dropout is not None:
             if not encoder.set_attention_dropout(attention_dropout):  # e.g. an architecture whose attention keeps a float

@@ -10,6 +10,8 @@ directory and print a comparison table.
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dr import allocator
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
 from dr.plots import plot_training_curves
 from dr.retrieval import BM25, build_index, evaluate_run, export, format_table, search_queries, write_metrics
@@ -110,10 +113,17 @@ class TestSplit:
         return bm25.search_run(qids, [self.queries[q] for q in qids], self.cfg.k)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux's ``ru_maxrss`` is in KiB, macOS's in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate and export as configured; returns the flat metrics written to metrics.json."""
     validate_config(cfg)  # before any work: a bad value fails now, not after hours of training
     started = time.perf_counter()
+    log.info("memory allocator: %s", allocator.active())
     pl.seed_everything(cfg.seed, workers=True)
     out = run_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,10 +195,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             plot_training_curves(csv_log, out / "training_curves.png")
         timings["time/total_s"] = time.perf_counter() - started
         metrics.update(timings)
+        metrics["memory/peak_rss_mib"] = peak_rss_mib()
         write_metrics(metrics, out / "metrics.json")
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
         print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
+        print(f"peak resident memory: {metrics['memory/peak_rss_mib'] / 1024:.2f} GB (allocator: {allocator.active()})")
         print(f"run directory: {out}")
         if cfg.export.enabled:
             print(f"exported model: {out / 'export'}")

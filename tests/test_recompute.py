@@ -1,0 +1,151 @@
+"""Selective recomputation of the feed-forward block (dr.models.recompute): the same loss and
+gradients as the plain pass, less stored for the backward pass, and the model left intact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+from dr.models import BiEncoder, resolve_model_name
+from dr.models.recompute import feed_forward, set_feed_forward_recompute
+
+TEXTS = ["a short query", "a somewhat longer passage about proteins and cells in mice", "third text here",
+         "gene expression in tumours and the outcomes of patients treated with a new drug"]
+
+
+def loss_and_grads(encoder: BiEncoder, bf16: bool = False, seed: int = 3):
+    encoder.train()  # hidden dropout on: the same seed must give the same masks
+    encoder.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        emb = encoder.embed_passages(encoder.tokenize(TEXTS, "passage"))
+        loss = (emb.float() @ emb.float().T / 0.05).logsumexp(-1).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+
+def saved_bytes(encoder: BiEncoder) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of one training forward,
+    the parameters (alive anyway) left out."""
+    seen: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in encoder.parameters()}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    encoder.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        emb = encoder.embed_passages(encoder.tokenize(TEXTS, "passage"))
+    emb.sum().backward()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("mode", ["activation", "full"])
+def test_recompute_gives_the_same_loss_and_gradients(tiny_bert, mode):
+    plain = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    recomputed = copy.deepcopy(plain)
+    assert recomputed.set_feed_forward_recompute(mode) == 2  # the tiny BERT's two layers
+    plain_loss, plain_grads = loss_and_grads(plain)
+    loss, grads = loss_and_grads(recomputed)
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
+    assert grads.keys() == plain_grads.keys() and any("intermediate.dense" in n for n in grads)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_recompute_matches_under_bf16_autocast(tiny_bert):
+    """Under autocast the recomputed block runs in bf16 in both passes, as the plain one does."""
+    plain = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    recomputed = copy.deepcopy(plain)
+    recomputed.set_feed_forward_recompute("full")
+    plain_loss, plain_grads = loss_and_grads(plain, bf16=True)
+    loss, grads = loss_and_grads(recomputed, bf16=True)
+    torch.testing.assert_close(loss, plain_loss, atol=2e-2, rtol=2e-2)
+    for name, grad in plain_grads.items():
+        assert grads[name].dtype == grad.dtype == torch.float32
+        cos = torch.nn.functional.cosine_similarity(grads[name].flatten(), grad.flatten(), dim=0)
+        assert cos > 0.99, (name, float(cos))
+
+
+def test_recompute_stores_less_for_the_backward_pass(tiny_bert):
+    """'activation' drops act(h), 'full' also h: 2 x intermediate_size values per token and layer."""
+    encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    encoder.set_attention_dropout(0.0)
+    sizes = {}
+    for mode in ("none", "activation", "full"):
+        encoder.set_feed_forward_recompute(mode)
+        sizes[mode] = saved_bytes(encoder)
+    tokens = encoder.tokenize(TEXTS, "passage")["input_ids"].numel()
+    inner, layers = encoder.query_model.config.intermediate_size, encoder.query_model.config.num_hidden_layers
+    one = tokens * inner * layers * 4  # one fp32 [tokens, intermediate_size] tensor per layer
+    assert sizes["none"] - sizes["activation"] == one
+    assert sizes["none"] - sizes["full"] == 2 * one
+    assert 0 < sizes["full"] < sizes["activation"] < sizes["none"]
+
+
+def test_none_restores_the_model_and_the_state_dict_is_unchanged(tiny_bert):
+    encoder = BiEncoder.from_pretrained(tiny_bert)
+    keys = list(encoder.state_dict())
+    layer = encoder.query_model.encoder.layer[0]
+    assert "feed_forward_chunk" not in vars(layer)
+    encoder.set_feed_forward_recompute("full")
+    assert "feed_forward_chunk" in vars(layer) and list(encoder.state_dict()) == keys
+    assert encoder.set_feed_forward_recompute("none") == 2
+    assert "feed_forward_chunk" not in vars(layer) and "_dr_recompute" not in vars(layer)
+    with pytest.raises(ValueError, match="one of"):
+        set_feed_forward_recompute(encoder.query_model, "some")
+
+
+def test_distilbert_feed_forward_is_recomputed(tmp_path):
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512)
+    torch.manual_seed(0)
+    DistilBertModel(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(resolve_model_name("all-MiniLM-L6-v2")).save_pretrained(tmp_path)
+    plain = BiEncoder.from_pretrained(str(tmp_path), pooling="mean", normalize=True)
+    recomputed = copy.deepcopy(plain)
+    assert recomputed.set_feed_forward_recompute("full") == 2
+    plain_loss, plain_grads = loss_and_grads(plain)
+    loss, grads = loss_and_grads(recomputed)
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_feed_forward_function_gradients_by_gradcheck():
+    """The autograd function against finite differences (float64), both modes, all five inputs."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((7, 5), (7,), (5, 7), (5,))]
+    for mode in ("activation", "full"):
+        def f(x, w1, b1, w2, b2):
+            return feed_forward(x, _Linear(w1, b1), torch.nn.functional.gelu, _Linear(w2, b2), mode)
+
+        assert torch.autograd.gradcheck(f, (x, *params))
+
+
+class _Linear:
+    """The two attributes feed_forward reads from an nn.Linear, over given tensors."""
+
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def test_module_option_sets_the_encoder(tiny_bert):
+    """module.ffn_recompute reaches the encoder through DenseRetrievalModule."""
+    from functools import partial
+
+    from dr.training import DenseRetrievalModule
+    from losses import InfoNCELoss
+
+    encoder = BiEncoder.from_pretrained(tiny_bert)
+    DenseRetrievalModule(encoder, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), ffn_recompute="full")
+    assert vars(encoder.query_model.encoder.layer[1])["_dr_recompute"] == "full"
