@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import platform
 import statistics
 import time
@@ -233,8 +234,18 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
     parser.add_argument("--effect", action="store_true", help="also nDCG@10 on the full SciFact test split (slow, cached)")
     parser.add_argument("--out", default="bench/encode")
+    parser.add_argument("--allocator", default="system", choices=("system", "jemalloc"),
+                        help="malloc of the process (all arms share it): the system's, or jemalloc preloaded as dr's "
+                             "commands do (dr/allocator.py)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # seconds-long end-to-end check on tiny data
     args = parser.parse_args()
+    from dr import allocator
+
+    if args.allocator == "jemalloc":
+        os.environ["DR_MALLOC"] = "jemalloc"
+        allocator.reexec_with_jemalloc("bench_encode.py")  # returns once jemalloc is loaded
+    if allocator.active() != args.allocator:
+        parser.error(f"--allocator {args.allocator}: this process runs on {allocator.active()} (LD_PRELOAD from the environment?)")
     if "dr-torch" not in args.arms:
         args.arms = ["dr-torch", *args.arms]  # the reference of the deviations
     out = Path(args.out)
@@ -312,7 +323,7 @@ def main() -> None:
             effect_rows[name] = effect(arm, data, out / f"effect.{name}.{tag}.L{args.max_length}.json", settings)
 
     title = (f"Encoding {n} SciFact passages, max length {args.max_length}, batch {args.batch_size}, fp32, "
-             f"{args.threads} threads; median of {args.repeats} (range: min-max passages/s)")
+             f"{args.threads} threads, malloc: {args.allocator}; median of {args.repeats} (range: min-max passages/s)")
     table = "\n".join([title, format_machine(info), speed_table(rows, n, effect_rows)]
                       + [f"skipped {name}: {why}" for name, why in skipped.items()])
     if effect_rows:

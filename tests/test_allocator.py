@@ -73,6 +73,13 @@ def test_the_console_scripts_choose_the_allocator_first(tmp_path):
     assert done.stderr.strip().startswith("dr-train: error: DR_MALLOC=jemalloc: no jemalloc library found")
 
 
-def test_callers_of_main_are_not_re_executed():
+def test_callers_of_main_are_not_re_executed(monkeypatch):
+    """Only the interpreter's own command line counts: a test that sets sys.argv to a command's name
+    and calls its main() must not have its process replaced."""
     assert ALLOCATOR_COMMANDS <= set(COMMANDS)
+    monkeypatch.setattr(sys, "argv", ["dr-split", "x=1"])
     assert not any(_is_console_script(name) for name in COMMANDS)
+    assert _is_console_script("dr-train", ["/v/bin/python", "/v/bin/dr-train", "seed=1"])
+    assert _is_console_script("dr-eval", ["python", "-m", "dr.cli.evaluate"])
+    assert not _is_console_script("dr-train", ["python", "-m", "pytest", "tests"])
+    assert not _is_console_script("dr-train", ["python"])

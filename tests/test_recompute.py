@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
 from dr.models import BiEncoder, resolve_model_name
-from dr.models.recompute import feed_forward, set_feed_forward_recompute
+from dr.models.recompute import CHUNK_TOKENS, feed_forward, set_feed_forward_recompute
 
 TEXTS = ["a short query", "a somewhat longer passage about proteins and cells in mice", "third text here",
          "gene expression in tumours and the outcomes of patients treated with a new drug"]
@@ -47,10 +47,11 @@ def saved_bytes(encoder: BiEncoder) -> int:
 
 
 @pytest.mark.parametrize("mode", ["activation", "full"])
-def test_recompute_gives_the_same_loss_and_gradients(tiny_bert, mode):
+@pytest.mark.parametrize("chunk_tokens", [None, 7])  # 7: several chunks of the 4 x 18 tokens, the last one short
+def test_recompute_gives_the_same_loss_and_gradients(tiny_bert, mode, chunk_tokens):
     plain = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
     recomputed = copy.deepcopy(plain)
-    assert recomputed.set_feed_forward_recompute(mode) == 2  # the tiny BERT's two layers
+    assert recomputed.set_feed_forward_recompute(mode, chunk_tokens) == 2  # the tiny BERT's two layers
     plain_loss, plain_grads = loss_and_grads(plain)
     loss, grads = loss_and_grads(recomputed)
     torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
@@ -63,7 +64,7 @@ def test_recompute_matches_under_bf16_autocast(tiny_bert):
     """Under autocast the recomputed block runs in bf16 in both passes, as the plain one does."""
     plain = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
     recomputed = copy.deepcopy(plain)
-    recomputed.set_feed_forward_recompute("full")
+    recomputed.set_feed_forward_recompute("full", chunk_tokens=10)
     plain_loss, plain_grads = loss_and_grads(plain, bf16=True)
     loss, grads = loss_and_grads(recomputed, bf16=True)
     torch.testing.assert_close(loss, plain_loss, atol=2e-2, rtol=2e-2)
@@ -97,7 +98,7 @@ def test_none_restores_the_model_and_the_state_dict_is_unchanged(tiny_bert):
     encoder.set_feed_forward_recompute("full")
     assert "feed_forward_chunk" in vars(layer) and list(encoder.state_dict()) == keys
     assert encoder.set_feed_forward_recompute("none") == 2
-    assert "feed_forward_chunk" not in vars(layer) and "_dr_recompute" not in vars(layer)
+    assert "feed_forward_chunk" not in vars(layer)
     with pytest.raises(ValueError, match="one of"):
         set_feed_forward_recompute(encoder.query_model, "some")
 
@@ -109,7 +110,7 @@ def test_distilbert_feed_forward_is_recomputed(tmp_path):
     AutoTokenizer.from_pretrained(resolve_model_name("all-MiniLM-L6-v2")).save_pretrained(tmp_path)
     plain = BiEncoder.from_pretrained(str(tmp_path), pooling="mean", normalize=True)
     recomputed = copy.deepcopy(plain)
-    assert recomputed.set_feed_forward_recompute("full") == 2
+    assert recomputed.set_feed_forward_recompute("full", chunk_tokens=9) == 2
     plain_loss, plain_grads = loss_and_grads(plain)
     loss, grads = loss_and_grads(recomputed)
     torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
@@ -123,10 +124,11 @@ def test_feed_forward_function_gradients_by_gradcheck():
     x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
     params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((7, 5), (7,), (5, 7), (5,))]
     for mode in ("activation", "full"):
-        def f(x, w1, b1, w2, b2):
-            return feed_forward(x, _Linear(w1, b1), torch.nn.functional.gelu, _Linear(w2, b2), mode)
+        for chunk in (4, 6):  # uneven and even chunks of the 6 rows
+            def f(x, w1, b1, w2, b2):
+                return feed_forward(x, _Linear(w1, b1), torch.nn.functional.gelu, _Linear(w2, b2), mode, chunk)
 
-        assert torch.autograd.gradcheck(f, (x, *params))
+            assert torch.autograd.gradcheck(f, (x, *params))
 
 
 class _Linear:
@@ -148,4 +150,21 @@ def test_module_option_sets_the_encoder(tiny_bert):
 
     encoder = BiEncoder.from_pretrained(tiny_bert)
     DenseRetrievalModule(encoder, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), ffn_recompute="full")
-    assert vars(encoder.query_model.encoder.layer[1])["_dr_recompute"] == "full"
+    chunk = vars(encoder.query_model.encoder.layer[1])["feed_forward_chunk"]
+    assert (chunk.mode, chunk.chunk_tokens) == ("full", CHUNK_TOKENS)
+
+
+def test_the_setting_survives_pickling_and_deep_copies(tiny_bert):
+    """ddp_spawn pickles the model into its processes; refresh snapshots deep-copy it."""
+    import pickle
+
+    encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    encoder.set_feed_forward_recompute("full", chunk_tokens=5)
+    for copied in (pickle.loads(pickle.dumps(encoder)), copy.deepcopy(encoder)):
+        chunk = vars(copied.query_model.encoder.layer[0])["feed_forward_chunk"]
+        assert chunk.layer is copied.query_model.encoder.layer[0] and (chunk.mode, chunk.chunk_tokens) == ("full", 5)
+        loss, grads = loss_and_grads(copied)
+        plain_loss, plain_grads = loss_and_grads(encoder)
+        torch.testing.assert_close(loss, plain_loss)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, msg=name)

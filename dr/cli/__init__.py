@@ -169,13 +169,16 @@ ALLOCATOR_COMMANDS = {"dr-train", "dr-encode", "dr-search", "dr-eval", "dr-expor
                       "dr-split"}
 
 
-def _is_console_script(name: str) -> bool:
-    """Whether this process is the command itself (its console script, or ``python -m dr.cli.<module>``),
-    not a caller of its ``main()`` such as a test."""
-    if Path(sys.argv[0]).name == name:
-        return True
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec is not None and spec.name == f"dr.cli.{COMMANDS[name][0]}"
+def _is_console_script(name: str, argv: list[str] | None = None) -> bool:
+    """Whether this process was started as the command itself (``<venv>/bin/dr-train ...`` or
+    ``python -m dr.cli.train ...``, read from the interpreter's own command line), not as a
+    caller of its ``main()``, such as a test that sets ``sys.argv``."""
+    argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
+    if len(argv) < 2:
+        return False
+    if argv[1] == "-m":
+        return len(argv) > 2 and argv[2] == f"dr.cli.{COMMANDS[name][0]}"
+    return Path(argv[1]).name == name
 
 
 def _exit_on_user_error(name: str, e: Exception) -> None:

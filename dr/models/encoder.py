@@ -274,13 +274,14 @@ class BiEncoder(nn.Module):
             if model is not None:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    def set_feed_forward_recompute(self, mode: str) -> int:
+    def set_feed_forward_recompute(self, mode: str, chunk_tokens: int | None = None) -> int:
         """Recompute the feed-forward blocks of both towers in the backward pass (``"activation"``
         or ``"full"``; ``"none"`` undoes it); returns how many blocks were set
         (:func:`dr.models.recompute.set_feed_forward_recompute`)."""
-        from dr.models.recompute import set_feed_forward_recompute
+        from dr.models.recompute import CHUNK_TOKENS, set_feed_forward_recompute
 
-        return sum(set_feed_forward_recompute(m, mode) for m in (self.query_model, self.passage_model) if m is not None)
+        chunk = CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+        return sum(set_feed_forward_recompute(m, mode, chunk) for m in (self.query_model, self.passage_model) if m is not None)
 
     def set_attention_dropout(self, p: float) -> int:
         """Set the dropout on the attention probabilities of both towers to ``p``; returns how many

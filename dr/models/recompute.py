@@ -32,7 +32,6 @@ MiniLM, MPNet-style ``intermediate``/``output`` -- and DistilBERT's ``FFN``):
 
 from __future__ import annotations
 
-import types
 from typing import Callable, Literal
 
 import torch
@@ -43,77 +42,108 @@ Recompute = Literal["none", "activation", "full"]
 MODES = ("none", "activation", "full")
 
 
-def _linear_grads(grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  need_input: bool, need_weight: bool, need_bias: bool):
-    """Gradients of ``out = inp @ weight.T + bias`` for ``grad_out``, computed in ``grad_out``'s
-    dtype (the dtype the forward product ran in) and returned in each operand's own dtype."""
-    dtype = grad_out.dtype
-    g = grad_out.reshape(-1, grad_out.shape[-1])
-    grad_inp = grad_w = grad_b = None
-    if need_input:
-        grad_inp = (g @ weight.to(dtype)).reshape(*grad_out.shape[:-1], weight.shape[1])
-    if need_weight:
-        grad_w = (g.t() @ inp.reshape(-1, inp.shape[-1]).to(dtype)).to(weight.dtype)
-    if need_bias and bias is not None:
-        grad_b = g.sum(0).to(bias.dtype)
-    return grad_inp, grad_w, grad_b
-
-
 class _FeedForward(torch.autograd.Function):
-    """``W2 act(W1 x + b1) + b2`` that saves ``x`` (and ``h`` when ``keep_h``) for the backward pass."""
+    """``W2 act(W1 x + b1) + b2`` over rows of ``chunk`` tokens, saving ``x`` (and ``h`` when
+    ``keep_h``) for the backward pass, which recomputes the rest one chunk at a time."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, act: Callable, keep_h: bool):
+    def forward(ctx, x, w1, b1, w2, b2, act: Callable, keep_h: bool, chunk: int):
         device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else None
-        h = F.linear(x, w1, b1)
-        y = F.linear(act(h), w2, b2)
-        ctx.act, ctx.device_type, ctx.autocast, ctx.dtype = act, device_type, autocast, dtype
-        ctx.x_dtype = x.dtype
-        x_saved = x.to(dtype) if autocast else x  # what F.linear multiplied
-        ctx.save_for_backward(x_saved, h if keep_h else None, w1, b1, w2, b2)
+        rows = x.reshape(-1, x.shape[-1])
+        hs, ys = [], []
+        for part in rows.split(chunk):
+            h = F.linear(part, w1, b1)
+            ys.append(F.linear(act(h), w2, b2))
+            if keep_h:
+                hs.append(h)
+            del h
+        y = (ys[0] if len(ys) == 1 else torch.cat(ys)).reshape(*x.shape[:-1], w2.shape[0])
+        ctx.act, ctx.device_type, ctx.autocast, ctx.dtype, ctx.chunk = act, device_type, autocast, dtype, chunk
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        saved_x = rows.to(dtype) if autocast else rows  # what F.linear multiplied
+        saved_h = (hs[0] if len(hs) == 1 else torch.cat(hs)) if keep_h else None
+        ctx.save_for_backward(saved_x, saved_h, w1, b1, w2, b2)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, h, w1, b1, w2, b2 = ctx.saved_tensors
+        x, h_all, w1, b1, w2, b2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
-        with torch.autocast(ctx.device_type, dtype=ctx.dtype or torch.bfloat16, enabled=ctx.autocast):
-            if h is None:
-                with torch.no_grad():
-                    h = F.linear(x, w1, b1)
-            with torch.enable_grad():
-                h = h.detach().requires_grad_(True)
-                a = ctx.act(h)
-        grad_y = grad_y.to(a.dtype)
-        grad_a, grad_w2, grad_b2 = _linear_grads(grad_y, a.detach(), w2, b2, True, need_w2, need_b2)
-        (grad_h,) = torch.autograd.grad(a, h, grad_a)
-        grad_x, grad_w1, grad_b1 = _linear_grads(grad_h, x, w1, b1, need_x, need_w1, need_b1)
+        grad_rows = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = torch.empty(x.shape, dtype=ctx.x_dtype, device=x.device) if need_x else None
+        sums = {}  # weight and bias gradients, accumulated over chunks in float32
+
+        def add(name, value):
+            sums[name] = value.float() if name not in sums else sums[name] + value
+
+        for start in range(0, x.shape[0], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            xc = x[part]
+            with torch.autocast(ctx.device_type, dtype=ctx.dtype or torch.bfloat16, enabled=ctx.autocast):
+                if h_all is None:
+                    with torch.no_grad():
+                        h = F.linear(xc, w1, b1)
+                else:
+                    h = h_all[part]
+                with torch.enable_grad():
+                    h = h.detach().requires_grad_(True)
+                    a = ctx.act(h)
+            g = grad_rows[part].to(a.dtype)
+            if need_w2:
+                add("w2", g.t() @ a.detach())
+            if need_b2 and b2 is not None:
+                add("b2", g.sum(0))
+            (gh,) = torch.autograd.grad(a, h, g @ w2.to(g.dtype))
+            del a, h
+            if need_w1:
+                add("w1", gh.t() @ xc.to(gh.dtype))
+            if need_b1 and b1 is not None:
+                add("b1", gh.sum(0))
+            if need_x:
+                grad_x[part] = gh @ w1.to(gh.dtype)
+        grads = [None if name not in sums else sums[name].to(ref.dtype) for name, ref in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
         if grad_x is not None:
-            grad_x = grad_x.to(ctx.x_dtype)
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None
+            grad_x = grad_x.reshape(ctx.x_shape)
+        return (grad_x, *grads, None, None, None)
 
 
-def feed_forward(x: torch.Tensor, up: nn.Linear, act: Callable, down: nn.Linear, mode: Recompute) -> torch.Tensor:
+#: tokens per chunk of the recomputed feed-forward block: its transient [tokens, 4H] tensors are
+#: this many rows (25 MB each in fp32 for MiniLM's 1,536) instead of the whole batch's
+CHUNK_TOKENS = 4096
+
+
+def feed_forward(x: torch.Tensor, up: nn.Linear, act: Callable, down: nn.Linear, mode: Recompute,
+                 chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
     """``down(act(up(x)))``, recomputing ``act`` (``mode="activation"``) or ``up`` and ``act``
-    (``"full"``) in the backward pass; plain modules when no gradient is needed or ``mode="none"``."""
+    (``"full"``) in the backward pass, ``chunk_tokens`` tokens at a time; plain modules when no
+    gradient is needed or ``mode="none"``."""
     if mode == "none" or not torch.is_grad_enabled():
         return down(act(up(x)))
-    return _FeedForward.apply(x, up.weight, up.bias, down.weight, down.bias, act, mode == "activation")
+    return _FeedForward.apply(x, up.weight, up.bias, down.weight, down.bias, act, mode == "activation", int(chunk_tokens))
 
 
-def _bert_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
-    # BertLayer.feed_forward_chunk = BertOutput(BertIntermediate(x), x), with the two dense layers fused
-    out = self.output
-    hidden = feed_forward(attention_output, self.intermediate.dense, self.intermediate.intermediate_act_fn,
-                          out.dense, self._dr_recompute)
-    return out.LayerNorm(out.dropout(hidden) + attention_output)
+class _BertChunk:
+    """BertLayer.feed_forward_chunk = BertOutput(BertIntermediate(x), x), with the two dense layers
+    fused into :func:`feed_forward`. A plain object, not a bound method, so that the layer pickles
+    (``ddp_spawn`` sends the model to its processes) and deep-copies with its setting."""
+
+    def __init__(self, layer: nn.Module, mode: Recompute, chunk_tokens: int):
+        self.layer, self.mode, self.chunk_tokens = layer, mode, chunk_tokens
+
+    def __call__(self, attention_output: torch.Tensor) -> torch.Tensor:
+        inter, out = self.layer.intermediate, self.layer.output
+        hidden = feed_forward(attention_output, inter.dense, inter.intermediate_act_fn, out.dense, self.mode, self.chunk_tokens)
+        return out.LayerNorm(out.dropout(hidden) + attention_output)
 
 
-def _distilbert_chunk(self, x: torch.Tensor) -> torch.Tensor:
-    # DistilBERT's FFN.ff_chunk = dropout(lin2(activation(lin1(x))))
-    return self.dropout(feed_forward(x, self.lin1, self.activation, self.lin2, self._dr_recompute))
+class _DistilBertChunk(_BertChunk):
+    """DistilBERT's FFN.ff_chunk = dropout(lin2(activation(lin1(x)))), fused as above."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        ffn = self.layer
+        return ffn.dropout(feed_forward(x, ffn.lin1, ffn.activation, ffn.lin2, self.mode, self.chunk_tokens))
 
 
 def _is_bert_layer(module: nn.Module) -> bool:
@@ -130,23 +160,23 @@ def _is_distilbert_ffn(module: nn.Module) -> bool:
             and isinstance(getattr(module, "dropout", None), nn.Module))
 
 
-def set_feed_forward_recompute(model: nn.Module, mode: Recompute) -> int:
-    """Make every supported feed-forward block of ``model`` recompute in ``mode``; returns how many
-    blocks were set. ``"none"`` restores the model's own code. The weights and the state dict are
+def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: int = CHUNK_TOKENS) -> int:
+    """Make every supported feed-forward block of ``model`` recompute in ``mode``, ``chunk_tokens``
+    tokens at a time; returns how many blocks were set. ``"none"`` restores the model's own code. The weights and the state dict are
     unchanged (the blocks' chunk methods are replaced on the instances)."""
     if mode not in MODES:
         raise ValueError(f"feed-forward recompute must be one of {MODES}, got {mode!r}")
+    if int(chunk_tokens) < 1:
+        raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens}")
     changed = 0
     for module in model.modules():
-        for matches, name, chunk in ((_is_bert_layer, "feed_forward_chunk", _bert_chunk),
-                                     (_is_distilbert_ffn, "ff_chunk", _distilbert_chunk)):
+        for matches, name, chunk in ((_is_bert_layer, "feed_forward_chunk", _BertChunk),
+                                     (_is_distilbert_ffn, "ff_chunk", _DistilBertChunk)):
             if not matches(module):
                 continue
             if mode == "none":
                 module.__dict__.pop(name, None)
-                module.__dict__.pop("_dr_recompute", None)
             else:
-                module._dr_recompute = mode
-                setattr(module, name, types.MethodType(chunk, module))
+                module.__dict__[name] = chunk(module, mode, int(chunk_tokens))
             changed += 1
     return changed
