@@ -27,6 +27,7 @@ processes (the asynchronous refresh, DDP ranks) inherit the setting through the 
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import os
 import sys
@@ -62,6 +63,22 @@ def active() -> str:
     except OSError:
         return "system"
     return "jemalloc" if "jemalloc" in maps else "system"
+
+
+def release_free_memory() -> bool:
+    """Give the memory the allocator keeps of what was freed back to the system (jemalloc: purge
+    every arena; glibc: ``malloc_trim(0)``); returns whether it could. Called between the stages of
+    a run (training, evaluation), whose peaks should not add up: with purging off, jemalloc would
+    otherwise keep the training step's pages while the evaluation allocates its own."""
+    try:
+        if active() == "jemalloc":
+            mallctl = ctypes.CDLL(None).mallctl
+            mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            return mallctl(b"arena.4096.purge", None, None, None, 0) == 0  # 4096: MALLCTL_ARENAS_ALL
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0)) or True
+    except (OSError, AttributeError):  # not glibc, or no mallctl symbol
+        return False
 
 
 def jemalloc_environ(library: str, base: dict | None = None) -> dict:

@@ -83,3 +83,36 @@ def test_callers_of_main_are_not_re_executed(monkeypatch):
     assert _is_console_script("dr-eval", ["python", "-m", "dr.cli.evaluate"])
     assert not _is_console_script("dr-train", ["python", "-m", "pytest", "tests"])
     assert not _is_console_script("dr-train", ["python"])
+
+
+RELEASE = """
+import torch
+from dr.allocator import reexec_with_jemalloc, release_free_memory, active
+reexec_with_jemalloc('probe')
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+kept = [torch.ones(2_000_000 * (i % 5 + 1)) for i in range(100)]  # about 2.3 GiB, in sizes that differ
+del kept
+before = rss()
+ok = release_free_memory()
+print(active(), ok, round(before), round(rss()))
+"""
+
+
+def test_freed_memory_goes_back_between_stages():
+    """With purging off, jemalloc keeps what was freed until release_free_memory() purges it."""
+    if allocator.find_jemalloc() is None:
+        pytest.skip("no jemalloc library here")
+    done = subprocess.run([sys.executable, "-c", RELEASE], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    name, ok, before, after = done.stdout.split()
+    assert (name, ok) == ("jemalloc", "True")
+    assert int(before) > 2000 and int(after) < int(before) - 1500, done.stdout
+    assert allocator.release_free_memory() is True  # glibc's malloc_trim in this process
+
+
+def test_a_run_reports_its_peaks(cfg_train):
+    from dr.training import train
+
+    metrics = train(cfg_train("export.enabled=false", "data.val_fraction=0", max_steps=2))
+    assert metrics["memory/peak_rss_mib"] >= metrics["memory/train_peak_rss_mib"] > 100
+    assert metrics["memory/trained_eval_peak_rss_mib"] > 100

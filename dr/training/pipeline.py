@@ -10,8 +10,10 @@ directory and print a comparison table.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +115,41 @@ class TestSplit:
         return bm25.search_run(qids, [self.queries[q] for q in qids], self.cfg.k)
 
 
+class _StagePeak:
+    """The largest resident memory of this process while a stage runs, sampled every 0.1 s by a
+    thread (the kernel's own peak counter cannot be restarted without erasing the process's
+    peak). Entering gives freed memory back first (:func:`dr.allocator.release_free_memory`), so
+    that one stage's leftovers do not add to the next stage's peak."""
+
+    def __init__(self, metrics: dict, stage: str):
+        self.metrics, self.stage, self.peak = metrics, stage, 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while True:
+            try:
+                self.peak = max(self.peak, int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE / 2**20)
+            except OSError:
+                return
+            if self._stop.wait(0.1):
+                return
+
+    def __enter__(self):
+        allocator.release_free_memory()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if self.peak:
+            self.metrics[f"memory/{self.stage}_peak_rss_mib"] = self.peak
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux's ``ru_maxrss`` is in KiB, macOS's in bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -140,7 +177,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     def evaluate(name: str, run_fn) -> None:
         t0 = time.perf_counter()
-        run = run_fn()
+        with _StagePeak(metrics, f"{name}_eval"):
+            run = run_fn()
         write_run(run, out / "runs" / f"{name}.run", tag=name)
         scores = evaluate_run(run, test.qrels, test.measures)
         timings[f"time/{name}_eval_s"] = time.perf_counter() - t0
@@ -172,7 +210,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         default_root_dir=str(out),
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with _StagePeak(metrics, "train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     timings["time/train_s"] = time.perf_counter() - t0
     metrics["train/global_step"] = float(trainer.global_step)
     if refresh is not None:
@@ -200,7 +239,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
         print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
-        print(f"peak resident memory: {metrics['memory/peak_rss_mib'] / 1024:.2f} GB (allocator: {allocator.active()})")
+        stages = ", ".join(f"{k.removeprefix('memory/').removesuffix('_peak_rss_mib')} {v / 1024:.2f}"
+                           for k, v in metrics.items() if k.endswith("_peak_rss_mib"))
+        print(f"peak resident memory: {metrics['memory/peak_rss_mib'] / 1024:.2f} GiB ({stages + '; ' if stages else ''}"
+              f"allocator: {allocator.active()})")
         print(f"run directory: {out}")
         if cfg.export.enabled:
             print(f"exported model: {out / 'export'}")
