@@ -75,8 +75,8 @@ def release_free_memory() -> bool:
             mallctl = ctypes.CDLL(None).mallctl
             mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
             return mallctl(b"arena.4096.purge", None, None, None, 0) == 0  # 4096: MALLCTL_ARENAS_ALL
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0)) or True
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)  # returns 1 only if it freed something
+        return True
     except (OSError, AttributeError):  # not glibc, or no mallctl symbol
         return False
 
