@@ -117,6 +117,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,
     "module.ffn_recompute": one_of("none", "activation", "full"),
+    "module.attention_recompute": boolean,
+    "module.cpu_linear": one_of("onednn", "aten"),
     "module.grad_cache_chunk": positive_int,
     "module.gather_negatives": boolean,
     "data.compact": boolean,

@@ -6,7 +6,9 @@ set to it), same batch size, fp32, same torch thread count, one process. Arms:
 
 - ``st``: ``SentenceTransformer.encode``, normalised as the model's own modules say (its
   ``Normalize`` module; no extra ``normalize_embeddings``);
-- ``dr-torch``: :meth:`dr.models.BiEncoder.encode_passages`;
+- ``dr-torch``: :meth:`dr.models.BiEncoder.encode_passages` (fp32 products through oneDNN on CPU,
+  :mod:`dr.models.cpu_linear`, as dr runs by default);
+- ``dr-torch-aten``: the same with PyTorch's own linear kernel (``DR_CPU_LINEAR=aten``);
 - ``dr-onnx``, ``dr-onnx-int8``: ``dr.models.load_encoder(..., backend="onnx" | "onnx-int8")``
   (skipped with a note where that function or its dependencies are missing).
 
@@ -44,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 MODEL = "all-MiniLM-L6-v2"
-ARMS = ["st", "dr-torch", "dr-onnx", "dr-onnx-int8"]
+ARMS = ["st", "dr-torch", "dr-torch-aten", "dr-onnx", "dr-onnx-int8"]
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -125,15 +127,16 @@ def st_arm(model_dir: str, passage_length: int, query_length: int, batch_size: i
     return Arm("st", lambda t: encode(t, passage_length), lambda t: encode(t, query_length), setup, note)
 
 
-def dr_torch_arm(passage_length: int, query_length: int, batch_size: int) -> Arm:
+def dr_torch_arm(passage_length: int, query_length: int, batch_size: int, cpu_linear: str = "onednn") -> Arm:
     from dr.models import BiEncoder
 
     t0 = time.perf_counter()
     encoder = BiEncoder.load(MODEL, {"passage_max_length": passage_length, "query_max_length": query_length}, device="cpu")
+    layers = encoder.set_cpu_linear(cpu_linear)
     setup = time.perf_counter() - t0
-    note = f"pooling {encoder.pooling}, normalize {encoder.normalize}"
+    note = f"pooling {encoder.pooling}, normalize {encoder.normalize}, linear layers: {cpu_linear} ({layers} set)"
     return Arm(
-        "dr-torch",
+        "dr-torch" if cpu_linear == "onednn" else "dr-torch-aten",
         lambda t: encoder.encode_passages(t, batch_size=batch_size, show_progress=False),
         lambda t: encoder.encode_queries(t, batch_size=batch_size, show_progress=False),
         setup, note,
@@ -279,8 +282,8 @@ def main() -> None:
             continue
         if name == "st":
             arm = st_arm(resolve_model_name(MODEL), args.max_length, args.query_length, args.batch_size)
-        elif name == "dr-torch":
-            arm = dr_torch_arm(args.max_length, args.query_length, args.batch_size)
+        elif name in ("dr-torch", "dr-torch-aten"):
+            arm = dr_torch_arm(args.max_length, args.query_length, args.batch_size, "onednn" if name == "dr-torch" else "aten")
         else:
             arm = onnx_arm(name, args.max_length, args.query_length, args.batch_size, args.threads)
         if isinstance(arm, str):

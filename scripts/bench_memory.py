@@ -7,13 +7,15 @@ batch; InfoNCE over the 64 passages, backward, AdamW step; ``--steps`` steps, th
 Configurations cross:
 
 - precision: ``fp32`` or ``bf16`` (autocast, as ``dr-train`` runs where bf16 is native);
-- recompute: ``none``, ``activation`` / ``full`` (``module.ffn_recompute``, :mod:`dr.models.recompute`)
+- recompute: ``none``, ``activation`` / ``full`` (``module.ffn_recompute``, :mod:`dr.models.recompute`),
+  ``attention`` (``full`` and ``module.attention_recompute``: the self-attention recomputed too)
   or ``checkpoint`` (``module.gradient_checkpointing``: every layer recomputed);
 - allocator: ``system`` (glibc's malloc) or ``jemalloc`` (preloaded with purging off, as ``dr``'s
   commands run when it is there; :mod:`dr.allocator`).
 
 Reported: MiB stored for the backward pass (distinct tensor storages that autograd saved, the
-parameters left out; step 1), the resident memory before the first step (model, optimizer, libraries),
+parameters left out; step 1; the inputs a checkpointed module keeps are not among them: one
+``[tokens, hidden]`` tensor per layer for ``attention`` and ``checkpoint``), the resident memory before the first step (model, optimizer, libraries),
 the peak resident memory, and the median step time over steps 2..N.
 
     python scripts/bench_memory.py                              # everything: about 10 minutes on 2 cores
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encode import format_machine, machine_info, write_results  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
-RECOMPUTE = ["none", "activation", "full", "checkpoint"]
+RECOMPUTE = ["none", "activation", "full", "attention", "checkpoint"]
 
 
 def rss_mib() -> tuple[float, float]:
@@ -71,6 +73,9 @@ def run_one(args, precision: str, recompute: str) -> dict:
     encoder.set_attention_dropout(0.0)
     if recompute == "checkpoint":
         encoder.gradient_checkpointing_enable()
+    elif recompute == "attention":  # the feed-forward block and the self-attention recomputed
+        encoder.set_feed_forward_recompute("full")
+        encoder.set_attention_recompute(True)
     else:
         encoder.set_feed_forward_recompute(recompute)
     encoder.train()

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
 from dr.models import BiEncoder, resolve_model_name
-from dr.models.recompute import CHUNK_TOKENS, feed_forward, set_feed_forward_recompute
+from dr.models.recompute import CHUNK_TOKENS, feed_forward, set_attention_recompute, set_feed_forward_recompute
 
 TEXTS = ["a short query", "a somewhat longer passage about proteins and cells in mice", "third text here",
          "gene expression in tumours and the outcomes of patients treated with a new drug"]
@@ -168,3 +168,75 @@ def test_the_setting_survives_pickling_and_deep_copies(tiny_bert):
         torch.testing.assert_close(loss, plain_loss)
         for name, grad in plain_grads.items():
             torch.testing.assert_close(grads[name], grad, msg=name)
+
+
+# ---------------------------------------------------------------------------- self-attention
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])  # 0: SDPA's fused kernel; 0.1: masks replayed
+def test_attention_recompute_gives_the_same_loss_and_gradients(tiny_bert, attention_dropout):
+    plain = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    plain.set_attention_dropout(attention_dropout)
+    recomputed = copy.deepcopy(plain)
+    assert recomputed.set_attention_recompute(True) == 2 and recomputed.set_feed_forward_recompute("full") == 2
+    plain_loss, plain_grads = loss_and_grads(plain)
+    loss, grads = loss_and_grads(recomputed)
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
+    assert grads.keys() == plain_grads.keys() and any("attention.self.query" in n for n in grads)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_attention_recompute_stores_less_for_the_backward_pass(tiny_bert):
+    """The query, key and value projections (at least) are no longer kept."""
+    encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    encoder.set_attention_dropout(0.0)
+    plain = saved_bytes(encoder)
+    encoder.set_attention_recompute(True)
+    recomputed = saved_bytes(encoder)
+    tokens = encoder.tokenize(TEXTS, "passage")["input_ids"].numel()
+    config = encoder.query_model.config
+    one = tokens * config.hidden_size * config.num_hidden_layers * 4  # one fp32 [tokens, hidden] per layer
+    assert plain - recomputed >= 3 * one, (plain, recomputed, one)
+
+
+def test_attention_recompute_is_undone_kept_by_copies_and_set_by_the_module(tiny_bert):
+    import pickle
+    from functools import partial
+
+    from dr.training import DenseRetrievalModule
+    from losses import InfoNCELoss
+
+    encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
+    keys = list(encoder.state_dict())
+    attention = encoder.query_model.encoder.layer[0].attention.self
+    DenseRetrievalModule(encoder, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), attention_recompute=True)
+    assert "forward" in vars(attention) and list(encoder.state_dict()) == keys
+    for copied in (pickle.loads(pickle.dumps(encoder)), copy.deepcopy(encoder)):
+        recomputed = vars(copied.query_model.encoder.layer[0].attention.self)["forward"]
+        assert recomputed.module is copied.query_model.encoder.layer[0].attention.self
+        loss, grads = loss_and_grads(copied)
+        plain_loss, plain_grads = loss_and_grads(encoder)
+        torch.testing.assert_close(loss, plain_loss)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, msg=name)
+    with torch.no_grad():  # no gradient: the module's own forward, nothing recomputed
+        encoder.embed_passages(encoder.tokenize(TEXTS, "passage"))
+    assert set_attention_recompute(encoder.query_model, False) == 2 and "forward" not in vars(attention)
+    # whole-layer checkpointing already recomputes the attention: the option is left off
+    other = BiEncoder.from_pretrained(tiny_bert)
+    DenseRetrievalModule(other, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), gradient_checkpointing=True, attention_recompute=True)
+    assert "forward" not in vars(other.query_model.encoder.layer[0].attention.self)
+
+
+def test_distilbert_attention_is_recomputed(tmp_path):
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512)
+    torch.manual_seed(0)
+    DistilBertModel(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(resolve_model_name("all-MiniLM-L6-v2")).save_pretrained(tmp_path)
+    plain = BiEncoder.from_pretrained(str(tmp_path), pooling="mean", normalize=True)
+    recomputed = copy.deepcopy(plain)
+    assert recomputed.set_attention_recompute(True) == 2
+    plain_loss, plain_grads = loss_and_grads(plain)
+    loss, grads = loss_and_grads(recomputed)
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)

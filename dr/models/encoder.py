@@ -133,6 +133,7 @@ class BiEncoder(nn.Module):
         self.similarity = similarity
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
+        self.set_cpu_linear()  # fp32 products on CPU through oneDNN (DR_CPU_LINEAR=aten: PyTorch's own)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -271,7 +272,11 @@ class BiEncoder(nn.Module):
         """Recompute each layer's activations in the backward pass instead of storing them
         (Hugging Face's per-layer checkpointing, non-reentrant: dropout masks are replayed)."""
         for model in (self.query_model, self.passage_model):
-            if model is not None:
+            if model is None:
+                continue
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def set_feed_forward_recompute(self, mode: str, chunk_tokens: int | None = None) -> int:
@@ -282,6 +287,21 @@ class BiEncoder(nn.Module):
 
         chunk = CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
         return sum(set_feed_forward_recompute(m, mode, chunk) for m in (self.query_model, self.passage_model) if m is not None)
+
+    def set_cpu_linear(self, mode: str | None = None) -> int:
+        """Compute the fp32 linear layers of both towers on CPU with oneDNN (``"onednn"``) or with
+        PyTorch's own kernel (``"aten"``); ``None``: ``DR_CPU_LINEAR``, default ``onednn``. Returns how
+        many layers were set (:mod:`dr.models.cpu_linear`)."""
+        from dr.models.cpu_linear import set_cpu_linear
+
+        return sum(set_cpu_linear(m, mode) for m in (self.query_model, self.passage_model) if m is not None)
+
+    def set_attention_recompute(self, enabled: bool) -> int:
+        """Recompute the self-attention modules of both towers in the backward pass (``False``
+        undoes it); returns how many were set (:func:`dr.models.recompute.set_attention_recompute`)."""
+        from dr.models.recompute import set_attention_recompute
+
+        return sum(set_attention_recompute(m, enabled) for m in (self.query_model, self.passage_model) if m is not None)
 
     def set_attention_dropout(self, p: float) -> int:
         """Set the dropout on the attention probabilities of both towers to ``p``; returns how many

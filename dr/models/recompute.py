@@ -35,8 +35,10 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
+
+from dr.models.cpu_linear import matmul_t
 
 Recompute = Literal["none", "activation", "full"]
 MODES = ("none", "activation", "full")
@@ -54,15 +56,15 @@ class _FeedForward(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1])
         hs, ys = [], []
         for part in rows.split(chunk):
-            h = F.linear(part, w1, b1)
-            ys.append(F.linear(act(h), w2, b2))
+            h = matmul_t(part, w1, b1)
+            ys.append(matmul_t(act(h), w2, b2))
             if keep_h:
                 hs.append(h)
             del h
         y = (ys[0] if len(ys) == 1 else torch.cat(ys)).reshape(*x.shape[:-1], w2.shape[0])
         ctx.act, ctx.device_type, ctx.autocast, ctx.dtype, ctx.chunk = act, device_type, autocast, dtype, chunk
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
-        saved_x = rows.to(dtype) if autocast else rows  # what F.linear multiplied
+        saved_x = rows.to(dtype) if autocast else rows  # what the product multiplied
         saved_h = (hs[0] if len(hs) == 1 else torch.cat(hs)) if keep_h else None
         ctx.save_for_backward(saved_x, saved_h, w1, b1, w2, b2)
         return y
@@ -84,7 +86,7 @@ class _FeedForward(torch.autograd.Function):
             with torch.autocast(ctx.device_type, dtype=ctx.dtype or torch.bfloat16, enabled=ctx.autocast):
                 if h_all is None:
                     with torch.no_grad():
-                        h = F.linear(xc, w1, b1)
+                        h = matmul_t(xc, w1, b1)
                 else:
                     h = h_all[part]
                 with torch.enable_grad():
@@ -95,14 +97,14 @@ class _FeedForward(torch.autograd.Function):
                 add("w2", g.t() @ a.detach())
             if need_b2 and b2 is not None:
                 add("b2", g.sum(0))
-            (gh,) = torch.autograd.grad(a, h, g @ w2.to(g.dtype))
+            (gh,) = torch.autograd.grad(a, h, matmul_t(g, w2.to(g.dtype).t()))
             del a, h
             if need_w1:
                 add("w1", gh.t() @ xc.to(gh.dtype))
             if need_b1 and b1 is not None:
                 add("b1", gh.sum(0))
             if need_x:
-                grad_x[part] = gh @ w1.to(gh.dtype)
+                grad_x[part] = matmul_t(gh, w1.to(gh.dtype).t())
         grads = [None if name not in sums else sums[name].to(ref.dtype) for name, ref in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
         if grad_x is not None:
             grad_x = grad_x.reshape(ctx.x_shape)
@@ -179,4 +181,55 @@ def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: 
             else:
                 module.__dict__[name] = chunk(module, mode, int(chunk_tokens))
             changed += 1
+    return changed
+
+
+# ---------------------------------------------------------------------------- self-attention
+#: the projections of a self-attention module, by layout: BERT-family, DistilBERT, MPNet
+_PROJECTIONS = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"))
+
+
+class _RecomputedForward:
+    """A self-attention module's forward under :func:`torch.utils.checkpoint.checkpoint`
+    (non-reentrant, RNG state replayed): only the module's inputs are kept for the backward pass,
+    which runs the query/key/value projections and the attention kernel again. A plain object in
+    the instance's ``__dict__`` (pickles and deep-copies with the module); without a gradient the
+    module's own forward runs."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        forward = type(self.module).forward
+        if not torch.is_grad_enabled():
+            return forward(self.module, *args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, self.module, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+
+
+def _is_self_attention(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("SelfAttention") and any(
+        all(isinstance(getattr(module, name, None), nn.Linear) for name in names) for names in _PROJECTIONS)
+
+
+def set_attention_recompute(model: nn.Module, enabled: bool) -> int:
+    """Recompute every self-attention module of ``model`` in the backward pass (``enabled``) or
+    restore the model's own code; returns how many modules were set.
+
+    Selective recomputation (Korthikanti et al. 2022, Sec. 4.2) applied to the attention
+    sub-block: a BERT layer keeps the query, key and value projections and the attention output
+    for the backward pass of ``scaled_dot_product_attention`` (4 of the about 9.5 ``[tokens,
+    hidden]`` tensors a layer stores once the feed-forward block is recomputed, see
+    :func:`set_feed_forward_recompute`); recomputing them costs the three projections and the
+    attention forward again (about a tenth of a training step's arithmetic at 256 tokens). The
+    gradients are those of the plain pass (the same operations on the same inputs, dropout masks
+    replayed from the saved RNG state). Weights and state dict are unchanged."""
+    changed = 0
+    for module in model.modules():
+        if not _is_self_attention(module):
+            continue
+        if enabled:
+            module.__dict__["forward"] = _RecomputedForward(module)
+        else:
+            module.__dict__.pop("forward", None)
+        changed += 1
     return changed

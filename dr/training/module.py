@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from dr import allocator
 from dr.models.encoder import BiEncoder
 from dr.retrieval.evaluate import evaluate_run
 from dr.retrieval.index import DenseIndex
@@ -57,7 +58,15 @@ class DenseRetrievalModule(pl.LightningModule):
             block's activation (almost free), or its up-projection and activation (one extra
             matrix product per layer), in the backward pass instead of storing them (selective
             recomputation, Korthikanti et al. 2022; :mod:`dr.models.recompute`). Same gradients;
-            ``"full"`` stores about 40% less for the backward pass on all-MiniLM-L6-v2.
+            ``"full"`` stores about 40% less for the backward pass on all-MiniLM-L6-v2. The class
+            default is ``"none"``; ``conf/train.yaml`` sets ``"full"``.
+        attention_recompute: recompute each self-attention module (query/key/value projections and
+            the attention kernel) in the backward pass instead of storing its projections and
+            output (:func:`dr.models.recompute.set_attention_recompute`). Same gradients; ignored
+            with ``gradient_checkpointing``, which already recomputes whole layers.
+        cpu_linear: ``"onednn"`` or ``"aten"``: the kernel of the fp32 linear layers on CPU
+            (:mod:`dr.models.cpu_linear`); ``None`` keeps the encoder's (``DR_CPU_LINEAR``, default
+            ``onednn``).
         length_buckets: split each training batch's queries and passages into this many
             length-sorted slices, each padded to its own longest text (exact: padding is masked;
             it only saves the padded compute). 1 pads the whole batch to its longest text.
@@ -86,6 +95,8 @@ class DenseRetrievalModule(pl.LightningModule):
         inbatch_teacher: nn.Module | None = None,
         gradient_checkpointing: bool = False,
         ffn_recompute: str = "none",
+        attention_recompute: bool = False,
+        cpu_linear: str | None = None,
         length_buckets: int = 1,
         attention_dropout: float | None = None,
         gather_negatives: bool = False,
@@ -108,6 +119,10 @@ class DenseRetrievalModule(pl.LightningModule):
             encoder.gradient_checkpointing_enable()
         if ffn_recompute != "none" and not encoder.set_feed_forward_recompute(ffn_recompute):
             log.warning("module.ffn_recompute=%s: no supported feed-forward block in this encoder; left as it is", ffn_recompute)
+        if attention_recompute and not gradient_checkpointing and not encoder.set_attention_recompute(True):
+            log.warning("module.attention_recompute=true: no supported self-attention module in this encoder; left as it is")
+        if cpu_linear is not None:
+            encoder.set_cpu_linear(cpu_linear)
         self.length_buckets = max(1, int(length_buckets))
         if attention_dropout is not None:
             if not encoder.set_attention_dropout(attention_dropout):  # e.g. an architecture whose attention keeps a float
@@ -247,6 +262,16 @@ class DenseRetrievalModule(pl.LightningModule):
             embed = self.encoder.embed_queries if kind == "query" else self.encoder.embed_passages
             self._val_outputs[kind + "_ids"].extend(batch["ids"][i] for i in sel)
             self._val_outputs[kind + "_emb"].append(embed(inputs).float().cpu().numpy())
+
+    def on_validation_start(self) -> None:
+        # With jemalloc's purging off (dr.allocator), the pages a training step freed are kept for
+        # the next step and do not fit validation's inference-sized tensors: give them back before
+        # validation, and validation's after, so the two do not add up (about 0.2 GiB at 256
+        # tokens). The next step faults its pages in again, once per validation.
+        allocator.release_free_memory()
+
+    def on_validation_end(self) -> None:
+        allocator.release_free_memory()
 
     def on_validation_epoch_end(self) -> None:
         out, self._val_outputs = self._val_outputs, defaultdict(list)

@@ -213,6 +213,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with _StagePeak(metrics, "train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     timings["time/train_s"] = time.perf_counter() - t0
+    # Training is over (its last checkpoint is written): the optimizer's moments and the last
+    # step's gradients (three times the weights with AdamW) are not needed by the evaluation.
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
+    module.zero_grad(set_to_none=True)
     metrics["train/global_step"] = float(trainer.global_step)
     if refresh is not None:
         metrics.update(refresh.summary(train_seconds=timings["time/train_s"]))
