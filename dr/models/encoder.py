@@ -289,16 +289,14 @@ class BiEncoder(nn.Module):
         return sum(set_feed_forward_recompute(m, mode, chunk) for m in (self.query_model, self.passage_model) if m is not None)
 
     def set_cpu_linear(self, mode: str | None = None) -> int:
-        """Compute the fp32 linear layers of both towers on CPU with oneDNN (``"onednn"``) or with
-        PyTorch's own kernel (``"aten"``); ``None``: ``DR_CPU_LINEAR``, default ``onednn``. Returns how
-        many layers were set (:mod:`dr.models.cpu_linear`)."""
+        """fp32 linear layers of both towers on CPU through oneDNN (``"onednn"``) or PyTorch's kernel
+        (``"aten"``); ``None``: ``DR_CPU_LINEAR``, default onednn (:mod:`dr.models.cpu_linear`)."""
         from dr.models.cpu_linear import set_cpu_linear
 
         return sum(set_cpu_linear(m, mode) for m in (self.query_model, self.passage_model) if m is not None)
 
     def set_attention_recompute(self, enabled: bool) -> int:
-        """Recompute the self-attention modules of both towers in the backward pass (``False``
-        undoes it); returns how many were set (:func:`dr.models.recompute.set_attention_recompute`)."""
+        """Recompute both towers' self-attention in the backward pass (:mod:`dr.models.recompute`)."""
         from dr.models.recompute import set_attention_recompute
 
         return sum(set_attention_recompute(m, enabled) for m in (self.query_model, self.passage_model) if m is not None)
