@@ -28,6 +28,7 @@ processes (the asynchronous refresh, DDP ranks) inherit the setting through the 
 from __future__ import annotations
 
 import ctypes
+import gc
 import ctypes.util
 import os
 import sys
@@ -69,7 +70,11 @@ def release_free_memory() -> bool:
     """Give the memory the allocator keeps of what was freed back to the system (jemalloc: purge
     every arena; glibc: ``malloc_trim(0)``); returns whether it could. Called between the stages of
     a run (training, evaluation), whose peaks should not add up: with purging off, jemalloc would
-    otherwise keep the training step's pages while the evaluation allocates its own."""
+    otherwise keep the training step's pages while the evaluation allocates its own. Unreachable
+    Python objects are collected first: a model whose layers hold objects that refer back to them
+    (:mod:`dr.models.recompute`, :mod:`dr.models.cpu_linear`) is freed by the cycle collector, not
+    when its last reference goes."""
+    gc.collect()
     try:
         if active() == "jemalloc":
             mallctl = ctypes.CDLL(None).mallctl
