@@ -28,8 +28,8 @@ processes (the asynchronous refresh, DDP ranks) inherit the setting through the 
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 import os
 import sys
 from pathlib import Path

@@ -27,6 +27,17 @@ def loss_and_grads(encoder: BiEncoder, bf16: bool = False, seed: int = 3):
     return loss.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
 
 
+def assert_same_loss_and_grads(plain: BiEncoder, recomputed: BiEncoder, atol: float = 1e-6, rtol: float = 1e-4) -> dict:
+    """The recomputed encoder's loss and every gradient equal the plain one's; returns the gradients."""
+    plain_loss, plain_grads = loss_and_grads(plain)
+    loss, grads = loss_and_grads(recomputed)
+    torch.testing.assert_close(loss, plain_loss, atol=atol, rtol=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=atol, rtol=rtol, msg=name)
+    return grads
+
+
 def saved_bytes(encoder: BiEncoder) -> int:
     """Bytes of the distinct storages autograd keeps for the backward pass of one training forward,
     the parameters (alive anyway) left out."""
@@ -52,12 +63,8 @@ def test_recompute_gives_the_same_loss_and_gradients(tiny_bert, mode, chunk_toke
     plain = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
     recomputed = copy.deepcopy(plain)
     assert recomputed.set_feed_forward_recompute(mode, chunk_tokens) == 2  # the tiny BERT's two layers
-    plain_loss, plain_grads = loss_and_grads(plain)
-    loss, grads = loss_and_grads(recomputed)
-    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
-    assert grads.keys() == plain_grads.keys() and any("intermediate.dense" in n for n in grads)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    grads = assert_same_loss_and_grads(plain, recomputed)
+    assert any("intermediate.dense" in n for n in grads)
 
 
 def test_recompute_matches_under_bf16_autocast(tiny_bert):
@@ -111,11 +118,7 @@ def test_distilbert_feed_forward_is_recomputed(tmp_path):
     plain = BiEncoder.from_pretrained(str(tmp_path), pooling="mean", normalize=True)
     recomputed = copy.deepcopy(plain)
     assert recomputed.set_feed_forward_recompute("full", chunk_tokens=9) == 2
-    plain_loss, plain_grads = loss_and_grads(plain)
-    loss, grads = loss_and_grads(recomputed)
-    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_loss_and_grads(plain, recomputed)
 
 
 def test_feed_forward_function_gradients_by_gradcheck():
@@ -177,12 +180,8 @@ def test_attention_recompute_gives_the_same_loss_and_gradients(tiny_bert, attent
     plain.set_attention_dropout(attention_dropout)
     recomputed = copy.deepcopy(plain)
     assert recomputed.set_attention_recompute(True) == 2 and recomputed.set_feed_forward_recompute("full") == 2
-    plain_loss, plain_grads = loss_and_grads(plain)
-    loss, grads = loss_and_grads(recomputed)
-    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
-    assert grads.keys() == plain_grads.keys() and any("attention.self.query" in n for n in grads)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    grads = assert_same_loss_and_grads(plain, recomputed)
+    assert any("attention.self.query" in n for n in grads)
 
 
 def test_attention_recompute_stores_less_for_the_backward_pass(tiny_bert):
@@ -235,8 +234,4 @@ def test_distilbert_attention_is_recomputed(tmp_path):
     plain = BiEncoder.from_pretrained(str(tmp_path), pooling="mean", normalize=True)
     recomputed = copy.deepcopy(plain)
     assert recomputed.set_attention_recompute(True) == 2
-    plain_loss, plain_grads = loss_and_grads(plain)
-    loss, grads = loss_and_grads(recomputed)
-    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_loss_and_grads(plain, recomputed)

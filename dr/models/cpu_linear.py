@@ -69,6 +69,11 @@ def _product(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     return torch.ops.mkldnn._linear_pointwise(a, weight, bias, "none", [], "")
 
 
+def _rows_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_product` over the rows of an ``[..., in]`` input, reshaped back to ``[..., out]``."""
+    return _product(x.reshape(-1, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+
+
 def matmul_t(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ weight.T + bias`` for a 2-D ``a``, through oneDNN where :func:`usable`; no autograd
     (for the inside of custom backward passes and inference)."""
@@ -83,10 +88,9 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        rows = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(rows, weight)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
         ctx.x_shape, ctx.has_bias = x.shape, bias is not None
-        return _product(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+        return _rows_product(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,7 +109,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return _Linear.apply(x, weight, bias)
-    return _product(x.reshape(-1, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return _rows_product(x, weight, bias)
 
 
 class _LinearForward:
