@@ -24,8 +24,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dr.config import ConfigError
 from dr.data.checks import ON_MISSING
 from dr.models.onnx import BACKENDS
-from dr.retrieval.evaluate import PRESETS, parse_measures
-from dr.retrieval.export import FORMATS
+from dr.evaluation.evaluate import PRESETS, parse_measures
+from dr.export.export import FORMATS
 
 _ABSENT = object()
 
@@ -167,7 +167,7 @@ REFRESH_RULES = {
 }
 
 #: Losses that need teacher scores in the batch, and those with an in-batch teacher term.
-TEACHER_LOSSES = ("losses.MarginMSELoss", "losses.DistillationLoss", "losses.InfoNCEKDLoss")
+TEACHER_LOSSES = ("dr.losses.MarginMSELoss", "dr.losses.DistillationLoss", "dr.losses.InfoNCEKDLoss")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -234,7 +234,7 @@ def _check_training(cfg: DictConfig) -> None:
     if loss in TEACHER_LOSSES and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
         raise ConfigError(f"loss={loss.rsplit('.', 1)[-1]}: expected teacher scores, set data.teacher_scores=FILE "
                           "(dr-score output) or data.teacher_from_negatives=true with a scored negatives file")
-    if loss == "losses.DistillationLoss" and _get(cfg, "loss.inbatch") not in (None, _ABSENT) \
+    if loss == "dr.losses.DistillationLoss" and _get(cfg, "loss.inbatch") not in (None, _ABSENT) \
             and _get(cfg, "module.inbatch_teacher") in (None, _ABSENT):
         raise ConfigError("module.inbatch_teacher=null: expected an in-batch teacher for this loss's in-batch term, "
                           "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")

@@ -1,10 +1,10 @@
 """Training objectives for dense retrievers: one loss per file, each citing its paper."""
 
-from losses.infonce import InfoNCELoss, info_nce
-from losses.infonce_kd import InfoNCEKDLoss, candidate_kd
-from losses.listwise_kl import InBatchKLLoss, listwise_kl
-from losses.margin_mse import MarginMSELoss, margin_mse
-from losses.tas_b import DistillationLoss, InBatchMarginMSELoss, inbatch_margin_mse
+from dr.losses.infonce import InfoNCELoss, info_nce
+from dr.losses.infonce_kd import InfoNCEKDLoss, candidate_kd
+from dr.losses.listwise_kl import InBatchKLLoss, listwise_kl
+from dr.losses.margin_mse import MarginMSELoss, margin_mse
+from dr.losses.tas_b import DistillationLoss, InBatchMarginMSELoss, inbatch_margin_mse
 
 __all__ = [
     "DistillationLoss",

@@ -14,7 +14,7 @@ document away.
 Inputs: query embeddings ``[B, H]``, passage embeddings ``[M, H]``, the index of each query's
 positive among the M passages, and optionally a ``[B, M]`` boolean mask of passages to exclude.
 
-Scores are computed in fp32 with autocast off (:mod:`losses.scores`), whatever the training
+Scores are computed in fp32 with autocast off (:mod:`dr.losses.scores`), whatever the training
 precision. τ is on the raw score scale: the logits are s / τ.
 
 Recommended settings: τ = 0.05 (scale 20, the sentence-transformers default) for cosine
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses.scores import student_scores
+from dr.losses.scores import student_scores
 
 
 def info_nce(

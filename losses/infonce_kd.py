@@ -5,7 +5,7 @@ Formula::
     L = InfoNCE(s / τ)  +  α · mean_i KL( softmax(t_i / τ_t) ‖ softmax(s_i / τ_s) )
 
 - InfoNCE: the gold label (the query's positive) against every passage of the batch, as
-  :mod:`losses.infonce` (van den Oord et al. 2018, Eq. 4; DPR, Karpukhin et al. 2020, Eq. 2).
+  :mod:`dr.losses.infonce` (van den Oord et al. 2018, Eq. 4; DPR, Karpukhin et al. 2020, Eq. 2).
 - KD: for query i, the list is its positive and its N mined negatives (N up to ~15), s_i the
   student's scores and t_i the teacher's on that list; the KL of the teacher's softmax to the
   student's (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network", Sec. 2), with
@@ -25,7 +25,7 @@ Inputs (batch keys): ``q [B, H]``, ``d [P, H]``, ``target [B]``, ``exclude [B, P
 
 Recommended settings: ``loss=infonce_kd`` (τ = τ_s = 0.05, α = 1, τ_t = 0.1 for the min-max
 fusion teacher, whose scores lie in [0, 1]); 4-15 negatives per query. Related: Margin-MSE
-(:mod:`losses.margin_mse`), the in-batch KL (:mod:`losses.listwise_kl`).
+(:mod:`dr.losses.margin_mse`), the in-batch KL (:mod:`dr.losses.listwise_kl`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from losses.infonce import info_nce
-from losses.margin_mse import gather_pair_scores
-from losses.scores import student_scores
+from dr.losses.infonce import info_nce
+from dr.losses.margin_mse import gather_pair_scores
+from dr.losses.scores import student_scores
 
 
 def candidate_kd(

@@ -9,8 +9,8 @@ over all P passages of the batch (NaN teacher entries left out of both softmaxes
 approaches matching centred scores, so T = 1 suits a cosine student (scores in [-1, 1]); T is on
 the score scale of both student (q·d times ``student_scale``) and teacher.
 
-Recommended settings: as the in-batch term of :class:`losses.tas_b.DistillationLoss`
-(``loss=margin_mse_kl``), weight 0.75. Related: :mod:`losses.tas_b`.
+Recommended settings: as the in-batch term of :class:`dr.losses.tas_b.DistillationLoss`
+(``loss=margin_mse_kl``), weight 0.75. Related: :mod:`dr.losses.tas_b`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from losses.scores import student_scores
-from losses.tas_b import _require_matrix
+from dr.losses.scores import student_scores
+from dr.losses.tas_b import _require_matrix
 
 
 def listwise_kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,7 +46,7 @@ class InBatchKLLoss(nn.Module):
     """Listwise KL to the in-batch teacher's distribution over the batch's passages, times T².
 
     ``student_scale`` multiplies the student's q·d first (as Margin-MSE's; inside
-    :class:`losses.DistillationLoss` it is the pair term's), so s is on the teacher's scale.
+    :class:`dr.losses.DistillationLoss` it is the pair term's), so s is on the teacher's scale.
     """
 
     def __init__(self, temperature: float = 1.0, student_scale: float = 1.0):

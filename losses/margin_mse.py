@@ -6,7 +6,7 @@ Cross-Architecture Knowledge Distillation", arXiv:2010.02666, Eq. 1)::
     L = mean over valid (i, j) of ( (s(q_i, d_i⁺) − s(q_i, d_ij⁻)) − (t(q_i, d_i⁺) − t(q_i, d_ij⁻)) )²
 
 where s is the student (here the dual encoder's q·d, times ``student_scale``, computed in fp32 with
-autocast off: :mod:`losses.scores`) and t the teacher. Only margins are matched,
+autocast off: :mod:`dr.losses.scores`) and t the teacher. Only margins are matched,
 so teacher and student may score on different scales (a cross-encoder's logits, a fused
 BM25 + dense score in [0, 1], ...). The pairwise form is one negative per query (N = 1); with N
 negatives per query there is one margin per negative and the loss averages all of them (the
@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from losses.scores import student_scores
+from dr.losses.scores import student_scores
 
 
 def margin_mse(
@@ -96,7 +96,7 @@ class MarginMSELoss(nn.Module):
     Args:
         student_scale: student scores are multiplied by this before taking margins (1 = raw
             q·d), so the student's margins are on the teacher's scale. Useful when a cosine
-            student must match a teacher on a wider scale. Inside :class:`losses.DistillationLoss`
+            student must match a teacher on a wider scale. Inside :class:`dr.losses.DistillationLoss`
             the in-batch term uses the same scale. ``"auto"``: at train start, the least-squares
             fit of the untrained student's margins to the teacher's on a sample of training pairs
             (:func:`fit_student_scale`; :class:`dr.training.DenseRetrievalModule` fits and logs it

@@ -5,7 +5,7 @@ Balanced Topic Aware Sampling", Sec. 3.3, Eq. 5–7)::
 
     L = L_pair + λ · L_inbatch          (λ = 0.75 in TAS-B)
 
-L_pair is Margin-MSE against the pairwise teacher's scores (:mod:`losses.margin_mse`). The in-batch
+L_pair is Margin-MSE against the pairwise teacher's scores (:mod:`dr.losses.margin_mse`). The in-batch
 term: a teacher scores every (query, passage) pair of the batch (``teacher_matrix [B, P]``, from
 ``module.inbatch_teacher``). For query i with s_pos = s(q_i, d_i⁺)::
 
@@ -21,14 +21,14 @@ of the terms that have pairs).
 
 :class:`DistillationLoss` returns ``{"loss", "pair", "inbatch"}`` (and the in-batch term's own
 components), each logged as ``train/<name>``. Its in-batch term may also be the listwise KL of
-:mod:`losses.listwise_kl`.
+:mod:`dr.losses.listwise_kl`.
 
 Scale: both terms score with the same student scores, ``student_scale · q·d`` (fp32, autocast off:
-:mod:`losses.scores`), compared with the teachers' raw scores, so the pairwise and in-batch margins
+:mod:`dr.losses.scores`), compared with the teachers' raw scores, so the pairwise and in-batch margins
 target one student scale (:class:`DistillationLoss` shares its ``student_scale``).
 
 Recommended settings: ``loss=tas_b`` with ``inbatch_teacher=fusion`` or ``biencoder`` and a
-teacher file (``data.teacher_scores``). Related: :mod:`losses.infonce`.
+teacher file (``data.teacher_scores``). Related: :mod:`dr.losses.infonce`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from losses.margin_mse import margin_mse
-from losses.scores import student_scores
+from dr.losses.margin_mse import margin_mse
+from dr.losses.scores import student_scores
 
 
 def inbatch_margin_mse(
@@ -73,7 +73,7 @@ class InBatchMarginMSELoss(nn.Module):
     """TAS-B's in-batch Margin-MSE term against ``teacher_matrix`` (see module docstring).
 
     ``student_scale`` multiplies the student's q·d before taking margins, as in
-    :class:`losses.MarginMSELoss` (inside :class:`DistillationLoss` both terms share one scale).
+    :class:`dr.losses.MarginMSELoss` (inside :class:`DistillationLoss` both terms share one scale).
     Returns a dict: ``loss`` (= ``inbatch``), ``inbatch_pos`` and ``inbatch_neg``.
     """
 
@@ -93,8 +93,8 @@ class DistillationLoss(nn.Module):
     """``L = L_pair + inbatch_weight · L_inbatch`` (see module docstring).
 
     Args:
-        pair: the pairwise loss (e.g. :class:`losses.MarginMSELoss`).
-        inbatch: the in-batch loss (e.g. :class:`losses.InBatchMarginMSELoss`), or None.
+        pair: the pairwise loss (e.g. :class:`dr.losses.MarginMSELoss`).
+        inbatch: the in-batch loss (e.g. :class:`dr.losses.InBatchMarginMSELoss`), or None.
         inbatch_weight: λ.
         student_scale: one scale for the student's q·d in *both* terms, so that they target the
             same student scores (TAS-B's two teachers are matched by one student). None: the pair

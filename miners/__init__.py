@@ -15,13 +15,13 @@ There is no BM25 miner class: BM25 candidates come from ``dr/bm25.py``, and ``To
 the BM25 miner (likewise any run file: load it with ``Candidates.from_lists``).
 """
 
-from miners.base import CandidateMiner, Candidates, FilterMiner, Mined, Miner
-from miners.chain import Chain
-from miners.denoise import DenoiseMiner
-from miners.margin import MarginMiner
-from miners.random import RandomMiner
-from miners.simans import SimANSMiner
-from miners.topk import TopKMiner
+from dr.miners.base import CandidateMiner, Candidates, FilterMiner, Mined, Miner
+from dr.miners.chain import Chain
+from dr.miners.denoise import DenoiseMiner
+from dr.miners.margin import MarginMiner
+from dr.miners.random import RandomMiner
+from dr.miners.simans import SimANSMiner
+from dr.miners.topk import TopKMiner
 
 __all__ = [
     "CandidateMiner",

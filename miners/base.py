@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from miners.sampling import take_first, take_uniform
+from dr.miners.sampling import take_first, take_uniform
 
 
 def pad_value(dtype: np.dtype):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from miners.base import CandidateMiner, Candidates
+from dr.miners.base import CandidateMiner, Candidates
 
 
 class Chain(CandidateMiner):

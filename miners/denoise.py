@@ -6,7 +6,7 @@ candidates keep only those the cross-encoder scores low, since many top-ranked "
 positives.
 
 Formula, with t_i the teacher score of candidate i (``Candidates.teacher_scores``; ``dr-mine teacher=...``
-fills them, :func:`dr.retrieval.mining.with_teacher_scores`), on the teacher's own scale:
+fills them, :func:`dr.miners.candidates.with_teacher_scores`), on the teacher's own scale:
     threshold:  keep i if t_i < threshold                     (RocketQA: 0.1 on a 0–1 scale)
     margin:     keep i if t_i ≤ min_p t_pos,p − margin        (e.g. 3.0 on raw cross-encoder logits)
 t_pos is each positive's teacher score (``teacher_positive_scores``, else its teacher score as a retrieved
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from miners.base import Candidates, FilterMiner
+from dr.miners.base import Candidates, FilterMiner
 
 SAMPLINGS = ("top", "random")
 

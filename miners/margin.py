@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miners.base import Candidates, FilterMiner
-from miners.sampling import take_first, take_uniform
+from dr.miners.base import Candidates, FilterMiner
+from dr.miners.sampling import take_first, take_uniform
 
 SAMPLINGS = ("top", "random")
 POSITIVE_SCORES = ("max", "min")

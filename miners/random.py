@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from miners.base import Candidates, Miner, Mined, as_rng, pad_value
+from dr.miners.base import Candidates, Miner, Mined, as_rng, pad_value
 
 
 def _distinct_rows(rng: np.random.Generator, size: int, rows: int, width: int) -> np.ndarray:

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miners.base import CandidateMiner, Candidates
-from miners.sampling import effective_sample_size, take_last, take_weighted
+from dr.miners.base import CandidateMiner, Candidates
+from dr.miners.sampling import effective_sample_size, take_last, take_weighted
 
 KERNELS = ("gaussian", "laplace")
 

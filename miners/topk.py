@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miners.base import CandidateMiner, Candidates
-from miners.sampling import take_first
+from dr.miners.base import CandidateMiner, Candidates
+from dr.miners.sampling import take_first
 
 
 class TopKMiner(CandidateMiner):

@@ -159,8 +159,9 @@ def fusion_test_figures(out_root: Path, data: dict[str, str] | None = None) -> d
         return json.loads(cache.read_text())
     from dr.data import passage_texts, read_corpus, read_qrels, read_queries
     from dr.models import BiEncoder
-    from dr.retrieval import BM25, evaluate_run
-    from dr.retrieval.mining import corpus_embeddings
+    from dr.evaluation import evaluate_run
+    from dr.retrieval import BM25
+    from dr.miners.candidates import corpus_embeddings
     from dr.teachers import fusion_search
 
     corpus = read_corpus(data["corpus"])

@@ -188,7 +188,8 @@ def effect(arm: Arm, data: dict[str, str], cache: Path, settings: dict) -> dict:
             print(f"  {arm.name}: test figures reused from {cache}")
             return cached
     from dr.data import passage_texts, read_corpus, read_qrels, read_queries
-    from dr.retrieval import DenseIndex, evaluate_run
+    from dr.evaluation import evaluate_run
+    from dr.retrieval import DenseIndex
 
     corpus = read_corpus(data["corpus"])
     queries, qrels = read_queries(data["test_queries"]), read_qrels(data["test_qrels"])

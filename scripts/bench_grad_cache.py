@@ -43,7 +43,7 @@ def run_arm(args) -> dict:
     from dr.models.encoder import BiEncoder
     from dr.retrieval import BM25Negatives
     from dr.training import DenseRetrievalModule, RetrievalDataModule
-    from losses import InfoNCELoss
+    from dr.losses import InfoNCELoss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

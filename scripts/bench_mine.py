@@ -48,7 +48,7 @@ def load(n_docs: int, seed: int = 0):
 
 def run_dr(encoder, qids, qtexts, positives, docids, texts, top_k, num_negatives, batch_size):
     from dr.retrieval.index import DenseIndex
-    from miners import Candidates, MarginMiner
+    from dr.miners import Candidates, MarginMiner
 
     d = encoder.encode_passages(texts, batch_size=batch_size, show_progress=False)
     q = encoder.encode_queries(qtexts, batch_size=batch_size, show_progress=False)

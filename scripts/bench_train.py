@@ -335,7 +335,7 @@ def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
 def evaluate_saved(model, args, data: dict[str, str], run_dir: Path) -> dict:
     """The trained ST model through the evaluation dr-train runs on its own model (same config, same code)."""
     from dr.models import BiEncoder
-    from dr.retrieval import evaluate_run
+    from dr.evaluation import evaluate_run
     from dr.training import TestSplit
 
     folder = run_dir / "model"

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Layers, bottom first: a module may import from its own layer and the ones below, never above.
 LAYERS = [
-    {"dr.data", "dr.config", "miners", "losses"},
+    {"dr.data", "dr.config", "dr.miners", "dr.losses"},
     {"dr.models", "dr.plots"},
-    {"dr.retrieval", "dr.validate"},
+    {"dr.retrieval", "dr.evaluation", "dr.export", "dr.miners.candidates", "dr.validate"},
     {"dr.sampling", "dr.teachers"},
     {"dr.training", "dr.refresh"},
     {"dr.cli"},
@@ -31,15 +31,20 @@ def _modules() -> list[str]:
             if "resources" in path.parts:
                 continue
             parts = path.relative_to(ROOT).with_suffix("").parts
+            if pkg != "dr":  # losses/ and miners/ install as dr.losses and dr.miners
+                parts = ("dr", *parts)
             names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
 
 
 def _layer(module: str) -> int | None:
+    """The layer of the longest prefix of ``module`` listed in :data:`LAYERS`."""
+    best, layer_of = None, None
     for i, layer in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in layer):
-            return i
-    return None
+        for p in layer:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > len(best)):
+                best, layer_of = p, i
+    return layer_of
 
 
 def test_every_module_imports_on_its_own():
@@ -49,7 +54,7 @@ def test_every_module_imports_on_its_own():
         "import importlib, sys\n"
         "failed = []\n"
         "for name in sys.argv[1:]:\n"
-        "    for loaded in [m for m in sys.modules if m.split('.')[0] in ('dr', 'losses', 'miners')]:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] == 'dr']:\n"
         "        del sys.modules[loaded]\n"
         "    try:\n"
         "        importlib.import_module(name)\n"
@@ -67,9 +72,7 @@ def test_imports_point_down_the_layers():
     for module in _modules():
         if module.startswith("dr.cli") or _layer(module) is None:
             continue
-        path = ROOT / Path(*module.split("."))
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(_source(module))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 target = node.module
             elif isinstance(node, ast.Import):
@@ -87,9 +90,16 @@ def test_modules_stay_short():
     assert not long, long
 
 
+def _path(module: str) -> Path:
+    parts = module.split(".")
+    if parts[:2] in (["dr", "losses"], ["dr", "miners"]):
+        parts = parts[1:]
+    path = ROOT / Path(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def _source(module: str) -> str:
-    path = ROOT / Path(*module.split("."))
-    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+    return _path(module).read_text()
 
 
 def test_console_scripts_match_the_command_table():
@@ -102,7 +112,7 @@ def test_console_scripts_match_the_command_table():
         assert (ROOT / "conf" / f"{config}.yaml").is_file(), name
 
 
-@pytest.mark.parametrize("name", ["dr.data", "dr.models", "dr.retrieval", "dr.sampling", "dr.teachers", "dr.training", "dr.refresh"])
+@pytest.mark.parametrize("name", ["dr.data", "dr.models", "dr.retrieval", "dr.evaluation", "dr.export", "dr.losses", "dr.miners", "dr.sampling", "dr.teachers", "dr.training", "dr.refresh"])
 def test_subpackages_list_their_public_names(name):
     import importlib
 
@@ -116,3 +126,11 @@ def test_every_config_group_ships_with_the_package():
     packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     groups = {f"dr.conf.{p.name}" for p in (ROOT / "conf").iterdir() if p.is_dir() and any(p.glob("*.yaml"))}
     assert groups <= packages, sorted(groups - packages)
+
+
+def test_losses_and_miners_install_under_dr_only():
+    """losses/ and miners/ are folders of the repository but packages of dr (dr.losses, dr.miners):
+    generic top-level names would collide with other packages in a user's environment."""
+    code = "import importlib.util as u; print(u.find_spec('losses'), u.find_spec('miners'), u.find_spec('dr.losses') is not None)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout.split()
+    assert out == ["None", "None", "True"], out

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dr.data import DataError, beir_folder, read_qrels, read_queries
-from dr.retrieval import PRESETS
+from dr.evaluation import PRESETS
 
 
 def _beir(slice_files: dict[str, str], out: Path) -> Path:

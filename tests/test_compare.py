@@ -1,4 +1,4 @@
-"""Tests for dr.retrieval.compare and dr-compare: means equal ir-measures', p-values equal scipy's,
+"""Tests for dr.evaluation.compare and dr-compare: means equal ir-measures', p-values equal scipy's,
 randomization and Holm on hand values, seed groups, the JSON rows, the command end to end."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from scipy import stats
 
 from dr.data import read_qrels, read_run, write_run
-from dr.retrieval.compare import (
+from dr.evaluation.compare import (
     KEYS, compare_runs, expand_run_files, holm, markdown_table, paired_ttest, randomization_test, system_name,
 )
-from dr.retrieval.evaluate import per_query
+from dr.evaluation.evaluate import per_query
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent

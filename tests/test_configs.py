@@ -96,7 +96,7 @@ def test_experiment(experiment, tiny_bert, tmp_path):
         "export.enabled=false",
     ]
     cfg = _compose("train", overrides)
-    if cfg.loss._target_ != "losses.InfoNCELoss" and not cfg.data.teacher_scores and not cfg.data.teacher_from_negatives:
+    if cfg.loss._target_ != "dr.losses.InfoNCELoss" and not cfg.data.teacher_scores and not cfg.data.teacher_from_negatives:
         # A distillation experiment whose teacher file the user makes first (dr-score): a small stand-in.
         cfg = _compose("train", overrides + [f"data.teacher_scores={_teacher_file(cfg.data, tmp_path)}"])
     if cfg.data.corpus.startswith("irds:"):

@@ -163,7 +163,7 @@ def test_too_few_candidates_give_fewer_distinct_negatives(scifact_slice, tmp_pat
 
     from dr.data import NegativesRecord, read_corpus, read_qrels, write_negatives
     from dr.sampling import sample_negatives
-    from losses import InfoNCELoss
+    from dr.losses import InfoNCELoss
 
     rng = np.random.default_rng(0)
     assert sorted(sample_negatives(["a", "b"], 4, rng)) == ["a", "b"]

@@ -12,7 +12,7 @@ import torch
 
 from dr.data import read_qrels, read_queries
 from dr.data.teacher_scores import write_teacher_scores
-from losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, listwise_kl, margin_mse
+from dr.losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, listwise_kl, margin_mse
 
 nan = float("nan")
 

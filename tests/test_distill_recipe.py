@@ -12,8 +12,8 @@ import torch
 from dr.data import TeacherScores, drop_teacher_inversions, read_qrels
 from dr.data.teacher_scores import write_teacher_scores
 from dr.training import train
-from losses import InfoNCEKDLoss, MarginMSELoss, candidate_kd, info_nce
-from losses.margin_mse import fit_student_scale
+from dr.losses import InfoNCEKDLoss, MarginMSELoss, candidate_kd, info_nce
+from dr.losses.margin_mse import fit_student_scale
 
 
 def _kl(p: list[float], q: list[float]) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dr.data import read_qrels, read_queries, read_run
-from dr.retrieval.evaluate import PRESETS, evaluate_run, format_table, parse_measures, per_query, write_metrics
+from dr.evaluation.evaluate import PRESETS, evaluate_run, format_table, parse_measures, per_query, write_metrics
 
 DATA = Path(__file__).parent / "data"
 

@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
 from dr.models.encoder import DR_CONFIG, BiEncoder
-from dr.retrieval.export import export, read_dr_config
+from dr.export.export import export, read_dr_config
 from dr.retrieval.index import DenseIndex
 
 TEXTS = [

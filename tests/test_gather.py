@@ -22,7 +22,7 @@ from dr.retrieval import BM25Negatives
 from dr.teachers import BiEncoderTeacher
 from dr.training import DenseRetrievalModule, RetrievalDataModule
 from dr.training.gather import known_positives, world_size
-from losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, InfoNCELoss, MarginMSELoss
+from dr.losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, InfoNCELoss, MarginMSELoss
 
 SEED = 1234
 #: name -> (loss, grad_cache_chunk): every loss that reads the in-batch matrix, with and without GradCache

@@ -15,7 +15,7 @@ from dr.retrieval import BM25Negatives
 from dr.training import DenseRetrievalModule, RetrievalDataModule, train
 from dr.training.grad_cache import activation_bytes, embed_in_chunks, memory_estimate
 from dr.validate import validate_config
-from losses import InfoNCELoss
+from dr.losses import InfoNCELoss
 
 CHUNK = 3
 

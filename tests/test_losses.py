@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from losses import InfoNCELoss, info_nce
+from dr.losses import InfoNCELoss, info_nce
 
 # Two queries, three passages: q0's positive is d0, q1's positive is d1, d2 is a hard negative.
 SCORES = [[1.0, 0.5, -0.2], [0.3, 0.8, 0.1]]
@@ -125,7 +125,7 @@ def _scores_near_70(seed: int = 0):
 
 
 def _every_loss():
-    from losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss
+    from dr.losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss
 
     return {
         "infonce": InfoNCELoss(temperature=1.0),

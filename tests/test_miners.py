@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy.stats import chisquare
 
-from miners import (
+from dr.miners import (
     Candidates,
     Chain,
     DenoiseMiner,
@@ -349,12 +349,12 @@ def test_simans_kernel_is_on_logits_and_reports_its_effective_sample_size():
 
 
 def test_mining_path_gives_its_scale_to_kernels_without_one():
-    from dr.retrieval.mining import instantiate_miner, kernel_miners, resolve_score_scale, student_score_scale
-    from losses import InfoNCELoss, MarginMSELoss
+    from dr.miners.candidates import instantiate_miner, kernel_miners, resolve_score_scale, student_score_scale
+    from dr.losses import InfoNCELoss, MarginMSELoss
 
     chain = instantiate_miner(OmegaConf.load(MINER_CONF / "margin_simans.yaml"), [], score_scale=20.0)
     assert chain.miners[1].score_scale == 20.0 and list(kernel_miners(chain)) == ["1_simans"]
-    own = instantiate_miner({"_target_": "miners.SimANSMiner", "score_scale": 5.0}, [], score_scale=20.0)
+    own = instantiate_miner({"_target_": "dr.miners.SimANSMiner", "score_scale": 5.0}, [], score_scale=20.0)
     assert own.score_scale == 5.0 and list(kernel_miners(own)) == ["simans"]
 
     class Encoder:

@@ -24,7 +24,7 @@ from dr.models.onnx import ONNX_INT8_MODEL, ONNX_MODEL, read_onnx_config
 from dr.refresh import IndexRefresh, RefreshJob, RefreshSetup, run_job, verified_manifest
 from dr.refresh.store import SNAPSHOT, stage_version
 from dr.retrieval import DenseIndex
-from dr.retrieval.export import export
+from dr.export.export import export
 from dr.training import train
 
 TOLERANCE = 1e-4  # max |onnx - torch| per coordinate
@@ -261,7 +261,7 @@ def test_refresh_job_exports_and_quantises_the_snapshot(tiny_bert, scifact_slice
     positives = read_positives(read_qrels(scifact_slice["train_qrels"]), 1)
     qids = [q for q in queries if positives.get(q)]
     setup = RefreshSetup(corpus=scifact_slice["corpus"], qids=qids, queries=queries, positives=positives, top_k=20,
-                         miner={"_target_": "miners.TopKMiner", "num_negatives": 4}, device="cpu", backend="onnx-int8")
+                         miner={"_target_": "dr.miners.TopKMiner", "num_negatives": 4}, device="cpu", backend="onnx-int8")
     vdir = stage_version(tmp_path / "refresh", 1, 5, "async", encoder=_encoder(tiny_bert, "mean", True))
     manifest = run_job(setup, RefreshJob(1, 5, str(vdir)))
     assert manifest == verified_manifest(vdir) and not (vdir / SNAPSHOT).exists()

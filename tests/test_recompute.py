@@ -149,7 +149,7 @@ def test_module_option_sets_the_encoder(tiny_bert):
     from functools import partial
 
     from dr.training import DenseRetrievalModule
-    from losses import InfoNCELoss
+    from dr.losses import InfoNCELoss
 
     encoder = BiEncoder.from_pretrained(tiny_bert)
     DenseRetrievalModule(encoder, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), ffn_recompute="full")
@@ -202,7 +202,7 @@ def test_attention_recompute_is_undone_kept_by_copies_and_set_by_the_module(tiny
     from functools import partial
 
     from dr.training import DenseRetrievalModule
-    from losses import InfoNCELoss
+    from dr.losses import InfoNCELoss
 
     encoder = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True)
     keys = list(encoder.state_dict())

@@ -10,7 +10,7 @@ import pytest
 
 from dr.data import read_qrels, read_queries, write_subset
 from dr.models import BiEncoder
-from dr.retrieval.splits import positives, read_split, resample
+from dr.evaluation.splits import positives, read_split, resample
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,9 @@ def test_refresh_checks(compose_config, tmp_path):
 
 
 def test_what_a_miner_keeps():
-    assert miner_keeps(OmegaConf.create({"_target_": "miners.SimANSMiner", "num_negatives": 15})) == 15
-    assert miner_keeps(OmegaConf.create({"_target_": "miners.MarginMiner", "num_negatives": None})) is None
-    chain = {"_target_": "miners.Chain", "miners": [{"num_negatives": None}, {"num_negatives": 7}]}
+    assert miner_keeps(OmegaConf.create({"_target_": "dr.miners.SimANSMiner", "num_negatives": 15})) == 15
+    assert miner_keeps(OmegaConf.create({"_target_": "dr.miners.MarginMiner", "num_negatives": None})) is None
+    chain = {"_target_": "dr.miners.Chain", "miners": [{"num_negatives": None}, {"num_negatives": 7}]}
     assert miner_keeps(OmegaConf.create(chain)) == 7
 
 
@@ -105,7 +105,7 @@ def test_shipped_commands_validate(name, compose_config, tmp_path):
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_shipped_experiments_validate(experiment, compose_config, tmp_path):
     cfg = _train(compose_config, tmp_path, f"experiment={experiment}")
-    if cfg.loss._target_ != "losses.InfoNCELoss" and not cfg.data.teacher_scores:  # the user makes it first (dr-score)
+    if cfg.loss._target_ != "dr.losses.InfoNCELoss" and not cfg.data.teacher_scores:  # the user makes it first (dr-score)
         cfg = _train(compose_config, tmp_path, f"experiment={experiment}", "data.teacher_scores=teacher.tsv")
     validate_config(cfg)
 

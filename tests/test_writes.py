@@ -20,8 +20,8 @@ import torch
 
 from dr.data import NegativesRecord, read_negatives, write_clusters, write_json, write_negatives, write_run, write_teacher_scores
 from dr.models.encoder import BiEncoder
-from dr.retrieval import write_metrics
-from dr.retrieval.export import export
+from dr.evaluation import write_metrics
+from dr.export.export import export
 from dr.retrieval.index import DenseIndex
 from dr.teachers.scoring import QueryPairs, score_to_file
 from dr.training.checkpoint_io import AtomicCheckpointIO

@@ -1,5 +1,5 @@
 """``dr-compare``: compare runs against a baseline (the first) with paired significance tests;
-write compare.json, compare.md and compare.png (:mod:`dr.retrieval.compare`)."""
+write compare.json, compare.md and compare.png (:mod:`dr.evaluation.compare`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dr.config import ConfigError
 from dr.data import read_qrels, resolve_path
 from dr.data.io import atomic_write, write_json
 from dr.plots import plot_sorted_differences
-from dr.retrieval.compare import compare_runs, expand_run_files, markdown_table
+from dr.evaluation.compare import compare_runs, expand_run_files, markdown_table
 
 
 def run(cfg: DictConfig, out: Path) -> list[dict]:

@@ -15,9 +15,10 @@ from omegaconf import DictConfig, ListConfig
 from dr.cli import encoder_from_config, hydra_command
 from dr.config import ConfigError
 from dr.data import beir_folder, check_ids, read_corpus, read_qrels, read_queries, read_run, resolve_path, write_run
-from dr.retrieval import PRESETS, DenseIndex, build_index, evaluate_run, format_table, search_queries, write_metrics
-from dr.retrieval.benchmarks import split_metrics, split_rows, summary_rows
-from dr.retrieval.splits import read_split
+from dr.evaluation import PRESETS, evaluate_run, format_table, write_metrics
+from dr.retrieval import DenseIndex, build_index, search_queries
+from dr.evaluation.benchmarks import split_metrics, split_rows, summary_rows
+from dr.evaluation.splits import read_split
 
 
 def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, qrels: dict, qrels_path: str) -> tuple[dict, dict]:

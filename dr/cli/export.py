@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
 from dr.data import read_corpus
-from dr.retrieval import build_index, export
-from dr.retrieval.model_card import model_card, read_run_outputs
+from dr.export import export
+from dr.retrieval import build_index
+from dr.export.model_card import model_card, read_run_outputs
 
 
 def _run_dir_of(model: str) -> Path | None:

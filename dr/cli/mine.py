@@ -19,7 +19,7 @@ from dr.cli import encoder_from_config, hydra_command
 from dr.data import check_ids, passage_texts, read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
 from dr.plots import plot_score_histogram
 from dr.retrieval import DenseIndex
-from dr.retrieval.mining import (
+from dr.miners.candidates import (
     corpus_embeddings, dense_candidates, instantiate_miner, mine_queries, resolve_score_scale, run_candidates, score_lists,
     with_teacher_scores,
 )

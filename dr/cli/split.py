@@ -1,5 +1,5 @@
 """``dr-split``: interpolation and extrapolation test sets and a resampled training set (Zhan et al.,
-CIKM 2022; see :mod:`dr.retrieval.splits` for the protocol and where it differs from the paper)."""
+CIKM 2022; see :mod:`dr.evaluation.splits` for the protocol and where it differs from the paper)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
 from dr.plots import plot_split_similarities
-from dr.retrieval.splits import split_queries, write_split
+from dr.evaluation.splits import split_queries, write_split
 
 
 def run(cfg: DictConfig, out: Path) -> dict[str, int]:

@@ -60,7 +60,7 @@ from dr.refresh.store import (
     MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, staged_job, verified_manifest, version_dir,
 )
 from dr.refresh.worker import RefreshWorker
-from dr.retrieval.mining import resolve_score_scale
+from dr.miners.candidates import resolve_score_scale
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class IndexRefresh(pl.Callback):
         miner: a miner config (``conf/miner/*.yaml``), applied to the top ``top_k`` candidates.
         score_scale: logits per unit of similarity for the miner's kernels (SimANS's a, b, τ are
             on logits); ``"auto"``: 1/temperature of the training loss, else 20 for a cosine
-            encoder and 1 for a dot-product one (:func:`dr.retrieval.mining.resolve_score_scale`).
+            encoder and 1 for a dot-product one (:func:`dr.miners.candidates.resolve_score_scale`).
         top_k, batch_size, chunk_size, bf16: mining settings as in ``dr-mine``.
         worker_threads: torch and FAISS threads of the worker (CPU); trainer_threads: torch
             threads of the training process (None leaves them).
@@ -127,7 +127,7 @@ class IndexRefresh(pl.Callback):
             raise ValueError("refresh: set every_n_steps or every_minutes (or refresh=none)")
         check_backend(backend)
         if miner is None:
-            miner = {"_target_": "miners.SimANSMiner", "num_negatives": 15}
+            miner = {"_target_": "dr.miners.SimANSMiner", "num_negatives": 15}
         self.enabled = enabled
         self.mode = mode
         self.device = device

@@ -3,7 +3,7 @@
 Load the snapshot (with ``backend=onnx|onnx-int8``, export it to ONNX and quantise it, inside
 the job: the time is in the manifest's ``stats.export_s``), encode the corpus and the training
 queries, build a FAISS index (GPU, fp16 vectors, when there is one), mine with the configured
-miner chain (:mod:`miners`, through :func:`dr.retrieval.mining.mine_queries`), optionally have a
+miner chain (:mod:`miners`, through :func:`dr.miners.candidates.mine_queries`), optionally have a
 teacher re-score the new pairs, and write the version (:mod:`dr.refresh.store`), manifest last.
 Free of Lightning imports, so a freshly spawned worker starts in seconds.
 """
@@ -53,7 +53,7 @@ class RefreshSetup:
     teacher: dict | None = None
     keep_snapshots: bool = False
     backend: str = "torch"  # torch | onnx | onnx-int8: what encodes the corpus and queries
-    score_scale: float = 1.0  # logits per unit of similarity, for the miner's kernels (dr.retrieval.mining.resolve_score_scale)
+    score_scale: float = 1.0  # logits per unit of similarity, for the miner's kernels (dr.miners.candidates.resolve_score_scale)
     job_hook: Callable[[RefreshJob], None] | None = None  # called as each job starts (instrumentation, fault injection in tests)
 
 
@@ -74,7 +74,7 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     from dr.data import passage_texts, read_corpus, write_negatives
     from dr.models import BiEncoder, onnx_encoder
     from dr.retrieval import DenseIndex, encode_corpus, gpu_available
-    from dr.retrieval.mining import dense_candidates, instantiate_miner, mine_queries
+    from dr.miners.candidates import dense_candidates, instantiate_miner, mine_queries
 
     t0 = time.perf_counter()
     vdir = Path(job.version_dir)

@@ -8,7 +8,7 @@ their scores and, every time the query is loaded, samples its hard negatives fro
     gaussian (paper):  p_i ∝ exp(−a · (z_i − z_pos − b)²)
     laplace (reference code for MS MARCO passages):  p_i ∝ exp(−τ · |z_i − z_pos|)
 
-(one at a time, without replacement). Mining once with :class:`miners.SimANSMiner` and then taking
+(one at a time, without replacement). Mining once with :class:`dr.miners.SimANSMiner` and then taking
 one of the 15 fixed negatives uniformly is not the same distribution: it freezes one draw per
 refresh. :class:`SimANSPairSampler` is the ``data.pair_sampler`` that redraws, over a negatives file
 that keeps the whole candidate pool with its scores and the positives' scores (``dr-mine
@@ -17,7 +17,7 @@ miner=pool``, or ``miner@refresh.miner=pool`` for an index refresh; ``sampler=si
 Scale: z = ``score_scale`` × s, the student's logits (a = 0.5 and τ = 3 were tuned on dot-product
 scores tens of points apart); ``score_scale=None`` is set by the data module at train start to
 1/temperature of the training loss, else 20 for a cosine encoder and 1 for a dot-product one
-(:func:`dr.retrieval.mining.student_score_scale`). Sign of b: the paper's, as :mod:`miners.simans`.
+(:func:`dr.miners.candidates.student_score_scale`). Sign of b: the paper's, as :mod:`dr.miners.simans`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dr.sampling.random import sample_negatives
-from miners.sampling import take_last, take_weighted
-from miners.simans import SimANSMiner
+from dr.miners.sampling import take_last, take_weighted
+from dr.miners.simans import SimANSMiner
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ the non-empty ones (the reference retries on an empty bin: the same distribution
 uniformly inside it.
 
 The recipe's other parts: topic-aware batches (:mod:`dr.sampling.tas`), query clustering
-(:mod:`dr.sampling.clustering`), the dual-teacher loss (:mod:`losses.tas_b`) and the configs
+(:mod:`dr.sampling.clustering`), the dual-teacher loss (:mod:`dr.losses.tas_b`) and the configs
 ``sampler=tas_balanced``, ``loss=tas_b``, ``experiment=tas_balanced``.
 """
 

@@ -29,7 +29,7 @@ from dr.data import (
     read_queries, read_teacher_scores, resolve_path, write_negatives,
 )
 from dr.retrieval.bm25 import BM25
-from dr.retrieval.mining import student_score_scale
+from dr.miners.candidates import student_score_scale
 from dr.sampling.random import QueryBatchSampler
 from dr.training.compact_data import WithTeacherNegatives, negatives_compact, read_teacher_compact, record_scores
 from dr.training.dataset import ContrastiveDataset, ResumableDataLoader

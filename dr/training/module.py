@@ -15,9 +15,9 @@ from torch import nn
 
 from dr import allocator
 from dr.models.encoder import BiEncoder
-from dr.retrieval.evaluate import evaluate_run
+from dr.evaluation.evaluate import evaluate_run
 from dr.retrieval.index import DenseIndex
-from losses.scores import student_scores
+from dr.losses.scores import student_scores
 from dr.training.gather import gather_batch, gather_rows, gather_texts, world_size
 from dr.training.grad_cache import embed_in_chunks, memory_estimate
 
@@ -31,7 +31,7 @@ class DenseRetrievalModule(pl.LightningModule):
 
     Args:
         encoder: the :class:`BiEncoder` to train.
-        loss: a module called as ``loss(q, d, **inputs)``, e.g. :class:`losses.InfoNCELoss`, where
+        loss: a module called as ``loss(q, d, **inputs)``, e.g. :class:`dr.losses.InfoNCELoss`, where
             ``q`` is ``[B, H]``, ``d`` is ``[P, H]`` (the batch's passages, see
             :meth:`dr.training.RetrievalDataModule.collate_train`) and ``inputs`` are the batch's
             supervision tensors (:data:`LOSS_INPUTS`); every loss accepts and ignores the keys it
@@ -154,9 +154,9 @@ class DenseRetrievalModule(pl.LightningModule):
     @torch.no_grad()
     def _fit_student_scale(self) -> None:
         """``loss.student_scale: auto``: fit the untrained student's margins to the teacher's
-        (least squares, :func:`losses.margin_mse.fit_student_scale`) on the training pairs of up
+        (least squares, :func:`dr.losses.margin_mse.fit_student_scale`) on the training pairs of up
         to ``loss.auto_scale_queries`` queries (epoch 0's draws, evenly spread), and log it."""
-        from losses.margin_mse import fit_student_scale, gather_pair_scores
+        from dr.losses.margin_mse import fit_student_scale, gather_pair_scores
 
         dm = self.trainer.datamodule
         n = len(dm.train_dataset)

@@ -25,9 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from dr import allocator
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
 from dr.plots import plot_training_curves
-from dr.retrieval import BM25, build_index, evaluate_run, export, format_table, search_queries, write_metrics
-from dr.retrieval.benchmarks import SPLIT_MEASURES, split_metrics
-from dr.retrieval.model_card import model_card
+from dr.evaluation import evaluate_run, format_table, write_metrics
+from dr.export import export
+from dr.retrieval import BM25, build_index, search_queries
+from dr.evaluation.benchmarks import SPLIT_MEASURES, split_metrics
+from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.validate import validate_config
 
@@ -97,9 +99,9 @@ class TestSplit:
 
     def split(self):
         """The interpolation/extrapolation labels of the test queries against the full training set
-        (``test.split``; :mod:`dr.retrieval.splits` without resampling), cached in ``cache_dir``."""
+        (``test.split``; :mod:`dr.evaluation.splits` without resampling), cached in ``cache_dir``."""
         from dr.models import BiEncoder
-        from dr.retrieval.splits import cached_split
+        from dr.evaluation.splits import cached_split
 
         s = self.cfg.split
         files = {"train_queries": s.train_queries, "train_qrels": s.train_qrels, "test_queries": self.cfg.queries, "test_qrels": self.cfg.qrels}

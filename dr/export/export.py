@@ -8,7 +8,7 @@ The exported folder holds:
   ``sentence_bert_config.json`` (max length) and ``config_sentence_transformers.json`` (the
   similarity function), so ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
 - our own ``dr_config.json`` (pooling, normalisation, similarity, both max lengths);
-- ``README.md``, a Hugging Face model card (:mod:`dr.retrieval.model_card`);
+- ``README.md``, a Hugging Face model card (:mod:`dr.export.model_card`);
 - optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`);
 - with ``format="onnx"`` also ``onnx/model.onnx`` (pooling and normalisation inside the graph,
   see :mod:`dr.models.onnx`), where sentence-transformers' ONNX backend looks for it; with
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from dr.models.encoder import DR_CONFIG, BiEncoder
 from dr.models.onnx import export_onnx
-from dr.retrieval.model_card import model_card
+from dr.export.model_card import model_card
 from dr.retrieval.index import DenseIndex
 from dr.config import ConfigError
 from dr.data.io import naming, usual_modes, write_json
@@ -83,7 +83,7 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
     is assembled in a temporary sibling and renamed into place, so a crash or a failed write
     (an ``OSError`` naming ``out_dir``) never leaves a half-exported model; an existing export at
     ``out_dir`` is replaced. Files and folders get the modes the umask gives ordinary ones.
-    ``card`` is the ``README.md`` (default: :func:`dr.retrieval.model_card.model_card` of the
+    ``card`` is the ``README.md`` (default: :func:`dr.export.model_card.model_card` of the
     encoder alone; a run passes its config and metrics).
     """
     if format not in FORMATS:

@@ -2,7 +2,7 @@
 summary over several benchmark folders.
 
 :func:`split_metrics` scores a run separately on the interpolation and the extrapolation test
-queries of a :class:`dr.retrieval.splits.QuerySplit` and gives the gap (interpolation minus
+queries of a :class:`dr.evaluation.splits.QuerySplit` and gives the gap (interpolation minus
 extrapolation) of each measure; :func:`split_rows` lays it out for :func:`format_table`.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from dr.retrieval.evaluate import evaluate_run
-from dr.retrieval.splits import QuerySplit
+from dr.evaluation.evaluate import evaluate_run
+from dr.evaluation.splits import QuerySplit
 
 SPLIT_MEASURES = ["nDCG@10", "R@100"]
 

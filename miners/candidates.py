@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from dr.data.io import atomic_write
 from dr.data.negatives import NegativesRecord
 from dr.retrieval.index import DenseIndex
-from miners import Candidates
+from dr.miners import Candidates
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def score_lists(records: list[NegativesRecord]) -> tuple[list[float], list[float
 
 def instantiate_miner(miner_cfg, docids, score_scale: float | None = None) -> object:
     """A miner from its Hydra config; a miner that draws from the whole corpus (``corpus=None``,
-    e.g. :class:`miners.RandomMiner`) is given the corpus's docids, and the kernels without a
+    e.g. :class:`dr.miners.RandomMiner`) is given the corpus's docids, and the kernels without a
     ``score_scale`` of their own are given ``score_scale`` (:func:`set_score_scale`)."""
     miner = hydra.utils.instantiate(miner_cfg)
     if getattr(miner, "corpus", False) is None:

@@ -1,7 +1,7 @@
 """Is system B better than A? Paired significance tests of runs on the same qrels (``dr-compare``).
 
-Per measure, each system's per-query values (:func:`dr.retrieval.evaluate.per_query`, the TREC
-conventions of :mod:`dr.retrieval.evaluate`) are compared with the baseline's (the first system)
+Per measure, each system's per-query values (:func:`dr.evaluation.evaluate.per_query`, the TREC
+conventions of :mod:`dr.evaluation.evaluate`) are compared with the baseline's (the first system)
 on the queries that every run answers and the qrels judge:
 
 - the mean, and the delta against the baseline;
@@ -34,7 +34,7 @@ import numpy as np
 
 from dr.config import ConfigError
 from dr.data import read_run
-from dr.retrieval.evaluate import per_query
+from dr.evaluation.evaluate import per_query
 
 log = logging.getLogger(__name__)
 
