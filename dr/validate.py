@@ -19,10 +19,12 @@ import math
 import numbers
 from typing import Any, Callable
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dr.config import ConfigError
 from dr.data.checks import ON_MISSING
+from dr.losses.base import TEACHER_SCORE_FIELDS, Loss
 from dr.models.onnx import BACKENDS
 from dr.evaluation.evaluate import PRESETS, parse_measures
 from dr.export.export import FORMATS
@@ -166,10 +168,6 @@ REFRESH_RULES = {
     "refresh.miner.num_negatives": non_negative_int,
 }
 
-#: Losses that need teacher scores in the batch, and those with an in-batch teacher term.
-TEACHER_LOSSES = ("dr.losses.MarginMSELoss", "dr.losses.DistillationLoss", "dr.losses.InfoNCEKDLoss")
-
-
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
 
@@ -229,14 +227,46 @@ def _check_training(cfg: DictConfig) -> None:
                               "which swaps the negatives inside the training process")
         if _get(cfg, "refresh.every_n_steps") is None and _get(cfg, "refresh.every_minutes") is None:
             raise ConfigError("refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)")
+        if data.get("teacher_from_negatives") and _get(cfg, "refresh.teacher") in (None, _ABSENT):
+            # every refreshed file would carry the student's dense scores, read as the teacher's
+            raise ConfigError(
+                "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but refresh.teacher "
+                "is null: every refreshed file would carry the student's own scores and replace the teacher's. Set "
+                "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
+                "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false")
     check_compact(data)
-    loss = _get(cfg, "loss._target_")
-    if loss in TEACHER_LOSSES and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
-        raise ConfigError(f"loss={loss.rsplit('.', 1)[-1]}: expected teacher scores, set data.teacher_scores=FILE "
+    _check_loss_fields(cfg, data)
+
+
+def loss_class(node: Any) -> type | None:
+    """The :class:`dr.losses.base.Loss` subclass a ``loss`` config builds (None: no such config)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return None
+    try:
+        cls = get_class(str(target))
+    except Exception as e:  # Hydra wraps the import error
+        raise ConfigError(f"loss._target_={target}: expected a loss class of dr.losses ({type(e).__name__})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Loss)):
+        raise ConfigError(f"loss._target_={target}: expected a subclass of dr.losses.base.Loss")
+    return cls
+
+
+def _check_loss_fields(cfg: DictConfig, data: DictConfig) -> None:
+    """The batch fields the loss cannot do without (its contract, :meth:`Loss.config_fields`)
+    against what the data and module settings provide."""
+    node = _get(cfg, "loss")
+    cls = loss_class(node)
+    if cls is None:
+        return
+    needs = cls.config_fields(node)
+    name = cls.__name__
+    if needs & TEACHER_SCORE_FIELDS and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
+        raise ConfigError(f"loss={name}: expected teacher scores, set data.teacher_scores=FILE "
                           "(dr-score output) or data.teacher_from_negatives=true with a scored negatives file")
-    if loss == "dr.losses.DistillationLoss" and _get(cfg, "loss.inbatch") not in (None, _ABSENT) \
-            and _get(cfg, "module.inbatch_teacher") in (None, _ABSENT):
-        raise ConfigError("module.inbatch_teacher=null: expected an in-batch teacher for this loss's in-batch term, "
+    teacher = _get(cfg, "module.inbatch_teacher")
+    if "teacher_matrix" in needs and teacher in (None, _ABSENT):
+        raise ConfigError(f"module.inbatch_teacher=null: expected an in-batch teacher for the in-batch term of loss={name}, "
                           "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")
 
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
+from dr.losses.base import Loss
 from dr.losses.scores import student_scores
 
 
@@ -45,8 +44,14 @@ def info_nce(
     return F.cross_entropy(logits, target)
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(Loss):
     """InfoNCE over in-batch and hard negatives with a configurable temperature (see module docstring)."""
+
+    fields = ("target", "exclude")
+    required = ("target",)
+    citation = ("van den Oord et al. 2018, Representation Learning with Contrastive Predictive Coding, Eq. 4; "
+                "Karpukhin et al. 2020, Dense Passage Retrieval, Eq. 2 (in-batch negatives)")
+    score_scale = "logits = q·d / temperature (0.05: scale 20 on cosine)"
 
     def __init__(self, temperature: float = 0.05):
         super().__init__()
@@ -60,7 +65,8 @@ class InfoNCELoss(nn.Module):
         d: torch.Tensor,
         target: torch.Tensor,
         exclude: torch.Tensor | None = None,
-        **_,
     ) -> torch.Tensor:
-        """Batch keys a loss does not use (teacher scores, ...) are accepted and ignored."""
         return info_nce(student_scores(q, d), target, exclude, self.temperature)
+
+    def logit_scale(self) -> float:
+        return 1.0 / self.temperature

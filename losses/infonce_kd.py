@@ -31,8 +31,8 @@ fusion teacher, whose scores lie in [0, 1]); 4-15 negatives per query. Related: 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from dr.losses.base import Loss
 from dr.losses.infonce import info_nce
 from dr.losses.margin_mse import gather_pair_scores
 from dr.losses.scores import student_scores
@@ -62,7 +62,7 @@ def candidate_kd(
     return kl.mean()
 
 
-class InfoNCEKDLoss(nn.Module):
+class InfoNCEKDLoss(Loss):
     """InfoNCE on the gold labels plus ``alpha`` × listwise KD to the teacher (see module docstring).
 
     Returns ``{"loss", "infonce", "kd"}`` (the parts are logged as ``train/infonce``, ``train/kd``).
@@ -73,6 +73,12 @@ class InfoNCEKDLoss(nn.Module):
         teacher_temperature: τ_t, on the teacher's score scale.
         student_temperature: τ_s of the KD term; None: ``temperature``.
     """
+
+    fields = ("target", "exclude", "neg_index", "teacher_pos", "teacher_neg")
+    required = ("target", "neg_index", "teacher_pos", "teacher_neg")
+    citation = ("van den Oord et al. 2018, Eq. 4 (InfoNCE); Hinton et al. 2015, Distilling the Knowledge in a "
+                "Neural Network, Sec. 2 (the KL to the teacher's softmax over each query's candidates)")
+    score_scale = "InfoNCE logits q·d / temperature; KD: student q·d / student_temperature, teacher t / teacher_temperature"
 
     def __init__(self, temperature: float = 0.05, alpha: float = 1.0, teacher_temperature: float = 1.0,
                  student_temperature: float | None = None):
@@ -88,10 +94,10 @@ class InfoNCEKDLoss(nn.Module):
         self.teacher_temperature = teacher_temperature
         self.student_temperature = student_temperature if student_temperature is not None else temperature
 
-    def forward(self, q, d, target, exclude=None, neg_index=None, teacher_pos=None, teacher_neg=None, **_) -> dict:
-        if teacher_pos is None or teacher_neg is None or neg_index is None:
-            raise ValueError("InfoNCE + KD needs teacher scores in the batch: set data.teacher_scores=FILE "
-                             "(a dr-score TSV) or data.negatives=FILE data.teacher_from_negatives=true")
+    def logit_scale(self) -> float:
+        return 1.0 / self.temperature
+
+    def forward(self, q, d, target, neg_index, teacher_pos, teacher_neg, exclude=None) -> dict:
         scores = student_scores(q, d)
         contrastive = info_nce(scores, target, exclude, self.temperature)
         s_pos, s_neg, present = gather_pair_scores(scores, target, neg_index)

@@ -16,10 +16,9 @@ Recommended settings: as the in-batch term of :class:`dr.losses.tas_b.Distillati
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from dr.losses.scores import student_scores
-from dr.losses.tas_b import _require_matrix
+from dr.losses.base import Loss
+from dr.losses.scores import FollowsScale, scaled_student_scores
 
 
 def listwise_kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,12 +41,18 @@ def listwise_kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float 
     return kl[row_ok].mean() * temperature**2
 
 
-class InBatchKLLoss(nn.Module):
+class InBatchKLLoss(FollowsScale, Loss):
     """Listwise KL to the in-batch teacher's distribution over the batch's passages, times T².
 
     ``student_scale`` multiplies the student's q·d first (as Margin-MSE's; inside
     :class:`dr.losses.DistillationLoss` it is the pair term's), so s is on the teacher's scale.
     """
+
+    fields = ("teacher_matrix",)
+    required = ("teacher_matrix",)
+    citation = ("Hinton et al. 2015, Distilling the Knowledge in a Neural Network, Sec. 2; "
+                "Ren et al. 2021, RocketQAv2, Eq. 3 (listwise distillation over the batch)")
+    score_scale = "student_scale · q·d and the teacher's scores, both divided by temperature T"
 
     def __init__(self, temperature: float = 1.0, student_scale: float = 1.0):
         super().__init__()
@@ -58,6 +63,5 @@ class InBatchKLLoss(nn.Module):
         self.temperature = temperature
         self.student_scale = student_scale
 
-    def forward(self, q, d, teacher_matrix=None, **_) -> torch.Tensor:
-        _require_matrix(teacher_matrix)
-        return listwise_kl(student_scores(q, d, self.student_scale), teacher_matrix, self.temperature)
+    def forward(self, q, d, teacher_matrix) -> torch.Tensor:
+        return listwise_kl(scaled_student_scores(q, d, self.scale()), teacher_matrix, self.temperature)

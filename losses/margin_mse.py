@@ -36,7 +36,8 @@ import math
 import torch
 from torch import nn
 
-from dr.losses.scores import student_scores
+from dr.losses.base import Loss
+from dr.losses.scores import scaled_student_scores
 
 
 def margin_mse(
@@ -90,7 +91,7 @@ def fit_student_scale(student_margins: torch.Tensor, teacher_margins: torch.Tens
     return float((s[ok] * t[ok]).sum() / denominator)
 
 
-class MarginMSELoss(nn.Module):
+class MarginMSELoss(Loss):
     """Margin-MSE against pairwise teacher scores (see module docstring).
 
     Args:
@@ -105,6 +106,12 @@ class MarginMSELoss(nn.Module):
             ``student_scale`` or its fit), logged as ``train/student_scale``; it trains with its
             own learning rate ``scale_lr`` and no weight decay (the encoder's rate would barely move it).
     """
+
+    fields = ("target", "neg_index", "teacher_pos", "teacher_neg")
+    required = fields
+    citation = ("Hofstätter et al. 2020, Improving Efficient Neural Ranking Models with Cross-Architecture "
+                "Knowledge Distillation, arXiv:2010.02666, Eq. 1")
+    score_scale = "margins of student_scale · q·d against the teacher's raw margins"
 
     def __init__(self, student_scale: float | str = 1.0, learnable_scale: bool = False, auto_scale_queries: int = 256,
                  scale_lr: float = 1e-2):
@@ -125,6 +132,23 @@ class MarginMSELoss(nn.Module):
             with torch.no_grad():
                 self.log_scale.fill_(math.log(value))
 
+    def scale_fit_queries(self) -> int | None:
+        return int(self.auto_scale_queries) if self.student_scale == "auto" else None
+
+    def fit_scale(self, student_margins: torch.Tensor, teacher_margins: torch.Tensor) -> float:
+        """``student_scale: auto``: the least-squares fit (:func:`fit_student_scale`), set and returned."""
+        scale = fit_student_scale(student_margins, teacher_margins)
+        if not scale > 0:
+            raise ValueError(f"loss.student_scale=auto: the fitted scale is {scale:.4g} (the untrained student's margins "
+                             "disagree with the teacher's); set loss.student_scale to a positive number")
+        self.set_scale(scale)
+        return scale
+
+    def param_groups(self) -> list[dict]:
+        if self.log_scale is None:
+            return []
+        return [{"params": [self.log_scale], "lr": self.scale_lr, "weight_decay": 0.0}]
+
     def scale(self) -> torch.Tensor | float:
         if self.student_scale == "auto":
             raise RuntimeError("student_scale='auto' is fitted at train start (DenseRetrievalModule); it was not fitted")
@@ -135,18 +159,12 @@ class MarginMSELoss(nn.Module):
         q: torch.Tensor,
         d: torch.Tensor,
         target: torch.Tensor,
-        neg_index: torch.Tensor | None = None,
-        teacher_pos: torch.Tensor | None = None,
-        teacher_neg: torch.Tensor | None = None,
-        **_,
+        neg_index: torch.Tensor,
+        teacher_pos: torch.Tensor,
+        teacher_neg: torch.Tensor,
     ) -> torch.Tensor | dict:
-        if teacher_pos is None or teacher_neg is None or neg_index is None:
-            raise ValueError(
-                "Margin-MSE needs teacher scores in the batch: set data.teacher_scores=FILE "
-                "(a dr-score TSV) or data.negatives=FILE data.teacher_from_negatives=true"
-            )
         scale = self.scale()
-        scores = student_scores(q, d) * scale if self.log_scale is not None else student_scores(q, d, scale)
+        scores = scaled_student_scores(q, d, scale)
         s_pos, s_neg, present = gather_pair_scores(scores, target, neg_index)
         loss = margin_mse(s_pos, s_neg, teacher_pos.to(scores.device), teacher_neg.to(scores.device), present)
         if self.log_scale is not None:

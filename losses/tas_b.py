@@ -33,11 +33,13 @@ teacher file (``data.teacher_scores``). Related: :mod:`dr.losses.infonce`.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Any, Mapping
 
+import torch
+
+from dr.losses.base import BATCH_FIELDS, Loss
 from dr.losses.margin_mse import margin_mse
-from dr.losses.scores import student_scores
+from dr.losses.scores import FollowsScale, scaled_student_scores
 
 
 def inbatch_margin_mse(
@@ -69,13 +71,20 @@ def inbatch_margin_mse(
     return {"inbatch": torch.stack(list(parts.values())).mean(), **parts}
 
 
-class InBatchMarginMSELoss(nn.Module):
+class InBatchMarginMSELoss(FollowsScale, Loss):
     """TAS-B's in-batch Margin-MSE term against ``teacher_matrix`` (see module docstring).
 
     ``student_scale`` multiplies the student's q·d before taking margins, as in
-    :class:`dr.losses.MarginMSELoss` (inside :class:`DistillationLoss` both terms share one scale).
-    Returns a dict: ``loss`` (= ``inbatch``), ``inbatch_pos`` and ``inbatch_neg``.
+    :class:`dr.losses.MarginMSELoss` (inside :class:`DistillationLoss` it follows the pair term's
+    scale, fitted or learnt). Returns a dict: ``loss`` (= ``inbatch``), ``inbatch_pos`` and
+    ``inbatch_neg``.
     """
+
+    fields = ("target", "neg_index", "teacher_matrix")
+    required = ("target", "teacher_matrix")
+    citation = ("Hofstätter et al. 2021, Efficiently Teaching an Effective Dense Retriever with Balanced Topic "
+                "Aware Sampling, Sec. 3.3, Eq. 6-7 (in-batch Margin-MSE)")
+    score_scale = "margins of student_scale · q·d against the in-batch teacher's raw margins"
 
     def __init__(self, student_scale: float = 1.0):
         super().__init__()
@@ -83,13 +92,12 @@ class InBatchMarginMSELoss(nn.Module):
             raise ValueError(f"student_scale must be positive, got {student_scale}")
         self.student_scale = student_scale
 
-    def forward(self, q, d, target, neg_index=None, teacher_matrix=None, **_) -> dict[str, torch.Tensor]:
-        _require_matrix(teacher_matrix)
-        parts = inbatch_margin_mse(student_scores(q, d, self.student_scale), teacher_matrix, target, neg_index)
+    def forward(self, q, d, target, teacher_matrix, neg_index=None) -> dict[str, torch.Tensor]:
+        parts = inbatch_margin_mse(scaled_student_scores(q, d, self.scale()), teacher_matrix, target, neg_index)
         return {"loss": parts["inbatch"], **parts}
 
 
-class DistillationLoss(nn.Module):
+class DistillationLoss(Loss):
     """``L = L_pair + inbatch_weight · L_inbatch`` (see module docstring).
 
     Args:
@@ -97,36 +105,94 @@ class DistillationLoss(nn.Module):
         inbatch: the in-batch loss (e.g. :class:`dr.losses.InBatchMarginMSELoss`), or None.
         inbatch_weight: λ.
         student_scale: one scale for the student's q·d in *both* terms, so that they target the
-            same student scores (TAS-B's two teachers are matched by one student). None: the pair
-            term's ``student_scale`` is given to the in-batch term. A value is given to both; it
-            must agree with a pair term's own non-default scale.
+            same student scores (TAS-B's two teachers are matched by one student). The in-batch
+            term follows the pair term's scale, including a fitted (``auto``) or learnt one. None:
+            the pair term's own; a value is set on the pair term, and must agree with its own
+            non-default scale.
     """
 
-    def __init__(self, pair: nn.Module, inbatch: nn.Module | None = None, inbatch_weight: float = 0.75,
+    fields = tuple(BATCH_FIELDS)  # the terms' fields; an instance takes the union of its terms'
+    citation = ("Hofstätter et al. 2021, Efficiently Teaching an Effective Dense Retriever with Balanced Topic "
+                "Aware Sampling, Sec. 3.3, Eq. 5 (L = L_pair + 0.75 · L_in-batch)")
+    score_scale = "the pair term's (the in-batch term follows it)"
+
+    def __init__(self, pair: Loss, inbatch: Loss | None = None, inbatch_weight: float = 0.75,
                  student_scale: float | None = None):
         super().__init__()
         self.pair = pair
         self.inbatch = inbatch
         self.inbatch_weight = inbatch_weight
         own = getattr(pair, "student_scale", None)
-        if student_scale is None:
-            student_scale = own
-        elif own not in (None, 1.0, student_scale):
-            raise ValueError(f"DistillationLoss: student_scale={student_scale} but the pair term's is {own}; set one of them")
         if student_scale is not None:
-            if student_scale <= 0:
+            if not student_scale > 0:
                 raise ValueError(f"student_scale must be positive, got {student_scale}")
-            for term in (pair, inbatch):
-                if term is not None and hasattr(term, "student_scale"):
-                    term.student_scale = float(student_scale)
-        self.student_scale = student_scale
+            if own not in (None, 1.0, student_scale):
+                raise ValueError(f"DistillationLoss: student_scale={student_scale} but the pair term's is {own}; set one of them")
+            if hasattr(pair, "set_scale"):
+                pair.set_scale(float(student_scale))
+            elif own is not None:
+                pair.student_scale = float(student_scale)
+            elif inbatch is not None and hasattr(inbatch, "student_scale"):
+                inbatch.student_scale = float(student_scale)
+        if inbatch is not None and hasattr(inbatch, "follow_scale") and hasattr(pair, "scale"):
+            inbatch.follow_scale(pair)
+        self.student_scale = getattr(pair, "student_scale", student_scale)
+        self._show_scale()
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
-        pair = _components(self.pair(q, d, **inputs))
+    def _show_scale(self) -> None:
+        """The in-batch term's ``student_scale`` attribute shows the pair term's numeric scale
+        (it computes with the pair term's :meth:`scale`, fitted or learnt, whatever the attribute)."""
+        if self.inbatch is not None and hasattr(self.inbatch, "student_scale") and isinstance(self.student_scale, float):
+            self.inbatch.student_scale = self.student_scale
+
+    def _terms(self) -> list[Loss]:
+        return [t for t in (self.pair, self.inbatch) if t is not None]
+
+    def input_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f for t in self._terms() for f in t.input_fields()))
+
+    def required_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f for t in self._terms() for f in t.required_fields()))
+
+    @classmethod
+    def _term_classes(cls, node: Mapping[str, Any]) -> list[tuple[type, Mapping]]:
+        from hydra.utils import get_class
+
+        return [(get_class(term["_target_"]), term) for key in ("pair", "inbatch")
+                if isinstance(term := node.get(key), Mapping) and term.get("_target_")]
+
+    @classmethod
+    def config_fields(cls, node: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset().union(*(c.config_fields(term) for c, term in cls._term_classes(node)))
+
+    @classmethod
+    def config_citations(cls, node: Mapping[str, Any]) -> list[str]:
+        return list(dict.fromkeys([cls.citation, *(x for c, term in cls._term_classes(node) for x in c.config_citations(term))]))
+
+    def logit_scale(self) -> float | None:
+        return self.pair.logit_scale()
+
+    def scale_fit_queries(self) -> int | None:
+        return self.pair.scale_fit_queries()
+
+    def fit_scale(self, student_margins: torch.Tensor, teacher_margins: torch.Tensor) -> float:
+        scale = self.pair.fit_scale(student_margins, teacher_margins)  # the in-batch term follows it
+        self.student_scale = float(scale)
+        self._show_scale()
+        return scale
+
+    def param_groups(self) -> list[dict]:
+        return [g for t in self._terms() for g in t.param_groups()]
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor, **fields) -> dict[str, torch.Tensor]:
+        def own(term: Loss) -> dict:
+            return {k: v for k, v in fields.items() if k in term.input_fields()}
+
+        pair = _components(self.pair(q, d, **own(self.pair)))
         out = {"pair": pair["loss"]}
         total = pair["loss"]
         if self.inbatch is not None:
-            inbatch = _components(self.inbatch(q, d, **inputs))
+            inbatch = _components(self.inbatch(q, d, **own(self.inbatch)))
             out.update({k: v for k, v in inbatch.items() if k != "loss"})
             out["inbatch"] = inbatch["loss"]
             total = total + self.inbatch_weight * inbatch["loss"]
@@ -135,10 +201,3 @@ class DistillationLoss(nn.Module):
 
 def _components(out) -> dict[str, torch.Tensor]:
     return out if isinstance(out, dict) else {"loss": out}
-
-
-def _require_matrix(teacher_matrix) -> None:
-    if teacher_matrix is None:
-        raise ValueError(
-            "the in-batch distillation term needs an in-batch teacher: set inbatch_teacher=biencoder|fusion|cross_encoder|colbert"
-        )

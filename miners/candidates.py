@@ -206,20 +206,22 @@ COSINE_TEMPERATURE = 0.05  # InfoNCE's default (sentence-transformers' scale 20)
 
 
 def student_score_scale(loss=None, encoder=None) -> float:
-    """Logits per unit of similarity: ``1 / loss.temperature`` when the training loss has one
-    (InfoNCE), else by the encoder's similarity: ``1 / 0.05 = 20`` for cosine, 1 for dot."""
-    temperature = getattr(loss, "temperature", None)
-    if temperature:
-        return 1.0 / float(temperature)
+    """Logits per unit of similarity: the training loss's own scale when it has one
+    (:meth:`dr.losses.base.Loss.logit_scale`, InfoNCE's 1/temperature), else by the encoder's
+    similarity: ``1 / 0.05 = 20`` for cosine, 1 for dot."""
+    own = loss.logit_scale() if loss is not None else None
+    if own:
+        return float(own)
     if getattr(encoder, "similarity", None) == "cos":
         return 1.0 / COSINE_TEMPERATURE
     return 1.0
 
 
-def resolve_score_scale(value, loss=None, encoder=None) -> float:
-    """``value`` as a positive float; ``"auto"`` or None: :func:`student_score_scale`."""
+def resolve_score_scale(value, student: float) -> float:
+    """``value`` as a positive float; ``"auto"`` or None: ``student``, the student's own
+    (:func:`student_score_scale`)."""
     if value is None or value == "auto":
-        return student_score_scale(loss, encoder)
+        return float(student)
     if not float(value) > 0:
         raise ValueError(f"score_scale must be 'auto' or > 0, got {value!r}")
     return float(value)

@@ -59,7 +59,7 @@ def test_margin_mse_loss_module_on_embeddings():
     d = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.3, 0.6]])  # [pos0, pos1, neg0, neg1]
     neg_index = torch.tensor([[2], [3]])
     t_pos, t_neg = torch.tensor([4.0, 3.0]), torch.tensor([[1.0], [2.0]])
-    loss = MarginMSELoss()(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg, exclude=None)
+    loss = MarginMSELoss()(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg)
     # q0: 0.9-0.5=0.4 vs 3 -> (-2.6)²; q1: 0.8-0.6=0.2 vs 1 -> (-0.8)²
     assert loss.item() == pytest.approx((2.6**2 + 0.8**2) / 2)
     scaled = MarginMSELoss(student_scale=10.0)(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg)
@@ -135,7 +135,7 @@ def test_listwise_kl_by_hand_with_temperature():
 def test_distillation_loss_combines_pair_and_inbatch():
     q, d = torch.eye(2), S.T.contiguous()  # q @ d.T == S
     inputs = dict(target=torch.arange(2), neg_index=NEG, teacher_pos=torch.tensor([5.0, 4.0]),
-                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T, exclude=torch.zeros(2, 4, dtype=torch.bool))
+                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T)
     out = DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), inbatch_weight=0.75)(q, d, **inputs)
     pair = ((0.4 - 2.0) ** 2 + (0.2 - 1.0) ** 2) / 2
     assert out["pair"].item() == pytest.approx(pair)

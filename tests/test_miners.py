@@ -313,7 +313,7 @@ def test_every_config_is_listed():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_instantiates_and_mines(name):
     cfg = OmegaConf.load(MINER_CONF / f"{name}.yaml")
-    assert cfg._target_.startswith("miners.")
+    assert cfg._target_.startswith("dr.miners.")
     miner = hydra.utils.instantiate(cfg)
     if name == "random":
         miner.corpus = 1000
@@ -364,9 +364,9 @@ def test_mining_path_gives_its_scale_to_kernels_without_one():
     assert student_score_scale(InfoNCELoss(0.04), Encoder("dot")) == pytest.approx(25.0)  # 1 / temperature first
     assert student_score_scale(MarginMSELoss(), Encoder("cos")) == 20.0  # else cos: 1 / 0.05
     assert student_score_scale(None, Encoder("dot")) == 1.0
-    assert resolve_score_scale("auto", None, Encoder("cos")) == 20.0 and resolve_score_scale(3, None, None) == 3.0
+    assert resolve_score_scale("auto", 20.0) == 20.0 and resolve_score_scale(3, 20.0) == 3.0
     with pytest.raises(ValueError, match="score_scale"):
-        resolve_score_scale(-1.0)
+        resolve_score_scale(-1.0, 20.0)
 
 
 # --- Margin: positive score and rank window options ---------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from scipy.stats import chisquare
 
 from dr.data import read_clusters, write_clusters
+from dr.miners.candidates import student_score_scale
 from dr.sampling import BalancedMarginPairSampler, TASBatchSampler, margin_bins, tas_batch_sampler
 from dr.data.teacher_scores import TeacherScores
 
@@ -433,7 +434,9 @@ def test_simans_sampler_trains_with_the_students_scale(tiny_bert, scifact_slice,
         "loss.temperature=0.04",
     ])
     module = hydra.utils.instantiate(cfg.module)
-    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path))
+    # the student's scale, resolved once as dr.training.train does, and handed to the datamodule
+    scale = student_score_scale(module.loss, module.encoder)
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path), score_scale=scale)
     recorder = _Recorder()
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=2, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder], enable_checkpointing=False,

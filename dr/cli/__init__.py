@@ -109,11 +109,12 @@ def one_line(e: BaseException) -> str:
     return " ".join(lines)
 
 
-def hydra_command(config_name: str, run: Callable) -> Callable[[], None]:
+def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Callable[[], None]:
     """The ``main()`` of a command: ``run(cfg, run_dir)`` under ``hydra.main`` with ``config_name``.
 
     The task function validates the config (:func:`dr.validate.validate_config`), then calls
-    ``run``; Hydra names the job after ``run``'s module (``dr.cli.train`` -> ``train``) and gets
+    ``run``; ``validate=False`` for a ``run`` that validates its config itself first
+    (``dr-train``: :func:`dr.training.train`), so that every command checks it once; Hydra names the job after ``run``'s module (``dr.cli.train`` -> ``train``) and gets
     its return value (sweepers use it).
 
     Errors: a user error (:func:`user_error`) prints ``dr-<cmd>: error: <message>`` on one line
@@ -133,7 +134,8 @@ def hydra_command(config_name: str, run: Callable) -> Callable[[], None]:
 
         with _environ(FULL_ERROR, _users_full_error):
             try:
-                validate_config(cfg)
+                if validate:
+                    validate_config(cfg)
                 return run(cfg, run_dir())
             except Exception as e:
                 # Here, not after Hydra: a job that raises gets Hydra's "Error executing job" line.

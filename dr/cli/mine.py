@@ -21,7 +21,7 @@ from dr.plots import plot_score_histogram
 from dr.retrieval import DenseIndex
 from dr.miners.candidates import (
     corpus_embeddings, dense_candidates, instantiate_miner, mine_queries, resolve_score_scale, run_candidates, score_lists,
-    with_teacher_scores,
+    student_score_scale, with_teacher_scores,
 )
 
 
@@ -40,13 +40,13 @@ def run(cfg: DictConfig, out: Path) -> dict:
 
     if cfg.get("run_file"):
         candidates = run_candidates(read_run(cfg.run_file), positives)
-        score_scale = resolve_score_scale(cfg.get("score_scale", "auto"))  # auto: raw run scores (1)
+        score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), 1.0)  # auto: raw run scores (1)
     else:
         encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
         embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
         index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
         candidates = dense_candidates(encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16)
-        score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), encoder=encoder)
+        score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), student_score_scale(None, encoder))
     miner = instantiate_miner(cfg.miner, corpus["docid"], score_scale=score_scale)
     if cfg.get("teacher"):
         extra = {"corpus": cfg.corpus} if "corpus" in cfg.teacher else {}

@@ -17,4 +17,4 @@ def run(cfg: DictConfig, out: Path) -> float | None:
     return metrics.get(cfg.get("optimized_metric", "trained/nDCG@10"))
 
 
-main = hydra_command("train", run)
+main = hydra_command("train", run, validate=False)  # train(cfg) validates the config first

@@ -28,9 +28,6 @@ _DATASETS = {"scifact": ("BeIR/scifact", "BEIR SciFact (Wadden et al. 2020): 5,1
 
 _CITATIONS = {
     "sentence-transformers": "Reimers and Gurevych. Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks. EMNLP 2019.",
-    "infonce": "van den Oord, Li and Vinyals. Representation Learning with Contrastive Predictive Coding. arXiv:1807.03748, 2018; "
-               "Karpukhin et al. Dense Passage Retrieval for Open-Domain Question Answering. EMNLP 2020.",
-    "margin_mse": "Hofstätter et al. Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge Distillation. arXiv:2010.02666, 2020.",
     "tas": "Hofstätter et al. Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware Sampling. SIGIR 2021.",
     "simans": "Zhou et al. SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval. EMNLP 2022 (industry track).",
     "ance": "Xiong et al. Approximate Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval. ICLR 2021.",
@@ -174,8 +171,6 @@ def _version(package: str) -> str | None:
 def _citations(config: Mapping | None, metrics: Mapping | None) -> list[str]:
     keys = ["sentence-transformers"]
     text = json.dumps(config or {}, default=str).lower()
-    loss = str(((config or {}).get("loss") or {}).get("_target_", "")).lower()
-    keys.append("margin_mse" if "margin" in loss else "infonce")
     if "tas" in text:
         keys.append("tas")
     if "simans" in text:
@@ -186,4 +181,18 @@ def _citations(config: Mapping | None, metrics: Mapping | None) -> list[str]:
         keys.append("split")
     if "scifact" in text:
         keys += ["beir", "scifact"]
-    return [_CITATIONS[k] for k in dict.fromkeys(keys)]
+    cited = [_CITATIONS[k] for k in dict.fromkeys(keys)]
+    return cited[:1] + _loss_citations((config or {}).get("loss")) + cited[1:]
+
+
+def _loss_citations(node: Any) -> list[str]:
+    """What the run's loss class cites (its contract, :meth:`dr.losses.base.Loss.config_citations`)."""
+    if not isinstance(node, Mapping) or not node.get("_target_"):
+        return []
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(node["_target_"]))
+    except Exception:  # a config from another version of dr: cite what can be found
+        return []
+    return list(cls.config_citations(node)) if hasattr(cls, "config_citations") else []

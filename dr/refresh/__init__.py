@@ -6,7 +6,7 @@ versioned files it writes (:mod:`.store`) and what it reports (:mod:`.report`).
 """
 
 from dr.refresh.callback import IndexRefresh
-from dr.refresh.job import RefreshJob, RefreshSetup, check_teacher_scores, run_job, teacher_score
+from dr.refresh.job import RefreshJob, RefreshSetup, run_job, teacher_score
 from dr.refresh.report import summarize, swap_metrics
 from dr.refresh.schedule import RefreshSchedule
 from dr.refresh.store import (
@@ -17,7 +17,7 @@ from dr.refresh.worker import RefreshWorker
 
 __all__ = [
     "FAILED", "JOB", "MANIFEST", "NEGATIVES", "SNAPSHOT", "STATS", "TMP_PREFIX", "WORKER_PID", "IndexRefresh",
-    "RefreshJob", "RefreshSchedule", "RefreshSetup", "RefreshWorker", "check_teacher_scores", "clean_refresh_dir",
+    "RefreshJob", "RefreshSchedule", "RefreshSetup", "RefreshWorker", "clean_refresh_dir",
     "list_versions", "run_job", "sha256_file", "summarize", "swap_metrics", "teacher_score", "verified_manifest",
     "version_dir",
 ]

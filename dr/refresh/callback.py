@@ -51,16 +51,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dr.config import ConfigError
 from dr.models.onnx import check_backend
-from dr.refresh.job import RefreshJob, RefreshSetup, check_teacher_scores, run_job
+from dr.refresh.job import RefreshJob, RefreshSetup, run_job
 from dr.refresh.report import summarize, swap_entry, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
 from dr.refresh.store import (
     MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, staged_job, verified_manifest, version_dir,
 )
 from dr.refresh.worker import RefreshWorker
-from dr.miners.candidates import resolve_score_scale
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +74,9 @@ class IndexRefresh(pl.Callback):
         index: FAISS index kind (``flat``, ``ivf``, ``hnsw``).
         miner: a miner config (``conf/miner/*.yaml``), applied to the top ``top_k`` candidates.
         score_scale: logits per unit of similarity for the miner's kernels (SimANS's a, b, τ are
-            on logits); ``"auto"``: 1/temperature of the training loss, else 20 for a cosine
-            encoder and 1 for a dot-product one (:func:`dr.miners.candidates.resolve_score_scale`).
+            on logits). The config's ``"auto"`` is resolved by :func:`dr.training.train` before the
+            callback is built: the loss's own scale (1/temperature), else 20 for a cosine encoder
+            and 1 for a dot-product one (:func:`dr.miners.candidates.resolve_score_scale`).
         top_k, batch_size, chunk_size, bf16: mining settings as in ``dr-mine``.
         worker_threads: torch and FAISS threads of the worker (CPU); trainer_threads: torch
             threads of the training process (None leaves them).
@@ -191,12 +190,18 @@ class IndexRefresh(pl.Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "set_negatives"):
             raise RuntimeError("IndexRefresh needs a datamodule with set_negatives (dr.training.RetrievalDataModule)")
-        check_teacher_scores(bool(dm.hparams.get("teacher_from_negatives")), self.teacher)
+        # The config was checked by dr.validate (teacher scores, loader workers) before any work;
+        # a Trainer built by hand without it gets a plain error, as for any other misuse.
+        if dm.hparams.get("teacher_from_negatives") and not self.teacher:
+            raise RuntimeError("IndexRefresh: data.teacher_from_negatives=true needs refresh.teacher "
+                               "(dr.validate.validate_config refuses this config)")
         if dm.hparams.get("num_workers", 0) > 0:  # loader workers hold their own copies of the negatives
-            raise ConfigError(f"data.num_workers={dm.hparams.num_workers}: expected 0 with an index refresh, "
-                              "which swaps the negatives inside the training process")
+            raise RuntimeError("IndexRefresh: data.num_workers must be 0 (dr.validate.validate_config refuses this config)")
+        if not isinstance(self.score_scale, (int, float)) or isinstance(self.score_scale, bool) or not self.score_scale > 0:
+            raise RuntimeError(f"IndexRefresh(score_scale={self.score_scale!r}): expected a positive number, "
+                               "resolved once by dr.training.train (dr.miners.candidates.resolve_score_scale)")
         ds = dm.train_dataset
-        score_scale = resolve_score_scale(self.score_scale, getattr(pl_module, "loss", None), getattr(pl_module, "encoder", None))
+        score_scale = float(self.score_scale)
         return RefreshSetup(
             corpus=str(dm.hparams.corpus), qids=list(ds.qids), queries=dict(zip(ds.qids, ds.query_texts)),
             positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,

@@ -60,8 +60,7 @@ class RefreshSetup:
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"refresh.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    assert device in ("cpu", "cuda"), f"refresh.device={device!r} (dr.validate checks it)"
     return device
 
 
@@ -120,22 +119,6 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     if not setup.keep_snapshots:  # kept until the version is complete: a run killed before can build it again from it
         shutil.rmtree(vdir / SNAPSHOT, ignore_errors=True)
     return manifest
-
-
-def check_teacher_scores(teacher_from_negatives: bool, teacher_cfg: dict | None) -> None:
-    """Refuse a refresh that would replace the teacher's scores with the student's own.
-
-    With ``data.teacher_from_negatives=true`` the scores of every swapped-in negatives file are
-    read as teacher scores (positives included); without ``refresh.teacher`` a refreshed file
-    carries the student's dense scores, which would silently become the distillation targets.
-    """
-    if teacher_from_negatives and not teacher_cfg:
-        raise ValueError(
-            "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but refresh.teacher "
-            "is null: every refreshed file would carry the student's own scores and replace the teacher's. Set "
-            "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
-            "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false"
-        )
 
 
 def teacher_score(teacher_cfg: dict, records, queries: dict[str, str], passage_text) -> list:

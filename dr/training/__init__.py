@@ -2,10 +2,10 @@
 
 from dr.training.checkpoint_io import AtomicCheckpointIO
 from dr.training.datamodule import ContrastiveDataset, ResumableDataLoader, RetrievalDataModule
-from dr.training.module import LOSS_INPUTS, DenseRetrievalModule
+from dr.training.module import DenseRetrievalModule
 from dr.training.pipeline import TestSplit, train
 
 __all__ = [
-    "AtomicCheckpointIO", "LOSS_INPUTS", "ContrastiveDataset", "DenseRetrievalModule", "ResumableDataLoader", "RetrievalDataModule",
+    "AtomicCheckpointIO", "ContrastiveDataset", "DenseRetrievalModule", "ResumableDataLoader", "RetrievalDataModule",
     "TestSplit", "train",
 ]

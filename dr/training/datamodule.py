@@ -29,7 +29,6 @@ from dr.data import (
     read_queries, read_teacher_scores, resolve_path, write_negatives,
 )
 from dr.retrieval.bm25 import BM25
-from dr.miners.candidates import student_score_scale
 from dr.sampling.random import QueryBatchSampler
 from dr.training.compact_data import WithTeacherNegatives, negatives_compact, read_teacher_compact, record_scores
 from dr.training.dataset import ContrastiveDataset, ResumableDataLoader
@@ -61,7 +60,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             batches; TAS in :mod:`dr.sampling`).
         pair_sampler: chooses each query's positive and negatives (see :class:`ContrastiveDataset`);
             one with ``uses_scores`` (SimANS, :mod:`dr.sampling.simans`) gets the negatives file's
-            scores, and one with ``score_scale=None`` the trained module's at train start.
+            scores, and one with ``score_scale=None`` the datamodule's ``score_scale``.
         min_teacher_pairs: with a teacher-score file, train only on queries with at least this many
             (positive, negative) teacher pairs (0: all; TAS-Balanced's reference uses 2).
         min_relevance: qrels grade that counts as a positive.
@@ -70,6 +69,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         on_missing: ids that the qrels, negatives or teacher files name but the corpus or queries lack:
             ``"warn"`` logs their count and drops them, ``"error"`` raises (:func:`dr.data.check_ids`).
         compact: read negatives and teacher files into arrays, for MS MARCO sizes (:mod:`dr.training.compact_data`).
+        score_scale: the student's logits per unit of similarity, for a pair sampler whose kernel is
+            on logits and has no scale of its own (SimANS); resolved once by :func:`dr.training.train`
+            (:func:`dr.miners.candidates.student_score_scale`) and handed down.
     """
 
     def __init__(
@@ -97,11 +99,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         teacher_pair_filter: bool = False,
         on_missing: str = "warn",
         compact: bool = False,
+        score_scale: float | None = None,
     ):
         super().__init__()
         # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
         # reads back with torch.load(weights_only=True) (pickled callables would not load).
-        self.save_hyperparameters(logger=False, ignore=["batch_sampler", "pair_sampler", "negatives"])
+        self.save_hyperparameters(logger=False, ignore=["batch_sampler", "pair_sampler", "negatives", "score_scale"])
+        self.score_scale = score_scale
         self.negatives = negatives  # a path (str), a source object or None
         self.batch_sampler_factory = batch_sampler
         self.pair_sampler = pair_sampler
@@ -313,10 +317,12 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def _resolve_score_scale(self) -> None:
         """A pair sampler whose kernel needs the student's logits (SimANS) and has no ``score_scale``
-        gets the trained module's: 1/temperature of its loss, else by its encoder's similarity."""
+        of its own gets the datamodule's (handed down by :func:`dr.training.train`)."""
         if getattr(self.pair_sampler, "score_scale", 1.0) is None:
-            module = getattr(getattr(self, "trainer", None), "lightning_module", None)
-            self.pair_sampler.score_scale = student_score_scale(getattr(module, "loss", None), getattr(module, "encoder", None))
+            if self.score_scale is None:
+                raise RuntimeError(f"{self.pair_sampler!r} has no score_scale: give RetrievalDataModule(score_scale=...) "
+                                   "(dr.training.train passes the student's, dr.miners.candidates.student_score_scale)")
+            self.pair_sampler.score_scale = float(self.score_scale)
             log.info("%r: kernel on logits = %g × similarity", self.pair_sampler, self.pair_sampler.score_scale)
 
     def _batches_done_in_epoch(self, batches_per_epoch: int) -> int:

@@ -88,7 +88,7 @@ def gather_batch(q: torch.Tensor, d: torch.Tensor, inputs: dict, positive_rows: 
                  passage_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The global batch: gathered ``q [ΣB, H]``, ``d [ΣP, H]`` and loss inputs rewritten for the
     concatenated layout (see the module docstring). ``inputs`` holds the loss keys of
-    :data:`dr.training.LOSS_INPUTS` except ``teacher_matrix``, which the caller gathers."""
+    :data:`dr.losses.base.BATCH_FIELDS` except ``teacher_matrix``, which the caller gathers."""
     q_all, _ = gather_rows(q)
     d_all, d_rows = gather_rows(d)
     offset = sum(d_rows[: dist.get_rank()]) if world_size() > 1 else 0

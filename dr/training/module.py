@@ -16,27 +16,24 @@ from torch import nn
 from dr import allocator
 from dr.models.encoder import BiEncoder
 from dr.evaluation.evaluate import evaluate_run
-from dr.retrieval.index import DenseIndex
+from dr.losses.base import Loss
 from dr.losses.scores import student_scores
+from dr.retrieval.index import DenseIndex
 from dr.training.gather import gather_batch, gather_rows, gather_texts, world_size
 from dr.training.grad_cache import embed_in_chunks, memory_estimate
 
 log = logging.getLogger(__name__)
-
-LOSS_INPUTS = ("target", "exclude", "neg_index", "teacher_pos", "teacher_neg", "teacher_matrix")
-
 
 class DenseRetrievalModule(pl.LightningModule):
     """Dual-encoder training.
 
     Args:
         encoder: the :class:`BiEncoder` to train.
-        loss: a module called as ``loss(q, d, **inputs)``, e.g. :class:`dr.losses.InfoNCELoss`, where
-            ``q`` is ``[B, H]``, ``d`` is ``[P, H]`` (the batch's passages, see
-            :meth:`dr.training.RetrievalDataModule.collate_train`) and ``inputs`` are the batch's
-            supervision tensors (:data:`LOSS_INPUTS`); every loss accepts and ignores the keys it
-            does not use. It returns a scalar, or a dict with ``"loss"`` and named components
-            (each is logged as ``train/<name>``).
+        loss: a :class:`dr.losses.base.Loss`, called as ``loss(q, d, **fields)``, where ``q`` is
+            ``[B, H]``, ``d`` is ``[P, H]`` (the batch's passages, see
+            :meth:`dr.training.RetrievalDataModule.collate_train`) and ``fields`` are the batch
+            fields the loss declares (:meth:`~dr.losses.base.Loss.input_fields`). It returns a
+            scalar, or a dict with ``"loss"`` and named components (each logged as ``train/<name>``).
         inbatch_teacher: optional frozen scorer called as ``teacher(queries, passages)`` on the
             batch's texts; it returns the ``[B, P]`` teacher score matrix, passed to the loss as
             ``teacher_matrix`` (TAS-B's in-batch teacher).
@@ -85,7 +82,7 @@ class DenseRetrievalModule(pl.LightningModule):
     def __init__(
         self,
         encoder: BiEncoder,
-        loss: nn.Module,
+        loss: Loss,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable | None = None,
         val_measures: tuple[str, ...] = ("nDCG@10", "R@100"),
@@ -142,8 +139,8 @@ class DenseRetrievalModule(pl.LightningModule):
         return batch
 
     def on_train_start(self) -> None:
-        if getattr(self.loss, "student_scale", None) == "auto" and hasattr(self.loss, "set_scale"):
-            self._fit_student_scale()
+        if self.loss.scale_fit_queries() is not None:
+            self._fit_student_scale(self.loss.scale_fit_queries())
         # from_pretrained returns models in eval mode and Lightning keeps modules' modes:
         # switch to train mode so dropout is active, as in the models' pre-training.
         self.encoder.train()
@@ -152,15 +149,15 @@ class DenseRetrievalModule(pl.LightningModule):
                         "(use trainer=ddp with several devices)")
 
     @torch.no_grad()
-    def _fit_student_scale(self) -> None:
-        """``loss.student_scale: auto``: fit the untrained student's margins to the teacher's
-        (least squares, :func:`dr.losses.margin_mse.fit_student_scale`) on the training pairs of up
-        to ``loss.auto_scale_queries`` queries (epoch 0's draws, evenly spread), and log it."""
-        from dr.losses.margin_mse import fit_student_scale, gather_pair_scores
+    def _fit_student_scale(self, queries: int) -> None:
+        """A loss that fits its student scale (``loss.student_scale: auto``): the untrained
+        student's and the teacher's margins on the training pairs of up to ``queries`` queries
+        (epoch 0's draws, evenly spread) go to :meth:`~dr.losses.base.Loss.fit_scale`; logged."""
+        from dr.losses.margin_mse import gather_pair_scores
 
         dm = self.trainer.datamodule
         n = len(dm.train_dataset)
-        picks = np.unique(np.linspace(0, n - 1, min(n, int(self.loss.auto_scale_queries))).round().astype(int))
+        picks = np.unique(np.linspace(0, n - 1, min(n, int(queries))).round().astype(int))
         s_margins, t_margins = [], []
         self.encoder.eval()
         for start in range(0, len(picks), dm.hparams.batch_size):
@@ -176,11 +173,7 @@ class DenseRetrievalModule(pl.LightningModule):
         if not s_margins:
             raise ValueError("loss.student_scale=auto: no training pair with teacher scores to fit the scale on")
         s_all, t_all = torch.cat([m.flatten() for m in s_margins]), torch.cat([m.flatten() for m in t_margins])
-        scale = fit_student_scale(s_all, t_all)
-        if not scale > 0:
-            raise ValueError(f"loss.student_scale=auto: the fitted scale is {scale:.4g} (the untrained student's margins "
-                             "disagree with the teacher's); set loss.student_scale to a positive number")
-        self.loss.set_scale(scale)
+        scale = self.loss.fit_scale(s_all, t_all)
         pairs = int((torch.isfinite(s_all) & torch.isfinite(t_all)).sum())
         log.info("loss.student_scale=auto: %.4g (least squares of teacher margins on the student's, %d pairs of %d queries)",
                  scale, pairs, len(picks))
@@ -220,14 +213,15 @@ class DenseRetrievalModule(pl.LightningModule):
                          "%.0f MiB per chunk (%.0f MiB saved)", self.grad_cache_chunk, *self.memory_estimate.values())
             q = embed_in_chunks(embed_q, batch["query_inputs"], self.grad_cache_chunk)
             d = embed_in_chunks(embed_d, batch["passage_inputs"], self.grad_cache_chunk)
-        inputs = {k: batch[k] for k in LOSS_INPUTS if k in batch}
+        fields = self.loss.input_fields()
+        inputs = {k: batch[k] for k in fields if k in batch}
         passages = batch["passages"]
         gathered = self.gather_negatives and world_size() > 1
         if gathered:
             q, d, inputs = gather_batch(q, d, inputs, batch.get("positive_rows"), batch.get("passage_rows"))
             if self.inbatch_teacher is not None:
                 passages = gather_texts(passages)
-        if self.inbatch_teacher is not None:
+        if self.inbatch_teacher is not None and "teacher_matrix" in fields:
             self.inbatch_teacher.eval()
             with torch.no_grad():
                 # this rank's queries against every passage; the rows of all ranks are then gathered
@@ -238,9 +232,9 @@ class DenseRetrievalModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("loss.")]
-        loss_params = [p for p in self.loss.parameters() if p.requires_grad]  # a learnable student scale
-        if loss_params:
-            params = [{"params": params}, {"params": loss_params, "lr": self.loss.scale_lr, "weight_decay": 0.0}]
+        loss_groups = self.loss.param_groups()  # a learnable student scale, with its own learning rate
+        if loss_groups:
+            params = [{"params": params}, *loss_groups]
         optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer

@@ -31,6 +31,7 @@ from dr.retrieval import BM25, build_index, search_queries
 from dr.evaluation.benchmarks import SPLIT_MEASURES, split_metrics
 from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
+from dr.miners.candidates import resolve_score_scale, student_score_scale
 from dr.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     table: dict[str, dict[str, float]] = {}
 
     module = hydra.utils.instantiate(cfg.module)
-    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(out))
+    # The student's score scale (logits per unit of similarity), resolved once here and handed to
+    # whatever reads it: SimANS pair samplers (the datamodule) and the refresh's miner kernels.
+    score_scale = student_score_scale(module.loss, module.encoder)
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(out), score_scale=score_scale)
     test = TestSplit(cfg.test) if cfg.test.enabled else None
 
     split = test.split() if test is not None and test.cfg.get("split") is not None and test.cfg.split.get("enabled") else None
@@ -203,7 +207,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refresh = None
     if cfg.get("refresh") is not None and cfg.refresh.get("enabled", False):
         # Index refresh (dr/refresh/): re-mined negatives swapped in during training.
-        refresh = hydra.utils.instantiate(cfg.refresh)
+        refresh = hydra.utils.instantiate(cfg.refresh, score_scale=resolve_score_scale(cfg.refresh.get("score_scale"), score_scale))
         callbacks.append(refresh)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer,
