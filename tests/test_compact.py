@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dr.data import (
-    DataError, NegativesRecord, TeacherScores, iter_negatives, iter_teacher_scores, read_negatives, read_negatives_compact,
+    DataError, NegativesRecord, iter_negatives, iter_teacher_scores, read_negatives, read_negatives_compact,
     read_teacher_scores, read_teacher_triples, write_negatives, write_teacher_scores,
 )
 from dr.sampling.tas_balanced import BalancedMarginPairSampler

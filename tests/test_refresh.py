@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from conftest import merge_overrides, tiny_train_overrides
+from conftest import hold_until_ready, merge_overrides, tiny_train_overrides
 from dr.cli import config_dir
 from dr.data import read_qrels
 from dr.data.negatives import read_negatives
@@ -85,25 +85,10 @@ class VersionRecorder(pl.Callback):
         name = self.wait.get(trainer.global_step)
         if name is None:
             return
-        target = Path(trainer.default_root_dir) / "refresh" / name
-        deadline = time.monotonic() + self.timeout_s
-        while not _ready(target) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _ready(target), f"{target} did not appear in {self.timeout_s} s"
+        hold_until_ready(trainer, name, self.timeout_s)
 
     def on_train_end(self, trainer, pl_module):
         Path(self.path).write_text(json.dumps(self.seen))
-
-
-def _ready(target: Path) -> bool:
-    if target.name == "worker.dead":  # the worker whose pid is in worker.pid has exited
-        pid = json.loads((target.parent / "worker.pid").read_text())["pid"]
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        return state in ("Z", "X")
-    return target.exists()
 
 
 def _with_recorder(cfg, path: Path, wait: list):

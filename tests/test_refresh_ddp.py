@@ -21,26 +21,10 @@ import pytest
 import pytorch_lightning as pl
 
 from dr.refresh import FAILED, IndexRefresh, verified_manifest, version_dir
-from test_refresh import _overrides, _ready
+from conftest import hold_until_ready, train_script
+from test_refresh import _overrides
 
 pytestmark = pytest.mark.slow
-
-TESTS = Path(__file__).parent
-
-SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
-from dr.cli import config_dir
-from dr.training import train
-spec = json.loads(sys.argv[1])
-with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-    cfg = compose("train", overrides=spec["overrides"])
-with open_dict(cfg):
-    cfg.callbacks.ddp_recorder = spec["recorder"]
-train(cfg)
-"""
 
 
 def inject_node_faults(fail: dict, sleep: dict, after: dict, job) -> None:
@@ -84,11 +68,7 @@ class RankRecorder(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         time.sleep(self.sleep.get(trainer.global_step, 0.0))
         for name in self.hold.get(trainer.global_step, []):
-            target = Path(trainer.default_root_dir) / "refresh" / name
-            deadline = time.monotonic() + self.timeout_s
-            while not _ready(target) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert _ready(target), f"{target} did not appear in {self.timeout_s} s"
+            hold_until_ready(trainer, name, self.timeout_s)
 
     def on_train_end(self, trainer, pl_module):
         Path(f"{self.path}.rank{trainer.global_rank}").write_text(json.dumps(self.seen))
@@ -113,7 +93,7 @@ def _launch(tmp_path: Path, overrides: list[str], recorder: dict, nodes: int, de
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
                "NODE_RANK": str(rank // devices), "LOCAL_RANK": str(rank % devices)}
         log = open(tmp_path / f"rank{rank}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=str(TESTS)), spec], cwd=tmp_path, env=env,
+        procs.append(subprocess.Popen([sys.executable, "-c", train_script("ddp_recorder"), spec], cwd=tmp_path, env=env,
                                       stdout=log, stderr=subprocess.STDOUT))
     end = time.monotonic() + deadline_s
     while any(p.poll() is None for p in procs) and time.monotonic() < end:

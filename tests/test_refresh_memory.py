@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ import pytorch_lightning as pl
 from omegaconf import open_dict
 
 from dr.training import train
-from test_refresh import _compose, _overrides, _ready
+from conftest import hold_until_ready
+from test_refresh import _compose, _overrides
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,7 @@ class MemoryRecorder(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step % EVERY == 1 and step > 1:  # the version submitted at step - 1 is swapped in at this poll
-            target = Path(trainer.default_root_dir) / "refresh" / f"v{(step - 1) // EVERY:04d}" / "manifest.json"
-            deadline = time.monotonic() + 240
-            while not _ready(target) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            hold_until_ready(trainer, f"v{(step - 1) // EVERY:04d}/manifest.json", poll_s=0.05)
 
     def on_train_end(self, trainer, pl_module):
         Path(self.path).write_text(json.dumps(self.rows))

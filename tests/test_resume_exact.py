@@ -29,28 +29,12 @@ import torch
 
 from dr.data import NegativesRecord, passage_texts, read_corpus, read_qrels, read_queries, write_negatives, write_teacher_scores
 from dr.retrieval.bm25 import BM25
-from test_refresh import _overrides, _ready
+from conftest import hold_until_ready, train_script
+from test_refresh import _overrides
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).parent
 MAX_STEPS = 16
-
-SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
-from dr.cli import config_dir
-from dr.training import train
-spec = json.loads(sys.argv[1])
-with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-    cfg = compose("train", overrides=spec["overrides"])
-with open_dict(cfg):
-    cfg.callbacks.batch_log = spec["recorder"]
-train(cfg)
-"""
-
 
 class BatchLog(pl.Callback):
     """Appends each batch (step, negatives version, qids, docids) and its loss to a JSON-lines file as
@@ -71,11 +55,7 @@ class BatchLog(pl.Callback):
             f.write(json.dumps({**self._batch, "loss": float(loss)}) + "\n")
         name = self.hold.get(trainer.global_step)
         if name:
-            target = Path(trainer.default_root_dir) / "refresh" / name
-            deadline = time.monotonic() + 240
-            while not _ready(target) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert _ready(target), f"{target} did not appear"
+            hold_until_ready(trainer, name, poll_s=0.05)
 
 
 def _inputs(data: dict, folder: Path) -> tuple[Path, Path]:
@@ -111,7 +91,7 @@ def _spec(tiny_bert, data, out: Path, log: Path, negatives: Path, teacher: Path,
 def _run(spec: str, cwd: Path, kill_at_step: int | None = None, log: Path | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}
     with open(cwd / "stderr.log", "a") as err:
-        proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=str(TESTS)), spec], cwd=cwd, env=env,
+        proc = subprocess.Popen([sys.executable, "-c", train_script("batch_log"), spec], cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 900
         while proc.poll() is None and time.monotonic() < deadline:

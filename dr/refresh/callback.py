@@ -56,14 +56,15 @@ from dr.refresh.job import RefreshJob, RefreshSetup, run_job
 from dr.refresh.report import summarize, swap_entry, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
 from dr.refresh.store import (
-    MANIFEST, NEGATIVES, clean_refresh_dir, mark_failed, stage_version, staged_job, verified_manifest, version_dir,
+    MANIFEST, NEGATIVES, clean_refresh_dir, stage_version, staged_job, verified_manifest, version_dir,
 )
+from dr.refresh.supervision import WorkerSupervision
 from dr.refresh.worker import RefreshWorker
 
 log = logging.getLogger(__name__)
 
 
-class IndexRefresh(pl.Callback):
+class IndexRefresh(WorkerSupervision, pl.Callback):
     """Refresh the hard negatives during training (see the module docstring).
 
     Args:
@@ -343,51 +344,6 @@ class IndexRefresh(pl.Callback):
             return
         self._worker.submit(job)
         log.info("refresh: v%04d submitted at step %d (worker pid %d)", version, step, self._worker.process.pid)
-
-    # ------------------------------------------------------------------ worker
-    def _check_worker(self) -> None:
-        """Drain the worker's messages; detect a crash or a timeout."""
-        if self._worker is None:
-            return
-        for kind, version, payload in self._worker.messages():
-            if kind == "started" and version in self.pending:
-                self.pending[version]["started"] = time.time()
-            elif kind == "done":  # the manifest is checked on disk when the version is polled
-                self.pending.pop(version, None)
-                self.schedule.succeeded()
-            elif kind == "failed":
-                self._failed(version, payload)
-                self._worker.stop()  # it exits after reporting; a new one starts at the next refresh
-                break
-        if not self.pending:
-            return
-        if not self._worker.alive:
-            code = self._worker.exitcode
-            for version in sorted(self.pending):
-                self._failed(version, f"the worker died (exit code {code}) without a result")
-            self._worker.stop()
-            return
-        oldest = min(self.pending)
-        started = self.pending[oldest]["started"] or self.pending[oldest]["submitted"]
-        if time.time() - started > self.timeout_s:
-            for version in sorted(self.pending):
-                self._failed(version, f"timed out after {self.timeout_s:.0f} s; the worker was killed")
-            self._worker.stop()
-
-    def _failed(self, version: int, error: str) -> None:
-        self.pending.pop(version, None)
-        self._bad.add(version)
-        self.schedule.failed()
-        log.error("refresh v%04d failed; training goes on with negatives version %d (%d failure(s) in a row, "
-                  "next %d schedule(s) skipped):\n%s", version, self.current_version, self.schedule.consecutive_failures,
-                  self.schedule.skip_schedules, error)
-        if self._root is not None:
-            mark_failed(self._root, version, error)
-        self.history.append({"version": version, "status": "failed"})
-
-    def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._stop_worker()

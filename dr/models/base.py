@@ -1,0 +1,130 @@
+"""The encoder contract: what every inference encoder of dr implements.
+
+:class:`Encoder` is the interface that evaluation, search, mining, clustering, the index refresh
+and the export read: :meth:`Encoder.encode` (texts to a float32 ``[N, dim]`` array),
+:meth:`Encoder.config_dict` (the settings the embeddings depend on), :attr:`Encoder.dim` and the
+similarity. :class:`dr.models.BiEncoder` (PyTorch, trainable) and :class:`dr.models.OnnxEncoder`
+(onnxruntime) implement it; each fills in one hook, :meth:`Encoder._batches`, that embeds one
+padded batch. The tokenising, the length-sorted batching and the progress bar are here, once.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+Kind = Literal["query", "passage"]
+Pooling = Literal["cls", "mean"]
+Similarity = Literal["dot", "cos"]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states ``[B, L, H]`` into ``[B, H]``: the first token, or the masked mean."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    raise ValueError(f"unknown pooling {pooling!r}: expected 'cls' or 'mean'")
+
+
+def autocast_context(device: torch.device | str, bf16: bool):
+    """bf16 autocast on CPU or CUDA when asked; a no-op context otherwise."""
+    if not bf16:
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+class Encoder(abc.ABC):
+    """Queries and passages to vectors (see the module docstring).
+
+    Implementations set ``tokenizer``, ``pooling``, ``normalize``, ``similarity``,
+    ``query_max_length`` and ``passage_max_length``, and provide :attr:`dim`, :attr:`shared` and
+    :meth:`_batches`.
+    """
+
+    tokenizer: object
+    pooling: str
+    normalize: bool
+    similarity: str
+    query_max_length: int
+    passage_max_length: int
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """The embedding dimension."""
+
+    @property
+    @abc.abstractmethod
+    def shared(self) -> bool:
+        """One tower for queries and passages."""
+
+    def config_dict(self) -> dict:
+        """The settings the embeddings depend on (written as ``dr_config.json`` by an export)."""
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "similarity": self.similarity,
+            "query_max_length": self.query_max_length,
+            "passage_max_length": self.passage_max_length,
+            "shared": self.shared,
+            "dim": self.dim,
+        }
+
+    def max_length(self, kind: Kind) -> int:
+        return self.query_max_length if kind == "query" else self.passage_max_length
+
+    @abc.abstractmethod
+    def _batches(self, kind: Kind, bf16: bool, device: str | torch.device | None) -> contextlib.AbstractContextManager[
+            Callable[[dict], np.ndarray]]:
+        """A context in which a function embeds one batch of tokenised, unpadded features
+        (``{"input_ids": [...], ...}``) into a float32 ``[n, dim]`` array."""
+
+    def encode(
+        self,
+        texts: Iterable[str],
+        kind: Kind,
+        batch_size: int = 64,
+        bf16: bool = False,
+        show_progress: bool = True,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray:
+        """Encode texts into a float32 ``[N, dim]`` array, in the input order.
+
+        Texts are tokenised once, sorted by length and batched, so each batch pads to its own
+        longest member instead of the global maximum. ``bf16`` and ``device`` are the torch
+        encoder's (an onnxruntime encoder runs on the CPU in its own precision).
+        """
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length(kind), padding=False)
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc=f"encode {kind}s", unit=kind[0], disable=not show_progress, mininterval=2)
+        try:
+            with self._batches(kind, bf16, device) as embed:
+                for start in range(0, len(texts), batch_size):
+                    idx = order[start : start + batch_size]
+                    out[idx] = embed({key: [encoded[key][i] for i in idx] for key in encoded.keys()})
+                    bar.update(len(idx))
+        finally:
+            bar.close()
+        return out
+
+    def encode_queries(self, texts: Iterable[str], **kwargs) -> np.ndarray:
+        return self.encode(texts, "query", **kwargs)
+
+    def encode_passages(self, texts: Iterable[str], **kwargs) -> np.ndarray:
+        return self.encode(texts, "passage", **kwargs)
+
