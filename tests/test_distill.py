@@ -247,3 +247,28 @@ def test_training_with_teacher_scores_in_a_negatives_file(cfg_train, tiny_bert, 
     ])
     losses = _logged(rows, "train/loss")
     assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+
+
+def test_tas_b_inbatch_term_follows_a_learnt_or_fitted_pair_scale():
+    """Issue 23.6: with learnable_scale=true the in-batch term kept the initial scale (pair 20.0,
+    in-batch 5.0 after training), and student_scale=auto could not be used inside DistillationLoss.
+    Both terms must score with one student scale: after log_scale moves, and after a fit."""
+    import math
+
+    from dr.losses import DistillationLoss, InBatchMarginMSELoss, MarginMSELoss
+
+    torch.manual_seed(0)
+    q, d = torch.randn(2, 4), torch.randn(4, 4)
+    T = torch.randn(2, 4)
+    fields = dict(target=torch.tensor([0, 1]), neg_index=torch.tensor([[2], [3]]), teacher_pos=torch.tensor([5.0, 4.0]),
+                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T)
+    loss = DistillationLoss(MarginMSELoss(student_scale=5.0, learnable_scale=True), InBatchMarginMSELoss())
+    with torch.no_grad():
+        loss.pair.log_scale.fill_(math.log(20.0))  # what training does to the learnt scale
+    inbatch = loss(q, d, **fields)["inbatch"]
+    expected = InBatchMarginMSELoss(student_scale=20.0)(q, d, target=fields["target"], neg_index=fields["neg_index"],
+                                                        teacher_matrix=T)["loss"]
+    assert inbatch.item() == pytest.approx(expected.item(), rel=1e-6)
+    auto = DistillationLoss(MarginMSELoss(student_scale="auto"), InBatchMarginMSELoss())
+    auto.fit_scale(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0]))  # teacher = 3 x student
+    assert auto.inbatch.scale() == pytest.approx(3.0) and auto.pair.scale() == pytest.approx(3.0)
