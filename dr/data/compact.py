@@ -159,9 +159,9 @@ def read_teacher_triples(path: str | os.PathLike) -> TeacherTriples:
             flush()
     flush()
     qids, query_codes = IdTable.intern(q_chunks)
-    del q_chunks
+    q_chunks.clear()  # free the chunks now (the closure above keeps the name)
     docids, doc_codes = IdTable.intern(p_chunks + n_chunks)
-    del p_chunks, n_chunks
+    p_chunks.clear(), n_chunks.clear()
     half = len(doc_codes) // 2
     order, offsets = _group(query_codes, len(qids))
     return TeacherTriples(qids, docids, offsets, doc_codes[:half][order], doc_codes[half:][order],
