@@ -140,7 +140,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "index_kind": one_of(*INDEX_KINDS),
     "index_memory_gb": positive_number,
     "shard_size": non_negative_int,
-    "backend": one_of(*BACKENDS),
+    "backend": one_of("auto", *BACKENDS),
     "format": one_of(*FORMATS),
     "miner.num_negatives": non_negative_int,
     "threshold": lambda v: None if _is_number(v) and -1 <= v <= 1 else "expected a cosine similarity in [-1, 1]",

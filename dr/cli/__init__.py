@@ -224,4 +224,26 @@ def encoder_from_config(cfg, backend: str = "torch"):
         from dr.config import ConfigError
 
         raise ConfigError("model=null: expected a model (model=...): a hub name, a saved model folder or a .ckpt of a dr-train run")
+    if backend == "auto":
+        return _auto_encoder(cfg)
     return load_encoder(cfg.model, cfg.get("encoder"), backend=backend, cache_dir=cfg.get("onnx_cache_dir"))
+
+
+def _auto_encoder(cfg):
+    """``backend=auto`` (:mod:`dr.models.auto_backend`): the calibrated choice for this machine;
+    ``cfg.bf16`` is set to the choice's precision, so the command encodes as calibrated."""
+    import logging
+
+    from omegaconf import open_dict
+
+    from dr.models import BiEncoder
+    from dr.models.auto_backend import choose_backend, default_cache_dir, describe, encoder_for
+
+    encoder = BiEncoder.load(cfg.model, cfg.get("encoder"))
+    cache = cfg.get("cache_dir") or default_cache_dir()
+    choice = choose_backend(encoder, cache)
+    logging.getLogger("dr.cli").info(describe(choice))
+    chosen, bf16 = encoder_for(encoder, choice, cache)
+    with open_dict(cfg):
+        cfg.bf16 = bf16
+    return chosen

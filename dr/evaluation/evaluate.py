@@ -153,5 +153,6 @@ def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], 
 
 
 def write_metrics(metrics: Mapping[str, float], path: str | os.PathLike) -> None:
-    """Write ``{measure: value}`` as a flat JSON object, atomically."""
-    write_json(path, {str(name): float(value) for name, value in metrics.items()})
+    """Write ``{measure: value}`` as a flat JSON object, atomically (numbers as floats; a few
+    entries, such as ``backend/choice``, are names)."""
+    write_json(path, {str(name): value if isinstance(value, str) else float(value) for name, value in metrics.items()})

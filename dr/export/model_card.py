@@ -72,7 +72,7 @@ def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
     rows: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if parts[0] in ("time", "train", "refresh") or len(parts) < 2:
+        if parts[0] in ("time", "train", "refresh", "backend", "memory") or len(parts) < 2:
             continue
         if parts[0] == "val":
             rows.setdefault("validation (held-out train queries)", {})[parts[1]] = value

@@ -199,8 +199,16 @@ def quantize_int8(source: str | os.PathLike, path: str | os.PathLike, metadata: 
         down = down_projections(onnx.load(str(prepared)).graph)
         keep = down[:INT8_FP32_DOWN_PROJECTIONS]
         quantized = Path(tmp) / "quantized.onnx"
-        quantize_dynamic(prepared, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+        # onnxruntime's quantiser logs an INFO line per tensor on the root logger ("Quantization
+        # parameters for tensor ... not specified"): hundreds of lines in every run's log.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.WARNING))
+        try:
+            quantize_dynamic(prepared, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+        finally:
+            root.setLevel(level)
         _save(onnx.load(str(quantized)), path, metadata)
     return path
 

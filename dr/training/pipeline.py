@@ -63,26 +63,34 @@ class TestSplit:
         self.queries = {q: t for q, t in self.queries.items() if q in self.qrels}
         self.measures = list(cfg.measures)
         self.last_index = None
+        self.choice = None  # backend=auto's calibrated choice (dr.models.auto_backend.Choice)
 
-    @property
-    def backend(self) -> str:
-        """``test.backend``: ``torch``, or ``onnx`` (onnxruntime in fp32, within 1e-6 of torch);
-        ``auto`` picks onnx on a CPU without native bf16 (about 1.4x faster than torch fp32 there) and
-        torch where bf16 is native or a GPU is present."""
+    def backend(self, encoder) -> str:
+        """``test.backend``: ``torch`` (in ``test.bf16``), ``onnx`` (onnxruntime in fp32, within 1e-6
+        of torch), or ``auto``: the fastest within 1e-3 of fp32 on this machine, calibrated once
+        (:mod:`dr.models.auto_backend`; the choice goes into metrics.json)."""
         backend = str(self.cfg.get("backend", "torch"))
-        if backend == "auto":
-            backend = "torch" if (self.cfg.bf16 or torch.cuda.is_available()) else "onnx"
-        return backend
+        if backend != "auto":
+            return backend if backend == "onnx" else ("torch-bf16" if self.cfg.bf16 else "torch-fp32")
+        if self.choice is None:
+            from dr.models.auto_backend import choose_backend, default_cache_dir, describe
+
+            self.choice = choose_backend(encoder, self.cfg.get("cache_dir") or default_cache_dir())
+            log.info(describe(self.choice))
+        return self.choice.name
 
     def dense(self, encoder) -> dict[str, dict[str, float]]:
         """Encode the corpus, search the queries; the index is kept (``last_index``) for export."""
-        if self.backend == "onnx":
+        backend = self.backend(encoder)
+        bf16 = backend == "torch-bf16"
+        if backend.startswith("onnx"):
             from dr.models.onnx import onnx_encoder
 
-            encoder = onnx_encoder(encoder)  # exported from the current weights (about a second)
-        log.info("test encoding with the %s backend", self.backend)
-        self.last_index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
-        return search_queries(encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=self.cfg.bf16)
+            # exported from the current weights (about a second), quantised for onnx-int8
+            encoder = onnx_encoder(encoder, int8=backend == "onnx-int8")
+        log.info("test encoding with the %s backend", backend)
+        self.last_index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=bf16)
+        return search_queries(encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=bf16)
 
     def dense_cached(self, encoder, cache_dir: str | None) -> dict[str, dict[str, float]]:
         """:meth:`dense`, reused from ``cache_dir`` while the weights, settings, data, ``k`` and
@@ -91,8 +99,8 @@ class TestSplit:
             return self.dense(encoder)
         run, hit = RunCache(cache_dir).get_or_compute(
             lambda: self.dense(encoder), kind="dense_run", encoder=encoder_fingerprint(encoder), corpus=file_stamp(self.cfg.corpus),
-            queries=file_stamp(self.cfg.queries), qids=sorted(self.queries), k=int(self.cfg.k), bf16=bool(self.cfg.bf16),
-            backend=self.backend,
+            queries=file_stamp(self.cfg.queries), qids=sorted(self.queries), k=int(self.cfg.k),
+            backend=self.backend(encoder),
         )
         if hit:
             print(f"zero-shot run reused from the cache in {cache_dir} (test.cache_dir=null recomputes it)")
@@ -243,6 +251,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         csv_log = out / "logs" / "metrics.csv"
         if csv_log.is_file():
             plot_training_curves(csv_log, out / "training_curves.png")
+        if test is not None and test.choice is not None:
+            metrics.update(test.choice.summary())
         timings["time/total_s"] = time.perf_counter() - started
         metrics.update(timings)
         metrics["memory/peak_rss_mib"] = peak_rss_mib()
