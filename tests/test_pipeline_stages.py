@@ -186,3 +186,9 @@ def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_pa
     states = _lines(done.stdout)
     assert [n for n, s in states.items() if s == "cached"] == ["split", "stage1"], done.stdout
     assert states["pool"] == "running" and (tmp_path / "cli" / "table.md").is_file()
+
+
+def test_experiment_baseline_is_the_one_stage_default(compose_config, tmp_path):
+    plain = compose_config("train", [f"paths.output_dir={tmp_path}"])
+    baseline = compose_config("train", [f"paths.output_dir={tmp_path}", "experiment=baseline"])
+    assert OmegaConf.to_container(baseline, resolve=True) == OmegaConf.to_container(plain, resolve=True)
