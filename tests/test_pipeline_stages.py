@@ -50,7 +50,7 @@ def pipeline_cfg(tiny_bert, scifact_slice, tmp_path, compose_config):
         OmegaConf.update(cfg, "extra", {
             "dr-train": TINY_TRAIN, "dr-mine": ["top_k=20", "batch_size=32"],
             "dr-score": ["max_negatives=5", "teacher.query_max_length=16", "teacher.passage_max_length=48", "teacher.batch_size=32"],
-            "dr-eval": ["batch_size=32"], "dr-split": ["batch_size=32"], "dr-compare": ["permutations=200"],
+            "dr-eval": ["batch_size=32"], "dr-split": ["batch_size=32"], "dr-compare": ["permutations=200"], "dr-plot": [],
         }, merge=False)
         return cfg
 
@@ -114,6 +114,8 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     assert "wins/ties/losses" in result["verdict"][0]
     assert (Path(reached["stage2"]["dir"]) / "export" / "config.json").is_file()
     assert "exported model:" in second and "fusion teacher" in second
+    assert (Path(reached["curves"]["dir"]) / "training.png").is_file() and "compare.png" in second and "training.png" in second
+    assert result["stages"]["stage1"]["cached"] and not result["stages"]["stage2"]["cached"]
     # encode once: one embeddings file per (model, corpus): the zero-shot model's (pool, zero-shot rows), stage 1's
     # (its out-of-domain row and the fusion row there), stage 2's; the teacher read stage 1's exported index
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 3
@@ -127,18 +129,7 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     # 5. another seed of stage 2 (dry run): only stage 2 and what reads it are to run
     run_pipeline(pipeline_cfg("seed=1", "dry_run=true"), out)
     states = _lines(capsys.readouterr().out)
-    assert sorted(n for n, s in states.items() if s == "to run") == ["compare", "eval stage 2 ood", "eval stage 2 test", "stage2"]
-
-    # 6. a CLI dry run over the same cache: all cached, nothing written
-    conf = tmp_path / "conf" / "pipeline"
-    conf.mkdir(parents=True)
-    _save_as_group(pipeline_cfg(), conf / "tiny.yaml")
-    done = subprocess.run([str(VENV_BIN / "dr-pipeline"), "--config-dir", str(tmp_path / "conf"), "pipeline=tiny",
-                           f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'cli'}", "--dry-run"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert set(_lines(done.stdout).values()) == {"cached"} and len(_lines(done.stdout)) == len(stages), done.stdout
-    assert not (tmp_path / "cli" / "table.md").exists()
+    assert sorted(n for n, s in states.items() if s == "to run") == ["compare", "curves", "eval stage 2 ood", "eval stage 2 test", "stage2"]
 
 
 def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path):
@@ -166,12 +157,17 @@ def test_a_changed_input_file_or_default_changes_the_key(pipeline_cfg, tmp_path,
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_path):
-    """SIGKILL during the run (after stage 1 is done), then the same command again."""
+    """The console script: ``--dry-run`` runs nothing; SIGKILL during the run (after stage 1 is done),
+    then the same command again."""
     conf = tmp_path / "conf" / "pipeline"
     conf.mkdir(parents=True)
     _save_as_group(pipeline_cfg(), conf / "tiny.yaml")
     cmd = [str(VENV_BIN / "dr-pipeline"), "--config-dir", str(tmp_path / "conf"), "pipeline=tiny", f"cache_dir={tmp_path / 'cache'}",
            f"hydra.run.dir={tmp_path / 'cli'}"]
+    dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert set(_lines(dry.stdout).values()) == {"to run"} and len(_lines(dry.stdout)) == 17, dry.stdout
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "cli" / "table.md").exists()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     seen = []
     for line in proc.stdout:
@@ -186,6 +182,8 @@ def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_pa
     states = _lines(done.stdout)
     assert [n for n, s in states.items() if s == "cached"] == ["split", "stage1"], done.stdout
     assert states["pool"] == "running" and (tmp_path / "cli" / "table.md").is_file()
+    again = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=300)
+    assert set(_lines(again.stdout).values()) == {"cached"}, again.stdout
 
 
 def test_experiment_baseline_is_the_one_stage_default(compose_config, tmp_path):

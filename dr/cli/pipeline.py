@@ -75,7 +75,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, dict]:
                          echo=lambda line: print(line, flush=True))
     if cfg.dry_run:
         return results
-    text = report(cfg, {name: r["dir"] for name, r in results.items()}, out)
+    text = report(cfg, results, out)
     if text:
         print(text)
     print(f"table: {out / 'table.md'}")

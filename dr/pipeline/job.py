@@ -6,7 +6,8 @@ interpolation/extrapolation halves from a ``dr-split`` folder, an out-of-domain 
 ``dr-eval`` stage, ``eval-<row>-<set>``, after the listed stages. ``extra.<command>`` adds overrides
 to every stage of that command. The table has one row per system and, per set, the measures (and
 for a set evaluated with ``split=``, the measures on each half); ``verdict`` names the ``dr-compare``
-stage whose rows are printed under it.
+stage whose rows are printed under it, ``export`` the stage whose ``export/`` is the job's model and
+``pictures`` the stages whose PNGs are listed.
 """
 
 from __future__ import annotations
@@ -110,9 +111,13 @@ def verdict(compare_dir: str | None) -> list[str]:
     return lines
 
 
-def report(cfg: DictConfig, dirs: dict[str, str], out: Path) -> str:
-    """The table and the verdict as text; also written to ``out/table.md`` and ``out/table.json``."""
+def report(cfg: DictConfig, stages: dict[str, dict], out: Path) -> str:
+    """The table and the verdict as text; also written to ``out/table.md`` and ``out/table.json``
+    (with each stage's folder, whether it was cached and its time). ``stages`` is
+    :func:`dr.pipeline.run_stages`'s result."""
     from dr.data.io import atomic_write, write_json
+
+    dirs = {name: r["dir"] for name, r in stages.items()}
 
     table = results_table(cfg, dirs) if cfg.get("evaluate") else {}
     lines = verdict(dirs.get(str(cfg.get("verdict")))) if cfg.get("verdict") else []
@@ -125,5 +130,8 @@ def report(cfg: DictConfig, dirs: dict[str, str], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "table.md") as f:
         f.write(text + "\n")
-    write_json(out / "table.json", {"table": table, "verdict": lines, "stages": dirs})
+    pictures = [str(p) for n in (cfg.get("pictures") or []) if str(n) in dirs for p in sorted(Path(dirs[str(n)]).glob("*.png"))]
+    if pictures:
+        text += "\npictures: " + ", ".join(pictures)
+    write_json(out / "table.json", {"table": table, "verdict": lines, "stages": stages})
     return text
