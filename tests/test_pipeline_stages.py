@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from dr.cli.pipeline import compose_command
 from dr.cli.pipeline import run as run_pipeline
 from dr.config import ConfigError
-from dr.pipeline import job_specs, plan
+from dr.pipeline import cache_lock, job_specs, plan
 
 VENV_BIN = Path(sys.executable).parent
 ROWS = ["BM25", "zero-shot", "stage 1", "fusion teacher", "stage 2"]
@@ -141,6 +141,9 @@ def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path
     with pytest.raises(ConfigError, match=r"stages.pool: \{teacher\} names no earlier stage"):
         run_pipeline(cfg, tmp_path / "job")
     assert not (tmp_path / "cache").exists()
+    with cache_lock(tmp_path / "cache"), pytest.raises(ConfigError, match="another dr-pipeline is running on this cache"):
+        run_pipeline(pipeline_cfg(), tmp_path / "job")
+    assert list((tmp_path / "cache").iterdir()) == [tmp_path / "cache" / ".lock"]  # no stage started
 
 
 def test_a_changed_input_file_or_default_changes_the_key(pipeline_cfg, tmp_path, scifact_slice):
@@ -164,7 +167,7 @@ def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_pa
     _save_as_group(pipeline_cfg(), conf / "tiny.yaml")
     cmd = [str(VENV_BIN / "dr-pipeline"), "--config-dir", str(tmp_path / "conf"), "pipeline=tiny", f"cache_dir={tmp_path / 'cache'}",
            f"hydra.run.dir={tmp_path / 'cli'}"]
-    dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(cmd + ["--dry-run"], check=False, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert set(_lines(dry.stdout).values()) == {"to run"} and len(_lines(dry.stdout)) == 17, dry.stdout
     assert not (tmp_path / "cache").exists() and not (tmp_path / "cli" / "table.md").exists()
@@ -177,12 +180,12 @@ def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_pa
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     states = _lines(done.stdout)
     assert [n for n, s in states.items() if s == "cached"] == ["split", "stage1"], done.stdout
     assert states["pool"] == "running" and (tmp_path / "cli" / "table.md").is_file()
-    again = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd + ["--dry-run"], check=False, capture_output=True, text=True, timeout=300)
     assert set(_lines(again.stdout).values()) == {"cached"}, again.stdout
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import DictConfig
 
@@ -65,16 +65,20 @@ def execute_command(command: str, cfg: DictConfig, out: Path):
 
 def run(cfg: DictConfig, out: Path) -> dict[str, dict]:
     """Plan the stages, run or reuse each, print and write the table; returns the stages reached."""
-    from dr.pipeline import job_specs, plan, report, run_stages
+    from dr.pipeline import cache_lock, job_specs, plan, report, run_stages
 
     cache = Path(str(cfg.cache_dir)).expanduser().resolve()
     stages = plan(job_specs(cfg), cache, compose_command)
     cached = sum(s.done for s in stages)
     print(f"dr-pipeline: {len(stages)} stages, {cached} cached, under {cache}" + (" (dry run)" if cfg.dry_run else ""), flush=True)
-    results = run_stages(stages, execute_command, dry_run=bool(cfg.dry_run), until=cfg.get("until"),
-                         echo=lambda line: print(line, flush=True))
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
     if cfg.dry_run:
-        return results
+        return run_stages(stages, execute_command, dry_run=True, until=cfg.get("until"), echo=echo)
+    with cache_lock(cache):
+        results = run_stages(stages, execute_command, until=cfg.get("until"), echo=echo)
     text = report(cfg, results, out)
     if text:
         print(text)

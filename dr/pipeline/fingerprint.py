@@ -48,7 +48,9 @@ def _strip(node: Any, replace: list[tuple[str, str]], files: dict[str, list]) ->
 
 
 def _stamp_input(value: str, files: dict[str, list]) -> None:
-    if not value or len(value) > 4096 or "\n" in value:
+    """Stamp ``value`` when it names a file or folder: a path (with a ``/`` or a suffix) or a
+    bundled ``name:role``; a bare word (``cls``, ``flat``) is a setting, even if a folder has its name."""
+    if not value or len(value) > 4096 or "\n" in value or not any(c in value for c in "/.:"):
         return
     try:
         path = resolve_path(value)

@@ -92,6 +92,10 @@ def results_table(cfg: DictConfig, dirs: dict[str, str]) -> dict[str, dict[str, 
     return table
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def verdict(compare_dir: str | None) -> list[str]:
     """One line per compared system and measure from a ``dr-compare`` folder's ``compare.json``."""
     path = Path(compare_dir) / "compare.json" if compare_dir else None
@@ -104,10 +108,9 @@ def verdict(compare_dir: str | None) -> list[str]:
         if r.get("wins") is None:
             continue
         b = base.get(r["measure"], {})
-        p = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(f"{r['system']} vs {b.get('system', 'baseline')}, {r['measure']}: {r['mean']:.4f} against {b.get('mean', float('nan')):.4f}, "
-                     f"Δ {r['delta']:+.4f}, p (t-test) {p(r['p_ttest'])}, p (randomization) {p(r['p_randomization'])}, "
-                     f"p (Holm) {p(r['p_holm'])}, wins/ties/losses {r['wins']}/{r['ties']}/{r['losses']}")
+                     f"Δ {r['delta']:+.4f}, p (t-test) {_p(r['p_ttest'])}, p (randomization) {_p(r['p_randomization'])}, "
+                     f"p (Holm) {_p(r['p_holm'])}, wins/ties/losses {r['wins']}/{r['ties']}/{r['losses']}")
     return lines
 
 

@@ -19,13 +19,16 @@ API over dr's config tree and the commands' own ``run(cfg, out)`` functions, in 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -150,6 +153,24 @@ def run_stages(stages: list[Stage], execute: Execute, dry_run: bool = False, unt
         if stage.name == until:
             break
     return results
+
+
+@contextlib.contextmanager
+def cache_lock(cache_root: str | Path) -> Iterator[None]:
+    """Hold ``<cache>/.lock`` while stages run: a second job on the same cache would empty the folder
+    of a stage the first one is writing."""
+    root = Path(cache_root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"cache_dir={root}: another dr-pipeline is running on this cache; expected one job per "
+                              "cache_dir at a time (wait for it, or give this one another cache_dir)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _quote(override: str) -> str:
