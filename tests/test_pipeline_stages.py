@@ -132,7 +132,7 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     assert sorted(n for n, s in states.items() if s == "to run") == ["compare", "curves", "eval stage 2 ood", "eval stage 2 test", "stage2"]
 
 
-def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path):
+def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path, capsys):
     cfg = pipeline_cfg("until=nope", "dry_run=true")
     with pytest.raises(ConfigError, match="until=nope: expected one of the stages split, stage1"):
         run_pipeline(cfg, tmp_path / "job")
@@ -144,6 +144,13 @@ def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path
     with cache_lock(tmp_path / "cache"), pytest.raises(ConfigError, match="another dr-pipeline is running on this cache"):
         run_pipeline(pipeline_cfg(), tmp_path / "job")
     assert list((tmp_path / "cache").iterdir()) == [tmp_path / "cache" / ".lock"]  # no stage started
+    cfg = pipeline_cfg("until=split")
+    cfg.stages.split.overrides.append("threshold=2.5")  # a stage's own error: the stage is named, nothing is marked done
+    with pytest.raises(ConfigError, match="threshold"):
+        run_pipeline(cfg, tmp_path / "job")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "] split" in last and " failed " in last, last
+    assert not list((tmp_path / "cache").glob("split-*/DONE.json"))
 
 
 def test_a_changed_input_file_or_default_changes_the_key(pipeline_cfg, tmp_path, scifact_slice):

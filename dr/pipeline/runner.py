@@ -144,7 +144,11 @@ def run_stages(stages: list[Stage], execute: Execute, dry_run: bool = False, unt
             write_json(stage.dir / FINGERPRINT, stage.described)
             echo(f"{head} running ... {stage.dir}")
             t0 = time.perf_counter()
-            execute(stage.command, stage.cfg, stage.dir)
+            try:
+                execute(stage.command, stage.cfg, stage.dir)
+            except BaseException:
+                echo(f"{head} failed      after {time.perf_counter() - t0:.1f} s (run again to retry from this stage)")
+                raise
             seconds = time.perf_counter() - t0
             write_json(stage.dir / DONE, {"stage": stage.name, "command": stage.command, "key": stage.key, "seconds": seconds,
                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
