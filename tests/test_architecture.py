@@ -20,6 +20,7 @@ LAYERS = [
     {"dr.retrieval", "dr.evaluation", "dr.export", "dr.miners.candidates", "dr.validate"},
     {"dr.sampling", "dr.teachers"},
     {"dr.training", "dr.refresh"},
+    {"dr.pipeline"},
     {"dr.cli"},
 ]
 
@@ -112,7 +113,7 @@ def test_console_scripts_match_the_command_table():
         assert (ROOT / "conf" / f"{config}.yaml").is_file(), name
 
 
-@pytest.mark.parametrize("name", ["dr.data", "dr.models", "dr.retrieval", "dr.evaluation", "dr.export", "dr.losses", "dr.miners", "dr.sampling", "dr.teachers", "dr.training", "dr.refresh"])
+@pytest.mark.parametrize("name", ["dr.data", "dr.models", "dr.retrieval", "dr.evaluation", "dr.export", "dr.losses", "dr.miners", "dr.sampling", "dr.teachers", "dr.training", "dr.refresh", "dr.pipeline"])
 def test_subpackages_list_their_public_names(name):
     import importlib
 

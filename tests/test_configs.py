@@ -19,7 +19,7 @@ PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 GROUPS = {
     group.name: sorted(p.stem for p in group.glob("*.yaml"))
     for group in sorted(CONF.iterdir())
-    if group.is_dir() and group.name not in ("hydra", "__pycache__", "experiment")
+    if group.is_dir() and group.name not in ("hydra", "__pycache__", "experiment", "pipeline")  # pipeline: dr-pipeline's (test_pipeline_stages.py)
 }
 TRAIN_GROUPS = {next(iter(d)) for d in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults) if isinstance(d, dict)}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dr-split": ("split", "split"),
     "dr-plot": ("plot", "plot"),
     "dr-compare": ("compare", "compare"),
+    "dr-pipeline": ("pipeline", "pipeline"),
 }
 
 
@@ -168,7 +169,7 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
 
 #: the commands that run a model: they start under jemalloc when there is one (:mod:`dr.allocator`)
 ALLOCATOR_COMMANDS = {"dr-train", "dr-encode", "dr-search", "dr-eval", "dr-export", "dr-mine", "dr-score", "dr-cluster",
-                      "dr-split"}
+                      "dr-split", "dr-pipeline"}
 
 
 def _is_console_script(name: str, argv: list[str] | None = None) -> bool:

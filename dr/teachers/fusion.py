@@ -105,6 +105,11 @@ class FusionTeacher(Teacher):
     ``score_groups`` over that query's candidates (positives and negatives). BM25 uses the
     statistics of ``corpus`` (:meth:`dr.retrieval.bm25.BM25.score_texts`, any text pair); the
     dense part is a frozen :class:`BiEncoderTeacher` over ``model``.
+
+    ``passage_index``: a saved flat index of ``corpus`` made by ``model`` with the same passage
+    settings (a ``dr-train`` export's ``index/``): its vectors are the dense half's passage
+    embeddings (by passage text), so only the queries are encoded; a text the corpus lacks is
+    encoded as usual.
     """
 
     def __init__(
@@ -123,11 +128,13 @@ class FusionTeacher(Teacher):
         stemmer: str | None = "english",
         stopwords: str | None = "en",
         device: str | None = None,
+        passage_index: str | None = None,
     ):
         super().__init__(device)
         if normalization not in ("minmax", "zscore"):
             raise ValueError(f"normalization must be 'minmax' or 'zscore', got {normalization!r}")
         self.corpus = corpus
+        self.passage_index = passage_index
         self.bm25_weight, self.dense_weight = bm25_weight, dense_weight
         self.normalization = normalization
         self.bm25_args = dict(k1=k1, b=b, stemmer=stemmer, stopwords=stopwords)
@@ -142,14 +149,35 @@ class FusionTeacher(Teacher):
             self._loaded["bm25"] = BM25(passage_texts(read_corpus(self.corpus)), **self.bm25_args)
         return self._loaded["bm25"]
 
+    def _prefill_passages(self) -> None:
+        """Put ``passage_index``'s vectors into the dense teacher's passage cache (once)."""
+        if not self.passage_index or "prefilled" in self._loaded:
+            return
+        from dr.data import passage_texts, read_corpus
+        from dr.retrieval.index import DenseIndex
+
+        index = DenseIndex.load(self.passage_index, use_gpu=False)
+        table = read_corpus(self.corpus)
+        docids = list(table["docid"])
+        row = {d: i for i, d in enumerate(index.docids)}
+        if index.kind != "flat" or len(row) != len(docids) or any(d not in row for d in docids):
+            raise ValueError(f"passage_index={self.passage_index}: expected a flat index of every passage of {self.corpus}")
+        vectors = index.index.reconstruct_n(0, len(row))
+        texts = passage_texts(table)
+        limit = self.dense.cache_size
+        self.dense._cache.update((t, vectors[row[d]]) for t, d in zip(texts[:limit], docids[:limit]))
+        self._loaded["prefilled"] = True
+
     def _fuse(self, bm25: np.ndarray, dense: np.ndarray) -> np.ndarray:
         return fuse([bm25, dense], [self.bm25_weight, self.dense_weight], self.normalization)
 
     def forward(self, queries, passages) -> torch.Tensor:
+        self._prefill_passages()
         bm25 = self.bm25.score_texts(list(queries), list(passages))
         dense = self.dense.scores(queries, passages)
         return torch.from_numpy(self._fuse(bm25, dense)).float()
 
     def score_groups(self, queries, passages, show_progress: bool = False) -> list[np.ndarray]:
+        self._prefill_passages()
         dense = self.dense.score_groups(queries, passages, show_progress=show_progress)
         return [self._fuse(self.bm25.score_texts([q], list(group))[0], d) for q, group, d in zip(queries, passages, dense)]
