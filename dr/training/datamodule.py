@@ -331,9 +331,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         return done - trainer.current_epoch * batches_per_epoch
 
     def collate_train(self, examples: list[dict]) -> dict:
-        """Passages are laid out as [positives of all queries, then every query's negatives].
+        """Passages are laid out as [positives of all queries, then every query's negatives], each
+        distinct passage once: a passage drawn by two queries of the batch (a shared negative, a
+        shared positive, one query's positive as another's negative) is encoded once and counts
+        once in every InfoNCE denominator (DPR Eq. 2 sums over the batch's passages; TAS's topic
+        batches make such repeats common).
 
-        ``target[i]`` is query i's positive (column i); ``neg_index[i, j]`` the column of its j-th
+        ``target[i]`` is the column of query i's positive (i when the batch's positives are
+        distinct); ``neg_index[i, j]`` the column of its j-th
         negative (-1 when it has fewer); ``exclude[i, j]`` marks passage j as a known positive
         of query i that is not its target, so the loss does not treat it as a negative (rebuilt across
         DDP ranks from the corpus rows ``passage_rows [P]`` and ``positive_rows [B, K]``, -1 padded). With a
@@ -342,15 +347,12 @@ class RetrievalDataModule(pl.LightningDataModule):
         """
         qids = [ex["qid"] for ex in examples]
         positives = [ex["positive"] for ex in examples]
-        negatives = [d for ex in examples for d in ex["negatives"]]
-        docids = positives + negatives
+        docids = list(dict.fromkeys(positives + [d for ex in examples for d in ex["negatives"]]))
+        column = {d: j for j, d in enumerate(docids)}
         width = max((len(ex["negatives"]) for ex in examples), default=0)
         neg_index = torch.full((len(examples), width), -1, dtype=torch.long)
-        col = len(examples)
         for i, ex in enumerate(examples):
-            n = len(ex["negatives"])
-            neg_index[i, :n] = torch.arange(col, col + n)
-            col += n
+            neg_index[i, : len(ex["negatives"])] = torch.tensor([column[d] for d in ex["negatives"]], dtype=torch.long)
         relevant = [set(self.train_dataset.positives[q]) for q in qids]
         exclude = torch.tensor([[d in rel for d in docids] for rel in relevant], dtype=torch.bool)
         batch = {
@@ -358,7 +360,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             "queries": [ex["query"] for ex in examples],
             "passages": [self.passage_text(d) for d in docids],
             "docids": docids,
-            "target": torch.arange(len(examples)),
+            "target": torch.tensor([column[p] for p in positives], dtype=torch.long),
             "neg_index": neg_index,
             "exclude": exclude,
             "passage_rows": torch.tensor([self.row_of[d] for d in docids], dtype=torch.long),
