@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dr.config import ConfigError
 from dr.data.checks import ON_MISSING
 from dr.losses.base import TEACHER_SCORE_FIELDS, Loss
+from dr.miners.base import Miner
 from dr.models.onnx import BACKENDS
 from dr.evaluation.evaluate import PRESETS, parse_measures
 from dr.export.export import FORMATS
@@ -235,6 +236,7 @@ def _check_training(cfg: DictConfig) -> None:
                 "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
                 "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false")
     check_compact(data)
+    check_negatives_sources(cfg, data)
     _check_loss_fields(cfg, data)
 
 
@@ -268,6 +270,66 @@ def _check_loss_fields(cfg: DictConfig, data: DictConfig) -> None:
     if "teacher_matrix" in needs and teacher in (None, _ABSENT):
         raise ConfigError(f"module.inbatch_teacher=null: expected an in-batch teacher for the in-batch term of loss={name}, "
                           "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")
+
+
+def _class_of(node: Any) -> type | None:
+    """The class a Hydra node's ``_target_`` names (None when there is none or it does not import:
+    instantiation reports that)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not isinstance(target, str):
+        return None
+    try:
+        return get_class(target)
+    except Exception:
+        return None
+
+
+def _miner_classes(miner: Any) -> list[type]:
+    """The classes of a miner config and, for a chain, of its stages."""
+    stages = miner.get("miners") if isinstance(miner, DictConfig) else None
+    if isinstance(stages, ListConfig):
+        return [c for stage in stages for c in _miner_classes(stage)]
+    cls = _class_of(miner)
+    return [cls] if cls is not None else []
+
+
+def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
+    """Refuse the combinations of pair sampler, negatives and refresh that silently degrade a method.
+
+    - A pair sampler that draws by the candidates' scores (``uses_scores``, SimANS) needs a file that
+      keeps the pool with its scores and the positives' scores: on BM25 negatives (a source, no
+      positive score) every load would take the same lowest-ranked candidates.
+    - With a refresh: a kernel miner (SimANS) would pre-sample what the sampler samples again at
+      every load, and ``refresh.teacher`` would replace the student's scores the kernel reads.
+    - A refresh miner that filters on teacher scores (RocketQA's denoising) needs ``refresh.teacher``:
+      the refresh candidates carry no teacher scores of their own.
+    """
+    sampler = _class_of(data.get("pair_sampler"))
+    scored = bool(getattr(sampler, "uses_scores", False))
+    name = sampler.__name__ if sampler is not None else ""
+    if scored and not isinstance(data.get("negatives"), str):
+        raise ConfigError(f"data.negatives={_show(data.get('negatives'))}: expected a negatives file with the candidates' and "
+                          f"positives' scores for data.pair_sampler={name} (a scored pool: dr-mine miner=pool top_k=200 "
+                          "output=FILE); without a positive score every load takes the same lowest-ranked candidates")
+    if not _enabled(cfg, "refresh"):
+        return
+    miners = [c for c in _miner_classes(_get(cfg, "refresh.miner")) if issubclass(c, Miner)]
+    teacher = _get(cfg, "refresh.teacher")
+    has_teacher = isinstance(teacher, DictConfig)
+    if scored:
+        kernels = [c for c in miners if c.samples_by_kernel]
+        if kernels:
+            raise ConfigError(f"refresh.miner={kernels[0].__name__}: expected miner@refresh.miner=pool with data.pair_sampler="
+                              f"{name}, which applies its kernel at every load (the refresh would apply it once before)")
+        if has_teacher:
+            teacher_name = (_class_of(teacher) or type(None)).__name__
+            raise ConfigError(f"refresh.teacher={teacher_name}: expected null with data.pair_sampler={name}, which samples by "
+                              "the student's scores in each refreshed file (a teacher's scores would replace them)")
+    needs_teacher = [c for c in miners if c.needs_teacher_scores]
+    if needs_teacher and not has_teacher:
+        raise ConfigError(f"refresh.miner={needs_teacher[0].__name__}: expected a refresh.teacher to score the refresh's "
+                          "candidates (+teacher@refresh.teacher=cross_encoder), or another refresh miner; "
+                          "without one every refresh job fails")
 
 
 #: Data options that ``data.compact`` (arrays instead of dictionaries) does not support, with why.

@@ -27,6 +27,8 @@ SAMPLINGS = ("top", "random")
 class DenoiseMiner(FilterMiner):
     """Keep candidates whose teacher score is below a threshold and/or a margin under the positive's."""
 
+    needs_teacher_scores = True  # the mining path must score the candidates with a teacher first
+
     def __init__(
         self,
         num_negatives: int | None = None,

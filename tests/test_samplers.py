@@ -454,3 +454,21 @@ def test_simans_sampler_trains_with_the_students_scale(tiny_bert, scifact_slice,
     # the file's scores are the retriever's: reading them as teacher scores as well is refused
     with pytest.raises(ValueError, match="teacher_from_negatives"):
         hydra.utils.instantiate(cfg.data, teacher_from_negatives=True).setup("fit")
+
+
+def test_simans_draws_vary_across_loads_on_a_scored_pool_only(scifact_slice, tmp_path):
+    """Issue 23 item 4: on a scored pool (dr-mine miner=pool) SimANS redraws at every load; on BM25
+    negatives (no positive score) every load takes the same lowest-ranked candidates, which config
+    validation now refuses (tests/test_validate.py)."""
+    from dr.retrieval import BM25Negatives
+    from dr.sampling import SimANSPairSampler
+    from dr.training import RetrievalDataModule
+
+    def distinct_draws(negatives) -> int:
+        dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                                 negatives=negatives, num_negatives=1, batch_size=4, pair_sampler=SimANSPairSampler(score_scale=20.0))
+        dm.setup("fit")
+        return len({tuple(dm.train_dataset[(0, epoch)]["negatives"]) for epoch in range(50)})
+
+    assert distinct_draws(str(_pool_file(scifact_slice, tmp_path / "pool.jsonl"))) >= 10
+    assert distinct_draws(BM25Negatives(0, 50)) == 1  # the degradation the validation refuses

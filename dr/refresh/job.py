@@ -73,7 +73,7 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     from dr.data import passage_texts, read_corpus, write_negatives
     from dr.models import BiEncoder, onnx_encoder
     from dr.retrieval import DenseIndex, encode_corpus, gpu_available
-    from dr.miners.candidates import dense_candidates, instantiate_miner, mine_queries
+    from dr.miners.candidates import dense_candidates, instantiate_miner, mine_queries, with_teacher_scores
 
     t0 = time.perf_counter()
     vdir = Path(job.version_dir)
@@ -96,13 +96,17 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     miner = instantiate_miner(setup.miner, docids, score_scale=setup.score_scale)
     row_of = {d: i for i, d in enumerate(docids)}
     candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
+    passage_text = lambda d: passage_texts(corpus, [row_of[d]])[0]  # noqa: E731
+    teacher = make_teacher(setup.teacher, setup.corpus) if setup.teacher else None
+    if teacher is not None and miner.needs_teacher_scores:  # RocketQA's denoising filters on the teacher's scores
+        candidates = with_teacher_scores(candidates, teacher, setup.queries, passage_text, setup.positives)
     rng = np.random.default_rng([setup.seed, job.version])
     records, stats = mine_queries(setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False)
     stats["backend"] = setup.backend
     if export_s is not None:
         stats["export_s"] = export_s
-    if setup.teacher:
-        records = teacher_score(setup.teacher, records, setup.queries, lambda d: passage_texts(corpus, [row_of[d]])[0])
+    if teacher is not None:
+        records = teacher_score(teacher, records, setup.queries, passage_text)
         stats["teacher_scored"] = True
     write_negatives(vdir / NEGATIVES, records)
     write_json(vdir / STATS, stats)
@@ -121,16 +125,20 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     return manifest
 
 
-def teacher_score(teacher_cfg: dict, records, queries: dict[str, str], passage_text) -> list:
-    """Optional hook: a teacher re-scores every (query, positive/negative) pair of the new file.
-
-    ``teacher_cfg`` is a Hydra node of any object with ``score_groups(queries, passages_per_query)
-    -> [scores per query]`` (the teachers of :mod:`dr.teachers`). The scores replace the dense
-    scores in the negatives file; train with ``data.teacher_from_negatives=true`` to use them.
-    """
+def make_teacher(teacher_cfg: dict, corpus: str):
+    """The refresh teacher from its Hydra node (any object with ``score_groups``, e.g. :mod:`dr.teachers`)."""
     import hydra
 
-    teacher = hydra.utils.instantiate(teacher_cfg)
+    return hydra.utils.instantiate(teacher_cfg)
+
+
+def teacher_score(teacher, records, queries: dict[str, str], passage_text) -> list:
+    """Optional hook: a teacher re-scores every (query, positive/negative) pair of the new file.
+
+    ``teacher`` has ``score_groups(queries, passages_per_query) -> [scores per query]`` (the
+    teachers of :mod:`dr.teachers`, :func:`make_teacher`). The scores replace the dense scores in
+    the negatives file; train with ``data.teacher_from_negatives=true`` to use them.
+    """
     groups = [list(r.positives) + list(r.negatives) for r in records]
     scores = teacher.score_groups([queries[r.qid] for r in records], [[passage_text(d) for d in g] for g in groups])
     for r, s in zip(records, scores):
