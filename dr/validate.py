@@ -332,6 +332,28 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
                           "without one every refresh job fails")
 
 
+def _threshold_stages(miner: Any) -> list[DictConfig]:
+    """The stages of a miner config with a threshold on teacher scores (RocketQA's denoising)."""
+    stages = miner.get("miners") if isinstance(miner, DictConfig) else None
+    if isinstance(stages, ListConfig):
+        return [s for stage in stages for s in _threshold_stages(stage)]
+    needs = getattr(_class_of(miner), "needs_teacher_scores", False)
+    return [miner] if needs and miner.get("threshold") is not None else []
+
+
+def check_teacher_threshold(cfg: DictConfig, miner_key: str, teacher_key: str) -> None:
+    """A denoising threshold is a probability of relevance: refuse a teacher whose scores have no map onto it."""
+    teacher = _get(cfg, teacher_key)
+    stages = _threshold_stages(_get(cfg, miner_key))
+    if not stages or not isinstance(teacher, DictConfig):
+        return
+    cls = _class_of(teacher)
+    if cls is not None and not getattr(cls, "maps_to_probability", False):
+        raise ConfigError(f"{miner_key}.threshold={stages[0].threshold}: expected a teacher whose scores map to a probability "
+                          f"of relevance (a cross-encoder), not {cls.__name__}; use {miner_key}.margin on the teacher's own "
+                          "scale, or a cross-encoder teacher")
+
+
 #: Data options that ``data.compact`` (arrays instead of dictionaries) does not support, with why.
 COMPACT_UNSUPPORTED = {
     "teacher_from_negatives": "the negatives file's scores would be merged into the teacher's scores in place",
@@ -359,5 +381,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         _check(cfg, TEST_RULES)
     if _enabled(cfg, "refresh"):
         _check(cfg, REFRESH_RULES)
+        check_teacher_threshold(cfg, "refresh.miner", "refresh.teacher")
+    check_teacher_threshold(cfg, "miner", "teacher")
     _check_training(cfg)
     return cfg

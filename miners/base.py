@@ -222,6 +222,10 @@ class Miner(ABC):
     def __call__(self, candidates: Candidates, rng: np.random.Generator | int | None = None) -> Mined:
         """The chosen negatives of every query."""
 
+    def bind_teacher(self, teacher) -> None:
+        """Told which teacher scored ``Candidates.teacher_scores`` (the mining path calls it), so
+        a miner with thresholds on a stated scale can map the teacher's scores onto it."""
+
 
 class CandidateMiner(Miner):
     """A miner that chooses among the candidates: implement ``select``; ``__call__`` gathers its choice."""

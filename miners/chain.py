@@ -30,6 +30,10 @@ class Chain(CandidateMiner):
         self.needs_teacher_scores = any(m.needs_teacher_scores for m in self.miners)
         self.samples_by_kernel = any(m.samples_by_kernel for m in self.miners)
 
+    def bind_teacher(self, teacher) -> None:
+        for miner in self.miners:
+            miner.bind_teacher(teacher)
+
     def select(
         self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
     ) -> np.ndarray:

@@ -167,3 +167,14 @@ def test_dr_train_refuses_a_denoise_refresh_without_teacher_in_one_line(tiny_ber
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dr-train: error: refresh.miner=DenoiseMiner: expected a refresh.teacher")
     assert not (out / "checkpoints").exists()
+
+
+def test_a_denoise_threshold_needs_a_teacher_with_probabilities(compose_config, tmp_path):
+    """Issue 23 item 2: the threshold is a probability of relevance; the fusion teacher's per-query
+    normalised scores have no map onto it (0.1 would be a relative cut)."""
+    with pytest.raises(ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"):
+        validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion"]))
+    validate_config(compose_config("mine", ["miner=denoise", "teacher=cross_encoder"]))
+    validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion", "miner.threshold=null", "miner.margin=0.2"]))
+    with pytest.raises(ConfigError, match=r"^refresh\.miner\.threshold=0\.1: expected a teacher whose scores map"):
+        validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=fusion"))

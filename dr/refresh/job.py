@@ -99,6 +99,7 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     passage_text = lambda d: passage_texts(corpus, [row_of[d]])[0]  # noqa: E731
     teacher = make_teacher(setup.teacher, setup.corpus) if setup.teacher else None
     if teacher is not None and miner.needs_teacher_scores:  # RocketQA's denoising filters on the teacher's scores
+        miner.bind_teacher(teacher)
         candidates = with_teacher_scores(candidates, teacher, setup.queries, passage_text, setup.positives)
     rng = np.random.default_rng([setup.seed, job.version])
     records, stats = mine_queries(setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False)

@@ -72,6 +72,14 @@ class Teacher(nn.Module, abc.ABC):
         with full_precision():  # the caller's autocast (a bf16-mixed training step) does not reach the teacher
             return super().__call__(queries, passages)
 
+    #: whether :meth:`to_probability` maps this teacher's scores to a probability of relevance
+    maps_to_probability: bool = False
+
+    def to_probability(self, scores: np.ndarray) -> np.ndarray:
+        """The scores as probabilities of relevance in [0, 1] (the scale of RocketQA's denoising
+        threshold, :class:`dr.miners.DenoiseMiner`); only for a teacher with ``maps_to_probability``."""
+        raise ValueError(f"{type(self).__name__}: its scores are not probabilities of relevance and have no map onto them")
+
     @abc.abstractmethod
     def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         """The ``[B, P]`` teacher scores of every query against every passage."""
