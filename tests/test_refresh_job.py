@@ -41,3 +41,45 @@ def test_a_denoise_refresh_scores_its_candidates_with_the_refresh_teacher(encode
     manifest = _run(_setup(scifact_slice, miner, teacher), encoder, tmp_path / "v1")
     records = read_negatives(tmp_path / "v1" / "negatives.jsonl")
     assert manifest["queries"] == 6 and all(len(r.negatives) == 4 for r in records.values())
+
+
+def _other_corpus(data: dict, out: Path) -> str:
+    """The slice's documents cut to their first 25 words, without titles: not SciFact's statistics
+    (document frequencies, average length)."""
+    import json
+
+    path = out / "corpus.jsonl"
+    with open(data["corpus"]) as src, open(path, "w") as dst:
+        for line in src:
+            doc = json.loads(line)
+            dst.write(json.dumps({"_id": doc["_id"], "title": "", "text": " ".join(doc["text"].split()[:25])}) + "\n")
+    return str(path)
+
+
+def test_the_refresh_fusion_teacher_uses_the_runs_corpus(encoder, tiny_bert, scifact_slice, tmp_path, compose_config):
+    """Issue 23 item 3: conf/teacher/fusion.yaml names scifact:corpus; the refresh job must give the
+    teacher the run's corpus (as dr-score and dr-mine do), so its BM25 uses that corpus's statistics."""
+    from omegaconf import OmegaConf
+
+    from dr.cli.score import run as score
+    from dr.data import read_teacher_scores
+
+    corpus = _other_corpus(scifact_slice, tmp_path)
+    cfg = compose_config("train", ["refresh=async", "miner@refresh.miner=topk", "+teacher@refresh.teacher=fusion",
+                                   f"refresh.teacher.model={tiny_bert}", "refresh.teacher.query_max_length=16",
+                                   "refresh.teacher.passage_max_length=32"])
+    assert cfg.refresh.teacher.corpus == "scifact:corpus"  # what the shipped teacher config says
+    miner = {"_target_": "dr.miners.TopKMiner", "num_negatives": 4}
+    setup = _setup({**scifact_slice, "corpus": corpus}, miner, OmegaConf.to_container(cfg.refresh.teacher))
+    _run(setup, encoder, tmp_path / "v1")
+    refreshed = read_negatives(tmp_path / "v1" / "negatives.jsonl")
+
+    score_cfg = compose_config("score", ["teacher=fusion", f"teacher.model={tiny_bert}", "teacher.query_max_length=16",
+                                         "teacher.passage_max_length=32", f"negatives={tmp_path / 'v1' / 'negatives.jsonl'}",
+                                         f"corpus={corpus}", f"queries={scifact_slice['train_queries']}",
+                                         f"output={tmp_path / 'teacher.tsv'}", "show_progress=false"])
+    expected = read_teacher_scores(score(score_cfg, tmp_path)).scores
+    gaps = [abs(s - expected[r.qid][d]) for r in refreshed.values()
+            for d, s in zip([*r.positives, *r.negatives], [*r.positive_scores, *r.negative_scores])]
+    assert len(gaps) == sum(len(r.positives) + len(r.negatives) for r in refreshed.values()) > 0
+    assert max(gaps) < 1e-5, f"max gap {max(gaps):.4f} over {len(gaps)} pairs"

@@ -127,10 +127,15 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
 
 
 def make_teacher(teacher_cfg: dict, corpus: str):
-    """The refresh teacher from its Hydra node (any object with ``score_groups``, e.g. :mod:`dr.teachers`)."""
+    """The refresh teacher from its Hydra node (any object with ``score_groups``, e.g. :mod:`dr.teachers`).
+
+    A teacher with corpus statistics (the fusion teacher's BM25) is given the run's ``corpus``, as
+    ``dr-score`` and ``dr-mine`` give theirs: ``conf/teacher/fusion.yaml`` names SciFact's.
+    """
     import hydra
 
-    return hydra.utils.instantiate(teacher_cfg)
+    extra = {"corpus": corpus} if "corpus" in teacher_cfg else {}
+    return hydra.utils.instantiate(teacher_cfg, **extra)
 
 
 def teacher_score(teacher, records, queries: dict[str, str], passage_text) -> list:
