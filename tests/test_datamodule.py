@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -271,3 +273,51 @@ def test_two_queries_sharing_a_negative_count_it_once_in_infonce(scifact_slice, 
     assert loss == pytest.approx(sum(by_hand) / 2, rel=1e-6), (loss, sum(by_hand) / 2)
     assert len(batch["passages"]) == 3 and batch["docids"][int(batch["neg_index"][0, 0])] == shared
     assert batch["neg_index"][0, 0] == batch["neg_index"][1, 0]
+
+
+def test_teacher_scores_of_swapped_negatives_files_keep_one_normalisation_per_query(scifact_slice, tmp_path):
+    """Issue 23 item 9: with data.teacher_from_negatives=true each refreshed file carries a teacher's
+    scores normalised over that file's list (here min-max, as the fusion teacher). After a swap
+    every KD margin of a query must come from that one list, not mix it with an earlier list's."""
+    from dr.data import NegativesRecord, write_negatives
+    from dr.data.teacher_scores import write_teacher_scores
+    from dr.teachers import normalize_scores
+
+    qrels, qids, free = _qids_and_free_docids(scifact_slice, 4)
+    rng = np.random.default_rng(0)
+    positive = {q: sorted(qrels[q])[0] for q in qids}
+
+    def group(q: str, negatives: list[str]) -> dict[str, float]:
+        """A stub teacher: raw scores min-max normalised over the query's list (positive + negatives)."""
+        docids = [positive[q], *negatives]
+        return dict(zip(docids, normalize_scores(rng.normal(size=len(docids)), "minmax").tolist()))
+
+    lists = [{q: free[12 * k + 3 * v : 12 * k + 3 * v + 3] for k, q in enumerate(qids)} for v in range(4)]
+    teacher_file = {q: group(q, lists[0][q]) for q in qids}  # the teacher-score file: list 0
+    write_teacher_scores(tmp_path / "teacher.tsv", [(s[positive[q]], s[n], q, positive[q], n)
+                                                   for q, s in teacher_file.items() for n in lists[0][q]])
+    files = []
+    for v in (1, 2, 3):
+        scores = {q: group(q, lists[v][q]) for q in qids}
+        records = [NegativesRecord(q, [positive[q]], lists[v][q], [scores[q][n] for n in lists[v][q]], [scores[q][positive[q]]])
+                   for q in qids]
+        write_negatives(tmp_path / f"v{v}.jsonl", records)
+        files.append(scores)
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives=str(tmp_path / "v1.jsonl"), num_negatives=20, batch_size=4,
+                             teacher_scores=str(tmp_path / "teacher.tsv"), teacher_from_negatives=True)
+    dm.setup("fit")
+    for v in (2, 3):
+        dm.set_negatives(str(tmp_path / f"v{v}.jsonl"), v - 1)
+        latest = files[v - 1]
+        batch = dm.collate_train([dm.train_dataset[(dm.train_dataset.qids.index(q), 0)] for q in qids])
+        mixed = pairs = 0
+        for i, q in enumerate(qids):
+            for j, col in enumerate(batch["neg_index"][i].tolist()):
+                margin = float(batch["teacher_pos"][i] - batch["teacher_neg"][i, j])
+                if col < 0 or math.isnan(margin):
+                    continue
+                pairs += 1
+                d = batch["docids"][col]
+                mixed += d not in latest[q] or abs(margin - (latest[q][positive[q]] - latest[q][d])) > 1e-6
+        assert pairs and not mixed, f"after swap {v - 1}: {mixed} of {pairs} KD margins mix two lists' normalisations"

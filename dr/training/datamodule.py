@@ -235,8 +235,12 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive", pairs, candidates)
         return negatives
 
-    def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
-        """The file's negative candidates per query (known docids, never a positive) and its scores."""
+    def _negatives_from_file(self, path: str, positives: dict[str, list[str]], swap: bool = False) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+        """The file's negative candidates per query (known docids, never a positive) and its scores.
+
+        With ``teacher_from_negatives`` the file's scores are teacher scores: at set-up they are
+        merged with the teacher-score files'; in a swap (``swap``) they replace the query's earlier
+        teacher scores, which were normalised over another list."""
         if self.hparams.compact:
             return negatives_compact(path, positives, self.row_of, self._unknown)
         records: dict[str, NegativesRecord] = read_negatives(path)
@@ -250,26 +254,28 @@ class RetrievalDataModule(pl.LightningDataModule):
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
             file_scores[qid] = record_scores(record)
             if self.hparams.teacher_from_negatives and self.teacher is not None:
-                scores = self.teacher.scores[qid]
-                for docid, score in zip(record.positives, record.positive_scores):
-                    if score is not None:
-                        scores[docid] = float(score)
-                for docid, score in zip(record.negatives, record.negative_scores):
-                    if score is not None:
-                        scores[docid] = float(score)
+                scored = {d: float(s) for d, s in zip([*record.positives, *record.negatives],
+                                                      [*record.positive_scores, *record.negative_scores]) if s is not None}
+                if swap and scored:
+                    # One normalisation per query list: a refreshed file's teacher scores are normalised over
+                    # its own list (the fusion teacher's min-max), so they replace the query's earlier ones.
+                    self.teacher.scores[qid] = scored
+                else:
+                    self.teacher.scores[qid].update(scored)
         return negatives, file_scores
 
     def set_negatives(self, path: str, version: int) -> None:
         """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
 
-        Only the candidates change (and their teacher scores with ``teacher_from_negatives``);
+        Only the candidates change (and, with ``teacher_from_negatives``, each query's teacher scores,
+        replaced by the new file's: one normalisation per query list);
         the queries, positives and batch order stay, so the run stays reproducible given the
         versions' swap steps. Needs ``num_workers=0``: worker processes hold their own copies.
         """
         if self.hparams.num_workers > 0:
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
-        negatives, scores = self._negatives_from_file(path, positives)
+        negatives, scores = self._negatives_from_file(path, positives, swap=True)
         negatives = self._add_teacher_negatives(negatives, positives)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
