@@ -178,3 +178,9 @@ def test_a_denoise_threshold_needs_a_teacher_with_probabilities(compose_config, 
     validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion", "miner.threshold=null", "miner.margin=0.2"]))
     with pytest.raises(ConfigError, match=r"^refresh\.miner\.threshold=0\.1: expected a teacher whose scores map"):
         validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=fusion"))
+
+
+def test_the_ms_marco_data_config_works_with_an_index_refresh(compose_config, tmp_path):
+    """Issue 23 item 10: conf/data/msmarco.yaml shipped num_workers=2, which every refresh refuses."""
+    validate_config(_train(compose_config, tmp_path, "experiment=msmarco_infonce", "refresh=async", "miner@refresh.miner=topk",
+                           "refresh.miner.num_negatives=4"))
