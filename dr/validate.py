@@ -300,7 +300,8 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
       keeps the pool with its scores and the positives' scores: on BM25 negatives (a source, no
       positive score) every load would take the same lowest-ranked candidates.
     - With a refresh: a kernel miner (SimANS) would pre-sample what the sampler samples again at
-      every load, and ``refresh.teacher`` would replace the student's scores the kernel reads.
+      every load. (``refresh.teacher`` writes its scores to a file of their own unless
+      ``data.teacher_from_negatives``, which the data module refuses with such a sampler.)
     - A refresh miner that filters on teacher scores (RocketQA's denoising) needs ``refresh.teacher``:
       the refresh candidates carry no teacher scores of their own.
     """
@@ -321,10 +322,9 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
         if kernels:
             raise ConfigError(f"refresh.miner={kernels[0].__name__}: expected miner@refresh.miner=pool with data.pair_sampler="
                               f"{name}, which applies its kernel at every load (the refresh would apply it once before)")
-        if has_teacher:
-            teacher_name = (_class_of(teacher) or type(None)).__name__
-            raise ConfigError(f"refresh.teacher={teacher_name}: expected null with data.pair_sampler={name}, which samples by "
-                              "the student's scores in each refreshed file (a teacher's scores would replace them)")
+    if has_teacher and data.get("compact") and data.get("teacher_scores"):
+        raise ConfigError("data.compact=true, refresh.teacher set: expected data.compact=false (the refresh teacher's "
+                          "scores replace each query's teacher scores, which compact arrays hold read-only)")
     needs_teacher = [c for c in miners if c.needs_teacher_scores]
     if needs_teacher and not has_teacher:
         raise ConfigError(f"refresh.miner={needs_teacher[0].__name__}: expected a refresh.teacher to score the refresh's "

@@ -83,3 +83,54 @@ def test_the_refresh_fusion_teacher_uses_the_runs_corpus(encoder, tiny_bert, sci
             for d, s in zip([*r.positives, *r.negatives], [*r.positive_scores, *r.negative_scores])]
     assert len(gaps) == sum(len(r.positives) + len(r.negatives) for r in refreshed.values()) > 0
     assert max(gaps) < 1e-5, f"max gap {max(gaps):.4f} over {len(gaps)} pairs"
+
+
+def test_refresh_teacher_keeps_the_kd_lists_full_and_the_students_scores_in_the_file(encoder, tiny_bert, scifact_slice, tmp_path):
+    """Issue 23 item 5: with a teacher-score file (data.teacher_scores) and refresh.teacher, the job
+    scores the new candidates with the teacher into a file of its own; the swap puts those scores in
+    the KD lists (one list per query), while the negatives file keeps the student's scores (what
+    SimANS reads)."""
+    import math
+
+    from dr.data.teacher_scores import write_teacher_scores
+    from dr.refresh.store import teacher_file
+    from dr.training import RetrievalDataModule
+
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    judged = {d for j in qrels.values() for d in j}
+    free = [d for d in read_negatives_free(scifact_slice) if d not in judged]
+    qids = sorted(qrels)
+    rows = [(1.0, 0.5, q, sorted(qrels[q])[0], n) for k, q in enumerate(qids) for n in free[2 * k % 100 : 2 * k % 100 + 2]]
+    write_teacher_scores(tmp_path / "teacher.tsv", rows)
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             teacher_scores=str(tmp_path / "teacher.tsv"), num_negatives=4, batch_size=4)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    teacher = {"_target_": "dr.teachers.FusionTeacher", "corpus": "scifact:corpus", "model": tiny_bert,
+               "query_max_length": 16, "passage_max_length": 32}
+    setup = RefreshSetup(corpus=scifact_slice["corpus"], qids=list(ds.qids), queries=dict(zip(ds.qids, ds.query_texts)),
+                         positives={q: list(ds.positives[q]) for q in ds.qids}, top_k=20, teacher=teacher,
+                         miner={"_target_": "dr.miners.TopKMiner", "num_negatives": 4}, teacher_into_negatives=False)
+    vdir = tmp_path / "v1"
+    _run(setup, encoder, vdir)
+
+    def coverage() -> float:
+        batch = dm.collate_train([ds[(i, 0)] for i in range(len(ds))])
+        present = batch["neg_index"] >= 0
+        return float((~batch["teacher_neg"][present].isnan()).float().mean())
+
+    dm.set_negatives(str(vdir / "negatives.jsonl"), 1)
+    without = coverage()  # the refreshed candidates the teacher file does not score leave the KD lists
+    dm.set_negatives(str(vdir / "negatives.jsonl"), 1, teacher_path=teacher_file(vdir))
+    assert coverage() == 1.0, f"KD pairs with a teacher score after the swap: {coverage():.3f} (without the job's teacher file {without:.3f})"
+    # the negatives file keeps the student's q·d (SimANS reads it); the teacher's scores are in their own file
+    record = read_negatives(vdir / "negatives.jsonl")[ds.qids[0]]
+    q = encoder.encode_queries([ds.query_texts[0]], show_progress=False)[0]
+    d = encoder.encode_passages([dm.passage_text(record.negatives[0])], show_progress=False)[0]
+    assert math.isclose(record.negative_scores[0], float(q @ d), rel_tol=1e-3, abs_tol=1e-4)
+
+
+def read_negatives_free(data: dict) -> list[str]:
+    from dr.data import read_corpus
+
+    return list(read_corpus(data["corpus"])["docid"])

@@ -10,6 +10,7 @@ Free of Lightning imports, so a freshly spawned worker starts in seconds.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from dr.data.io import write_json
-from dr.refresh.store import NEGATIVES, SNAPSHOT, STATS, write_manifest
+from dr.refresh.store import NEGATIVES, SNAPSHOT, STATS, TEACHER_NEGATIVES, write_manifest
 
 
 @dataclass
@@ -51,6 +52,9 @@ class RefreshSetup:
     seed: int = 42
     worker_threads: int | None = 1
     teacher: dict | None = None
+    # where the teacher's scores go: into the negatives file (data.teacher_from_negatives=true), or into a
+    # file of their own (TEACHER_NEGATIVES) for the KD lists, the negatives file keeping the student's scores
+    teacher_into_negatives: bool = True
     keep_snapshots: bool = False
     backend: str = "torch"  # torch | onnx | onnx-int8: what encodes the corpus and queries
     score_scale: float = 1.0  # logits per unit of similarity, for the miner's kernels (dr.miners.candidates.resolve_score_scale)
@@ -64,11 +68,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> dict:
+def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None, teacher=None) -> dict:
     """Encode, index, mine (and optionally teacher-score), write the version; returns its manifest.
 
     ``encoder`` is the live model in sync mode; otherwise the snapshot in ``job.version_dir`` is
-    loaded. The manifest is written last, so a version without one is incomplete.
+    loaded. ``teacher``: the run's teacher kept across jobs (the worker's; its caches, e.g. the
+    fusion teacher's passage embeddings, survive), else made from ``setup.teacher``. The manifest
+    is written last, so a version without one is incomplete.
     """
     from dr.data import passage_texts, read_corpus, write_negatives
     from dr.models import BiEncoder, onnx_encoder
@@ -97,7 +103,8 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     row_of = {d: i for i, d in enumerate(docids)}
     candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
     passage_text = lambda d: passage_texts(corpus, [row_of[d]])[0]  # noqa: E731
-    teacher = make_teacher(setup.teacher, setup.corpus) if setup.teacher else None
+    if teacher is None and setup.teacher:
+        teacher = make_teacher(setup.teacher, setup.corpus)
     if teacher is not None and miner.needs_teacher_scores:  # RocketQA's denoising filters on the teacher's scores
         miner.bind_teacher(teacher)
         candidates = with_teacher_scores(candidates, teacher, setup.queries, passage_text, setup.positives)
@@ -106,8 +113,11 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     stats["backend"] = setup.backend
     if export_s is not None:
         stats["export_s"] = export_s
-    if teacher is not None:
+    if teacher is not None and setup.teacher_into_negatives:
         records = teacher_score(teacher, records, setup.queries, passage_text)
+    elif teacher is not None:  # the KD lists get the teacher's scores; SimANS keeps reading the student's
+        write_negatives(vdir / TEACHER_NEGATIVES, teacher_score(teacher, copy.deepcopy(records), setup.queries, passage_text))
+    if teacher is not None:
         stats["teacher_scored"] = True
     write_negatives(vdir / NEGATIVES, records)
     write_json(vdir / STATS, stats)

@@ -218,11 +218,11 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher-score files add %d positives not in the qrels", added)
         return teacher
 
-    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]):
-        """The teacher's negatives join the candidates; ``teacher_pair_filter`` drops inverted pairs."""
+    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]], add: bool = True):
+        """The teacher's negatives join the candidates (unless not ``add``); ``teacher_pair_filter`` drops inverted pairs."""
         if self.teacher is None or self.hparams.compact:
             return negatives if self.teacher is None else WithTeacherNegatives(negatives, self.teacher, positives, self.row_of)
-        for qid, pairs in self.teacher.pairs.items():
+        for qid, pairs in self.teacher.pairs.items() if add else ():
             pos = set(positives.get(qid, []))
             have = negatives.setdefault(qid, [])
             seen = set(have)
@@ -236,11 +236,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         return negatives
 
     def _negatives_from_file(self, path: str, positives: dict[str, list[str]], swap: bool = False) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
-        """The file's negative candidates per query (known docids, never a positive) and its scores.
-
-        With ``teacher_from_negatives`` the file's scores are teacher scores: at set-up they are
-        merged with the teacher-score files'; in a swap (``swap``) they replace the query's earlier
-        teacher scores, which were normalised over another list."""
+        """The file's negative candidates per query (known docids, never a positive) and its scores; with
+        ``teacher_from_negatives`` these are merged into the teacher's at set-up, replace them in a ``swap``."""
         if self.hparams.compact:
             return negatives_compact(path, positives, self.row_of, self._unknown)
         records: dict[str, NegativesRecord] = read_negatives(path)
@@ -254,8 +251,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
             file_scores[qid] = record_scores(record)
             if self.hparams.teacher_from_negatives and self.teacher is not None:
-                scored = {d: float(s) for d, s in zip([*record.positives, *record.negatives],
-                                                      [*record.positive_scores, *record.negative_scores]) if s is not None}
+                scored = record_scores(record)
                 if swap and scored:
                     # One normalisation per query list: a refreshed file's teacher scores are normalised over
                     # its own list (the fusion teacher's min-max), so they replace the query's earlier ones.
@@ -264,19 +260,25 @@ class RetrievalDataModule(pl.LightningDataModule):
                     self.teacher.scores[qid].update(scored)
         return negatives, file_scores
 
-    def set_negatives(self, path: str, version: int) -> None:
+    def set_negatives(self, path: str, version: int, teacher_path: str | None = None) -> None:
         """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
 
         Only the candidates change (and, with ``teacher_from_negatives``, each query's teacher scores,
         replaced by the new file's: one normalisation per query list);
         the queries, positives and batch order stay, so the run stays reproducible given the
         versions' swap steps. Needs ``num_workers=0``: worker processes hold their own copies.
+        ``teacher_path``: the new pairs scored by the refresh teacher; they replace each query's
+        teacher scores and candidates (the teacher file's): KD lists full, one list per query.
         """
         if self.hparams.num_workers > 0:
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
         negatives, scores = self._negatives_from_file(path, positives, swap=True)
-        negatives = self._add_teacher_negatives(negatives, positives)
+        if teacher_path and self.teacher is not None:
+            for qid, record in read_negatives(teacher_path).items():
+                if scored := record_scores(record):
+                    self.teacher.scores[qid] = scored
+        negatives = self._add_teacher_negatives(negatives, positives, add=not teacher_path)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
         self.train_dataset.version = version
