@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 
 from dr.data import read_qrels, read_queries
 from dr.data.negatives import read_negatives
@@ -134,3 +135,43 @@ def read_negatives_free(data: dict) -> list[str]:
     from dr.data import read_corpus
 
     return list(read_corpus(data["corpus"])["docid"])
+
+
+class KDCoverage(pl.Callback):
+    """Records, per step, the negatives version and the fraction of the batch's KD pairs (present
+    negatives) that have a teacher score (on the class: Hydra builds the instance)."""
+
+    rows: list = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        present = batch["neg_index"] >= 0
+        KDCoverage.rows.append((int(batch["negatives_version"]), float((~batch["teacher_neg"][present].isnan()).float().mean())))
+
+
+def test_kd_lists_stay_full_after_each_swap_in_a_training_run(tiny_bert, scifact_slice, tmp_path, compose_config):
+    """Issue 23 item 5 in a real Trainer (sync refresh every 2 steps, InfoNCE + KD on a teacher file,
+    the fusion teacher in the refresh): after every swap each KD pair has a teacher score."""
+    from conftest import merge_overrides, tiny_train_overrides
+    from dr.data.teacher_scores import write_teacher_scores
+    from dr.training import train
+
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    judged = {d for j in qrels.values() for d in j}
+    free = [d for d in read_negatives_free(scifact_slice) if d not in judged]
+    rows = [(1.0, 0.5, q, sorted(qrels[q])[0], n) for k, q in enumerate(sorted(qrels)) for n in free[2 * k % 100 : 2 * k % 100 + 4]]
+    write_teacher_scores(tmp_path / "teacher.tsv", rows)
+    KDCoverage.rows = []
+    overrides = merge_overrides(tiny_train_overrides(tiny_bert, scifact_slice, tmp_path / "run", max_steps=7), [
+        "encoder.passage_max_length=32", "data.val_fraction=0", "test.enabled=false", "export.enabled=false",
+        "loss=infonce_kd", f"data.teacher_scores={tmp_path / 'teacher.tsv'}", "data.num_negatives=4",
+        "refresh=sync", "refresh.every_n_steps=2", "refresh.top_k=20", "miner@refresh.miner=topk", "refresh.miner.num_negatives=4",
+        "+teacher@refresh.teacher=fusion", f"refresh.teacher.model={tiny_bert}", "refresh.teacher.query_max_length=16",
+        "refresh.teacher.passage_max_length=32", "+callbacks.kd_coverage._target_=test_refresh_job.KDCoverage",
+    ])
+    train(compose_config("train", overrides))
+    by_version: dict[int, list[float]] = {}
+    for version, scored in KDCoverage.rows:
+        by_version.setdefault(version, []).append(scored)
+    assert max(by_version) >= 2, by_version
+    after = {v: min(s) for v, s in by_version.items() if v > 0}
+    assert all(s == 1.0 for s in after.values()), f"KD pairs with a teacher score per version (min over steps): {after}; before the first swap {by_version.get(0)}"
