@@ -126,6 +126,8 @@ def test_refresh_teacher_keeps_the_kd_lists_full_and_the_students_scores_in_the_
     assert coverage() == 1.0, f"KD pairs with a teacher score after the swap: {coverage():.3f} (without the job's teacher file {without:.3f})"
     # the negatives file keeps the student's q·d (SimANS reads it); the teacher's scores are in their own file
     record = read_negatives(vdir / "negatives.jsonl")[ds.qids[0]]
+    # the teacher's pairs are the new list's too (TAS-Balanced bins their margins)
+    assert set(dm.teacher.pairs[ds.qids[0]]) == {(p, n) for p in record.positives for n in record.negatives}
     q = encoder.encode_queries([ds.query_texts[0]], show_progress=False)[0]
     d = encoder.encode_passages([dm.passage_text(record.negatives[0])], show_progress=False)[0]
     assert math.isclose(record.negative_scores[0], float(q @ d), rel_tol=1e-3, abs_tol=1e-4)

@@ -276,8 +276,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         negatives, scores = self._negatives_from_file(path, positives, swap=True)
         if teacher_path and self.teacher is not None:
             for qid, record in read_negatives(teacher_path).items():
-                if scored := record_scores(record):
-                    self.teacher.scores[qid] = scored
+                if scored := record_scores(record):  # the new list's scores and pairs (TAS-Balanced's margins)
+                    self.teacher.scores[qid], self.teacher.pairs[qid] = scored, [(p, n) for p in record.positives for n in record.negatives]
         negatives = self._add_teacher_negatives(negatives, positives, add=not teacher_path)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
