@@ -213,10 +213,18 @@ class Miner(ABC):
     """Anything that maps ``(Candidates, rng)`` to ``Mined``."""
 
     num_negatives: int | None = None
+    #: the candidates must carry teacher scores (``Candidates.teacher_scores``), e.g. RocketQA's denoising
+    needs_teacher_scores: bool = False
+    #: draws with a score kernel (SimANS): a pair sampler with the same kernel must not draw from its output again
+    samples_by_kernel: bool = False
 
     @abstractmethod
     def __call__(self, candidates: Candidates, rng: np.random.Generator | int | None = None) -> Mined:
         """The chosen negatives of every query."""
+
+    def bind_teacher(self, teacher) -> None:
+        """Told which teacher scored ``Candidates.teacher_scores`` (the mining path calls it), so
+        a miner with thresholds on a stated scale can map the teacher's scores onto it."""
 
 
 class CandidateMiner(Miner):

@@ -27,6 +27,12 @@ class Chain(CandidateMiner):
             if not isinstance(m, CandidateMiner):
                 raise TypeError(f"Chain: {m!r} does not choose among candidates (no select); it cannot be a stage")
         self.num_negatives = self.miners[-1].num_negatives
+        self.needs_teacher_scores = any(m.needs_teacher_scores for m in self.miners)
+        self.samples_by_kernel = any(m.samples_by_kernel for m in self.miners)
+
+    def bind_teacher(self, teacher) -> None:
+        for miner in self.miners:
+            miner.bind_teacher(teacher)
 
     def select(
         self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None

@@ -17,9 +17,11 @@ relative margin does not depend on the scale of the scores.
 
 Two choices differ between the methods this follows, and are explicit options:
 
-- ``positive_score``: which positive's score is s_pos when a query has several. ``"max"`` (default):
-  the best positive, as NV-Retriever's single positive. ``"min"``: the hardest positive, as
-  sentence-transformers' ``mine_hard_negatives`` ("to be on the safe side"), which filters more.
+- ``positive_score``: which positive's score is s_pos when a query has several. ``"min"`` (default):
+  the hardest positive, as sentence-transformers' ``mine_hard_negatives`` ("to be on the safe side, we
+  will use the minimum positive score", ``sentence_transformers/util/hard_negatives.py``), which filters
+  more; NV-Retriever's TopK-PercPos has one positive per query, where min and max agree. ``"max"``: the
+  best positive, a looser filter.
 - ``rank_window``: what ``range_min`` / ``range_max`` count. ``"raw"`` (default): 0-based columns of the
   candidate list, positives and filtered candidates included (SciNCL's raw k-NN ranks). ``"filtered"``:
   ranks among the candidates left once positives and the score filters have removed theirs, as
@@ -31,7 +33,7 @@ sample of them; ``num_negatives=None`` keeps all survivors (a filter stage for `
 Parity with sentence-transformers' ``mine_hard_negatives`` (same candidates, i.e. its top
 ``range_max`` + max positives): ``positive_score="min", rank_window="filtered"``, with the same
 ``range_min``, ``range_max``, margins, bounds, ``num_negatives`` and ``sampling``. The defaults
-(``"max"``, ``"raw"``) are NV-Retriever's and SciNCL's. ``conf/miner/margin.yaml``: TopK-PercPos 95%.
+(``"min"``, ``"raw"``) are sentence-transformers' positive score and SciNCL's raw ranks. ``conf/miner/margin.yaml``: TopK-PercPos 95%.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class MarginMiner(FilterMiner):
         max_score: float | None = None,
         min_score: float | None = None,
         sampling: str = "top",
-        positive_score: str = "max",
+        positive_score: str = "min",
         rank_window: str = "raw",
     ):
         if sampling not in SAMPLINGS:

@@ -49,6 +49,8 @@ KERNELS = ("gaussian", "laplace")
 class SimANSMiner(CandidateMiner):
     """Sample negatives from the top-k with the SimANS kernel around s_pos (see module docstring)."""
 
+    samples_by_kernel = True  # a pair sampler with the same kernel must not sample its output again
+
     def __init__(
         self,
         num_negatives: int | None = 15,

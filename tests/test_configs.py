@@ -80,6 +80,22 @@ def _teacher_file(data, tmp_path: Path) -> Path:
     return path
 
 
+def _pool_file(data, tmp_path: Path) -> Path:
+    """A scored pool as dr-mine miner=pool writes it: 3 other queries' positives per query, scored, and the positives' scores."""
+    from dr.data import NegativesRecord, read_qrels, write_negatives
+
+    qrels = read_qrels(data.train_qrels)
+    qids = sorted(qrels)
+    records = []
+    for i, q in enumerate(qids):
+        negatives = list(dict.fromkeys(n for k in range(1, 4) for n in qrels[qids[(i + k) % len(qids)]] if n not in qrels[q]))
+        records.append(NegativesRecord(q, sorted(qrels[q]), negatives, [0.5 - 0.01 * j for j in range(len(negatives))],
+                                       [0.9] * len(qrels[q])))
+    path = tmp_path / "pool.jsonl"
+    write_negatives(path, records)
+    return path
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment(experiment, tiny_bert, tmp_path):
     overrides = [
@@ -98,7 +114,11 @@ def test_experiment(experiment, tiny_bert, tmp_path):
     cfg = _compose("train", overrides)
     if cfg.loss._target_ != "dr.losses.InfoNCELoss" and not cfg.data.teacher_scores and not cfg.data.teacher_from_negatives:
         # A distillation experiment whose teacher file the user makes first (dr-score): a small stand-in.
-        cfg = _compose("train", overrides + [f"data.teacher_scores={_teacher_file(cfg.data, tmp_path)}"])
+        overrides.append(f"data.teacher_scores={_teacher_file(cfg.data, tmp_path)}")
+    if cfg.data.pair_sampler and not cfg.data.negatives:
+        # A sampler that draws by scores, whose pool the user mines first (dr-mine miner=pool): a small stand-in.
+        overrides.append(f"data.negatives={_pool_file(cfg.data, tmp_path)}")
+    cfg = _compose("train", overrides)
     if cfg.data.corpus.startswith("irds:"):
         # Online-only data: check every component instantiates, without the network.
         module = hydra.utils.instantiate(cfg.module)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -46,20 +48,22 @@ def test_collate_masks_other_positives_of_the_query(scifact_slice):
     ds = dm.train_dataset
     multi = [i for i, q in enumerate(ds.qids) if len(ds.positives[q]) > 1]
     assert multi, "the slice should hold a query with several positives"
-    examples = [ds[(multi[0], 0)], ds[(multi[0], 0)]] + [ds[(i, 0)] for i in range(2)]
+    first = ds[(multi[0], 0)]
+    # the query again, at the first later occurrence that draws another of its positives
+    again = next(ex for k in range(1, 50) if (ex := ds[(multi[0], 0, k)])["positive"] != first["positive"])
+    examples = [first, again] + [ds[(i, 0)] for i in range(2)]
     batch = dm.collate_train(examples)
-    # Two copies of the same query: each one's positive is the other's target, so it is masked.
+    # Two occurrences of the same query: each one's positive is the other's target, so it is masked.
     # (The mask marks every known positive, the target included; the loss never masks the target.)
-    assert batch["exclude"][0, 1] and batch["exclude"][1, 0]
-    n = len(examples)
+    assert batch["exclude"][0, batch["target"][1]] and batch["exclude"][1, batch["target"][0]]
     for i, ex in enumerate(examples):
         positives = set(ds.positives[ex["qid"]])
-        assert ex["positive"] in positives
+        assert ex["positive"] in positives and batch["docids"][batch["target"][i]] == ex["positive"]
         assert not set(ex["negatives"]) & positives
-        for j, passage in enumerate(batch["passages"]):
+        for j, docid in enumerate(batch["docids"]):
             if j != batch["target"][i]:
-                docid = (examples[j]["positive"] if j < n else examples[(j - n)]["negatives"][0])
                 assert bool(batch["exclude"][i, j]) == (docid in positives)
+    assert len(set(batch["docids"])) == len(batch["docids"]) == len(batch["passages"])  # each passage once
 
 
 def test_negatives_are_redrawn_each_epoch_from_the_rank_window(scifact_slice):
@@ -207,3 +211,113 @@ def test_val_seed_fixes_the_held_out_queries_across_seeds(scifact_slice):
     assert len(draws) > 1  # without val_seed the split follows the training seed
     fixed = held_out(1, val_seed=0)
     assert fixed == held_out(2, val_seed=0) == held_out(0)
+
+
+# ---------------------------------------------------------------------- duplicate passages (issue 23 item 7)
+def _qids_and_free_docids(scifact_slice, n: int):
+    from dr.data import read_corpus, read_qrels
+
+    qrels = read_qrels(scifact_slice["train_qrels"])
+    qids = sorted(qrels)[:n]
+    judged = {d for j in qrels.values() for d in j}
+    free = [d for d in read_corpus(scifact_slice["corpus"])["docid"] if d not in judged]
+    return qrels, qids, free
+
+
+def test_a_negatives_row_with_repeated_ids_never_draws_one_twice(scifact_slice, tmp_path):
+    """A row ['a', 'a', 'b', 'c'] read as is repeats 'a' in about 1 of 10 draws of 2 negatives."""
+    from dr.data import NegativesRecord, write_negatives
+
+    qrels, qids, free = _qids_and_free_docids(scifact_slice, 1)
+    a, b, c = free[:3]
+    write_negatives(tmp_path / "neg.jsonl", [NegativesRecord(qids[0], sorted(qrels[qids[0]]), [a, a, b, c])])
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives=str(tmp_path / "neg.jsonl"), num_negatives=2, batch_size=1)
+    dm.setup("fit")
+    i = dm.train_dataset.qids.index(qids[0])
+    draws = [dm.train_dataset[(i, epoch)]["negatives"] for epoch in range(200)]
+    repeated = sum(len(set(d)) < len(d) for d in draws)
+    assert repeated == 0, f"{repeated} of 200 draws repeat a negative"
+
+
+def test_two_queries_sharing_a_negative_count_it_once_in_infonce(scifact_slice, tmp_path):
+    """The shared negative is one passage of the batch: encoded once, once in every denominator
+    (DPR Eq. 2 sums over the batch's distinct passages); each query keeps its own positive."""
+    import math
+
+    import torch
+
+    from dr.data import NegativesRecord, write_negatives
+    from dr.losses import InfoNCELoss
+
+    qrels, qids, free = _qids_and_free_docids(scifact_slice, 2)
+    shared = free[0]
+    write_negatives(tmp_path / "neg.jsonl", [NegativesRecord(q, sorted(qrels[q]), [shared]) for q in qids])
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives=str(tmp_path / "neg.jsonl"), num_negatives=1, batch_size=2)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    examples = [ds[(ds.qids.index(q), 0)] for q in qids]
+    batch = dm.collate_train(examples)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, generator=g)
+    distinct = [examples[0]["positive"], examples[1]["positive"], shared]
+    emb = dict(zip(distinct, torch.randn(3, 8, generator=g)))
+    d = torch.stack([emb[docid] for docid in batch["docids"]])  # the batch's passages, whatever their layout
+    loss = InfoNCELoss(temperature=1.0)(q, d, batch["target"], batch["exclude"]).item()
+    by_hand = []
+    for i, ex in enumerate(examples):
+        s = {docid: float(q[i] @ emb[docid]) for docid in distinct}
+        denominator = [v for docid, v in s.items() if docid == ex["positive"] or docid not in ds.positives[ex["qid"]]]
+        by_hand.append(-s[ex["positive"]] + math.log(sum(math.exp(v) for v in denominator)))
+    assert loss == pytest.approx(sum(by_hand) / 2, rel=1e-6), (loss, sum(by_hand) / 2)
+    assert len(batch["passages"]) == 3 and batch["docids"][int(batch["neg_index"][0, 0])] == shared
+    assert batch["neg_index"][0, 0] == batch["neg_index"][1, 0]
+
+
+def test_teacher_scores_of_swapped_negatives_files_keep_one_normalisation_per_query(scifact_slice, tmp_path):
+    """Issue 23 item 9: with data.teacher_from_negatives=true each refreshed file carries a teacher's
+    scores normalised over that file's list (here min-max, as the fusion teacher). After a swap
+    every KD margin of a query must come from that one list, not mix it with an earlier list's."""
+    from dr.data import NegativesRecord, write_negatives
+    from dr.data.teacher_scores import write_teacher_scores
+    from dr.teachers import normalize_scores
+
+    qrels, qids, free = _qids_and_free_docids(scifact_slice, 4)
+    rng = np.random.default_rng(0)
+    positive = {q: sorted(qrels[q])[0] for q in qids}
+
+    def group(q: str, negatives: list[str]) -> dict[str, float]:
+        """A stub teacher: raw scores min-max normalised over the query's list (positive + negatives)."""
+        docids = [positive[q], *negatives]
+        return dict(zip(docids, normalize_scores(rng.normal(size=len(docids)), "minmax").tolist()))
+
+    lists = [{q: free[12 * k + 3 * v : 12 * k + 3 * v + 3] for k, q in enumerate(qids)} for v in range(4)]
+    teacher_file = {q: group(q, lists[0][q]) for q in qids}  # the teacher-score file: list 0
+    write_teacher_scores(tmp_path / "teacher.tsv", [(s[positive[q]], s[n], q, positive[q], n)
+                                                   for q, s in teacher_file.items() for n in lists[0][q]])
+    files = []
+    for v in (1, 2, 3):
+        scores = {q: group(q, lists[v][q]) for q in qids}
+        records = [NegativesRecord(q, [positive[q]], lists[v][q], [scores[q][n] for n in lists[v][q]], [scores[q][positive[q]]])
+                   for q in qids]
+        write_negatives(tmp_path / f"v{v}.jsonl", records)
+        files.append(scores)
+    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                             negatives=str(tmp_path / "v1.jsonl"), num_negatives=20, batch_size=4,
+                             teacher_scores=str(tmp_path / "teacher.tsv"), teacher_from_negatives=True)
+    dm.setup("fit")
+    for v in (2, 3):
+        dm.set_negatives(str(tmp_path / f"v{v}.jsonl"), v - 1)
+        latest = files[v - 1]
+        batch = dm.collate_train([dm.train_dataset[(dm.train_dataset.qids.index(q), 0)] for q in qids])
+        mixed = pairs = 0
+        for i, q in enumerate(qids):
+            for j, col in enumerate(batch["neg_index"][i].tolist()):
+                margin = float(batch["teacher_pos"][i] - batch["teacher_neg"][i, j])
+                if col < 0 or math.isnan(margin):
+                    continue
+                pairs += 1
+                d = batch["docids"][col]
+                mixed += d not in latest[q] or abs(margin - (latest[q][positive[q]] - latest[q][d])) > 1e-6
+        assert pairs and not mixed, f"after swap {v - 1}: {mixed} of {pairs} KD margins mix two lists' normalisations"

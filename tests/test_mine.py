@@ -118,7 +118,9 @@ def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slic
 
     teacher_args = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "miner=denoise", "miner.num_negatives=null",
                     "miner.sampling=top"]
-    stats = mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args, f"miner.threshold={threshold}")), tmp_path)
+    # the threshold is a probability of relevance: the teacher's logits are mapped with a sigmoid (monotone)
+    probability = float(1 / (1 + np.exp(-threshold)))
+    stats = mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args, f"miner.threshold={probability!r}")), tmp_path)
     assert stats["teacher"] == "CrossEncoderTeacher"
     denoised = read_negatives(tmp_path / "denoised.jsonl")
     kept = dropped = 0
@@ -134,6 +136,46 @@ def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slic
     for qid, record in read_negatives(tmp_path / "margin.jsonl").items():
         floor = min(t[qid][p] for p in pool[qid].positives)
         assert all(t[qid][d] <= floor + 1e-4 for d in record.negatives), qid
+
+
+def test_denoise_threshold_is_a_probability_of_relevance(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
+    """Issue 23 item 2: RocketQA's threshold (0.1) is on a 0-1 scale; a single-logit cross-encoder's
+    scores are mapped onto it with a sigmoid, so a candidate with sigmoid(logit) >= 0.1 is never kept."""
+    from dr.teachers import CrossEncoderTeacher
+
+    mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "pool.jsonl", "miner=pool")), tmp_path)
+    pool = read_negatives(tmp_path / "pool.jsonl")
+    queries = read_queries(scifact_slice["train_queries"])
+    corpus = read_corpus(scifact_slice["corpus"])
+    text = dict(zip(corpus["docid"], passage_texts(corpus, list(range(len(corpus))))))
+    teacher = CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256)
+    scored = teacher.score_groups([queries[q] for q in pool], [[text[d] for d in r.negatives] for r in pool.values()])
+    probability = {q: dict(zip(r.negatives, 1 / (1 + np.exp(-s)))) for (q, r), s in zip(pool.items(), scored)}
+    teacher_args = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "miner=denoise", "miner.num_negatives=null",
+                    "miner.sampling=top", "miner.threshold=0.1"]
+    mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args)), tmp_path)
+    kept = [probability[q][d] for q, r in read_negatives(tmp_path / "denoised.jsonl").items() for d in r.negatives]
+    above = [p for p in kept if p >= 0.1]
+    assert not above, f"{len(above)} of {len(kept)} kept candidates have P(relevant) >= 0.1 (max {max(above):.3f})"
+    # the teacher's own mapping: sigmoid(logit) = 0.4 is dropped at 0.1, 0.05 kept
+    from dr.miners import DenoiseMiner
+    from dr.miners.base import Candidates
+
+    logits = np.log([0.4 / 0.6, 0.05 / 0.95])
+    assert teacher.to_probability(logits) == pytest.approx([0.4, 0.05])
+    candidates = Candidates.from_lists([[1, 2]], [[0.9, 0.8]], [[99]], teacher_scores=[logits.tolist()])
+    miner = DenoiseMiner(threshold=0.1, teacher_probability=teacher.to_probability)
+    assert miner.passes(candidates).tolist() == [[False, True]]
+
+
+def test_denoise_threshold_refuses_a_teacher_without_probabilities(tiny_bert, scifact_slice, tmp_path):
+    """The fusion teacher's scores are min-max normalised per query, not probabilities: a threshold on them would be a relative cut."""
+    from dr.config import ConfigError
+
+    args = ["teacher=fusion", f"teacher.model={tiny_bert}", "miner=denoise", "miner.threshold=0.1"]
+    with pytest.raises(ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"):
+        mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *args)), tmp_path)
+    assert not (tmp_path / "denoised.jsonl").exists()
 
 
 def test_mine_reports_the_kernels_scale_and_effective_sample_size(tiny_bert, scifact_slice, tmp_path):

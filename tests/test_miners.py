@@ -374,17 +374,35 @@ def test_mining_path_gives_its_scale_to_kernels_without_one():
 @pytest.mark.parametrize(
     "kwargs,expected",
     [
-        ({"absolute_margin": 0.125}, {14, 16, 17}),  # s_pos = max(0.75, 0.5): keep s ≤ 0.625
+        ({"absolute_margin": 0.125, "positive_score": "max"}, {14, 16, 17}),  # s_pos = max(0.75, 0.5): keep s ≤ 0.625
         ({"absolute_margin": 0.125, "positive_score": "min"}, {16, 17}),  # s_pos = 0.5: keep s ≤ 0.375
         ({"range_min": 1, "range_max": 3}, {11}),  # raw ranks 1, 2 (rank 2 is the positive 12)
         ({"range_min": 1, "range_max": 3, "rank_window": "filtered"}, {11, 13}),  # survivors 10, 11, 13, 14, 16, 17
         ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3}, set()),  # raw ranks 1, 2 are filtered out
-        ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3, "rank_window": "filtered"}, {16, 17}),  # survivors 14, 16, 17
+        ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3, "rank_window": "filtered", "positive_score": "max"},
+         {16, 17}),  # survivors 14, 16, 17
     ],
 )
 def test_margin_positive_score_and_rank_window_options(kwargs, expected):
     c = _single(positives=(12, 15))  # positives scored 0.75 and 0.5 (both retrieved)
     assert _kept(MarginMiner(**kwargs)(c, 0)) == expected
+
+
+def test_margin_miner_defaults_to_the_hardest_positive():
+    """Issue 23 item 10: with several positives the margins are taken from the minimum positive
+    score, as sentence-transformers' mine_hard_negatives ("to be on the safe side", util/hard_negatives.py);
+    NV-Retriever's TopK-PercPos has one positive per query, where min and max agree."""
+    c = _single(positives=(12, 15))  # positives scored 0.75 and 0.5
+    assert _kept(MarginMiner(absolute_margin=0.125)(c, 0)) == {16, 17}  # s_pos = 0.5: keep s ≤ 0.375
+    assert _kept(MarginMiner(relative_margin=0.05)(c, 0)) == {16, 17}  # drop s > 0.475
+    single = _single()  # one positive: min = max
+    assert _kept(MarginMiner(relative_margin=0.05)(single, 0)) == _kept(MarginMiner(relative_margin=0.05, positive_score="max")(single, 0))
+    from hydra import compose, initialize_config_dir
+
+    from dr.cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        assert compose("mine", ["miner=margin"]).miner.positive_score == "min"
 
 
 def test_margin_relative_threshold_for_negative_scores():

@@ -23,6 +23,7 @@ from dr.data import read_qrels
 from dr.data.negatives import read_negatives
 from dr.data import write_json
 from dr.refresh import FAILED, MANIFEST, NEGATIVES, IndexRefresh, clean_refresh_dir, verified_manifest, version_dir
+from dr.refresh.store import TEACHER_NEGATIVES
 from dr.training import train
 
 
@@ -170,16 +171,21 @@ def test_sync_refresh_writes_the_same_format(async_run, tiny_bert, scifact_slice
     assert metrics["refresh/mean_staleness_steps"] == 0 and metrics["refresh/versions_used"] == 1
     sync_dir, async_dir = out / "refresh" / "v0001", async_run["out"] / "refresh" / "v0001"
     sync_manifest, async_manifest = verified_manifest(sync_dir), verified_manifest(async_dir)
-    assert sorted(sync_manifest) == sorted(async_manifest)
-    assert sorted(p.name for p in sync_dir.iterdir()) == sorted(p.name for p in async_dir.iterdir())
+    # the teacher's scores have a file of their own (for the KD lists), checked by the manifest
+    assert sorted(sync_manifest) == sorted([*async_manifest, "teacher_sha256"])
+    assert sorted(p.name for p in sync_dir.iterdir()) == sorted([*(p.name for p in async_dir.iterdir()), TEACHER_NEGATIVES])
     sync_records = _check_negatives(sync_dir / NEGATIVES, scifact_slice)
     async_records = _check_negatives(async_dir / NEGATIVES, scifact_slice)
     assert set(sync_records) == set(async_records)
     first_sync = json.loads((sync_dir / NEGATIVES).read_text().splitlines()[0])
     first_async = json.loads((async_dir / NEGATIVES).read_text().splitlines()[0])
     assert sorted(first_sync) == sorted(first_async) and sorted(first_sync["negatives"][0]) == sorted(first_async["negatives"][0])
-    # The teacher hook replaced the dense scores with the teacher's (here: passage lengths).
-    assert all(s is not None and s == int(s) and s > 10 for s in first_sync["positive_scores"])
+    # The teacher hook scored the same pairs (here: passage lengths) into that file; the negatives
+    # file keeps the student's dense scores (data.teacher_from_negatives=false).
+    first_teacher = json.loads((sync_dir / TEACHER_NEGATIVES).read_text().splitlines()[0])
+    assert first_teacher["positives"] == first_sync["positives"]
+    assert all(s is not None and s == int(s) and s > 10 for s in first_teacher["positive_scores"])
+    assert all(s is not None and abs(s) <= 1.0 + 1e-5 for s in first_sync["positive_scores"])  # cosine of the student
     # In sync mode the trainer waits for the whole job.
     assert metrics["refresh/blocked_total_s"] >= metrics["refresh/mean_duration_s"]
 

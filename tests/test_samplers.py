@@ -234,9 +234,12 @@ def test_balanced_sampler_with_several_negatives():
 class _Recorder(pl.Callback):
     def __init__(self):
         self.batches = []
+        self.negatives = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.batches.append((tuple(batch["qids"]), tuple(batch["docids"])))
+        # each query's negatives by column (the batch holds each distinct passage once)
+        self.negatives.append([[batch["docids"][j] for j in row if j >= 0] for row in batch["neg_index"].tolist()])
 
 
 def _slice_clusters_and_teacher(data: dict, out: Path) -> tuple[Path, Path]:
@@ -445,11 +448,27 @@ def test_simans_sampler_trains_with_the_students_scale(tiny_bert, scifact_slice,
     assert datamodule.pair_sampler.score_scale == pytest.approx(25.0)  # 1 / 0.04
     records = read_negatives(path)
     assert datamodule.train_dataset.scores[records[next(iter(records))].qid]
-    for qids, docids in recorder.batches:
-        negs = docids[len(qids):]
-        assert len(negs) == 2 * len(qids)
-        for k, qid in enumerate(qids):
-            assert set(negs[2 * k : 2 * k + 2]) <= set(records[qid].negatives)
+    for (qids, _), negatives in zip(recorder.batches, recorder.negatives):
+        for qid, negs in zip(qids, negatives):
+            assert len(negs) == 2 and set(negs) <= set(records[qid].negatives)
     # the file's scores are the retriever's: reading them as teacher scores as well is refused
     with pytest.raises(ValueError, match="teacher_from_negatives"):
         hydra.utils.instantiate(cfg.data, teacher_from_negatives=True).setup("fit")
+
+
+def test_simans_draws_vary_across_loads_on_a_scored_pool_only(scifact_slice, tmp_path):
+    """Issue 23 item 4: on a scored pool (dr-mine miner=pool) SimANS redraws at every load; on BM25
+    negatives (no positive score) every load takes the same lowest-ranked candidates, which config
+    validation now refuses (tests/test_validate.py)."""
+    from dr.retrieval import BM25Negatives
+    from dr.sampling import SimANSPairSampler
+    from dr.training import RetrievalDataModule
+
+    def distinct_draws(negatives) -> int:
+        dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
+                                 negatives=negatives, num_negatives=1, batch_size=4, pair_sampler=SimANSPairSampler(score_scale=20.0))
+        dm.setup("fit")
+        return len({tuple(dm.train_dataset[(0, epoch)]["negatives"]) for epoch in range(50)})
+
+    assert distinct_draws(str(_pool_file(scifact_slice, tmp_path / "pool.jsonl"))) >= 10
+    assert distinct_draws(BM25Negatives(0, 50)) == 1  # the degradation the validation refuses

@@ -122,3 +122,30 @@ def test_colbert_teacher_maxsim_by_hand(tiny_bert):
             de, _ = teacher.token_embeddings([passage], 16)
             expected = (qe[0] @ de[0].T).max(dim=1).values.sum().item()
             assert out[i, j].item() == pytest.approx(expected, abs=1e-4)
+
+
+def _teachers(tiny_bert, tiny_cross_encoder, corpus):
+    """A fresh instance of every in-batch teacher (fresh: the bi-encoder caches passage embeddings)."""
+    return {
+        "biencoder": BiEncoderTeacher(tiny_bert, query_max_length=16, passage_max_length=32),
+        "cross_encoder": CrossEncoderTeacher(tiny_cross_encoder, max_length=64),
+        "colbert": ColBERTTeacher(tiny_bert, query_max_length=16, passage_max_length=32),
+        "fusion": FusionTeacher(corpus=corpus, model=tiny_bert, query_max_length=16, passage_max_length=32),
+    }
+
+
+def test_inbatch_teachers_ignore_the_training_steps_bf16_autocast(tiny_bert, tiny_cross_encoder, scifact_slice, corpus_texts):
+    """Issue 23 item 1: the training step runs under autocast (``trainer.precision=bf16-mixed``);
+    the teacher matrix must still be the fp32 one unless the teacher itself asks for bf16."""
+    _, texts = corpus_texts
+    queries = list(read_queries(scifact_slice["train_queries"]).values())[:3]
+    passages = texts[:5]
+    fp32 = {name: t(queries, passages) for name, t in _teachers(tiny_bert, tiny_cross_encoder, scifact_slice["corpus"]).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = {name: t(queries, passages) for name, t in _teachers(tiny_bert, tiny_cross_encoder, scifact_slice["corpus"]).items()}
+    errors = {name: float((mixed[name] - fp32[name]).abs().max()) for name in fp32}
+    assert all(e <= 1e-6 for e in errors.values()), errors
+    # a teacher asked for bf16 still gets it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = ColBERTTeacher(tiny_bert, query_max_length=16, passage_max_length=32, bf16=True)(queries, passages)
+    assert float((bf16 - fp32["colbert"]).abs().max()) > 1e-6

@@ -97,8 +97,11 @@ def test_train_from_a_negatives_file(cfg_train, scifact_slice, tmp_path):
     dm.setup("fit")
     for qid in dm.train_dataset.qids:
         assert not set(dm.train_dataset.negatives[qid]) & set(qrels[qid]), qid
-    batch = dm.collate_train([dm.train_dataset[(i, 0)] for i in range(8)])
-    assert len(batch["passages"]) == 8 * 3 and batch["exclude"].shape == (8, 24)
+    examples = [dm.train_dataset[(i, 0)] for i in range(8)]
+    batch = dm.collate_train(examples)
+    # the batch holds each distinct passage once (neighbouring queries share candidates here)
+    distinct = {ex["positive"] for ex in examples} | {d for ex in examples for d in ex["negatives"]}
+    assert len(batch["passages"]) == len(distinct) and batch["exclude"].shape == (8, len(distinct))
 
     overrides = [f"data.negatives={path}", "data.num_negatives=2", "test.enabled=false", "export.enabled=false", "data.val_fraction=0"]
     assert train(cfg_train(*overrides, max_steps=2))["train/global_step"] == 2

@@ -105,9 +105,12 @@ def test_shipped_commands_validate(name, compose_config, tmp_path):
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_shipped_experiments_validate(experiment, compose_config, tmp_path):
     cfg = _train(compose_config, tmp_path, f"experiment={experiment}")
-    if cfg.loss._target_ != "dr.losses.InfoNCELoss" and not cfg.data.teacher_scores:  # the user makes it first (dr-score)
-        cfg = _train(compose_config, tmp_path, f"experiment={experiment}", "data.teacher_scores=teacher.tsv")
-    validate_config(cfg)
+    made_first = []  # files the user makes first: teacher scores (dr-score), the scored pool (dr-mine miner=pool)
+    if cfg.loss._target_ != "dr.losses.InfoNCELoss" and not cfg.data.teacher_scores:
+        made_first.append("data.teacher_scores=teacher.tsv")
+    if cfg.data.pair_sampler and not cfg.data.negatives:
+        made_first.append("data.negatives=pool.jsonl")
+    validate_config(_train(compose_config, tmp_path, f"experiment={experiment}", *made_first))
 
 
 def test_train_validates_before_any_work(cfg_train, tmp_path):
@@ -117,3 +120,66 @@ def test_train_validates_before_any_work(cfg_train, tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.batch_size=0"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- samplers and refresh miners (issue 23 items 4, 8)
+SIMANS = ["sampler=simans", "data.negatives=pool.jsonl"]
+REFRESH = ["refresh=async", "data.num_negatives=4"]
+DEGRADED = {
+    # BM25 negatives carry no positive score: every load would take the same lowest-ranked candidates
+    ("sampler=simans",): r"^data\.negatives=.*BM25Negatives.*: expected a negatives file with the candidates' and positives' scores",
+    # the refresh would pre-sample with the kernel, and the sampler would apply it again at every load
+    (*SIMANS, *REFRESH, "miner@refresh.miner=simans"): r"^refresh\.miner=SimANSMiner: expected miner@refresh\.miner=pool",
+    (*SIMANS, *REFRESH, "miner@refresh.miner=margin_simans"):
+        r"^refresh\.miner=SimANSMiner: expected miner@refresh\.miner=pool",
+    # the refresh candidates carry no teacher scores: every refresh job would fail
+    (*REFRESH, "miner@refresh.miner=denoise"): r"^refresh\.miner=DenoiseMiner: expected a refresh\.teacher",
+}
+
+
+@pytest.mark.parametrize("overrides", DEGRADED, ids=lambda o: " ".join(o))
+def test_configs_that_silently_degrade_a_method_are_refused(overrides, compose_config, tmp_path):
+    with pytest.raises(ConfigError, match=DEGRADED[overrides]):
+        validate_config(_train(compose_config, tmp_path, *overrides))
+
+
+def test_what_the_simans_sampler_and_refresh_miners_need_is_accepted(compose_config, tmp_path):
+    validate_config(_train(compose_config, tmp_path, *SIMANS))
+    validate_config(_train(compose_config, tmp_path, *SIMANS, *REFRESH, "miner@refresh.miner=pool"))
+    # the refresh teacher's scores go to their own file for the KD lists; the negatives file keeps the student's
+    validate_config(_train(compose_config, tmp_path, *SIMANS, *REFRESH, "miner@refresh.miner=pool", "+teacher@refresh.teacher=fusion"))
+    validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=simans"))  # uniform loads of the refreshed negatives
+    validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=cross_encoder"))
+
+
+def test_dr_train_refuses_a_denoise_refresh_without_teacher_in_one_line(tiny_bert, scifact_slice, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import tiny_train_overrides
+
+    out = tmp_path / "run"
+    args = tiny_train_overrides(tiny_bert, scifact_slice, out) + [*REFRESH, "miner@refresh.miner=denoise", "test.enabled=false"]
+    dr_train = Path(sys.executable).parent / "dr-train"
+    result = subprocess.run([str(dr_train), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dr-train: error: refresh.miner=DenoiseMiner: expected a refresh.teacher")
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_denoise_threshold_needs_a_teacher_with_probabilities(compose_config, tmp_path):
+    """Issue 23 item 2: the threshold is a probability of relevance; the fusion teacher's per-query
+    normalised scores have no map onto it (0.1 would be a relative cut)."""
+    with pytest.raises(ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"):
+        validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion"]))
+    validate_config(compose_config("mine", ["miner=denoise", "teacher=cross_encoder"]))
+    validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion", "miner.threshold=null", "miner.margin=0.2"]))
+    with pytest.raises(ConfigError, match=r"^refresh\.miner\.threshold=0\.1: expected a teacher whose scores map"):
+        validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=fusion"))
+
+
+def test_the_ms_marco_data_config_works_with_an_index_refresh(compose_config, tmp_path):
+    """Issue 23 item 10: conf/data/msmarco.yaml shipped num_workers=2, which every refresh refuses."""
+    validate_config(_train(compose_config, tmp_path, "experiment=msmarco_infonce", "refresh=async", "miner@refresh.miner=topk",
+                           "refresh.miner.num_negatives=4"))

@@ -51,6 +51,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
     if cfg.get("teacher"):
         extra = {"corpus": cfg.corpus} if "corpus" in cfg.teacher else {}
         teacher = hydra.utils.instantiate(cfg.teacher, **extra)
+        miner.bind_teacher(teacher)  # e.g. RocketQA's threshold is a probability: the teacher maps its scores onto it
         candidates = with_teacher_scores(candidates, teacher, queries, lambda d: passage_texts(corpus, [row_of[d]])[0], positives)
 
     records, stats = mine_queries(qids, positives, candidates, miner, rng, cfg.chunk_size)

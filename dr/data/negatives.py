@@ -5,7 +5,8 @@ Format (JSONL, one training query per line)::
     {"qid": "q1", "positives": ["d1"], "positive_scores": [12.3],
      "negatives": [{"docid": "d7", "score": 10.1}, {"docid": "d9", "score": 9.8}]}
 
-``positive_scores`` and the negatives' ``score`` are optional (``null`` when unknown). The file is
+``positive_scores`` and the negatives' ``score`` are optional (``null`` when unknown). A docid
+repeated within a line is read once (its first occurrence and score). The file is
 written atomically; readers validate every line and name the file and line on error.
 """
 
@@ -99,7 +100,24 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[int, NegativesRecord]]:
             if not isinstance(positive_scores, list):
                 raise DataError(path, line_no, f"expected 'positive_scores' to be a list of numbers or nulls, got {positive_scores!r}")
             positive_scores = [_score(path, line_no, v, "positive score") for v in positive_scores]
+            negatives, scores = _first_of_each(negatives, scores)
+            if len(positives) == len(positive_scores):
+                positives, positive_scores = _first_of_each(positives, positive_scores)
+            else:
+                positives = list(dict.fromkeys(positives))
             yield line_no, NegativesRecord(qid, positives, negatives, scores, positive_scores)
+
+
+def _first_of_each(ids: list[str], scores: list) -> tuple[list[str], list]:
+    """``ids`` without repeats (the first occurrence and its score kept): a repeated candidate would
+    be drawn twice as often, and twice in one draw, entering the InfoNCE denominator twice."""
+    first = {}
+    for j, docid in enumerate(ids):
+        first.setdefault(docid, j)
+    if len(first) == len(ids):
+        return ids, scores
+    keep = list(first.values())
+    return [ids[j] for j in keep], [scores[j] for j in keep]
 
 
 def _id(path, line_no: int, value, what: str) -> str:

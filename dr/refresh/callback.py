@@ -56,7 +56,7 @@ from dr.refresh.job import RefreshJob, RefreshSetup, run_job
 from dr.refresh.report import summarize, swap_entry, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
 from dr.refresh.store import (
-    MANIFEST, NEGATIVES, clean_refresh_dir, stage_version, staged_job, verified_manifest, version_dir,
+    MANIFEST, NEGATIVES, clean_refresh_dir, stage_version, staged_job, teacher_file, verified_manifest, version_dir,
 )
 from dr.refresh.supervision import WorkerSupervision
 from dr.refresh.worker import RefreshWorker
@@ -83,8 +83,8 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
             threads of the training process (None leaves them).
         timeout_s: a job running longer is killed and counted as a failure.
         max_backoff_schedules: the most schedules skipped after repeated failures.
-        teacher: optional teacher config scoring the new pairs (off by default; see
-            :func:`dr.refresh.job.teacher_score`); required with ``data.teacher_from_negatives``.
+        teacher: optional teacher config scoring the new pairs (:func:`dr.refresh.job.teacher_score`): into the negatives
+            file with ``data.teacher_from_negatives`` (required there), else into the KD lists (the file keeps the student's).
         keep_snapshots: keep each version's encoder snapshot (by default deleted once the version is complete).
         backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
             to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
@@ -208,6 +208,7 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
             positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,
             device=self.device, top_k=self.top_k, batch_size=self.batch_size, chunk_size=self.chunk_size,
             bf16=self.bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
+            teacher_into_negatives=bool(dm.hparams.get("teacher_from_negatives")),
             keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=self.backend, score_scale=score_scale,
         )
 
@@ -242,7 +243,7 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
                     f"{vdir}: the checkpoint trains on refresh version {self.current_version}, "
                     "but its manifest or negatives file is missing or corrupt"
                 )
-            trainer.datamodule.set_negatives(str(vdir / NEGATIVES), self.current_version)
+            trainer.datamodule.set_negatives(str(vdir / NEGATIVES), self.current_version, teacher_path=teacher_file(vdir))
             log.info("refresh: resumed on negatives version %d", self.current_version)
         for version in self._in_flight:
             self._resume_version(trainer, version)
@@ -372,7 +373,7 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
         t0 = time.perf_counter()
         manifest = self._verified.get(version) or verified_manifest(version_dir(self._root, version))
         path = version_dir(self._root, version) / NEGATIVES
-        trainer.datamodule.set_negatives(str(path), version)
+        trainer.datamodule.set_negatives(str(path), version, teacher_path=teacher_file(path.parent))
         step = trainer.global_step
         superseded = [v for v in self.pending if v <= version]
         submit_s = self._submit_blocked.pop(version, 0.0)

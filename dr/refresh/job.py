@@ -10,6 +10,7 @@ Free of Lightning imports, so a freshly spawned worker starts in seconds.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from dr.data.io import write_json
-from dr.refresh.store import NEGATIVES, SNAPSHOT, STATS, write_manifest
+from dr.refresh.store import NEGATIVES, SNAPSHOT, STATS, TEACHER_NEGATIVES, write_manifest
 
 
 @dataclass
@@ -51,6 +52,9 @@ class RefreshSetup:
     seed: int = 42
     worker_threads: int | None = 1
     teacher: dict | None = None
+    # where the teacher's scores go: into the negatives file (data.teacher_from_negatives=true), or into a
+    # file of their own (TEACHER_NEGATIVES) for the KD lists, the negatives file keeping the student's scores
+    teacher_into_negatives: bool = True
     keep_snapshots: bool = False
     backend: str = "torch"  # torch | onnx | onnx-int8: what encodes the corpus and queries
     score_scale: float = 1.0  # logits per unit of similarity, for the miner's kernels (dr.miners.candidates.resolve_score_scale)
@@ -64,16 +68,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> dict:
+def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None, teacher=None) -> dict:
     """Encode, index, mine (and optionally teacher-score), write the version; returns its manifest.
 
     ``encoder`` is the live model in sync mode; otherwise the snapshot in ``job.version_dir`` is
-    loaded. The manifest is written last, so a version without one is incomplete.
+    loaded. ``teacher``: the run's teacher kept across jobs (the worker's; its caches, e.g. the
+    fusion teacher's passage embeddings, survive), else made from ``setup.teacher``. The manifest
+    is written last, so a version without one is incomplete.
     """
     from dr.data import passage_texts, read_corpus, write_negatives
     from dr.models import BiEncoder, onnx_encoder
     from dr.retrieval import DenseIndex, encode_corpus, gpu_available
-    from dr.miners.candidates import dense_candidates, instantiate_miner, mine_queries
+    from dr.miners.candidates import dense_candidates, instantiate_miner, mine_queries, with_teacher_scores
 
     t0 = time.perf_counter()
     vdir = Path(job.version_dir)
@@ -96,13 +102,22 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     miner = instantiate_miner(setup.miner, docids, score_scale=setup.score_scale)
     row_of = {d: i for i, d in enumerate(docids)}
     candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
+    passage_text = lambda d: passage_texts(corpus, [row_of[d]])[0]  # noqa: E731
+    if teacher is None and setup.teacher:
+        teacher = make_teacher(setup.teacher, setup.corpus)
+    if teacher is not None and miner.needs_teacher_scores:  # RocketQA's denoising filters on the teacher's scores
+        miner.bind_teacher(teacher)
+        candidates = with_teacher_scores(candidates, teacher, setup.queries, passage_text, setup.positives)
     rng = np.random.default_rng([setup.seed, job.version])
     records, stats = mine_queries(setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False)
     stats["backend"] = setup.backend
     if export_s is not None:
         stats["export_s"] = export_s
-    if setup.teacher:
-        records = teacher_score(setup.teacher, records, setup.queries, lambda d: passage_texts(corpus, [row_of[d]])[0])
+    if teacher is not None and setup.teacher_into_negatives:
+        records = teacher_score(teacher, records, setup.queries, passage_text)
+    elif teacher is not None:  # the KD lists get the teacher's scores; SimANS keeps reading the student's
+        write_negatives(vdir / TEACHER_NEGATIVES, teacher_score(teacher, copy.deepcopy(records), setup.queries, passage_text))
+    if teacher is not None:
         stats["teacher_scored"] = True
     write_negatives(vdir / NEGATIVES, records)
     write_json(vdir / STATS, stats)
@@ -121,16 +136,25 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None) -> 
     return manifest
 
 
-def teacher_score(teacher_cfg: dict, records, queries: dict[str, str], passage_text) -> list:
-    """Optional hook: a teacher re-scores every (query, positive/negative) pair of the new file.
+def make_teacher(teacher_cfg: dict, corpus: str):
+    """The refresh teacher from its Hydra node (any object with ``score_groups``, e.g. :mod:`dr.teachers`).
 
-    ``teacher_cfg`` is a Hydra node of any object with ``score_groups(queries, passages_per_query)
-    -> [scores per query]`` (the teachers of :mod:`dr.teachers`). The scores replace the dense
-    scores in the negatives file; train with ``data.teacher_from_negatives=true`` to use them.
+    A teacher with corpus statistics (the fusion teacher's BM25) is given the run's ``corpus``, as
+    ``dr-score`` and ``dr-mine`` give theirs: ``conf/teacher/fusion.yaml`` names SciFact's.
     """
     import hydra
 
-    teacher = hydra.utils.instantiate(teacher_cfg)
+    extra = {"corpus": corpus} if "corpus" in teacher_cfg else {}
+    return hydra.utils.instantiate(teacher_cfg, **extra)
+
+
+def teacher_score(teacher, records, queries: dict[str, str], passage_text) -> list:
+    """Optional hook: a teacher re-scores every (query, positive/negative) pair of the new file.
+
+    ``teacher`` has ``score_groups(queries, passages_per_query) -> [scores per query]`` (the
+    teachers of :mod:`dr.teachers`, :func:`make_teacher`). The scores replace the dense scores in
+    the negatives file; train with ``data.teacher_from_negatives=true`` to use them.
+    """
     groups = [list(r.positives) + list(r.negatives) for r in records]
     scores = teacher.score_groups([queries[r.qid] for r in records], [[passage_text(d) for d in g] for g in groups])
     for r, s in zip(records, scores):

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 NEGATIVES = "negatives.jsonl"
+TEACHER_NEGATIVES = "negatives.teacher.jsonl"  # the same pairs with the refresh teacher's scores (for the KD lists)
 STATS = "stats.json"
 SNAPSHOT = "encoder"
 JOB = "job.json"
@@ -62,6 +63,9 @@ def verified_manifest(vdir: str | os.PathLike) -> dict | None:
         negatives = vdir / manifest["negatives"]
         if negatives.stat().st_size != manifest["bytes"] or sha256_file(negatives) != manifest["sha256"]:
             log.error("refresh %s: %s does not match its manifest; ignoring this version", vdir.name, negatives)
+            return None
+        if manifest.get("teacher_sha256") and sha256_file(vdir / TEACHER_NEGATIVES) != manifest["teacher_sha256"]:
+            log.error("refresh %s: %s does not match its manifest; ignoring this version", vdir.name, TEACHER_NEGATIVES)
             return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.error("refresh %s: unreadable manifest (%s); ignoring this version", vdir.name, e)
@@ -125,8 +129,16 @@ def write_manifest(vdir: str | os.PathLike, manifest: dict) -> dict:
     """Add the negatives file's size and sha256 to ``manifest`` and write it, last, into ``vdir``."""
     negatives = Path(vdir) / NEGATIVES
     manifest = {**manifest, "negatives": NEGATIVES, "sha256": sha256_file(negatives), "bytes": negatives.stat().st_size}
+    if (Path(vdir) / TEACHER_NEGATIVES).is_file():
+        manifest["teacher_sha256"] = sha256_file(Path(vdir) / TEACHER_NEGATIVES)
     write_json(Path(vdir) / MANIFEST, manifest)
     return manifest
+
+
+def teacher_file(vdir: str | os.PathLike) -> str | None:
+    """The version's file of teacher scores for the KD lists (:data:`TEACHER_NEGATIVES`), if it has one."""
+    path = Path(vdir) / TEACHER_NEGATIVES
+    return str(path) if path.is_file() else None
 
 
 def mark_failed(root: str | os.PathLike, version: int, error: str) -> None:

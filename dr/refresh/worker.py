@@ -127,9 +127,10 @@ def _worker_main(setup: RefreshSetup, jobs, results, parent_pid: int) -> None:
         torch.set_num_threads(setup.worker_threads)
         faiss.omp_set_num_threads(setup.worker_threads)
     from dr.data import read_corpus
-    from dr.refresh.job import run_job
+    from dr.refresh.job import make_teacher, run_job
 
     corpus = read_corpus(setup.corpus)
+    teacher = make_teacher(setup.teacher, setup.corpus) if setup.teacher else None  # kept: its caches serve every job
     while True:
         try:
             job = jobs.get(timeout=1.0)
@@ -141,7 +142,7 @@ def _worker_main(setup: RefreshSetup, jobs, results, parent_pid: int) -> None:
             return
         results.put(("started", job.version, time.time()))
         try:
-            manifest = run_job(setup, job, corpus=corpus)
+            manifest = run_job(setup, job, corpus=corpus, teacher=teacher)
         except BaseException:
             results.put(("failed", job.version, traceback.format_exc()))
             raise

@@ -14,6 +14,11 @@ teacher also scores per-query candidate lists, ``score_groups(queries, passages_
 - :class:`FusionTeacher`: BM25 + dense, normalised per query over its passages (:mod:`dr.teachers.fusion`);
   needs nothing but the corpus and the packaged all-MiniLM-L6-v2, so it works offline.
 
+Teachers run in fp32 whatever the caller's autocast (``trainer.precision=bf16-mixed`` puts the
+training step, where the in-batch teacher is called, under autocast): a teacher's scores are
+targets, and bf16 puts a ColBERT score near 20 on a 0.125 grid. A teacher runs in bf16 only when
+it is asked to (``bf16: true``). :func:`full_precision` turns autocast off for every call.
+
 Models load on first use (instantiating a config costs nothing) and are kept out of the module's
 ``state_dict``, so checkpoints hold only the student. ``device=None`` picks the current CUDA
 device when there is one (each DDP rank's own), else the CPU.
@@ -22,6 +27,7 @@ device when there is one (each DDP rank's own), else the CPU.
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -39,6 +45,16 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def full_precision() -> contextlib.ExitStack:
+    """A context with autocast off on the CPU and on CUDA (a teacher's own ``bf16: true`` turns it
+    back on inside, :func:`dr.models.encoder.autocast_context`)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast("cpu", enabled=False))
+    if torch.cuda.is_available():
+        stack.enter_context(torch.autocast("cuda", enabled=False))
+    return stack
+
+
 class Teacher(nn.Module, abc.ABC):
     """Base class: ``forward(queries, passages) -> [B, P]``; ``score_groups`` scores each query's
     own passages (by default one ``forward`` per query)."""
@@ -51,6 +67,18 @@ class Teacher(nn.Module, abc.ABC):
     @property
     def device(self) -> torch.device:
         return _device(self.device_name)
+
+    def __call__(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
+        with full_precision():  # the caller's autocast (a bf16-mixed training step) does not reach the teacher
+            return super().__call__(queries, passages)
+
+    #: whether :meth:`to_probability` maps this teacher's scores to a probability of relevance
+    maps_to_probability: bool = False
+
+    def to_probability(self, scores: np.ndarray) -> np.ndarray:
+        """The scores as probabilities of relevance in [0, 1] (the scale of RocketQA's denoising
+        threshold, :class:`dr.miners.DenoiseMiner`); only for a teacher with ``maps_to_probability``."""
+        raise ValueError(f"{type(self).__name__}: its scores are not probabilities of relevance and have no map onto them")
 
     @abc.abstractmethod
     def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:

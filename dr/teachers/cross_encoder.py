@@ -65,6 +65,17 @@ class CrossEncoderTeacher(Teacher):
         bar.close()
         return out
 
+    maps_to_probability = True
+
+    def to_probability(self, scores: np.ndarray) -> np.ndarray:
+        """P(relevant): the sigmoid of a single-label model's logit (a binary relevance classifier,
+        as the MS MARCO cross-encoders, whose sentence-transformers activation is the sigmoid), the
+        exponential of a several-label model's log-probability of ``label``."""
+        model, _ = self._model()
+        s = np.asarray(scores, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-s)) if model.config.num_labels == 1 else np.exp(s)
+
     def forward(self, queries, passages) -> torch.Tensor:
         B, P = len(queries), len(passages)
         scores = self.score_pairs([q for q in queries for _ in range(P)], list(passages) * B)

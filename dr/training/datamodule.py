@@ -218,11 +218,11 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher-score files add %d positives not in the qrels", added)
         return teacher
 
-    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]]):
-        """The teacher's negatives join the candidates; ``teacher_pair_filter`` drops inverted pairs."""
+    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]], add: bool = True):
+        """The teacher's negatives join the candidates (unless not ``add``); ``teacher_pair_filter`` drops inverted pairs."""
         if self.teacher is None or self.hparams.compact:
             return negatives if self.teacher is None else WithTeacherNegatives(negatives, self.teacher, positives, self.row_of)
-        for qid, pairs in self.teacher.pairs.items():
+        for qid, pairs in self.teacher.pairs.items() if add else ():
             pos = set(positives.get(qid, []))
             have = negatives.setdefault(qid, [])
             seen = set(have)
@@ -235,8 +235,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive", pairs, candidates)
         return negatives
 
-    def _negatives_from_file(self, path: str, positives: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
-        """The file's negative candidates per query (known docids, never a positive) and its scores."""
+    def _negatives_from_file(self, path: str, positives: dict[str, list[str]], swap: bool = False) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+        """The file's negative candidates per query (known docids, never a positive) and its scores; with
+        ``teacher_from_negatives`` these are merged into the teacher's at set-up, replace them in a ``swap``."""
         if self.hparams.compact:
             return negatives_compact(path, positives, self.row_of, self._unknown)
         records: dict[str, NegativesRecord] = read_negatives(path)
@@ -250,27 +251,34 @@ class RetrievalDataModule(pl.LightningDataModule):
             negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
             file_scores[qid] = record_scores(record)
             if self.hparams.teacher_from_negatives and self.teacher is not None:
-                scores = self.teacher.scores[qid]
-                for docid, score in zip(record.positives, record.positive_scores):
-                    if score is not None:
-                        scores[docid] = float(score)
-                for docid, score in zip(record.negatives, record.negative_scores):
-                    if score is not None:
-                        scores[docid] = float(score)
+                scored = record_scores(record)
+                if swap and scored:
+                    # One normalisation per query list: a refreshed file's teacher scores are normalised over
+                    # its own list (the fusion teacher's min-max), so they replace the query's earlier ones.
+                    self.teacher.scores[qid] = scored
+                else:
+                    self.teacher.scores[qid].update(scored)
         return negatives, file_scores
 
-    def set_negatives(self, path: str, version: int) -> None:
+    def set_negatives(self, path: str, version: int, teacher_path: str | None = None) -> None:
         """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
 
-        Only the candidates change (and their teacher scores with ``teacher_from_negatives``);
+        Only the candidates change (and, with ``teacher_from_negatives``, each query's teacher scores,
+        replaced by the new file's: one normalisation per query list);
         the queries, positives and batch order stay, so the run stays reproducible given the
         versions' swap steps. Needs ``num_workers=0``: worker processes hold their own copies.
+        ``teacher_path``: the new pairs scored by the refresh teacher; they replace each query's
+        teacher scores and candidates (the teacher file's): KD lists full, one list per query.
         """
         if self.hparams.num_workers > 0:
             raise RuntimeError("negatives can only be swapped during training with data.num_workers=0")
         positives = self.train_dataset.positives
-        negatives, scores = self._negatives_from_file(path, positives)
-        negatives = self._add_teacher_negatives(negatives, positives)
+        negatives, scores = self._negatives_from_file(path, positives, swap=True)
+        if teacher_path and self.teacher is not None:
+            for qid, record in read_negatives(teacher_path).items():
+                if scored := record_scores(record):  # the new list's scores and pairs (TAS-Balanced's margins)
+                    self.teacher.scores[qid], self.teacher.pairs[qid] = scored, [(p, n) for p in record.positives for n in record.negatives]
+        negatives = self._add_teacher_negatives(negatives, positives, add=not teacher_path)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
         self.train_dataset.version = version
@@ -331,9 +339,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         return done - trainer.current_epoch * batches_per_epoch
 
     def collate_train(self, examples: list[dict]) -> dict:
-        """Passages are laid out as [positives of all queries, then every query's negatives].
+        """Passages are laid out as [positives of all queries, then every query's negatives], each
+        distinct passage once: a passage drawn by two queries of the batch (a shared negative, a
+        shared positive, one query's positive as another's negative) is encoded once and counts
+        once in every InfoNCE denominator (DPR Eq. 2 sums over the batch's passages; TAS's topic
+        batches make such repeats common).
 
-        ``target[i]`` is query i's positive (column i); ``neg_index[i, j]`` the column of its j-th
+        ``target[i]`` is the column of query i's positive (i when the batch's positives are
+        distinct); ``neg_index[i, j]`` the column of its j-th
         negative (-1 when it has fewer); ``exclude[i, j]`` marks passage j as a known positive
         of query i that is not its target, so the loss does not treat it as a negative (rebuilt across
         DDP ranks from the corpus rows ``passage_rows [P]`` and ``positive_rows [B, K]``, -1 padded). With a
@@ -342,15 +355,12 @@ class RetrievalDataModule(pl.LightningDataModule):
         """
         qids = [ex["qid"] for ex in examples]
         positives = [ex["positive"] for ex in examples]
-        negatives = [d for ex in examples for d in ex["negatives"]]
-        docids = positives + negatives
+        docids = list(dict.fromkeys(positives + [d for ex in examples for d in ex["negatives"]]))
+        column = {d: j for j, d in enumerate(docids)}
         width = max((len(ex["negatives"]) for ex in examples), default=0)
         neg_index = torch.full((len(examples), width), -1, dtype=torch.long)
-        col = len(examples)
         for i, ex in enumerate(examples):
-            n = len(ex["negatives"])
-            neg_index[i, :n] = torch.arange(col, col + n)
-            col += n
+            neg_index[i, : len(ex["negatives"])] = torch.tensor([column[d] for d in ex["negatives"]], dtype=torch.long)
         relevant = [set(self.train_dataset.positives[q]) for q in qids]
         exclude = torch.tensor([[d in rel for d in docids] for rel in relevant], dtype=torch.bool)
         batch = {
@@ -358,7 +368,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             "queries": [ex["query"] for ex in examples],
             "passages": [self.passage_text(d) for d in docids],
             "docids": docids,
-            "target": torch.arange(len(examples)),
+            "target": torch.tensor([column[p] for p in positives], dtype=torch.long),
             "neg_index": neg_index,
             "exclude": exclude,
             "passage_rows": torch.tensor([self.row_of[d] for d in docids], dtype=torch.long),
