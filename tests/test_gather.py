@@ -127,6 +127,7 @@ def _reference(tiny_bert: str, loss: str, chunk: int | None, dm, batches: list[d
     }
     if module.inbatch_teacher is not None:
         inputs["teacher_matrix"] = module.inbatch_teacher(queries, passages)
+    inputs = {k: v for k, v in inputs.items() if k in module.loss.input_fields()}  # the fields the loss declares
     out = module.loss(torch.cat(qs), torch.cat(ds_), **inputs)
     value = out["loss"] if isinstance(out, dict) else out
     value.backward()
