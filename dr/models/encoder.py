@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dr.data.io import naming, tree_stamps, usual_modes, write_json
+from dr.models.checkpoint import checkpoint_weights, cut_texts, loader_classmethod
 
 Pooling = Literal["cls", "mean"]
 Similarity = Literal["dot", "cos"]
@@ -136,7 +137,7 @@ class BiEncoder(nn.Module):
         self.set_cpu_linear()  # fp32 products on CPU through oneDNN (DR_CPU_LINEAR=aten: PyTorch's own)
 
     # ------------------------------------------------------------------ construction
-    @classmethod
+    @loader_classmethod  # a classmethod whose errors about model files name them (dr.models.checkpoint)
     def from_pretrained(
         cls,
         name_or_path: str,
@@ -195,7 +196,7 @@ class BiEncoder(nn.Module):
             passage_max_length=passage_max_length,
         )
 
-    @classmethod
+    @loader_classmethod
     def load(cls, model: str, overrides: dict | None = None, device: str | None = None) -> "BiEncoder":
         """An encoder in eval mode from a hub name, a saved/exported folder, or a ``dr-train`` checkpoint.
 
@@ -216,9 +217,7 @@ class BiEncoder(nn.Module):
             encoder_cfg.pop("_target_", None)
             encoder_cfg.update(overrides)
             encoder = cls.from_pretrained(**encoder_cfg)
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-            prefix = "encoder."
-            encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            encoder.load_state_dict(checkpoint_weights(path, prefix="encoder."))  # weights_only: a pickle runs no code
         else:
             encoder = cls.from_pretrained(model, **overrides)
         if device is None:
@@ -328,7 +327,7 @@ class BiEncoder(nn.Module):
         """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""
         if max_length is None:
             max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return self.tokenizer(cut_texts(texts, max_length), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
     def _embed(self, model: PreTrainedModel, batch: dict, buckets: int = 1) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -381,7 +380,7 @@ class BiEncoder(nn.Module):
         Texts are tokenised once, sorted by length and batched, so each batch pads to its own
         longest member instead of the global maximum.
         """
-        texts = list(texts)
+        texts = cut_texts(texts, self.query_max_length if kind == "query" else self.passage_max_length)  # before tokenising
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         device = torch.device(device) if device is not None else next(self.parameters()).device
