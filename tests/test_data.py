@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 
+from dr.config import ConfigError
 from dr.data import (
     BUNDLED,
     bundled,
@@ -245,9 +246,9 @@ def test_irds_sources(tmp_path, monkeypatch):
 
 def test_irds_without_ir_datasets(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ir_datasets", None)
-    with pytest.raises(ImportError, match="ir_datasets"):
+    with pytest.raises(ConfigError, match=r"ir_datasets.*pip install 'dr\[irds\]'"):
         read_queries("irds:msmarco-passage/dev/small")
-    with pytest.raises(ImportError, match="ir_datasets"):
+    with pytest.raises(ConfigError, match=r"ir_datasets.*pip install 'dr\[irds\]'"):
         read_corpus("irds:msmarco-passage", cache_dir=str(tmp_path / "cache"))
 
 
