@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dr.data.limits import cut_texts
 from dr.data.io import atomic_write
 from dr.models.encoder import BiEncoder, pool, resolve_model_name
 
@@ -406,7 +407,7 @@ class OnnxEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         session = self.query_session if kind == "query" or self.shared else self.passage_session
         max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        encoded = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+        encoded = self.tokenizer(cut_texts(texts, max_length), truncation=True, max_length=max_length, padding=False)
         lengths = np.array([len(ids) for ids in encoded["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
