@@ -272,13 +272,14 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-#: Settings of the model a command loads (dr-train's ``encoder`` group, the commands' overrides), and ``overwrite``.
 def _paths(v: Any) -> str | None:
     items = [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple, ListConfig)) else None
     flat = [x for i in items or [] for x in ([i] if isinstance(i, str) else list(i) if isinstance(i, (list, ListConfig)) else [None])]
     return None if items and all(isinstance(x, str) and x for x in flat) else "expected a path or a list of paths"
 
 
+#: Settings of what a command is given: the model it loads (dr-train's ``encoder`` group, the
+#: commands' overrides), seeds, significance tests, input lists, ``overwrite``.
 INPUT_RULES = {
     "overwrite": boolean,
     "seed": lambda v: None if _is_int(v) and 0 <= v < 2**32 else "expected an integer in [0, 2^32)",
@@ -315,7 +316,6 @@ def check_inputs(cfg: DictConfig) -> None:
         expected = check_resume_checkpoint(str(ckpt_path))
         if expected:
             raise ConfigError(f"ckpt_path={ckpt_path}: {expected}")
-
 
 
 def _running_primary_config() -> tuple[str, str] | None:

@@ -474,3 +474,22 @@ def test_the_corpus_cache_keeps_one_table_per_corpus_under_drs_cache(tiny_bert, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     tables = list((tmp_path / "cache" / "datasets" / "generator").iterdir())
     assert len(tables) == 1, tables
+
+
+def test_a_real_dr_train_checkpoint_loads_with_weights_only(cfg_train, scifact_slice, tmp_path):
+    """What dr-train writes holds only tensors and plain values: the safe loader takes it as it is."""
+    import torch
+
+    from dr.models import BiEncoder
+    from dr.retrieval.index import DenseIndex
+    from dr.training import train
+
+    run = tmp_path / "trained"
+    train(cfg_train("test.enabled=false", "export.enabled=false", out=run, max_steps=2))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = dr("encode", f"model={ckpt}", f"corpus={scifact_slice['corpus']}", f"output={tmp_path / 'index'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(DenseIndex.load(tmp_path / "index", use_gpu=False)) == sum(1 for _ in open(scifact_slice["corpus"]))
+    trained = BiEncoder.load(str(ckpt), device="cpu").state_dict()
+    exported = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(trained[k[len("encoder."):]], v) for k, v in exported.items() if k.startswith("encoder."))

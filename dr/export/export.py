@@ -83,7 +83,8 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
     is assembled in a temporary sibling and renamed into place, so a crash or a failed write
     (an ``OSError`` naming ``out_dir``) never leaves a half-exported model. An existing export at
     ``out_dir`` (a folder with ``dr_config.json``) is replaced; anything else there is refused with
-    a :class:`ConfigError` unless ``overwrite`` (:func:`check_export_target`). Files and folders get the modes the umask gives ordinary ones.
+    a :class:`ConfigError` unless ``overwrite`` (:func:`check_export_target`). Files and folders
+    get the modes the umask gives ordinary ones.
     ``card`` is the ``README.md`` (default: :func:`dr.export.model_card.model_card` of the
     encoder alone; a run passes its config and metrics).
     """

@@ -114,8 +114,10 @@ def model_load_errors(function: Callable) -> Callable:
         except (DataError, ConfigError, FileNotFoundError, torch.OutOfMemoryError, MemoryError):
             raise
         except json.JSONDecodeError as e:
-            raise DataError(_json_file(e, name), None, f"expected JSON, got invalid JSON ({e.msg}, line {e.lineno})") from None
+            raise DataError(name, None, f"expected a model folder whose JSON files read, got invalid JSON ({e.msg}, line {e.lineno})") from None
         except (OSError, ValueError, RuntimeError, EOFError) as e:
+            if isinstance(e, RuntimeError) and "CUDA" in str(e):  # the device, not the files
+                raise
             raise DataError(name, None, _explain(e)) from None
         except Exception as e:
             if type(e).__name__ == "SafetensorError":  # safetensors' own class, not importable under a stable name
@@ -129,20 +131,17 @@ def model_load_errors(function: Callable) -> Callable:
 def check_model_folder(name: str) -> None:
     """A folder given as a model must hold one: ``config.json`` (or our two towers' folders)."""
     path = Path(name).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and not (path / "query" / "config.json").is_file():
+    if not path.is_dir():
+        return
+    if not (path / "config.json").is_file() and not (path / "query" / "config.json").is_file():
         raise DataError(path, None, "expected a model folder with config.json and weights (a saved, exported or Hugging Face "
                         "model), got a folder without config.json")
-
-
-def _json_file(error: json.JSONDecodeError, name: str) -> str:
-    """The JSON file of a decoding error when the traceback shows which one we were reading."""
-    tb = error.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, Path) and value.suffix == ".json":
-                return str(value)
-        tb = tb.tb_next
-    return f"{name} (one of its JSON files)"
+    for file in ("dr_config.json", "modules.json", "config.json"):  # the files dr reads itself, and the model's config
+        if (path / file).is_file():
+            try:
+                json.loads((path / file).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise DataError(path / file, None, f"expected JSON, got a damaged file ({_first_line(e)})") from None
 
 
 def _explain(e: BaseException) -> str:
@@ -180,6 +179,7 @@ def check_hub_reachable(name: str) -> None:
                         "pass a local model folder, or a hub id once online")
 
 
+@functools.lru_cache(maxsize=None)
 def _hub_reachable(timeout: float = 3.0) -> bool:
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
