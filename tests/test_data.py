@@ -173,12 +173,12 @@ def test_read_jsonl_corpus_and_passage_texts(tmp_path, name):
 
 
 def test_corpus_cache_follows_file_changes(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "default-cache")
+    monkeypatch.setenv("DR_CACHE_DIR", str(tmp_path / "dr-cache"))
     path = write(tmp_path / "c.tsv", "d1\tone\n")
-    assert read_corpus(path)["text"][:] == ["one"]  # cache_dir=None: the datasets default cache
+    assert read_corpus(path)["text"][:] == ["one"]  # cache_dir=None: dr's cache, $DR_CACHE_DIR/datasets
     write(path, "d1\tone\nd2\ttwo\n")
     assert read_corpus(path)["text"][:] == ["one", "two"]
-    assert (tmp_path / "default-cache").is_dir()
+    assert len(list((tmp_path / "dr-cache" / "datasets" / "generator").iterdir())) == 1  # the old version's table went
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import numpy as np
 
 from dr.config import ConfigError
 from dr.data.io import DataError, atomic_write, numbered_lines
-from dr.retrieval.index_record import begin_save, check_save_record, write_save_record
+from dr.retrieval.index_record import check_save_record, write_save_record
 from dr.retrieval.gpu import TorchFlatSearch, faiss_to_gpus, search_backend
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,6 @@ class DenseIndex:
         out = Path(out_dir)
         data = faiss.serialize_index(self.index).tobytes()
         docid_text = "".join(f"{docid}\n" for docid in self.docids).encode("utf-8")
-        begin_save(out)  # from here until the record is written again, the folder is not a complete save
         with atomic_write(out / INDEX_FILE, "wb") as index_file:
             index_file.write(data)
             index_file.flush()  # the index is on disk (a full disk shows here) before the docids are committed

@@ -4,9 +4,10 @@
 other; a crash between the two renames would pair new docids with old vectors, and counts alone
 do not show it when both saves hold as many passages. So each save ends by writing
 ``index.json``: the sha256 of both files as written. Loading checks both (one more read of the
-index file, from the page cache just after FAISS read it). A save starts by marking the record
-as under way, so a folder whose save did not finish says so when loaded. A folder from before
-this record (no ``index.json``) is loaded with the count check only.
+index file, from the page cache just after FAISS read it). A save stopped between the renames
+leaves the previous record, which matches neither mix; a save that failed before renaming
+anything leaves the previous index, record and all, as it was. A folder from before this record
+(no ``index.json``) is loaded with the count check only.
 """
 
 from __future__ import annotations
@@ -19,11 +20,6 @@ from pathlib import Path
 from dr.data.io import DataError, write_json
 
 SAVE_FILE = "index.json"
-
-
-def begin_save(out: Path) -> None:
-    """Mark ``out`` as being saved (until :func:`write_save_record`)."""
-    write_json(out / SAVE_FILE, {"format": 1, "saving": True})
 
 
 def write_save_record(out: Path, index_bytes: bytes, docid_bytes: bytes, ntotal: int) -> None:
@@ -49,9 +45,6 @@ def check_save_record(index_dir: str | os.PathLike, num_docids: int) -> None:
         return  # a folder written before the record existed
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("saving"):
-            raise DataError(index_dir, None, "holds an index whose save did not finish (the process was stopped while "
-                            "writing it); build the index again (dr-encode)")
         expected = (record["index_sha256"], record["docid_sha256"])
     except DataError:
         raise
