@@ -102,14 +102,14 @@ def reexec_with_jemalloc(command: str) -> None:
     finds no library. ``DR_MALLOC=jemalloc`` without a library exits with a one-line error."""
     mode = os.environ.get("DR_MALLOC", "auto").strip().lower() or "auto"
     if mode not in MODES:
-        sys.exit(f"{command}: error: DR_MALLOC={mode!r}: expected one of {', '.join(MODES)}")
+        _exit_2(f"{command}: error: DR_MALLOC={mode!r}: expected one of {', '.join(MODES)}")
     if mode == "system" or os.environ.get(_REEXEC_MARK) or not sys.platform.startswith("linux") or active() == "jemalloc":
         return
     library = find_jemalloc()
     if library is None:
         if mode == "jemalloc":
-            sys.exit(f"{command}: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its path, "
-                     "or install Debian's libjemalloc2)")
+            _exit_2(f"{command}: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its path, "
+                    "or install Debian's libjemalloc2)")
         return
     env = jemalloc_environ(library)
     env[_REEXEC_MARK] = "1"
@@ -117,3 +117,9 @@ def reexec_with_jemalloc(command: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
+
+
+def _exit_2(message: str) -> None:
+    """Print a user error's one line and exit with status 2, as every dr command does (``sys.exit(message)`` gives 1)."""
+    print(message, file=sys.stderr)
+    sys.exit(2)

@@ -384,4 +384,64 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         check_teacher_threshold(cfg, "refresh.miner", "refresh.teacher")
     check_teacher_threshold(cfg, "miner", "teacher")
     _check_training(cfg)
+    check_inputs(cfg)
     return cfg
+
+
+def _paths(v: Any) -> str | None:
+    items = [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple, ListConfig)) else None
+    flat = [x for i in items or [] for x in ([i] if isinstance(i, str) else list(i) if isinstance(i, (list, ListConfig)) else [None])]
+    return None if items and all(isinstance(x, str) and x for x in flat) else "expected a path or a list of paths"
+
+
+#: Settings of what a command is given: the model it loads (dr-train's ``encoder`` group, the
+#: commands' overrides), seeds, significance tests, input lists, ``overwrite``.
+INPUT_RULES = {
+    "overwrite": boolean,
+    "seed": lambda v: None if _is_int(v) and 0 <= v < 2**32 else "expected an integer in [0, 2^32)",
+    "permutations": positive_int,
+    "alpha": lambda v: None if _is_number(v) and 0 < v < 1 else "expected a significance level in (0, 1)",
+    "beir": _paths,
+    "run_files": _paths,
+    "encoder.pooling": one_of("cls", "mean"),
+    "encoder.similarity": one_of("dot", "cos"),
+    "encoder.normalize": boolean,
+    "encoder.shared": boolean,
+    "encoder.query_max_length": positive_int,
+    "encoder.passage_max_length": positive_int,
+}
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Checks of what a command is given, before any model loads: the encoder's settings, a
+    ``ckpt_path`` that is a local, complete checkpoint (:mod:`dr.models.checkpoint`)."""
+    from dr.data.config_checks import check_cluster_model, check_index_trainable, check_targets
+    from dr.models.checkpoint import check_resume_checkpoint
+
+    primary = _running_primary_config()
+    if primary is not None:  # a console script: its primary config file gives the types of its settings
+        from dr.data.config_types import check_types, primary_defaults
+
+        check_types(cfg, primary_defaults(*primary))
+    _check(cfg, INPUT_RULES)
+    check_targets(cfg)
+    check_cluster_model(cfg)
+    check_index_trainable(cfg)
+    ckpt_path = _get(cfg, "ckpt_path")
+    if ckpt_path not in (None, _ABSENT):
+        expected = check_resume_checkpoint(str(ckpt_path))
+        if expected:
+            raise ConfigError(f"ckpt_path={ckpt_path}: {expected}")
+
+
+def _running_primary_config() -> tuple[str, str] | None:
+    """``(config folder, primary config name)`` of the Hydra app running now (None outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    for source in hydra_cfg.runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            return str(source.path), hydra_cfg.job.config_name
+    return None

@@ -30,6 +30,7 @@ import hydra
 import numpy as np
 from tqdm.auto import tqdm
 
+from dr.config import ConfigError
 from dr.data.io import atomic_write
 from dr.data.negatives import NegativesRecord
 from dr.retrieval.index import DenseIndex
@@ -223,7 +224,7 @@ def resolve_score_scale(value, student: float) -> float:
     if value is None or value == "auto":
         return float(student)
     if not float(value) > 0:
-        raise ValueError(f"score_scale must be 'auto' or > 0, got {value!r}")
+        raise ConfigError(f"score_scale={value}: expected auto or a positive number")
     return float(value)
 
 

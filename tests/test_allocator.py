@@ -58,18 +58,18 @@ def test_dr_malloc_system_keeps_the_system_allocator():
 
 def test_asking_for_jemalloc_without_a_library_is_a_one_line_error(tmp_path):
     done = probe(DR_MALLOC="jemalloc", DR_JEMALLOC=str(tmp_path / "none.so"))
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("probe: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its "
                                    "path, or install Debian's libjemalloc2)")
     done = probe(DR_MALLOC="tcmalloc")
-    assert done.returncode == 1 and "expected one of auto, jemalloc, system" in done.stderr
+    assert done.returncode == 2 and "expected one of auto, jemalloc, system" in done.stderr
 
 
 def test_the_console_scripts_choose_the_allocator_first(tmp_path):
     """dr-train itself goes through the allocator choice (the bad setting fails before Hydra runs)."""
     done = subprocess.run([str(BIN / "dr-train"), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=clean_env(DR_MALLOC="jemalloc", DR_JEMALLOC=str(tmp_path / "none.so")))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip().startswith("dr-train: error: DR_MALLOC=jemalloc: no jemalloc library found")
 
 

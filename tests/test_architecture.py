@@ -174,3 +174,54 @@ def test_no_target_strings_are_compared_in_the_package():
                                 "losses." in const.value or "miners." in const.value):
                             offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def _calls(predicate) -> list[tuple[str, str, ast.Call]]:
+    """``(file, enclosing function, call)`` for every call in the package that ``predicate`` accepts."""
+    found = []
+    for pkg in ("dr", "losses", "miners"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+                for node in ast.walk(function):
+                    if isinstance(node, ast.Call) and predicate(node):
+                        found.append((str(path.relative_to(ROOT)), function.name, node))
+    return found
+
+
+def _is_call_of(node: ast.Call, owner: str, name: str) -> bool:
+    f = node.func
+    return isinstance(f, ast.Attribute) and f.attr == name and isinstance(f.value, ast.Name) and f.value.id == owner
+
+
+def test_checkpoints_are_never_unpickled_with_code():
+    """``torch.load`` only with ``weights_only=True``: a pickle may run any code while it loads
+    (issue 25: a crafted ``.ckpt`` given as ``model=`` ran code)."""
+    loads = _calls(lambda n: _is_call_of(n, "torch", "load"))
+    assert loads, "expected the checkpoint loader's torch.load"
+    for file, function, call in loads:
+        flags = [k.value for k in call.keywords if k.arg == "weights_only"]
+        assert len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is True, \
+            f"{file}: {function} calls torch.load without weights_only=True"
+    unsafe = _calls(lambda n: any(k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
+                                  for k in n.keywords))
+    assert not unsafe, [f"{f}: {fn}" for f, fn, _ in unsafe]
+
+
+#: Every ``shutil.rmtree`` in the package, by file and function, with what it removes: only folders
+#: dr itself created. A new call fails this test until it is reviewed and listed here (issue 25:
+#: dr-export removed whatever folder ``output=`` named).
+RMTREE_SITES = {
+    ("dr/export/export.py", "export"): "the export's temporary folder (mkdtemp), after a failure",
+    ("dr/export/export.py", "_swap_into_place"): "the side folder (mkdtemp) holding the replaced previous dr export",
+    ("dr/refresh/store.py", "clean_refresh_dir"): "orphan .tmp-* and v<N> folders of the run's own refresh store",
+    ("dr/refresh/store.py", "stage_version"): "the store's own .tmp-v<N>-<pid> and v<N> folders",
+    ("dr/refresh/store.py", "mark_failed"): "the snapshot the store staged in v<N>/",
+    ("dr/refresh/job.py", "run_job"): "the snapshot the store staged in v<N>/",
+    ("dr/data/corpus_cache.py", "forget_old_versions"): "the Arrow table of a corpus's previous version, in dr's own corpus cache",
+}
+
+
+def test_rmtree_only_removes_folders_dr_created():
+    sites = {(file, function) for file, function, _ in _calls(lambda n: _is_call_of(n, "shutil", "rmtree"))}
+    assert sites == set(RMTREE_SITES), f"unreviewed: {sorted(sites - set(RMTREE_SITES))}, gone: {sorted(set(RMTREE_SITES) - sites)}"

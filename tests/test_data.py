@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 
+from dr.config import ConfigError
 from dr.data import (
     BUNDLED,
     bundled,
@@ -172,12 +173,12 @@ def test_read_jsonl_corpus_and_passage_texts(tmp_path, name):
 
 
 def test_corpus_cache_follows_file_changes(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "default-cache")
+    monkeypatch.setenv("DR_CACHE_DIR", str(tmp_path / "dr-cache"))
     path = write(tmp_path / "c.tsv", "d1\tone\n")
-    assert read_corpus(path)["text"][:] == ["one"]  # cache_dir=None: the datasets default cache
+    assert read_corpus(path)["text"][:] == ["one"]  # cache_dir=None: dr's cache, $DR_CACHE_DIR/datasets
     write(path, "d1\tone\nd2\ttwo\n")
     assert read_corpus(path)["text"][:] == ["one", "two"]
-    assert (tmp_path / "default-cache").is_dir()
+    assert len(list((tmp_path / "dr-cache" / "datasets" / "generator").iterdir())) == 1  # the old version's table went
 
 
 @pytest.mark.parametrize(
@@ -245,9 +246,9 @@ def test_irds_sources(tmp_path, monkeypatch):
 
 def test_irds_without_ir_datasets(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ir_datasets", None)
-    with pytest.raises(ImportError, match="ir_datasets"):
+    with pytest.raises(ConfigError, match=r"ir_datasets.*pip install 'dr\[irds\]'"):
         read_queries("irds:msmarco-passage/dev/small")
-    with pytest.raises(ImportError, match="ir_datasets"):
+    with pytest.raises(ConfigError, match=r"ir_datasets.*pip install 'dr\[irds\]'"):
         read_corpus("irds:msmarco-passage", cache_dir=str(tmp_path / "cache"))
 
 

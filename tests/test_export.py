@@ -10,6 +10,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
+from dr.config import ConfigError
 from dr.models.encoder import DR_CONFIG, BiEncoder
 from dr.export.export import export, read_dr_config
 from dr.retrieval.index import DenseIndex
@@ -119,6 +120,9 @@ def test_export_replaces_an_existing_folder(tiny_bert, tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    with pytest.raises(ConfigError, match="not a dr export"):  # only a previous export is replaced without overwrite
+        export(enc, out)
+    (out / "dr_config.json").write_text("{}")
     export(enc, out)
     assert not (out / "stale.txt").exists()
     assert (out / "modules.json").is_file()

@@ -141,6 +141,7 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
             except Exception as e:
                 # Here, not after Hydra: a job that raises gets Hydra's "Error executing job" line.
                 _exit_on_user_error(name, e)
+                e._dr_task_error = True  # not an override error of Hydra's (see main)
                 raise
 
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)
@@ -154,6 +155,12 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
         if "--debug" in sys.argv[1:]:
             sys.argv.remove("--debug")
             os.environ[FULL_ERROR] = "1"
+        overwrite = "--overwrite" in sys.argv[1:]
+        if overwrite:
+            sys.argv.remove("--overwrite")
+        from dr.cli.run_folder import check_run_folder
+
+        check_run_folder(name, sys.argv[1:], overwrite)  # before Hydra writes .hydra/ and the log into it
         _users_full_error = os.environ.get(FULL_ERROR)
         try:
             with _environ(FULL_ERROR, "1"):
@@ -161,6 +168,11 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
         except KeyboardInterrupt:
             sys.exit(130)
         except Exception as e:  # Hydra's override and composition errors
+            if type(e) is ValueError and not getattr(e, "_dr_task_error", False):
+                # Hydra's own check of an override (encoder=5 where encoder is a config group)
+                from dr.config import ConfigError
+
+                e = ConfigError(f"{one_line(e)} (an override of the command line)")
             _exit_on_user_error(name, e)
             raise
 

@@ -24,7 +24,8 @@ def run(cfg: DictConfig, out: Path) -> list[dict]:
     if cfg.permutations < 1:
         raise ConfigError(f"permutations={cfg.permutations}: expected a positive number of sign flips (10000 or more)")
     names = list(cfg.names) if cfg.get("names") else None
-    result = compare_runs(groups, read_qrels(cfg.qrels), list(cfg.measures), names, cfg.permutations, cfg.seed)
+    result = compare_runs(groups, read_qrels(cfg.qrels), list(cfg.measures), names, cfg.permutations, cfg.seed,
+                          on_missing=cfg.get("on_missing", "warn"))
     table = markdown_table(result, cfg.alpha)
     header = f"qrels: {resolve_path(cfg.qrels)}"
     with atomic_write(out / "compare.md") as f:

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Iterator
 import datasets
 import pyarrow.compute as pc
 
+from dr.config import ConfigError
+from dr.data.corpus_cache import corpus_cache_dir, forget_old_versions
 from dr.data.io import DataError, numbered_lines, parse_json
 
 IRDS_PREFIX = "irds:"
@@ -100,8 +102,9 @@ def _irds(spec: str) -> Any:
     """Load the ir_datasets dataset named by ``irds:<id>``."""
     try:
         import ir_datasets
-    except ImportError as e:
-        raise ImportError(f"{spec!r} needs the optional package ir_datasets (pip install ir_datasets)") from e
+    except ImportError:
+        raise ConfigError(f"{spec}: needs the optional package ir_datasets, which is not installed: "
+                          "pip install 'dr[irds]' (or pip install ir_datasets)") from None
     return ir_datasets.load(spec[len(IRDS_PREFIX) :])
 
 
@@ -189,8 +192,9 @@ def read_corpus(path: str | os.PathLike, cache_dir: str | None = None) -> datase
 
     ``path`` is a TSV (``docid<TAB>text``, title ``""``) or BEIR JSONL (``{"_id", "title", "text"}``)
     file, optionally gzipped, a bundled name such as ``scifact:corpus``, or ``irds:<id>``. The
-    Arrow table is written to ``cache_dir`` (the datasets default cache when ``None``) and memory
-    mapped; it is rebuilt when the file's size or modification time changes. Malformed lines and
+    Arrow table is written to ``cache_dir`` (dr's cache when ``None``: :mod:`dr.data.corpus_cache`)
+    and memory mapped; it is rebuilt when the file's size or modification time changes, and the
+    table of the corpus's previous version is then deleted. Malformed lines and
     duplicate docids raise :class:`DataError`.
     """
     path = resolve_path(path)
@@ -200,6 +204,7 @@ def read_corpus(path: str | os.PathLike, cache_dir: str | None = None) -> datase
             raise FileNotFoundError(f"{path}: no such file")
         if next(_passages(path), None) is None:  # datasets cannot build an empty split
             raise DataError(path, None, "expected at least one passage, got none")
+    cache_dir = corpus_cache_dir(cache_dir)
     try:
         corpus = datasets.Dataset.from_generator(
             _generate_corpus,
@@ -209,13 +214,14 @@ def read_corpus(path: str | os.PathLike, cache_dir: str | None = None) -> datase
         )
     except Exception as e:  # datasets wraps generator errors in DatasetGenerationError
         cause: BaseException | None = e
-        while cause is not None and not isinstance(cause, (DataError, ImportError)):
+        while cause is not None and not isinstance(cause, (DataError, ConfigError, ImportError)):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
         raise cause from None
     if len(pc.unique(corpus.data.column("docid"))) != len(corpus):
         _find_duplicate_docid(path)
+    forget_old_versions(cache_dir, path if path.startswith(IRDS_PREFIX) else str(Path(path).resolve()), corpus.cache_files)
     return corpus
 
 

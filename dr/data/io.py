@@ -16,6 +16,8 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from dr.data.limits import max_line_bytes
+
 
 class DataError(ValueError):
     """Bad input: the message names the file, the line and what was expected."""
@@ -51,9 +53,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     On any exception the temporary file is removed and ``path`` is left untouched. A write that
     fails (a full disk, no permission) raises an ``OSError`` naming ``path`` (not the temporary
     file). The file gets the mode the umask gives an ordinary new file. ``.gz`` targets are
-    gzip-compressed transparently. ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
+    gzip-compressed transparently. ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes). A symbolic
+    link at ``path`` is refused (:func:`refuse_symlink`): replacing it would surprise whoever made it.
     """
     path = Path(path)
+    refuse_symlink(path)
     tmp, in_block = None, False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             # Ours (making the folder or file, a write, the rename), not another file the block used.
             raise naming(e, path) from e
         raise
+
+
+def refuse_symlink(path: str | os.PathLike) -> None:
+    """Raise :class:`DataError` when ``path`` is a symbolic link: dr writes only its own files and
+    never through a link (which could point at anything the user may write)."""
+    if os.path.islink(path):
+        raise DataError(path, None, f"is a symbolic link (to {os.readlink(path)}); expected a regular file or no file "
+                        "where dr writes (it does not write through links): remove the link or choose another path")
+
+
+def open_nofollow(path: str | os.PathLike, mode: str = "r+b") -> IO[bytes]:
+    """Open (creating when absent) the binary file ``path`` for reading and writing without
+    following a symbolic link (``O_NOFOLLOW``): a link there raises :class:`DataError`."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if os.path.islink(path):
+            refuse_symlink(path)
+        raise naming(e, path) from e
+    return os.fdopen(fd, mode)
 
 
 def naming(error: OSError, path: str | os.PathLike) -> OSError:
@@ -130,19 +155,25 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 def numbered_lines(path: str | os.PathLike) -> Iterator[Iterator[tuple[int, str]]]:
     """``(1-based line number, line)`` of a UTF-8 text file, transparently decompressing ``.gz``.
 
-    Lines are decoded one at a time, so a line that is not UTF-8 raises a :class:`DataError`
+    A line longer than :func:`dr.data.limits.max_line_bytes` raises a :class:`DataError` once that
+    many bytes of it are read. Lines are decoded one at a time, so a line that is not UTF-8 raises a :class:`DataError`
     naming that very line (text-mode reading would fail somewhere in an 8 KB block instead); a
     damaged ``.gz`` raises one naming the file.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    limit = max_line_bytes()
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
     def lines() -> Iterator[tuple[int, str]]:
         line_no = 0
         try:
-            for line_no, data in enumerate(raw, 1):
+            while data := raw.readline(limit + 1):  # at most limit + 1 bytes of a line in memory
+                line_no += 1
+                if len(data) > limit and not (len(data) == limit + 1 and data.endswith(b"\n")):
+                    raise DataError(path, line_no, f"expected lines of at most {limit} bytes, got a longer one (a damaged "
+                                    "or wrong file? DR_MAX_LINE_BYTES raises the limit)")
                 try:
                     yield line_no, data.decode("utf-8")
                 except UnicodeDecodeError as e:

@@ -13,6 +13,7 @@ written atomically; readers validate every line and name the file and line on er
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -127,6 +128,9 @@ def _id(path, line_no: int, value, what: str) -> str:
 
 
 def _score(path, line_no: int, value, what: str) -> float | None:
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
         return value
+    if isinstance(value, float):  # NaN or Infinity, which Python's JSON reader accepts
+        raise DataError(path, line_no, f"expected the {what} to be a finite number or null (null marks a score that is "
+                        f"not known, as the format allows), got {value!r}")
     raise DataError(path, line_no, f"expected the {what} to be a number or null, got {value!r}")

@@ -132,6 +132,7 @@ class Comparison:
     rows: list[dict] = field(default_factory=list)
     permutations: int = 10_000
     seed: int = 0
+    missing: int = 0  # judged queries that some run answers and another does not (left out of the comparison)
 
     def to_json(self) -> list[dict]:
         """Rows with NaN as null (strict JSON)."""
@@ -145,8 +146,12 @@ def compare_runs(
     names: Sequence[str] | None = None,
     permutations: int = 10_000,
     seed: int = 0,
+    on_missing: str = "warn",
 ) -> Comparison:
-    """Compare each group of run files with the first group (the baseline); see the module docstring."""
+    """Compare each group of run files with the first group (the baseline); see the module docstring.
+
+    Judged queries that not every run answers are left out with a warning (``on_missing="warn"``;
+    the table's header counts them) or refused (``"error"``), naming a run that lacks one."""
     names = list(names) if names else [system_name(g) for g in groups]
     if len(names) != len(groups):
         raise ConfigError(f"names={names}: expected one name per system ({len(groups)})")
@@ -155,6 +160,11 @@ def compare_runs(
     tables = [[per_query(read_run(f), qrels, measures) for f in files] for files in groups]
     common = set.intersection(*(set(t) for group in tables for t in group))
     every = set.union(*(set(t) for group in tables for t in group))
+    if every - common and on_missing == "error":
+        lacking = next(f for group, t_group in zip(groups, tables) for f, t in zip(group, t_group) if every - set(t))
+        example = sorted(every - common)[0]
+        raise ConfigError(f"on_missing=error: {len(every - common)} of {len(every)} judged queries are not answered by every "
+                          f"run (e.g. query {example}; {lacking} lacks some); expected the same query set in every run")
     if every - common:
         log.warning("%d judged queries are missing from some runs; comparing on the %d that all runs answer",
                     len(every - common), len(common))
@@ -165,7 +175,8 @@ def compare_runs(
         m: np.array([[np.mean([t[q][m] for t in group]) for q in qids] for group in tables], np.float64)
         for m in measures
     }
-    result = Comparison(names, [list(g) for g in groups], list(measures), qids, values, permutations=permutations, seed=seed)
+    result = Comparison(names, [list(g) for g in groups], list(measures), qids, values, permutations=permutations, seed=seed,
+                        missing=len(every - common))
     for m in measures:
         base = values[m][0]
         rows = []
@@ -195,7 +206,8 @@ def markdown_table(result: Comparison, alpha: float = 0.05) -> str:
 
     seeds = [len(f) for f in result.files]
     lines = [
-        f"Baseline: {result.systems[0]}. {len(result.qids)} queries (judged, answered by every run). "
+        f"Baseline: {result.systems[0]}. {len(result.qids)} queries (judged, answered by every run"
+        + (f"; {result.missing} judged queries that not every run answers are left out" if result.missing else "") + "). "
         f"Paired two-sided tests: t-test, and randomization with {result.permutations:,} sign flips (seed {result.seed}; "
         f"its smallest p is 1/{result.permutations + 1:,}); "
         f"Holm over the {len(result.systems) - 1} other system(s) per measure, on the randomization p; "

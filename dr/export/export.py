@@ -75,20 +75,22 @@ FORMATS = ("torch", "onnx", "onnx-int8")
 
 
 def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None, format: str = "torch",
-           card: str | None = None) -> Path:
+           card: str | None = None, overwrite: bool = False) -> Path:
     """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
 
     ``format`` is ``torch`` (the weights and the sentence-transformers files), ``onnx`` (also
     ``onnx/model.onnx`` in each tower's folder) or ``onnx-int8`` (also the int8 file). The folder
     is assembled in a temporary sibling and renamed into place, so a crash or a failed write
-    (an ``OSError`` naming ``out_dir``) never leaves a half-exported model; an existing export at
-    ``out_dir`` is replaced. Files and folders get the modes the umask gives ordinary ones.
+    (an ``OSError`` naming ``out_dir``) never leaves a half-exported model. An existing export at
+    ``out_dir`` (a folder with ``dr_config.json``) is replaced; anything else there is refused with
+    a :class:`ConfigError` unless ``overwrite`` (:func:`check_export_target`). Files and folders
+    get the modes the umask gives ordinary ones.
     ``card`` is the ``README.md`` (default: :func:`dr.export.model_card.model_card` of the
     encoder alone; a run passes its config and metrics).
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
-    out = Path(out_dir)
+    out = check_export_target(out_dir, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -107,6 +109,7 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
             index.save(tmp / "index")
         (tmp / "README.md").write_text(card if card is not None else model_card(encoder), encoding="utf-8")
         usual_modes(tmp)  # mkdtemp makes the folder 0700: others of the group could not load the model
+        check_export_target(out, overwrite)  # again: something may have appeared there meanwhile
         _swap_into_place(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,21 +120,43 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
     return out
 
 
+def check_export_target(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The absolute folder to export to, when ``out_dir`` may be written: absent, or a previous
+    export (it has ``dr_config.json``), or anything with ``overwrite``. A symbolic link is never
+    written through. Raises :class:`ConfigError` naming ``output=`` otherwise."""
+    given = Path(out_dir).expanduser()
+    if given.is_symlink():
+        raise ConfigError(f"output={out_dir}: is a symbolic link; expected a folder path (dr does not write through links)")
+    out = given.resolve()  # output=. or a path ending in .. has no name of its own to rename
+    if out.parent == out:
+        raise ConfigError(f"output={out_dir}: expected a folder below the file system's root")
+    if out.exists() and not overwrite and not (out.is_dir() and (out / DR_CONFIG).is_file()):
+        what = "a folder that is not a dr export (no dr_config.json)" if out.is_dir() else "a file"
+        raise ConfigError(f"output={out_dir}: {out} is {what}; expected a new folder or a previous export "
+                          "(pass overwrite=true to replace it)")
+    return out
+
+
 def _swap_into_place(new: Path, out: Path) -> None:
-    """Rename the folder ``new`` to ``out``; an existing ``out`` is moved aside first and deleted
-    only once ``new`` is in place (put back if that fails), so ``out`` is always a complete export."""
+    """Rename the folder ``new`` to ``out``; an existing ``out`` is moved aside first, into a side
+    folder we create, and deleted with it only once ``new`` is in place (put back if that
+    fails), so ``out`` is always a complete export and the side folder never stays behind."""
     if not out.exists():
         os.replace(new, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-    os.replace(out, old / out.name)
+    side = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    try:
+        os.replace(out, side / out.name)
+    except BaseException:
+        side.rmdir()
+        raise
     try:
         os.replace(new, out)
     except BaseException:
-        os.replace(old / out.name, out)
-        shutil.rmtree(old, ignore_errors=True)
+        os.replace(side / out.name, out)  # should this fail too, the previous export stays in the side folder
+        side.rmdir()
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(side, ignore_errors=True)  # made above; holds only the export replaced
 
 
 def read_dr_config(path: str | os.PathLike) -> dict:

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from dr.export.portable import portable_config
 from dr.models.encoder import PACKAGED_MINILM_ALIASES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -95,8 +96,11 @@ def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
 
 
 def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, float] | None = None, name: str = "dr dense retriever") -> str:
-    """The README.md of an exported model (see the module docstring)."""
+    """The README.md of an exported model (see the module docstring). Absolute paths of the
+    config are left out (:func:`dr.export.portable.portable_config`): the card may be published."""
     import dr
+
+    config = portable_config(config)
 
     base = _base_model(config)
     data = (config or {}).get("data") or {}

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dr.data.limits import cut_texts
+
 Kind = Literal["query", "passage"]
 Pooling = Literal["cls", "mean"]
 Similarity = Literal["dot", "cos"]
@@ -107,7 +109,9 @@ class Encoder(abc.ABC):
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length(kind), padding=False)
+        # cut to a few times the maximum length in characters first (dr.data.limits): a 10 MB line is not tokenised whole
+        encoded = self.tokenizer(cut_texts(texts, self.max_length(kind)), truncation=True, max_length=self.max_length(kind),
+                                 padding=False)
         lengths = np.array([len(ids) for ids in encoded["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

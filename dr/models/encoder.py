@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dr.data.limits import cut_texts
 from dr.models.base import Encoder, Kind, Pooling, Similarity, autocast_context, pool
 from dr.models.levers import SpeedLevers
 from dr.models.persistence import DR_CONFIG, PACKAGED_MINILM_ALIASES, Persistence, resolve_model_name
@@ -89,7 +90,8 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""
         if max_length is None:
             max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return self.tokenizer(cut_texts(texts, max_length), padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
 
     def _embed(self, model: PreTrainedModel, batch: dict, buckets: int = 1) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -15,6 +15,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from dr.data.io import naming, tree_stamps, usual_modes, write_json
 from dr.models.base import Pooling, Similarity
+from dr.models.checkpoint import checkpoint_weights, loader_classmethod
 
 DR_CONFIG = "dr_config.json"
 PACKAGED_MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "packaged:minilm"}
@@ -65,7 +66,7 @@ def _sentence_transformers_pooling(path: Path) -> tuple[str | None, bool | None]
 class Persistence:
     """Loading and saving, mixed into :class:`~dr.models.BiEncoder`."""
 
-    @classmethod
+    @loader_classmethod  # a classmethod whose errors about model files name them (dr.models.checkpoint)
     def from_pretrained(
         cls,
         name_or_path: str,
@@ -124,7 +125,7 @@ class Persistence:
             passage_max_length=passage_max_length,
         )
 
-    @classmethod
+    @loader_classmethod
     def load(cls, model: str, overrides: dict | None = None, device: str | None = None) -> "Persistence":
         """An encoder in eval mode from a hub name, a saved/exported folder, or a ``dr-train`` checkpoint.
 
@@ -145,9 +146,7 @@ class Persistence:
             encoder_cfg.pop("_target_", None)
             encoder_cfg.update(overrides)
             encoder = cls.from_pretrained(**encoder_cfg)
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-            prefix = "encoder."
-            encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            encoder.load_state_dict(checkpoint_weights(path, prefix="encoder."))  # weights_only: a pickle runs no code
         else:
             encoder = cls.from_pretrained(model, **overrides)
         if device is None:

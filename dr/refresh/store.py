@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from dr.data.io import write_json
+from dr.data.io import DataError, atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def teacher_file(vdir: str | os.PathLike) -> str | None:
 def mark_failed(root: str | os.PathLike, version: int, error: str) -> None:
     """Record a failed version (its snapshot goes; ``FAILED`` holds the error)."""
     vdir = version_dir(root, version)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, DataError):  # a marker that cannot be written (or a link there) leaves no snapshot either
         shutil.rmtree(vdir / SNAPSHOT, ignore_errors=True)
         if vdir.is_dir():
-            (vdir / FAILED).write_text(error)
+            with atomic_write(vdir / FAILED) as f:
+                f.write(error)

@@ -19,7 +19,9 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from dr.config import ConfigError
 from dr.data.io import DataError, atomic_write, numbered_lines
+from dr.retrieval.index_record import check_save_record, write_save_record
 from dr.retrieval.gpu import TorchFlatSearch, faiss_to_gpus, search_backend
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int
     if kind == "hnsw":
         per_vector = dim if hnsw_storage == "sq8" else 4 * dim
         return int(n * (per_vector + 2 * hnsw_m * 4 * (1 + 1 / hnsw_m)))
-    raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(INDEX_KINDS[1:])}")
+    raise ConfigError(f"index_kind={kind}: expected one of {', '.join(INDEX_KINDS[1:])}")
 
 
 def choose_index(n: int, dim: int, memory_budget_gb: float, on_gpu: bool = False, hnsw_m: int = 32,
@@ -83,7 +85,7 @@ def choose_index(n: int, dim: int, memory_budget_gb: float, on_gpu: bool = False
     fitting = [m for m in PQ_BYTES if dim % m == 0 and index_bytes("ivfpq", n, dim, nlist, pq_m=m) <= budget]
     if not fitting:
         need = index_bytes("ivfpq", n, dim, nlist, pq_m=min(m for m in PQ_BYTES if dim % m == 0) if any(dim % m == 0 for m in PQ_BYTES) else 1)
-        raise ValueError(f"no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
+        raise ConfigError(f"index_memory_gb={memory_budget_gb}: no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
                          f"{need / 2**20:.1f} MiB); raise index_memory_gb")
     return "ivfpq", {"pq_m": fitting[0]}
 
@@ -97,15 +99,16 @@ def _build_cpu_index(dim: int, kind: str, n: int, nlist: int | None, hnsw_m: int
         if kind == "ivf":
             return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         if dim % pq_m:
-            raise ValueError(f"IVF-PQ needs pq_m dividing the dimension {dim}, got pq_m={pq_m}")
+            raise ConfigError(f"index_params.pq_m={pq_m}: IVF-PQ needs pq_m dividing the dimension {dim}")
         if n < 256:
-            raise ValueError(f"IVF-PQ needs at least 256 vectors to train its 8-bit codebooks, got {n}; use index_kind=flat")
+            raise ConfigError(f"index_kind=ivfpq: IVF-PQ needs at least 256 vectors to train its 8-bit codebooks, got {n}; "
+                              "use index_kind=flat")
         return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
         if hnsw_storage == "sq8":
             return faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         return faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+    raise ConfigError(f"index_kind={kind}: expected one of {', '.join(INDEX_KINDS)}")
 
 
 def _as_chunks(embeddings) -> list[np.ndarray]:
@@ -253,13 +256,15 @@ class DenseIndex:
         write (an ``OSError`` naming the file) leaves the previous index and docids as they were.
         """
         out = Path(out_dir)
+        data = faiss.serialize_index(self.index).tobytes()
+        docid_text = "".join(f"{docid}\n" for docid in self.docids).encode("utf-8")
         with atomic_write(out / INDEX_FILE, "wb") as index_file:
-            index_file.write(faiss.serialize_index(self.index).tobytes())
+            index_file.write(data)
             index_file.flush()  # the index is on disk (a full disk shows here) before the docids are committed
             os.fsync(index_file.fileno())
-            with atomic_write(out / DOCID_FILE) as f:
-                for docid in self.docids:
-                    f.write(f"{docid}\n")
+            with atomic_write(out / DOCID_FILE, "wb") as f:
+                f.write(docid_text)
+        write_save_record(out, data, docid_text, self.index.ntotal)
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike, use_gpu: bool | None = None) -> "DenseIndex":
@@ -285,6 +290,7 @@ class DenseIndex:
                 None,
                 f"{len(docids)} docids but the index holds {index.ntotal} vectors; the folder is inconsistent",
             )
+        check_save_record(index_dir, len(docids))
         loaded = cls(index, docids)
         if use_gpu is None:
             use_gpu = gpu_available() and loaded.kind != "hnsw"

@@ -58,7 +58,7 @@ class ShardedEmbeddings:
         path = self.folder / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; expected a folder written by encode_sharded")
-        manifest = json.loads(path.read_text())
+        manifest = read_manifest(path)
         if manifest.get("format") != FORMAT:
             raise DataError(path, None, f"expected format {FORMAT!r}, got {manifest.get('format')!r}")
         self.manifest = manifest
@@ -131,15 +131,25 @@ def encode_sharded(encoder, corpus, folder: str | os.PathLike, shard_size: int =
     return ShardedEmbeddings(folder)
 
 
+def read_manifest(path: Path) -> dict:
+    """The shard manifest ``path``; a :class:`DataError` naming it when it is damaged."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and isinstance(manifest.get("shards", []), list) \
+                and all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in manifest.get("shards", [])):
+            return manifest
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise DataError(path, None, "expected the shard manifest dr-encode writes (JSON with format and shards), got a damaged "
+                    "file; it is safe to delete the folder (or this file and its shard-*.npy): the passages are then encoded again")
+
+
 def _resume(folder: Path, depends: dict) -> dict:
     """The manifest to continue from: the one in ``folder`` if it was written for ``depends``
     and its shard files are all there, else a fresh one (stale shards deleted)."""
     path = folder / MANIFEST
     if path.is_file():
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            manifest = {}
+        manifest = read_manifest(path)
         if manifest.get("format") == FORMAT and manifest.get("depends") == depends and \
                 all((folder / s["file"]).is_file() for s in manifest.get("shards", [])):
             return manifest

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dr.config import ConfigError
+from dr.data.io import DataError
 from dr.sampling.random import QueryBatchSampler
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,13 @@ class TASBatchSampler(QueryBatchSampler):
         restricted = [np.array([index_of[q] for q in members if q in index_of], dtype=np.int64) for members in clusters]
         self.clusters = [c for c in restricted if len(c)]
         if not self.clusters:
-            raise ValueError("no training query is in any cluster: is the cluster file for these training queries?")
+            raise ConfigError("data.batch_sampler.clusters: no training query is in any cluster; expected a cluster file "
+                              "(dr-cluster) made for these training queries")
         clustered = sum(len(c) for c in self.clusters)
         if clustered < len(qids):
             log.warning("%d of %d training queries are in no cluster and are never drawn by the TAS sampler", len(qids) - clustered, len(qids))
         if clusters_per_batch < 1:
-            raise ValueError(f"clusters_per_batch must be >= 1, got {clusters_per_batch}")
+            raise ConfigError(f"data.batch_sampler.clusters_per_batch={clusters_per_batch}: expected a positive integer")
         self.clusters_per_batch = clusters_per_batch
         super().__init__(clustered, batch_size, seed, drop_last=True, rank=rank, world_size=world_size)
 
@@ -121,13 +124,14 @@ def tas_batch_sampler(
 
     if clusters is None:
         if not (model and queries and output_dir):
-            raise ValueError("TAS needs clusters=<file from dr-cluster>, or model, queries and output_dir to make them")
+            raise ConfigError(f"data.batch_sampler.clusters=null, data.batch_sampler.model={model}: TAS needs clusters=<file from "
+                              "dr-cluster>, or a model, queries and output_dir to make them")
         from dr.data import read_queries
 
         texts = read_queries(queries)
         missing = [q for q in qids if q not in texts]
         if missing:
-            raise ValueError(f"{queries}: {len(missing)} training queries have no text, e.g. {missing[0]!r}")
+            raise DataError(queries, None, f"{len(missing)} training queries have no text, e.g. {missing[0]!r}")
         k = num_clusters or default_num_clusters(len(qids), batch_size * world_size, queries_per_cluster)
         path = Path(output_dir) / "clusters.txt"
 

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from dr.data.io import DataError, atomic_write, naming, numbered_lines, write_json
+from dr.data.io import DataError, atomic_write, naming, numbered_lines, open_nofollow, write_json
 from dr.data.negatives import read_negatives, write_negatives
 from dr.data.teacher_scores import format_teacher_line, read_teacher_scores
 
@@ -116,14 +116,14 @@ def score_to_file(
     output.parent.mkdir(parents=True, exist_ok=True)
     done, size, lines = 0, 0, 0
     if progress_file.is_file() and partial.is_file():
-        state = json.loads(progress_file.read_text())
+        state = _read_progress(progress_file)
         if state.get("fingerprint") == fingerprint and partial.stat().st_size >= state["bytes"]:
             done, size, lines = state["queries_done"], state["bytes"], state["lines"]
             log.info("resuming %s: %d of %d queries already scored (%d lines)", output, done, len(groups), lines)
         else:
             log.warning("%s: inputs or teacher changed since the interrupted run; starting again", progress_file)
     try:
-        with open(partial, "a+b") as f:
+        with open_nofollow(partial) as f:
             f.truncate(size)  # drops whatever was written after the last recorded chunk
             f.seek(size)
             bar = tqdm(total=len(groups), initial=done, desc="score", unit="query", disable=not show_progress, mininterval=2)
@@ -157,6 +157,18 @@ def score_to_file(
         os.replace(partial, output)
     progress_file.unlink(missing_ok=True)
     return lines
+
+
+def _read_progress(progress_file: Path) -> dict:
+    """The progress record of an interrupted ``dr-score``; a :class:`DataError` naming it when damaged."""
+    try:
+        state = json.loads(progress_file.read_text(encoding="utf-8"))
+        if isinstance(state, dict) and all(isinstance(state.get(k), int) for k in ("queries_done", "bytes", "lines")):
+            return state
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise DataError(progress_file, None, "expected dr-score's progress record (JSON with queries_done, bytes, lines), "
+                    "got a damaged file; it is safe to delete it (with the .partial file next to it): scoring then starts again")
 
 
 def annotate_negatives(negatives_path: str, teacher_path: str | os.PathLike, output: str | os.PathLike) -> None:

@@ -24,6 +24,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from dr.config import ConfigError
+from dr.data.io import DataError
 from dr.data import (
     NegativesRecord, TeacherScores, check_ids, drop_teacher_inversions, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
     read_queries, read_teacher_scores, resolve_path, write_negatives,
@@ -131,8 +133,8 @@ class RetrievalDataModule(pl.LightningDataModule):
                 log.info("%d of %d training queries have fewer than %d teacher pairs and are left out", len(qids) - len(kept), len(qids), hp.min_teacher_pairs)
             qids = kept
         if not qids:
-            raise ValueError(
-                f"{hp.train_qrels}: no training query has a judged positive in the corpus"
+            raise DataError(
+                hp.train_qrels, None, "no training query has a judged positive in the corpus"
                 + (f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}" if hp.teacher_scores and hp.min_teacher_pairs else "")
             )
 
@@ -152,7 +154,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             qids = [q for q in qids if q not in held_out]
 
         if getattr(self.pair_sampler, "uses_scores", False) and hp.teacher_from_negatives:
-            raise ValueError(
+            raise ConfigError(
                 f"data.pair_sampler={type(self.pair_sampler).__name__} samples by the retriever's scores in the negatives "
                 "file, but data.teacher_from_negatives=true says they are teacher scores: use data.teacher_scores=FILE instead"
             )
@@ -311,8 +313,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             sampler = self.batch_sampler_factory(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
         self._resolve_score_scale()
         if len(sampler) == 0:
-            raise ValueError(
-                f"{len(self.train_dataset)} training queries cannot fill one batch of {self.hparams.batch_size} x {world_size} ranks"
+            raise ConfigError(
+                f"data.batch_size={self.hparams.batch_size}: {len(self.train_dataset)} training queries cannot fill one batch of "
+                f"{self.hparams.batch_size} x {world_size} ranks"
             )
         return ResumableDataLoader(
             self.train_dataset,

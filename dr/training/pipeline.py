@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dr import allocator
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries, write_run
+from dr.data.io import atomic_write
 from dr.plots import plot_training_curves
 from dr.evaluation import evaluate_run, format_table, write_metrics
 from dr.export import export
@@ -174,7 +175,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     out = run_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with atomic_write(out / "config.yaml") as f:  # never through a link, never half-written
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
     table: dict[str, dict[str, float]] = {}
