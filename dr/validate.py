@@ -115,6 +115,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.max_steps": steps_or_unlimited,
     "trainer.max_epochs": steps_or_unlimited,
     "trainer.val_check_interval": positive_number,
+    "trainer.early_stopping": positive_int,
+    "export.checkpoint": one_of("best", "last"),
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,
@@ -298,4 +300,36 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     if _enabled(cfg, "refresh"):
         _check(cfg, REFRESH_RULES)
     _check_training(cfg)
+    _check_best_checkpoint(cfg)
     return cfg
+
+
+def has_validation(cfg: DictConfig) -> bool:
+    """True when dr-train holds out validation queries (a dev split or ``data.val_fraction > 0``)."""
+    data = cfg.data
+    return bool(data.get("val_queries") and data.get("val_qrels")) or float(data.get("val_fraction") or 0) > 0
+
+
+def monitor_of(cfg: DictConfig) -> str | None:
+    """The validation key the best checkpoint watches (``callbacks.best_checkpoint.monitor``), or None."""
+    node = OmegaConf.select(cfg, "callbacks.best_checkpoint", default=None)
+    return None if node is None else node.get("monitor")
+
+
+def _check_best_checkpoint(cfg: DictConfig) -> None:
+    """The best checkpoint watches a measure the module validates on; early stopping has one to watch."""
+    if _get(cfg, "module.val_measures") in (_ABSENT, None):
+        return  # not dr-train's config
+    monitor = monitor_of(cfg)
+    if monitor is not None:
+        measures = [f"val/{m}" for m in cfg.module.val_measures]
+        if monitor not in measures:
+            raise ConfigError(f"callbacks.best_checkpoint.monitor={monitor}: expected one of the validation measures "
+                              f"{', '.join(measures)} (module.val_measures)")
+    patience = _get(cfg, "trainer.early_stopping")
+    if patience in (_ABSENT, None):
+        return
+    if monitor is None:
+        raise ConfigError(f"trainer.early_stopping={patience}: expected callbacks.best_checkpoint with a monitor to watch")
+    if not has_validation(cfg):
+        raise ConfigError(f"trainer.early_stopping={patience}: expected validation queries (data.val_fraction > 0 or data.val_queries)")

@@ -123,7 +123,9 @@ def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, flo
                 f"Loss `{loss}`, {trainer.get('max_steps')} steps of {data.get('batch_size')} queries, "
                 f"learning rate {optimizer.get('lr')}, seed {config.get('seed')}. The resolved configuration of the run:", "",
                 "<details><summary>config.yaml</summary>", "", "```yaml", yaml.safe_dump(dict(config), sort_keys=False).strip(), "```", "",
-                "</details>", "", "## Data", ""]
+                "</details>", ""]
+        out += [line for line in (_weights_sentence(config, metrics or {}),) if line]
+        out += ["## Data", ""]
         out += [f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus `{data.get('corpus')}`"]
         if test.get("enabled"):
             out += [f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"]
@@ -196,3 +198,16 @@ def _loss_citations(node: Any) -> list[str]:
     except Exception:  # a config from another version of dr: cite what can be found
         return []
     return list(cls.config_citations(node)) if hasattr(cls, "config_citations") else []
+
+
+def _weights_sentence(config: Mapping, metrics: Mapping[str, float]) -> str | None:
+    """Which weights the run exported (``export.checkpoint``; :mod:`dr.training.best_checkpoint`), or None."""
+    if "train/checkpoint_step" not in metrics:
+        return None
+    step, total = int(metrics["train/checkpoint_step"]), int(metrics.get("train/global_step", metrics["train/checkpoint_step"]))
+    if metrics.get("train/checkpoint_best"):
+        monitor = ((config.get("callbacks") or {}).get("best_checkpoint") or {}).get("monitor", "the validation measure")
+        return (f"The weights are those of the best validation, step {step} of {total} ({monitor} "
+                f"{_fmt(float(metrics.get('train/best_score', math.nan)))}; `export.checkpoint=best`).\n")
+    return f"The weights are those of the last step, {step} of {total} (`export.checkpoint=last`, or no validation queries).\n"
+

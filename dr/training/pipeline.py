@@ -32,6 +32,7 @@ from dr.evaluation.benchmarks import SPLIT_MEASURES, split_metrics
 from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.miners.candidates import resolve_score_scale, student_score_scale
+from dr.training.best_checkpoint import drop_best_without_validation, trainer_arguments, use_checkpoint
 from dr.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -211,14 +212,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if test is not None and cfg.test.before:
         evaluate("zero_shot", lambda: test.dense_cached(module.encoder, cfg.test.get("cache_dir")))
 
-    callbacks = _instantiate_list(cfg.get("callbacks"))
+    callbacks = drop_best_without_validation(cfg, _instantiate_list(cfg.get("callbacks")))
+    trainer_cfg, stopping = trainer_arguments(cfg)  # trainer.early_stopping -> an EarlyStopping callback
+    callbacks += stopping
     refresh = None
     if cfg.get("refresh") is not None and cfg.refresh.get("enabled", False):
         # Index refresh (dr/refresh/): re-mined negatives swapped in during training.
         refresh = hydra.utils.instantiate(cfg.refresh, score_scale=resolve_score_scale(cfg.refresh.get("score_scale"), score_scale))
         callbacks.append(refresh)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
+        trainer_cfg,
         callbacks=callbacks,
         logger=_instantiate_list(cfg.get("logger")) or False,
         default_root_dir=str(out),
@@ -238,6 +241,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for name, value in trainer.callback_metrics.items():
         if name.startswith("val/"):
             metrics[name] = float(value)
+    metrics.update(use_checkpoint(module, trainer, callbacks, cfg.export.get("checkpoint", "best")))
 
     if trainer.is_global_zero:
         if test is not None and cfg.test.after:
