@@ -32,6 +32,7 @@ from dr.evaluation.benchmarks import SPLIT_MEASURES, split_metrics
 from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.miners.candidates import resolve_score_scale, student_score_scale
+from dr.training.loggers import allow_file_store, log_config, log_results
 from dr.training.best_checkpoint import drop_best_without_validation, trainer_arguments, use_checkpoint
 from dr.validate import validate_config
 
@@ -220,12 +221,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Index refresh (dr/refresh/): re-mined negatives swapped in during training.
         refresh = hydra.utils.instantiate(cfg.refresh, score_scale=resolve_score_scale(cfg.refresh.get("score_scale"), score_scale))
         callbacks.append(refresh)
+    allow_file_store(cfg)  # logger=mlflow's file: store under MLflow 3
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg,
         callbacks=callbacks,
         logger=_instantiate_list(cfg.get("logger")) or False,
         default_root_dir=str(out),
     )
+    log_config(trainer.loggers, cfg, out / "config.yaml")
     t0 = time.perf_counter()
     with _StagePeak(metrics, "train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -261,6 +264,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(timings)
         metrics["memory/peak_rss_mib"] = peak_rss_mib()
         write_metrics(metrics, out / "metrics.json")
+        log_results(trainer.loggers, metrics, step=trainer.global_step)
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
         print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
