@@ -86,6 +86,12 @@ def measures(v: Any) -> str | None:
     return None
 
 
+def _positive_ints(v: Any, empty: bool = False) -> str | None:
+    if isinstance(v, (list, ListConfig)) and (v or empty) and all(_is_int(m) and m > 0 for m in v):
+        return None
+    return "expected a list of positive integers" if empty else "expected a non-empty list of positive integers"
+
+
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
 #: key -> check (returns what was expected, or None when the value is fine). Keys absent from a
@@ -117,6 +123,10 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.val_check_interval": positive_number,
     "trainer.early_stopping": positive_int,
     "export.checkpoint": one_of("best", "last"),
+    "export.truncate_dim": positive_int,
+    "truncate_dim": positive_int,
+    "loss.dims": lambda v: _positive_ints(v),
+    "test.truncate_dims": lambda v: _positive_ints(v, empty=True),
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,
