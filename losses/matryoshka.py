@@ -105,8 +105,21 @@ class MatryoshkaLoss(Loss):
     def param_groups(self) -> list[dict]:
         return self.loss.param_groups()
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, **fields: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The weighted sum over ``dims``; the batch's fields go to the inner loss as they came."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        d: torch.Tensor,
+        target: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+        neg_index: torch.Tensor | None = None,
+        teacher_pos: torch.Tensor | None = None,
+        teacher_neg: torch.Tensor | None = None,
+        teacher_matrix: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The weighted sum over ``dims``; the batch's fields (those the inner loss declares) go to it as they came."""
+        given = {"target": target, "exclude": exclude, "neg_index": neg_index, "teacher_pos": teacher_pos,
+                 "teacher_neg": teacher_neg, "teacher_matrix": teacher_matrix}
+        fields = {k: v for k, v in given.items() if v is not None}
         width = q.shape[-1]
         if max(self.dims) > width:
             raise ValueError(f"loss.dims={self.dims}: every dim must be at most the embedding dimension {width}")
