@@ -24,7 +24,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dr.config import ConfigError
 from dr.data.checks import ON_MISSING
-from dr.losses.base import TEACHER_SCORE_FIELDS, Loss
 from dr.miners.base import Miner
 from dr.models.onnx import BACKENDS
 from dr.evaluation.evaluate import PRESETS, parse_measures
@@ -87,6 +86,12 @@ def measures(v: Any) -> str | None:
     return None
 
 
+def _positive_ints(v: Any, empty: bool = False) -> str | None:
+    if isinstance(v, (list, ListConfig)) and (v or empty) and all(_is_int(m) and m > 0 for m in v):
+        return None
+    return "expected a list of positive integers" if empty else "expected a non-empty list of positive integers"
+
+
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
 #: key -> check (returns what was expected, or None when the value is fine). Keys absent from a
@@ -116,6 +121,12 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.max_steps": steps_or_unlimited,
     "trainer.max_epochs": steps_or_unlimited,
     "trainer.val_check_interval": positive_number,
+    "trainer.early_stopping": positive_int,
+    "export.checkpoint": one_of("best", "last"),
+    "export.truncate_dim": positive_int,
+    "truncate_dim": positive_int,
+    "loss.dims": lambda v: _positive_ints(v),
+    "test.truncate_dims": lambda v: _positive_ints(v, empty=True),
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,
@@ -142,6 +153,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "index_memory_gb": positive_number,
     "shard_size": non_negative_int,
     "backend": one_of("auto", *BACKENDS),
+    "embedding_precision": one_of("float32", "int8", "binary"),
+    "rescore_precision": one_of("binary", "int8", "none"),
+    "rescore_multiplier": positive_int,
     "format": one_of(*FORMATS),
     "miner.num_negatives": non_negative_int,
     "threshold": lambda v: None if _is_number(v) and -1 <= v <= 1 else "expected a cosine similarity in [-1, 1]",
@@ -237,39 +251,9 @@ def _check_training(cfg: DictConfig) -> None:
                 "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false")
     check_compact(data)
     check_negatives_sources(cfg, data)
-    _check_loss_fields(cfg, data)
+    from dr.checks import check_loss_fields  # the loss contract against the data and module settings
 
-
-def loss_class(node: Any) -> type | None:
-    """The :class:`dr.losses.base.Loss` subclass a ``loss`` config builds (None: no such config)."""
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not target:
-        return None
-    try:
-        cls = get_class(str(target))
-    except Exception as e:  # Hydra wraps the import error
-        raise ConfigError(f"loss._target_={target}: expected a loss class of dr.losses ({type(e).__name__})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Loss)):
-        raise ConfigError(f"loss._target_={target}: expected a subclass of dr.losses.base.Loss")
-    return cls
-
-
-def _check_loss_fields(cfg: DictConfig, data: DictConfig) -> None:
-    """The batch fields the loss cannot do without (its contract, :meth:`Loss.config_fields`)
-    against what the data and module settings provide."""
-    node = _get(cfg, "loss")
-    cls = loss_class(node)
-    if cls is None:
-        return
-    needs = cls.config_fields(node)
-    name = cls.__name__
-    if needs & TEACHER_SCORE_FIELDS and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
-        raise ConfigError(f"loss={name}: expected teacher scores, set data.teacher_scores=FILE "
-                          "(dr-score output) or data.teacher_from_negatives=true with a scored negatives file")
-    teacher = _get(cfg, "module.inbatch_teacher")
-    if "teacher_matrix" in needs and teacher in (None, _ABSENT):
-        raise ConfigError(f"module.inbatch_teacher=null: expected an in-batch teacher for the in-batch term of loss={name}, "
-                          "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")
+    check_loss_fields(cfg, data)
 
 
 def _class_of(node: Any) -> type | None:
@@ -384,64 +368,9 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         check_teacher_threshold(cfg, "refresh.miner", "refresh.teacher")
     check_teacher_threshold(cfg, "miner", "teacher")
     _check_training(cfg)
+    from dr.checks import check_best_checkpoint, check_inputs  # they use this module's rules and helpers
+
     check_inputs(cfg)
+    check_best_checkpoint(cfg)
     return cfg
 
-
-def _paths(v: Any) -> str | None:
-    items = [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple, ListConfig)) else None
-    flat = [x for i in items or [] for x in ([i] if isinstance(i, str) else list(i) if isinstance(i, (list, ListConfig)) else [None])]
-    return None if items and all(isinstance(x, str) and x for x in flat) else "expected a path or a list of paths"
-
-
-#: Settings of what a command is given: the model it loads (dr-train's ``encoder`` group, the
-#: commands' overrides), seeds, significance tests, input lists, ``overwrite``.
-INPUT_RULES = {
-    "overwrite": boolean,
-    "seed": lambda v: None if _is_int(v) and 0 <= v < 2**32 else "expected an integer in [0, 2^32)",
-    "permutations": positive_int,
-    "alpha": lambda v: None if _is_number(v) and 0 < v < 1 else "expected a significance level in (0, 1)",
-    "beir": _paths,
-    "run_files": _paths,
-    "encoder.pooling": one_of("cls", "mean"),
-    "encoder.similarity": one_of("dot", "cos"),
-    "encoder.normalize": boolean,
-    "encoder.shared": boolean,
-    "encoder.query_max_length": positive_int,
-    "encoder.passage_max_length": positive_int,
-}
-
-
-def check_inputs(cfg: DictConfig) -> None:
-    """Checks of what a command is given, before any model loads: the encoder's settings, a
-    ``ckpt_path`` that is a local, complete checkpoint (:mod:`dr.models.checkpoint`)."""
-    from dr.data.config_checks import check_cluster_model, check_index_trainable, check_targets
-    from dr.models.checkpoint import check_resume_checkpoint
-
-    primary = _running_primary_config()
-    if primary is not None:  # a console script: its primary config file gives the types of its settings
-        from dr.data.config_types import check_types, primary_defaults
-
-        check_types(cfg, primary_defaults(*primary))
-    _check(cfg, INPUT_RULES)
-    check_targets(cfg)
-    check_cluster_model(cfg)
-    check_index_trainable(cfg)
-    ckpt_path = _get(cfg, "ckpt_path")
-    if ckpt_path not in (None, _ABSENT):
-        expected = check_resume_checkpoint(str(ckpt_path))
-        if expected:
-            raise ConfigError(f"ckpt_path={ckpt_path}: {expected}")
-
-
-def _running_primary_config() -> tuple[str, str] | None:
-    """``(config folder, primary config name)`` of the Hydra app running now (None outside one)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    for source in hydra_cfg.runtime.config_sources:
-        if source.provider == "main" and source.schema == "file":
-            return str(source.path), hydra_cfg.job.config_name
-    return None

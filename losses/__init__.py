@@ -4,6 +4,7 @@ from dr.losses.infonce import InfoNCELoss, info_nce
 from dr.losses.infonce_kd import InfoNCEKDLoss, candidate_kd
 from dr.losses.listwise_kl import InBatchKLLoss, listwise_kl
 from dr.losses.margin_mse import MarginMSELoss, margin_mse
+from dr.losses.matryoshka import MatryoshkaLoss
 from dr.losses.tas_b import DistillationLoss, InBatchMarginMSELoss, inbatch_margin_mse
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "InfoNCELoss",
     "candidate_kd",
     "MarginMSELoss",
+    "MatryoshkaLoss",
     "inbatch_margin_mse",
     "info_nce",
     "listwise_kl",

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     {"dr.data", "dr.config", "dr.miners", "dr.losses"},
     {"dr.models", "dr.plots"},
-    {"dr.retrieval", "dr.evaluation", "dr.export", "dr.miners.candidates", "dr.validate"},
+    {"dr.retrieval", "dr.evaluation", "dr.export", "dr.miners.candidates", "dr.validate", "dr.checks"},
     {"dr.sampling", "dr.teachers"},
     {"dr.training", "dr.refresh"},
     {"dr.pipeline"},

@@ -155,7 +155,9 @@ def test_the_trainer_config_writes_checkpoints_atomically(compose_config, tmp_pa
     import hydra
 
     cfg = compose_config("train", [f"paths.output_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.precision=32-true"])
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    from dr.training.best_checkpoint import trainer_arguments
+
+    trainer = hydra.utils.instantiate(trainer_arguments(cfg)[0], logger=False, enable_checkpointing=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 

@@ -237,6 +237,7 @@ def encoder_from_config(cfg, backend: str = "torch"):
         from dr.config import ConfigError
 
         raise ConfigError("model=null: expected a model (model=...): a hub name, a saved model folder or a .ckpt of a dr-train run")
+    _refuse_truncated_onnx(cfg.model, backend)
     if backend == "auto":
         return _auto_encoder(cfg)
     return load_encoder(cfg.model, cfg.get("encoder"), backend=backend, cache_dir=cfg.get("onnx_cache_dir"))
@@ -253,6 +254,8 @@ def _auto_encoder(cfg):
     from dr.models.auto_backend import choose_backend, default_cache_dir, describe, encoder_for
 
     encoder = BiEncoder.load(cfg.model, cfg.get("encoder"))
+    if encoder.truncate_dim is not None:  # a Matryoshka model cut to its first dims: ONNX has no truncation, torch it is
+        return encoder
     cache = cfg.get("cache_dir") or default_cache_dir()
     choice = choose_backend(encoder, cache)
     logging.getLogger("dr.cli").info(describe(choice))
@@ -260,3 +263,19 @@ def _auto_encoder(cfg):
     with open_dict(cfg):
         cfg.bf16 = bf16
     return chosen
+
+
+def _refuse_truncated_onnx(model: str, backend: str) -> None:
+    """An export with ``truncate_dim`` (a Matryoshka model cut to its first dims) runs on torch only:
+    the ONNX graph outputs the full pooled embedding (backend=auto keeps such a model on torch)."""
+    import json
+
+    from dr.config import ConfigError
+    from dr.models.encoder import DR_CONFIG
+
+    config = Path(model).expanduser() / DR_CONFIG
+    dim = json.loads(config.read_text()).get("truncate_dim") if backend not in ("torch", "auto") and config.is_file() else None
+    if dim:
+        raise ConfigError(f"backend={backend}: {model} embeds its first {dim} dims (truncate_dim in {DR_CONFIG}), "
+                          "which the ONNX graph does not do; expected backend=torch")
+

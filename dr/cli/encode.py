@@ -5,6 +5,10 @@ With ``shard_size=N`` the corpus is encoded N passages at a time into ``embeddin
 holds one shard, not the corpus. Run again with the same ``embeddings=DIR`` after a kill and it resumes
 at the first unfinished shard (:mod:`dr.retrieval.shards`). ``index_kind=auto`` fits the index into
 ``index_memory_gb`` (flat, else HNSW, else IVF-PQ; :func:`dr.retrieval.index.choose_index`).
+``embedding_precision=int8|binary`` stores quantised codes instead of float32 vectors
+(sentence-transformers' ``quantize_embeddings`` semantics, :mod:`dr.retrieval.quantized`): int8
+calibrated on the corpus's own per-dimension ranges, binary in a FAISS ``IndexBinaryFlat`` with
+``rescore_precision=binary|int8|none`` for dr-search's rescoring.
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from dr.cli import encoder_from_config, hydra_command
 from dr.data import read_corpus
 from dr.retrieval import DenseIndex, build_index
+from dr.retrieval.quantized import QuantizedIndex
 from dr.retrieval.shards import encode_sharded
+from dr.config import ConfigError
 
 
 def run(cfg: DictConfig, out: Path) -> DenseIndex:
     """Encode a corpus and save a FAISS index (the ``index`` file plus ``docid``)."""
+    if (cfg.get("embedding_precision") or "float32") != "float32" and cfg.index_kind != "flat":
+        raise ConfigError(f"embedding_precision={cfg.embedding_precision}, index_kind={cfg.index_kind}: expected index_kind=flat "
+                          "(the quantised index is exact over its codes)")
     encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
     corpus = read_corpus(cfg.corpus)
     params = OmegaConf.to_container(cfg.index_params) if cfg.get("index_params") else {}
@@ -34,6 +43,13 @@ def run(cfg: DictConfig, out: Path) -> DenseIndex:
     else:
         index = build_index(encoder, corpus, index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16, **index_args)
     target = Path(cfg.output) if cfg.get("output") else out / "index"
+    precision = cfg.get("embedding_precision") or "float32"
+    if precision != "float32":  # int8 / binary codes of the float vectors (dr.retrieval.quantized)
+        quantized = QuantizedIndex.from_dense(index, precision, rescore=cfg.get("rescore_precision") or "binary")
+        quantized.save(target)
+        print(f"indexed {len(quantized)} passages of {cfg.corpus} into {target} ({precision}, rescoring with "
+              f"{quantized.rescore}; {quantized.nbytes / 2**20:.1f} MiB of codes)")
+        return quantized
     index.save(target)
     print(f"indexed {len(index)} passages of {cfg.corpus} into {target} ({index.kind})")
     return index

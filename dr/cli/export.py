@@ -11,6 +11,7 @@ from dr.cli import encoder_from_config, hydra_command
 from dr.data import read_corpus
 from dr.export import export
 from dr.export.export import check_export_target
+from dr.export.export import truncated
 from dr.retrieval import build_index
 from dr.export.model_card import model_card, read_run_outputs
 
@@ -27,7 +28,7 @@ def run(cfg: DictConfig, out: Path) -> Path:
     """Export a trained model (folder or .ckpt) with the sentence-transformers layout, optionally indexed."""
     target = Path(cfg.output) if cfg.get("output") else out / "export"
     check_export_target(target, bool(cfg.get("overwrite", False)))  # before any model loads
-    encoder = encoder_from_config(cfg)
+    encoder = truncated(encoder_from_config(cfg), cfg.get("truncate_dim"))
     index = None
     if cfg.get("corpus"):
         index = build_index(encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16)

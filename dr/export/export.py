@@ -24,6 +24,7 @@ an index is built with. Queries longer than that are truncated by both.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -50,7 +51,7 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
     write_json(
         out / "1_Pooling" / "config.json",
         {
-            "word_embedding_dimension": encoder.dim,
+            "word_embedding_dimension": int(encoder.query_model.config.hidden_size),
             "pooling_mode_cls_token": encoder.pooling == "cls",
             "pooling_mode_mean_tokens": encoder.pooling == "mean",
             "pooling_mode_max_tokens": False,
@@ -61,21 +62,30 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
         },
     )
     write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
-    write_json(
-        out / "config_sentence_transformers.json",
-        {
-            "similarity_fn_name": "cosine" if encoder.similarity == "cos" else "dot",
-            "prompts": {},
-            "default_prompt_name": None,
-        },
-    )
+    st_config = {"similarity_fn_name": "cosine" if encoder.similarity == "cos" else "dot", "prompts": {}, "default_prompt_name": None}
+    if encoder.truncate_dim is not None:
+        st_config["truncate_dim"] = encoder.truncate_dim  # read by sentence-transformers >= 5 when loading
+    write_json(out / "config_sentence_transformers.json", st_config)
 
 
 FORMATS = ("torch", "onnx", "onnx-int8")
 
 
+def truncated(encoder: BiEncoder, dim: int | None) -> BiEncoder:
+    """``encoder`` embedding its first ``dim`` dimensions (re-normalised when it normalises): a shallow
+    copy sharing the weights; ``encoder`` itself when ``dim`` is None."""
+    if dim is None:
+        return encoder
+    hidden = int(encoder.query_model.config.hidden_size)
+    if not (isinstance(dim, int) and 0 < dim <= hidden):
+        raise ConfigError(f"truncate_dim={dim}: expected an integer in [1, {hidden}] (the model's dimension)")
+    cut = copy.copy(encoder)
+    cut.truncate_dim = None if dim == hidden else dim
+    return cut
+
+
 def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None, format: str = "torch",
-           card: str | None = None, overwrite: bool = False) -> Path:
+           card: str | None = None, overwrite: bool = False, truncate_dim: int | None = None) -> Path:
     """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
 
     ``format`` is ``torch`` (the weights and the sentence-transformers files), ``onnx`` (also
@@ -86,10 +96,18 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
     a :class:`ConfigError` unless ``overwrite`` (:func:`check_export_target`). Files and folders
     get the modes the umask gives ordinary ones.
     ``card`` is the ``README.md`` (default: :func:`dr.export.model_card.model_card` of the
-    encoder alone; a run passes its config and metrics).
+    encoder alone; a run passes its config and metrics). ``truncate_dim`` exports the first that many
+    dimensions, re-normalised when the encoder normalises (``dr_config.json`` and
+    sentence-transformers' ``truncate_dim``; a Matryoshka model); ``index`` must then hold vectors of
+    that dimension.
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
+    encoder = truncated(encoder, truncate_dim)
+    if encoder.truncate_dim is not None and format != "torch":
+        raise ConfigError(f"truncate_dim={encoder.truncate_dim}, format={format}: the ONNX graph has no truncation; expected format=torch")
+    if index is not None and index.index.d != encoder.dim:
+        raise ConfigError(f"the index holds {index.index.d}-d vectors but the exported encoder embeds {encoder.dim} dims")
     out = check_export_target(out_dir, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

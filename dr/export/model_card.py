@@ -35,6 +35,7 @@ _CITATIONS = {
     "split": "Zhan et al. Evaluating Interpolation and Extrapolation Performance of Neural Retrieval Models. CIKM 2022.",
     "beir": "Thakur et al. BEIR: A Heterogeneous Benchmark for Zero-shot Evaluation of Information Retrieval Models. NeurIPS 2021 Datasets and Benchmarks.",
     "scifact": "Wadden et al. Fact or Fiction: Verifying Scientific Claims. EMNLP 2020.",
+    "matryoshka": "Kusupati et al. Matryoshka Representation Learning. NeurIPS 2022.",
 }
 
 
@@ -127,7 +128,9 @@ def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, flo
                 f"Loss `{loss}`, {trainer.get('max_steps')} steps of {data.get('batch_size')} queries, "
                 f"learning rate {optimizer.get('lr')}, seed {config.get('seed')}. The resolved configuration of the run:", "",
                 "<details><summary>config.yaml</summary>", "", "```yaml", yaml.safe_dump(dict(config), sort_keys=False).strip(), "```", "",
-                "</details>", "", "## Data", ""]
+                "</details>", ""]
+        out += [line for line in (_weights_sentence(config, metrics or {}),) if line]
+        out += ["## Data", ""]
         out += [f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus `{data.get('corpus')}`"]
         if test.get("enabled"):
             out += [f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"]
@@ -147,6 +150,7 @@ def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, flo
             "print(queries @ passages.T)", "```", "",
             "FAISS (inner product; the embeddings are normalised, so it is cosine):", "", "```python", "import faiss", "",
             "index = faiss.IndexFlatIP(passages.shape[1])", "index.add(passages)", "scores, ids = index.search(queries, 10)", "```", ""]
+    out += _truncation_lines(settings, metrics or {})
     out += ["With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder corpus=...`.", "",
             "## Versions", "", f"- dr {dr.__version__}"]
     for package in ("torch", "transformers", "faiss", "sentence_transformers"):
@@ -183,6 +187,8 @@ def _citations(config: Mapping | None, metrics: Mapping | None) -> list[str]:
         keys.append("ance")
     if any("/interpolation/" in k for k in metrics or {}):
         keys.append("split")
+    if any(k.startswith("trained@") for k in metrics or {}) and "matryoshkaloss" not in text:  # the loss cites itself
+        keys.append("matryoshka")
     if "scifact" in text:
         keys += ["beir", "scifact"]
     cited = [_CITATIONS[k] for k in dict.fromkeys(keys)]
@@ -200,3 +206,31 @@ def _loss_citations(node: Any) -> list[str]:
     except Exception:  # a config from another version of dr: cite what can be found
         return []
     return list(cls.config_citations(node)) if hasattr(cls, "config_citations") else []
+
+
+def _weights_sentence(config: Mapping, metrics: Mapping[str, float]) -> str | None:
+    """Which weights the run exported (``export.checkpoint``; :mod:`dr.training.best_checkpoint`), or None."""
+    if "train/checkpoint_step" not in metrics:
+        return None
+    step, total = int(metrics["train/checkpoint_step"]), int(metrics.get("train/global_step", metrics["train/checkpoint_step"]))
+    if metrics.get("train/checkpoint_best"):
+        monitor = ((config.get("callbacks") or {}).get("best_checkpoint") or {}).get("monitor", "the validation measure")
+        return (f"The weights are those of the best validation, step {step} of {total} ({monitor} "
+                f"{_fmt(float(metrics.get('train/best_score', math.nan)))}; `export.checkpoint=best`).\n")
+    return f"The weights are those of the last step, {step} of {total} (`export.checkpoint=last`, or no validation queries).\n"
+
+
+def _truncation_lines(settings: Mapping, metrics: Mapping[str, float]) -> list[str]:
+    """Usage notes for a Matryoshka model: the exported truncation and the dims the run evaluated."""
+    dims = sorted({int(k.split("/")[0].split("@")[1]) for k in metrics if k.split("/")[0].startswith("trained@")}, reverse=True)
+    out = []
+    if settings.get("truncate_dim"):
+        out.append(f"Embeddings are cut to their first {settings['truncate_dim']} dimensions (`truncate_dim` in "
+                   "`config_sentence_transformers.json`, read by sentence-transformers >= 5; pass "
+                   f"`truncate_dim={settings['truncate_dim']}` to older versions) and re-normalised by `normalize_embeddings=True`.")
+    if dims:
+        out.append(f"Trained with Matryoshka representation learning or evaluated as such: the evaluation rows `trained@m` "
+                   f"use the first m dimensions ({', '.join(map(str, dims))}); "
+                   "`SentenceTransformer(path, truncate_dim=m)` gives those embeddings.")
+    return [*out, ""] if out else []
+

@@ -38,6 +38,9 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         normalize: L2-normalise embeddings (then ``dot`` equals cosine).
         similarity: ``"dot"`` or ``"cos"``; ``"cos"`` always normalises.
         query_max_length / passage_max_length: truncation lengths in tokens.
+        truncate_dim: keep the first ``truncate_dim`` components of each pooled embedding, then
+            normalise when ``normalize`` (a Matryoshka-trained model, Kusupati et al. 2022;
+            sentence-transformers' ``truncate_dim``). ``None`` keeps the full dimension.
 
     Loading and saving come from :class:`~dr.models.persistence.Persistence`
     (:meth:`from_pretrained`, :meth:`load`, :meth:`save_pretrained`), the training levers from
@@ -55,6 +58,7 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         similarity: Similarity = "dot",
         query_max_length: int = 32,
         passage_max_length: int = 256,
+        truncate_dim: int | None = None,
     ):
         super().__init__()
         if pooling not in ("cls", "mean"):
@@ -75,6 +79,10 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         self.similarity = similarity
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
+        hidden = int(query_model.config.hidden_size)
+        if truncate_dim is not None and not 0 < int(truncate_dim) <= hidden:
+            raise ValueError(f"truncate_dim must be in [1, {hidden}] (the model's hidden size), got {truncate_dim}")
+        self.truncate_dim = None if truncate_dim is None or int(truncate_dim) == hidden else int(truncate_dim)
         self.set_cpu_linear()  # fp32 products on CPU through oneDNN (DR_CPU_LINEAR=aten: PyTorch's own)
 
     @property
@@ -83,7 +91,12 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(self.query_model.config.hidden_size)
+        """The embedding dimension: ``truncate_dim`` when set, else the model's hidden size."""
+        return self.truncate_dim or int(self.query_model.config.hidden_size)
+
+    def config_dict(self) -> dict:
+        """The contract's settings, plus ``truncate_dim`` when set (older folders and run caches keep their keys)."""
+        return {**super().config_dict(), **({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {})}
 
     # ------------------------------------------------------------------ tokenising and embedding
     def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
@@ -99,6 +112,8 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
             return self._embed_bucketed(model, inputs, buckets)
         hidden = model(**inputs).last_hidden_state
         emb = pool(hidden, inputs["attention_mask"], self.pooling)
+        if self.truncate_dim is not None:  # Matryoshka: the first dims, normalised after the cut
+            emb = emb[:, : self.truncate_dim]
         if self.normalize:
             emb = F.normalize(emb.float(), p=2, dim=-1)
         return emb

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dr.config import ConfigError
 from dr.data.io import atomic_write
 from dr.models.base import pool
 from dr.models.encoder import BiEncoder
@@ -77,6 +78,9 @@ def weights_digest(model: nn.Module) -> str:
 
 def _towers(encoder: BiEncoder) -> dict[str, nn.Module]:
     """Tower name -> model; the name is also the tower's subfolder of a saved or exported model."""
+    if encoder.truncate_dim is not None:  # the graph would output the full pooled embedding: refused, not served untruncated
+        raise ConfigError(f"truncate_dim={encoder.truncate_dim}: the ONNX graph has no truncation; "
+                          "use the torch backend (backend=torch, format=torch) for a truncated model")
     if encoder.shared:
         return {"": encoder.query_model}
     return {"query": encoder.query_model, "passage": encoder.passage_model}

@@ -77,6 +77,7 @@ class Persistence:
         similarity: Similarity | None = None,
         query_max_length: int | None = None,
         passage_max_length: int | None = None,
+        truncate_dim: int | None = None,
     ) -> "Persistence":
         """Load from a hub name, a local HF or sentence-transformers folder, or a folder we saved.
 
@@ -101,6 +102,7 @@ class Persistence:
         similarity = pick(similarity, "similarity", "cos" if normalize else "dot")
         query_max_length = pick(query_max_length, "query_max_length", 32)
         passage_max_length = pick(passage_max_length, "passage_max_length", 256)
+        truncate_dim = pick(truncate_dim, "truncate_dim", None)
 
         if saved.get("shared") is False:  # a folder we saved with two towers
             query_model = AutoModel.from_pretrained(path / "query")
@@ -123,6 +125,7 @@ class Persistence:
             similarity=similarity,
             query_max_length=query_max_length,
             passage_max_length=passage_max_length,
+            truncate_dim=truncate_dim,
         )
 
     @loader_classmethod

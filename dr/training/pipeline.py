@@ -27,11 +27,15 @@ from dr.data.io import atomic_write
 from dr.plots import plot_training_curves
 from dr.evaluation import evaluate_run, format_table, write_metrics
 from dr.export import export
+from dr.export.export import truncated
 from dr.retrieval import BM25, build_index, search_queries
 from dr.evaluation.benchmarks import SPLIT_MEASURES, split_metrics
+from dr.evaluation.truncated import TruncatedSearch
 from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.miners.candidates import resolve_score_scale, student_score_scale
+from dr.training.loggers import allow_file_store, log_config, log_results
+from dr.training.best_checkpoint import drop_best_without_validation, trainer_arguments, use_checkpoint
 from dr.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -167,6 +171,18 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def _evaluate_truncated(cfg: DictConfig, encoder, test: TestSplit, evaluate) -> "TruncatedSearch | None":
+    """Rows ``trained@m`` of the test table: the trained encoder's first m dims for each m of
+    ``test.truncate_dims`` below its dimension (:mod:`dr.evaluation.truncated`)."""
+    dims = sorted({int(m) for m in (cfg.test.get("truncate_dims") or []) if int(m) < encoder.dim}, reverse=True)
+    if not dims or test.last_index is None:
+        return None
+    truncated = TruncatedSearch(encoder, test.last_index, test.queries, k=test.cfg.k, batch_size=test.cfg.batch_size, bf16=test.cfg.bf16)
+    for dim in dims:
+        evaluate(f"trained@{dim}", lambda dim=dim: truncated.run(dim))
+    return truncated
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate and export as configured; returns the flat metrics written to metrics.json."""
     validate_config(cfg)  # before any work: a bad value fails now, not after hours of training
@@ -212,18 +228,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if test is not None and cfg.test.before:
         evaluate("zero_shot", lambda: test.dense_cached(module.encoder, cfg.test.get("cache_dir")))
 
-    callbacks = _instantiate_list(cfg.get("callbacks"))
+    callbacks = drop_best_without_validation(cfg, _instantiate_list(cfg.get("callbacks")))
+    trainer_cfg, stopping = trainer_arguments(cfg)  # trainer.early_stopping -> an EarlyStopping callback
+    callbacks += stopping
     refresh = None
     if cfg.get("refresh") is not None and cfg.refresh.get("enabled", False):
         # Index refresh (dr/refresh/): re-mined negatives swapped in during training.
         refresh = hydra.utils.instantiate(cfg.refresh, score_scale=resolve_score_scale(cfg.refresh.get("score_scale"), score_scale))
         callbacks.append(refresh)
+    allow_file_store(cfg)  # logger=mlflow's file: store under MLflow 3
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
+        trainer_cfg,
         callbacks=callbacks,
         logger=_instantiate_list(cfg.get("logger")) or False,
         default_root_dir=str(out),
     )
+    log_config(trainer.loggers, cfg, out / "config.yaml")
     t0 = time.perf_counter()
     with _StagePeak(metrics, "train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -239,15 +259,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for name, value in trainer.callback_metrics.items():
         if name.startswith("val/"):
             metrics[name] = float(value)
+    metrics.update(use_checkpoint(module, trainer, callbacks, cfg.export.get("checkpoint", "best")))
 
     if trainer.is_global_zero:
+        prefixes = None
         if test is not None and cfg.test.after:
             evaluate("trained", lambda: test.dense(module.encoder))
+            prefixes = _evaluate_truncated(cfg, module.encoder, test, evaluate)
         if cfg.export.enabled:
             # The test corpus was just indexed with the trained encoder: ship that index with the model.
             index = test.last_index if (test is not None and cfg.test.after and cfg.export.index) else None
-            card = model_card(module.encoder, OmegaConf.to_container(cfg, resolve=True), metrics)
-            export_dir = export(module.encoder, out / "export", index=index, card=card)
+            export_dim = cfg.export.get("truncate_dim")
+            if index is not None and export_dim:
+                index = (prefixes or TruncatedSearch(module.encoder, index, {}, k=1)).index(int(export_dim))
+            shipped = truncated(module.encoder, export_dim)  # export.truncate_dim: the first m dims
+            card = model_card(shipped, OmegaConf.to_container(cfg, resolve=True), metrics)
+            export_dir = export(shipped, out / "export", index=index, card=card)
             log.info("exported the trained encoder to %s", export_dir)
         csv_log = out / "logs" / "metrics.csv"
         if csv_log.is_file():
@@ -258,6 +285,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(timings)
         metrics["memory/peak_rss_mib"] = peak_rss_mib()
         write_metrics(metrics, out / "metrics.json")
+        log_results(trainer.loggers, metrics, step=trainer.global_step)
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
         print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
