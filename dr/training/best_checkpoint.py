@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dr.config import ConfigError
-from dr.validate import has_validation, monitor_of
+from dr.checks import has_validation, monitor_of
 
 log = logging.getLogger(__name__)
 
