@@ -109,9 +109,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.negatives.rank_min": non_negative_int,
     "data.negatives.rank_max": positive_int,
     "loss.temperature": positive_number,
-    "loss.student_scale": lambda v: (
-        None if v == "auto" else positive_number(v) and "expected a positive number or auto"
-    ),
+    "loss.student_scale": lambda v: None if v == "auto" else positive_number(v) and "expected a positive number or auto",
     "loss.alpha": non_negative_number,
     "loss.teacher_temperature": positive_number,
     "loss.pair.student_scale": positive_number,
@@ -168,12 +166,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 #: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).
-TEST_RULES = {
-    "test.backend": one_of("auto", "torch", "onnx"),
-    "test.k": positive_int,
-    "test.batch_size": positive_int,
-    "test.measures": measures,
-}
+TEST_RULES = {"test.backend": one_of("auto", "torch", "onnx"), "test.k": positive_int, "test.batch_size": positive_int, "test.measures": measures}
 REFRESH_RULES = {
     "refresh.mode": one_of("async", "sync"),
     "refresh.every_n_steps": positive_int,
@@ -189,7 +182,6 @@ REFRESH_RULES = {
     "refresh.backend": one_of(*BACKENDS),
     "refresh.miner.num_negatives": non_negative_int,
 }
-
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
@@ -235,39 +227,28 @@ def _check_training(cfg: DictConfig) -> None:
     if isinstance(negatives, DictConfig) and _is_int(negatives.get("rank_min")) and _is_int(negatives.get("rank_max")):
         lo, hi = negatives.rank_min, negatives.rank_max
         if lo >= hi:
-            raise ConfigError(
-                f"data.negatives.rank_min={lo}, data.negatives.rank_max={hi}: expected rank_min < rank_max"
-            )
+            raise ConfigError(f"data.negatives.rank_min={lo}, data.negatives.rank_max={hi}: expected rank_min < rank_max")
         if _is_int(data.get("num_negatives")) and data.num_negatives > hi - lo:
-            raise ConfigError(
-                f"data.num_negatives={data.num_negatives}: expected at most the {hi - lo} BM25 ranks "
-                f"[{lo}, {hi}) of data.negatives"
-            )
+            raise ConfigError(f"data.num_negatives={data.num_negatives}: expected at most the {hi - lo} BM25 ranks "
+                              f"[{lo}, {hi}) of data.negatives")
     if _enabled(cfg, "refresh"):
         keeps = miner_keeps(_get(cfg, "refresh.miner"))
         wanted = data.get("num_negatives")
         if keeps is not None and _is_int(wanted) and wanted > keeps:
-            raise ConfigError(
-                f"data.num_negatives={wanted}: expected at most the {keeps} negatives per query that "
-                f"the refresh miner keeps (refresh.miner num_negatives={keeps})"
-            )
+            raise ConfigError(f"data.num_negatives={wanted}: expected at most the {keeps} negatives per query that "
+                              f"the refresh miner keeps (refresh.miner num_negatives={keeps})")
         if _is_int(data.get("num_workers")) and data.num_workers > 0:
-            raise ConfigError(
-                f"data.num_workers={data.num_workers}: expected 0 with an index refresh (refresh.enabled=true), "
-                "which swaps the negatives inside the training process"
-            )
+            raise ConfigError(f"data.num_workers={data.num_workers}: expected 0 with an index refresh (refresh.enabled=true), "
+                              "which swaps the negatives inside the training process")
         if _get(cfg, "refresh.every_n_steps") is None and _get(cfg, "refresh.every_minutes") is None:
-            raise ConfigError(
-                "refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)"
-            )
+            raise ConfigError("refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)")
         if data.get("teacher_from_negatives") and _get(cfg, "refresh.teacher") in (None, _ABSENT):
             # every refreshed file would carry the student's dense scores, read as the teacher's
             raise ConfigError(
                 "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but refresh.teacher "
                 "is null: every refreshed file would carry the student's own scores and replace the teacher's. Set "
                 "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
-                "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false"
-            )
+                "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false")
     check_compact(data)
     check_negatives_sources(cfg, data)
     from dr.checks import check_loss_fields  # the loss contract against the data and module settings
@@ -312,11 +293,9 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
     scored = bool(getattr(sampler, "uses_scores", False))
     name = sampler.__name__ if sampler is not None else ""
     if scored and not isinstance(data.get("negatives"), str):
-        raise ConfigError(
-            f"data.negatives={_show(data.get('negatives'))}: expected a negatives file with the candidates' and "
-            f"positives' scores for data.pair_sampler={name} (a scored pool: dr-mine miner=pool top_k=200 "
-            "output=FILE); without a positive score every load takes the same lowest-ranked candidates"
-        )
+        raise ConfigError(f"data.negatives={_show(data.get('negatives'))}: expected a negatives file with the candidates' and "
+                          f"positives' scores for data.pair_sampler={name} (a scored pool: dr-mine miner=pool top_k=200 "
+                          "output=FILE); without a positive score every load takes the same lowest-ranked candidates")
     if not _enabled(cfg, "refresh"):
         return
     miners = [c for c in _miner_classes(_get(cfg, "refresh.miner")) if issubclass(c, Miner)]
@@ -325,22 +304,16 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
     if scored:
         kernels = [c for c in miners if c.samples_by_kernel]
         if kernels:
-            raise ConfigError(
-                f"refresh.miner={kernels[0].__name__}: expected miner@refresh.miner=pool with data.pair_sampler="
-                f"{name}, which applies its kernel at every load (the refresh would apply it once before)"
-            )
+            raise ConfigError(f"refresh.miner={kernels[0].__name__}: expected miner@refresh.miner=pool with data.pair_sampler="
+                              f"{name}, which applies its kernel at every load (the refresh would apply it once before)")
     if has_teacher and data.get("compact") and data.get("teacher_scores"):
-        raise ConfigError(
-            "data.compact=true, refresh.teacher set: expected data.compact=false (the refresh teacher's "
-            "scores replace each query's teacher scores, which compact arrays hold read-only)"
-        )
+        raise ConfigError("data.compact=true, refresh.teacher set: expected data.compact=false (the refresh teacher's "
+                          "scores replace each query's teacher scores, which compact arrays hold read-only)")
     needs_teacher = [c for c in miners if c.needs_teacher_scores]
     if needs_teacher and not has_teacher:
-        raise ConfigError(
-            f"refresh.miner={needs_teacher[0].__name__}: expected a refresh.teacher to score the refresh's "
-            "candidates (+teacher@refresh.teacher=cross_encoder), or another refresh miner; "
-            "without one every refresh job fails"
-        )
+        raise ConfigError(f"refresh.miner={needs_teacher[0].__name__}: expected a refresh.teacher to score the refresh's "
+                          "candidates (+teacher@refresh.teacher=cross_encoder), or another refresh miner; "
+                          "without one every refresh job fails")
 
 
 def _threshold_stages(miner: Any) -> list[DictConfig]:
@@ -360,11 +333,9 @@ def check_teacher_threshold(cfg: DictConfig, miner_key: str, teacher_key: str) -
         return
     cls = _class_of(teacher)
     if cls is not None and not getattr(cls, "maps_to_probability", False):
-        raise ConfigError(
-            f"{miner_key}.threshold={stages[0].threshold}: expected a teacher whose scores map to a probability "
-            f"of relevance (a cross-encoder), not {cls.__name__}; use {miner_key}.margin on the teacher's own "
-            "scale, or a cross-encoder teacher"
-        )
+        raise ConfigError(f"{miner_key}.threshold={stages[0].threshold}: expected a teacher whose scores map to a probability "
+                          f"of relevance (a cross-encoder), not {cls.__name__}; use {miner_key}.margin on the teacher's own "
+                          "scale, or a cross-encoder teacher")
 
 
 #: Data options that ``data.compact`` (arrays instead of dictionaries) does not support, with why.
@@ -380,10 +351,8 @@ def check_compact(data: Any) -> None:
         return
     teacher = data.get("teacher_scores")
     if not isinstance(teacher, str) and teacher is not None and len(teacher) > 1:
-        raise ConfigError(
-            f"data.compact=true, data.teacher_scores={_show(teacher)}: expected one teacher-score file "
-            "(several are merged into dictionaries only; merge the files or set data.compact=false)"
-        )
+        raise ConfigError(f"data.compact=true, data.teacher_scores={_show(teacher)}: expected one teacher-score file "
+                          "(several are merged into dictionaries only; merge the files or set data.compact=false)")
     for key, why in COMPACT_UNSUPPORTED.items():
         if data.get(key):
             raise ConfigError(f"data.compact=true, data.{key}=true: expected data.compact=false ({why})")
@@ -404,3 +373,4 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     check_inputs(cfg)
     check_best_checkpoint(cfg)
     return cfg
+

@@ -84,23 +84,14 @@ def prepare_data(args, out: Path) -> dict[str, str]:
       epoch), for sentence-transformers.
     """
     folder = out / "data"
-    files = {
-        "corpus": "scifact:corpus",
-        "train_queries": "scifact:train_queries",
-        "train_qrels": "scifact:train_qrels",
-        "test_queries": "scifact:test_queries",
-        "test_qrels": "scifact:test_qrels",
-    }
+    files = {"corpus": "scifact:corpus", "train_queries": "scifact:train_queries", "train_qrels": "scifact:train_qrels",
+             "test_queries": "scifact:test_queries", "test_qrels": "scifact:test_qrels"}
     if args.smoke:
         from dr.data import write_subset
 
         files = write_subset(folder / "slice", n_train=4 * args.batch_size, n_test=5, n_extra=100)
-    data = {
-        **files,
-        "queries": str(folder / "queries.train.tsv"),
-        "negatives": str(folder / f"negatives.seed{args.seed}.jsonl"),
-        "triples": str(folder / f"triples.{args.steps}x{args.batch_size}.seed{args.seed}.jsonl"),
-    }
+    data = {**files, "queries": str(folder / "queries.train.tsv"), "negatives": str(folder / f"negatives.seed{args.seed}.jsonl"),
+            "triples": str(folder / f"triples.{args.steps}x{args.batch_size}.seed{args.seed}.jsonl")}
     if not Path(data["negatives"]).is_file():
         write_negatives_file(data, args.seed)
     if not Path(data["triples"]).is_file():
@@ -136,14 +127,8 @@ def write_triples(data: dict[str, str], args) -> None:
     from dr.training import RetrievalDataModule
 
     datamodule = RetrievalDataModule(
-        corpus=data["corpus"],
-        train_queries=data["queries"],
-        train_qrels=data["train_qrels"],
-        negatives=data["negatives"],
-        num_negatives=1,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        val_fraction=0,
+        corpus=data["corpus"], train_queries=data["queries"], train_qrels=data["train_qrels"], negatives=data["negatives"],
+        num_negatives=1, batch_size=args.batch_size, seed=args.seed, val_fraction=0,
     )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -154,13 +139,8 @@ def write_triples(data: dict[str, str], args) -> None:
         for batch in loader:
             b = len(batch["queries"])
             if len(batch["passages"]) != 2 * b:
-                raise RuntimeError(
-                    f"expected one positive and one negative per query, got {len(batch['passages'])} passages for {b} queries"
-                )
-            rows += [
-                {"anchor": batch["queries"][i], "positive": batch["passages"][i], "negative": batch["passages"][b + i]}
-                for i in range(b)
-            ]
+                raise RuntimeError(f"expected one positive and one negative per query, got {len(batch['passages'])} passages for {b} queries")
+            rows += [{"anchor": batch["queries"][i], "positive": batch["passages"][i], "negative": batch["passages"][b + i]} for i in range(b)]
             if len(rows) >= args.steps * args.batch_size:
                 break
         epoch += 1
@@ -188,12 +168,7 @@ def step_clock(out_file: str):
             self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
 
         def on_train_end(self, trainer, pl_module):
-            record = {
-                "step_ends": self.ends,
-                "losses": self.losses,
-                "threads": self.threads,
-                "peak_rss_mib": peak_rss_mib(),
-            }
+            record = {"step_ends": self.ends, "losses": self.losses, "threads": self.threads, "peak_rss_mib": peak_rss_mib()}
             Path(out_file).write_text(json.dumps(record) + "\n")
 
     return StepClock()
@@ -241,18 +216,9 @@ def dr_config(args, data: dict[str, str], run_dir: Path, extra: list[str] = ()):
     ]
     if args.effect:
         overrides += [
-            "test=scifact",
-            f"test.corpus={data['corpus']}",
-            f"test.queries={data['test_queries']}",
-            f"test.qrels={data['test_qrels']}",
-            "test.before=false",
-            "test.bm25=false",
-            "test.after=true",
-            "test.bf16=false",
-            "test.cache_dir=null",
-            "test.batch_size=64",
-            "test.measures=[nDCG@10,R@100]",
-            "test.k=100",
+            "test=scifact", f"test.corpus={data['corpus']}", f"test.queries={data['test_queries']}",
+            f"test.qrels={data['test_qrels']}", "test.before=false", "test.bm25=false", "test.after=true",
+            "test.bf16=false", "test.cache_dir=null", "test.batch_size=64", "test.measures=[nDCG@10,R@100]", "test.k=100",
         ]
     else:
         overrides.append("test=none")
@@ -267,12 +233,8 @@ def run_dr(args, data: dict[str, str], run_dir: Path, extra: list[str] = ()) -> 
     cfg = dr_config(args, data, run_dir, extra)
     metrics = train(cfg)
     record = json.loads((run_dir / "steps.json").read_text())
-    result = {
-        "step_ends": record["step_ends"],
-        "losses": record["losses"],
-        "threads": record["threads"],
-        "peak_rss_mib": record["peak_rss_mib"],
-    }
+    result = {"step_ends": record["step_ends"], "losses": record["losses"], "threads": record["threads"],
+              "peak_rss_mib": record["peak_rss_mib"]}
     if args.effect:
         result["test"] = {m: metrics[f"trained/{m}"] for m in ("nDCG@10", "R@100")}
     return result
@@ -288,14 +250,8 @@ def sequential_batches(dataset, batch_size, drop_last, valid_label_columns=None,
     except ImportError:
         from sentence_transformers.sampler import DefaultBatchSampler  # 3.x-5.x
 
-    return DefaultBatchSampler(
-        SequentialSampler(dataset),
-        batch_size=batch_size,
-        drop_last=drop_last,
-        valid_label_columns=valid_label_columns,
-        generator=generator,
-        seed=seed,
-    )
+    return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last,
+                               valid_label_columns=valid_label_columns, generator=generator, seed=seed)
 
 
 def cut_queries(texts: list[str], tokenizer, max_length: int) -> tuple[list[str], int]:
@@ -313,11 +269,7 @@ def cut_queries(texts: list[str], tokenizer, max_length: int) -> tuple[list[str]
 def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
     import datasets
     import torch
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from transformers import TrainerCallback
 
     try:
@@ -344,9 +296,8 @@ def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
     model = SentenceTransformer(resolve_model_name(MODEL), device="cpu")
     model.max_seq_length = args.passage_length
     anchors, n_cut = cut_queries([r["anchor"] for r in rows], model.tokenizer, args.query_length)
-    dataset = datasets.Dataset.from_dict(
-        {"anchor": anchors, "positive": [r["positive"] for r in rows], "negative": [r["negative"] for r in rows]}
-    )
+    dataset = datasets.Dataset.from_dict({"anchor": anchors, "positive": [r["positive"] for r in rows],
+                                          "negative": [r["negative"] for r in rows]})
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(run_dir),
         max_steps=args.steps,
@@ -371,18 +322,11 @@ def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
     )
     clock = StepClock()
     loss = MultipleNegativesRankingLoss(model, scale=1.0 / args.temperature)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[clock]
-    )
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[clock])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    result = {
-        "step_ends": clock.ends,
-        "losses": losses,
-        "threads": clock.threads,
-        "peak_rss_mib": clock.peak,
-        "queries_cut": n_cut,
-    }
+    result = {"step_ends": clock.ends, "losses": losses, "threads": clock.threads, "peak_rss_mib": clock.peak,
+              "queries_cut": n_cut}
     if args.effect:
         result["test"] = evaluate_saved(model, args, data, run_dir)
     return result
@@ -396,9 +340,7 @@ def evaluate_saved(model, args, data: dict[str, str], run_dir: Path) -> dict:
 
     folder = run_dir / "model"
     model.save(str(folder))
-    encoder = BiEncoder.from_pretrained(
-        str(folder), query_max_length=args.query_length, passage_max_length=args.passage_length
-    ).eval()
+    encoder = BiEncoder.from_pretrained(str(folder), query_max_length=args.query_length, passage_max_length=args.passage_length).eval()
     test = TestSplit(dr_config(args, data, run_dir).test)
     return evaluate_run(test.dense(encoder), test.qrels, test.measures)
 
@@ -445,12 +387,8 @@ def allocator_of(system: str, dr_allocator: str) -> str:
 def summarise(result: dict, batch_size: int) -> dict:
     steps = step_seconds(result["step_ends"])
     median = statistics.median(steps) if steps else float("nan")
-    return {
-        "median_step_s": median,
-        "examples_per_s": batch_size / median,
-        "step_s": steps,
-        "last_loss": result["losses"][-1] if result["losses"] else float("nan"),
-    }
+    return {"median_step_s": median, "examples_per_s": batch_size / median, "step_s": steps,
+            "last_loss": result["losses"][-1] if result["losses"] else float("nan")}
 
 
 def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -> str:
@@ -462,10 +400,8 @@ def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -
     for name, r in rows.items():
         steps = r["step_s"] or [float("nan")]
         ratio = f"{r['examples_per_s'] / base:>7.2f}x" if base else f"{'-':>8}"
-        line = (
-            f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
-            f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}{results[name].get('allocator', '?'):>10}"
-        )
+        line = (f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
+                f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}{results[name].get('allocator', '?'):>10}")
         if effect:
             test = results[name].get("test", {})
             line += f"{test.get('nDCG@10', float('nan')):>9.4f}{test.get('R@100', float('nan')):>8.4f}"
@@ -482,43 +418,21 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps, then a constant learning rate")
-    parser.add_argument(
-        "--temperature", type=float, default=0.05, help="InfoNCE temperature (ST scale = 1/temperature)"
-    )
+    parser.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (ST scale = 1/temperature)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both systems")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--systems",
-        nargs="+",
-        default=SYSTEMS,
-        choices=SYSTEMS + ["st-jemalloc"],
-        help="run in this order (st-jemalloc: the st trainer with jemalloc preloaded)",
-    )
-    parser.add_argument(
-        "--effect", action="store_true", help="also evaluate both trained models on the SciFact test split (slow)"
-    )
+    parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ["st-jemalloc"],
+                        help="run in this order (st-jemalloc: the st trainer with jemalloc preloaded)")
+    parser.add_argument("--effect", action="store_true", help="also evaluate both trained models on the SciFact test split (slow)")
     parser.add_argument("--out", default="bench/train_speed")
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME=OVERRIDE[,OVERRIDE...]",
-        help="also run dr with these dr-train overrides, as system NAME, e.g. "
-        "--variant ckpt=module.gradient_checkpointing=true,module.attention_dropout=0",
-    )
-    parser.add_argument(
-        "--allocator",
-        default="auto",
-        choices=("auto", "jemalloc", "system"),
-        help="malloc of dr's runs (auto: jemalloc when found, as dr's commands do); st runs on the "
-        "system's malloc, st-jemalloc on jemalloc",
-    )
-    parser.add_argument(
-        "--only", help=argparse.SUPPRESS
-    )  # the child process of one system  # the child process of one system
-    parser.add_argument(
-        "--smoke", action="store_true", help=argparse.SUPPRESS
-    )  # seconds-long end-to-end check on tiny data
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
+                        help="also run dr with these dr-train overrides, as system NAME, e.g. "
+                             "--variant ckpt=module.gradient_checkpointing=true,module.attention_dropout=0")
+    parser.add_argument("--allocator", default="auto", choices=("auto", "jemalloc", "system"),
+                        help="malloc of dr's runs (auto: jemalloc when found, as dr's commands do); st runs on the "
+                             "system's malloc, st-jemalloc on jemalloc")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # the child process of one system  # the child process of one system
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # seconds-long end-to-end check on tiny data
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is the warm-up")
@@ -559,29 +473,18 @@ def main() -> None:
     results = {system: run_child(system, out, allocator_of(system, args.allocator)) for system in systems}
     rows = {system: summarise(results[system], args.batch_size) for system in systems}
     cut = results.get("st", {}).get("queries_cut")
-    title = (
-        f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
-        f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
-        f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps 2-{args.steps}"
-    )
+    title = (f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
+             f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
+             f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps 2-{args.steps}")
     table = "\n".join([title, format_machine(info), speed_table(rows, results, args.effect)])
     if cut:
         table += f"\n{cut} of {args.steps * args.batch_size} queries were cut to {args.query_length} tokens for sentence-transformers"
     for name, overrides in variants.items():
         table += f"\n{name}: dr with {' '.join(overrides)}"
     if args.effect:
-        table += "\nnDCG@10 / R@100 on the SciFact test split" + (
-            " (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)"
-        )
+        table += "\nnDCG@10 / R@100 on the SciFact test split" + (" (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)")
     print("\n" + table)
-    payload = {
-        "settings": vars(args),
-        "variants": variants,
-        "machine": info,
-        "systems": rows,
-        "raw": results,
-        "data": data,
-    }
+    payload = {"settings": vars(args), "variants": variants, "machine": info, "systems": rows, "raw": results, "data": data}
     write_results(out, "train", table, payload)
 
 

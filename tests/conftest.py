@@ -43,9 +43,7 @@ def tiny_cross_encoder(tiny_bert, tmp_path_factory) -> str:
     """A 2-layer, 32-dim BERT cross-encoder (one relevance logit) with random weights."""
     out = tmp_path_factory.mktemp("tiny-ce")
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1
-    )
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1)
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
     return str(out)

@@ -31,19 +31,11 @@ def run(cfg: DictConfig, out: Path) -> Path:
     encoder = truncated(encoder_from_config(cfg), cfg.get("truncate_dim"))
     index = None
     if cfg.get("corpus"):
-        index = build_index(
-            encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16
-        )
+        index = build_index(encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16)
     config, metrics = read_run_outputs(_run_dir_of(str(cfg.model)))
     card = model_card(encoder, config, metrics)
-    export(
-        encoder.cpu(),
-        target,
-        index=index,
-        format=cfg.get("format", "torch"),
-        card=card,
-        overwrite=bool(cfg.get("overwrite", False)),
-    )
+    export(encoder.cpu(), target, index=index, format=cfg.get("format", "torch"), card=card,
+           overwrite=bool(cfg.get("overwrite", False)))
     print(f"exported to {target}")
     return target
 

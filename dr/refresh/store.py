@@ -91,9 +91,7 @@ def clean_refresh_dir(root: str | os.PathLike, keep_upto: int) -> list[str]:
     if not root.is_dir():
         return removed
     for p in root.iterdir():
-        stale = p.name.startswith(TMP_PREFIX) or (
-            p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and int(p.name[1:]) > keep_upto
-        )
+        stale = p.name.startswith(TMP_PREFIX) or (p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and int(p.name[1:]) > keep_upto)
         if stale:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p.name)
@@ -146,9 +144,7 @@ def teacher_file(vdir: str | os.PathLike) -> str | None:
 def mark_failed(root: str | os.PathLike, version: int, error: str) -> None:
     """Record a failed version (its snapshot goes; ``FAILED`` holds the error)."""
     vdir = version_dir(root, version)
-    with contextlib.suppress(
-        OSError, DataError
-    ):  # a marker that cannot be written (or a link there) leaves no snapshot either
+    with contextlib.suppress(OSError, DataError):  # a marker that cannot be written (or a link there) leaves no snapshot either
         shutil.rmtree(vdir / SNAPSHOT, ignore_errors=True)
         if vdir.is_dir():
             with atomic_write(vdir / FAILED) as f:
