@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-# lint and format first (ruff, configured in pyproject.toml): seconds, and a failure names the line
+# lint first (ruff, configured in pyproject.toml): seconds, and a failure names the line
 "${VENV:-.venv}/bin/ruff" check .
-"${VENV:-.venv}/bin/ruff" format --check .
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

@@ -219,6 +219,7 @@ RMTREE_SITES = {
     ("dr/refresh/store.py", "mark_failed"): "the snapshot the store staged in v<N>/",
     ("dr/refresh/job.py", "run_job"): "the snapshot the store staged in v<N>/",
     ("dr/data/corpus_cache.py", "forget_old_versions"): "the Arrow table of a corpus's previous version, in dr's own corpus cache",
+    ("dr/pipeline/runner.py", "run_stages"): "an unfinished stage folder of the pipeline's own cache (no DONE.json), before the stage runs again",
 }
 
 

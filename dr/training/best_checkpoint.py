@@ -82,7 +82,7 @@ def use_checkpoint(module: torch.nn.Module, trainer, callbacks: list, choice: st
         log.warning("export.checkpoint=best: no validation ran (no validation queries, or none before training ended); "
                     "the test evaluation and the export use the last weights (step %d)", trainer.global_step)
         return metrics
-    state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     metrics["train/checkpoint_step"] = float(state["global_step"])
     metrics["train/checkpoint_best"] = 1.0

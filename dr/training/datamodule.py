@@ -25,11 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from dr.config import ConfigError
+from dr.data import (NegativesRecord, TeacherScores, check_ids, drop_teacher_inversions, passage_texts, read_corpus,
+                     read_negatives, read_positives, read_qrels, read_queries, read_teacher_scores, resolve_path, write_negatives)
 from dr.data.io import DataError
-from dr.data import (
-    NegativesRecord, TeacherScores, check_ids, drop_teacher_inversions, passage_texts, read_corpus, read_negatives, read_positives, read_qrels,
-    read_queries, read_teacher_scores, resolve_path, write_negatives,
-)
 from dr.retrieval.bm25 import BM25
 from dr.sampling.random import QueryBatchSampler
 from dr.training.compact_data import WithTeacherNegatives, negatives_compact, read_teacher_compact, record_scores
