@@ -283,7 +283,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(test.choice.summary())
         timings["time/total_s"] = time.perf_counter() - started
         metrics.update(timings)
-        metrics["memory/peak_rss_mib"] = peak_rss_mib()
+        # ru_maxrss and the sampled stage peaks (statm) are counted apart and can differ by a page or
+        # two: the run's peak is at least every stage's
+        stage_peaks = [v for k, v in metrics.items() if k.endswith("_peak_rss_mib")]
+        metrics["memory/peak_rss_mib"] = max([peak_rss_mib(), *stage_peaks])
         write_metrics(metrics, out / "metrics.json")
         log_results(trainer.loggers, metrics, step=trainer.global_step)
         if table:
