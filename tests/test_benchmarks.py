@@ -123,4 +123,5 @@ def test_model_card_names_the_metrics_the_run_printed(cfg_train, tiny_bert, tmp_
         if not key.startswith("val/") and "/" not in key.split("/", 1)[1]:
             assert value in printed, key  # the table the run printed shows the same figure
     assert "nDCG@10" in card and "R@100" in card and "Zhan et al." in card and "faiss.IndexFlatIP" in card
-    assert "```yaml" in card and f"name_or_path: {tiny_bert}" in card
+    # the resolved config, without absolute paths (issue 25: a card may be pushed to a hub)
+    assert "```yaml" in card and "name_or_path: " in card and str(tiny_bert) not in card
