@@ -20,6 +20,8 @@ from dr.config import ConfigError
 #: Top-level keys whose default is null and whose value is not a path: the types they accept.
 NULL_DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "num_clusters": ("int",),
+    "truncate_dim": ("int",),
+    "rescore_multiplier": ("int", "number"),
     "max_negatives": ("int",),
     "measures": ("list",),
     "labels": ("list",),
