@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
 from dr.data import write_subset
+from dr.pipeline.job import merge_overrides  # noqa: F401 (tests import it from here)
 from dr.models import resolve_model_name
 
 DATA = Path(__file__).parent / "data"
@@ -55,13 +56,6 @@ def scifact_slice(tmp_path_factory) -> dict[str, str]:
     return write_subset(tmp_path_factory.mktemp("scifact-slice"), n_train=64, n_test=20, n_extra=200)
 
 
-def merge_overrides(*groups: list[str]) -> list[str]:
-    """Hydra overrides, later ones replacing earlier ones with the same key."""
-    merged: dict[str, str] = {}
-    for group in groups:
-        for override in group:
-            merged[override.split("=", 1)[0]] = override
-    return list(merged.values())
 
 
 def tiny_train_overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int = 4) -> list[str]:
