@@ -23,6 +23,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Comple
     return proc
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_eval_run_file_from_another_directory(tmp_path):
     out = tmp_path / "out"
     proc = run(
@@ -36,6 +37,7 @@ def test_dr_eval_run_file_from_another_directory(tmp_path):
     assert "nDCG@10" in proc.stdout
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_runs_land_in_a_folder_named_after_the_command(tmp_path):
     """Without hydra.run.dir a run goes to outputs/<command>/<date> and logs to <command>.log."""
     run([str(BIN / "dr-eval"), "preset=dl19", f"run_file={DATA / 'BM25_dl19.run'}"], cwd=tmp_path)
@@ -114,6 +116,7 @@ def test_user_errors_are_one_line_and_exit_2(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(expected.format(tmp=tmp_path)), proc.stderr
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 @pytest.mark.parametrize("how", ["HYDRA_FULL_ERROR=1", "--debug"])
 def test_tracebacks_on_request(how, tmp_path):
     env, flags = ({"HYDRA_FULL_ERROR": "1"}, ()) if how.startswith("HYDRA") else ({}, ("--debug",))

@@ -88,6 +88,7 @@ def test_every_bad_value_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     assert not failures and not reached, "\n".join(failures + [f"got past validation: {reached}"])
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 @pytest.mark.parametrize("command, case", [("dr-search", "k=abc"), ("dr-encode", "encoder=5"), ("dr-compare", "permutations=-7")])
 def test_the_console_scripts_give_the_same_line(command, case, tmp_path):
     proc = subprocess.run([str(BIN / command), case, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True,

@@ -87,6 +87,7 @@ def test_a_dim_above_the_embedding_is_refused():
         MatryoshkaLoss(InfoNCELoss(), dims=[8, 4])(Q, D, target=TARGET)
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_train_evaluates_every_dim_and_exports_a_truncated_model(cfg_train, tmp_path):
     from sentence_transformers import SentenceTransformer
 

@@ -76,6 +76,7 @@ def test_mine_from_a_run_file(scifact_slice, tmp_path):
         assert all(r >= 3 for r in ranks)  # the rank window [3, ...)
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_killed_mine_leaves_no_partial_file(tiny_bert, scifact_slice, tmp_path):
     """Kill dr-mine at several moments: the negatives file is either absent or complete."""
     out = tmp_path / "neg.jsonl"

@@ -108,6 +108,7 @@ def _cli(app: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(DR / app), *overrides], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_encode_and_dr_search_with_each_precision(tiny_bert, scifact_slice, tmp_path):
     common = [f"model={tiny_bert}", "encoder.pooling=cls", "encoder.normalize=true", "encoder.passage_max_length=48"]
     queries = f"queries={scifact_slice['test_queries']}"

@@ -81,7 +81,7 @@ def _command_args(command: str, data: dict, tmp: Path) -> list[str]:
 MODEL_COMMANDS = ["encode", "search", "eval", "export", "mine", "cluster", "split"]
 
 
-@pytest.mark.parametrize("command", MODEL_COMMANDS)
+@pytest.mark.parametrize("command", [c if c in ("encode", "eval") else pytest.param(c, marks=pytest.mark.slow) for c in MODEL_COMMANDS])
 def test_a_checkpoint_that_would_run_code_is_refused(command, tiny_bert, scifact_slice, tmp_path):
     marker = tmp_path / "pwned"
     ckpt = _run_with_checkpoint(tmp_path, tiny_bert, pickle.dumps(_Payload(marker)))
@@ -90,6 +90,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(command, tiny_bert, scifact
     assert_user_error(proc, command, str(ckpt), "weights_only")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_a_truncated_checkpoint_is_named(tiny_bert, scifact_slice, tmp_path):
     import torch
 
@@ -106,6 +107,7 @@ def _tiny_train(tiny_bert: str, data: dict, run: Path) -> list[str]:
     return [*tiny_train_overrides(tiny_bert, data, run, max_steps=2), "test.enabled=false", f"hydra.run.dir={run}"]
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_train_refuses_a_checkpoint_url(tiny_bert, scifact_slice, tmp_path):
     proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), "ckpt_path=https://example.com/x.ckpt",
               cwd=tmp_path, timeout=240)
@@ -113,6 +115,7 @@ def test_dr_train_refuses_a_checkpoint_url(tiny_bert, scifact_slice, tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists(), "the check comes before any work"
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_train_names_a_truncated_resume_checkpoint(tiny_bert, scifact_slice, tmp_path):
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_bytes(b"PK\x03\x04" + b"\0" * 100)
@@ -124,6 +127,7 @@ def _export(tiny_bert: str, cwd: Path, *args: str) -> subprocess.CompletedProces
     return dr("export", f"model={tiny_bert}", *args, cwd=cwd)
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_export_keeps_a_folder_that_is_not_an_export(tiny_bert, tmp_path):
     notes = tmp_path / "notes"
     (notes / "other-model").mkdir(parents=True)
@@ -155,6 +159,7 @@ def test_dr_export_replaces_a_previous_export_and_leaves_no_side_folder(tiny_ber
     assert [p.name for p in tmp_path.iterdir() if ".old." in p.name] == []
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_export_overwrite_true_replaces_anything(tiny_bert, tmp_path):
     target = tmp_path / "notes"
     target.mkdir()
@@ -175,6 +180,7 @@ def _triples(data: dict, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_score_does_not_write_through_a_linked_partial_file(tiny_cross_encoder, scifact_slice, tmp_path):
     victim = tmp_path / "precious.txt"
     victim.write_text("years of notes\n")
@@ -187,6 +193,7 @@ def test_dr_score_does_not_write_through_a_linked_partial_file(tiny_cross_encode
     assert_user_error(proc, "score", "teacher.tsv.partial", "symbolic link")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_score_names_a_damaged_progress_file(tiny_cross_encoder, scifact_slice, tmp_path):
     output = tmp_path / "teacher.tsv"
     (tmp_path / "teacher.tsv.partial").write_text("")
@@ -197,6 +204,7 @@ def test_dr_score_names_a_damaged_progress_file(tiny_cross_encoder, scifact_slic
     assert_user_error(proc, "score", "teacher.tsv.progress.json", "safe to delete")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_train_does_not_write_its_config_through_a_link(tiny_bert, scifact_slice, tmp_path):
     from conftest import tiny_train_overrides
 
@@ -224,6 +232,7 @@ def test_refresh_failed_marker_is_not_written_through_a_link(tmp_path):
 
 
 # ------------------------------------------------------------------ the model card of an export
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_exported_model_card_holds_no_absolute_paths(tiny_bert, scifact_slice, tmp_path):
     import torch
 
@@ -266,11 +275,13 @@ def test_a_truncated_safetensors_file_is_named(tiny_bert, scifact_slice, tmp_pat
     assert_user_error(_encode(str(model), scifact_slice, tmp_path), "encode", str(model), "model.safetensors")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_an_empty_model_folder_is_named(scifact_slice, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(_encode(str(tmp_path / "empty"), scifact_slice, tmp_path), "encode", str(tmp_path / "empty"), "config.json")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 @pytest.mark.parametrize("name", ["dr_config.json", "modules.json"])
 def test_a_broken_json_file_of_a_model_folder_is_named(name, tiny_bert, scifact_slice, tmp_path):
     model = _copy_model(tiny_bert, tmp_path / "model")
@@ -283,6 +294,7 @@ def test_an_unknown_hub_id_offline_fails_fast_with_one_line(scifact_slice, tmp_p
     assert_user_error(proc, "encode", "no such model folder, and no network to fetch hub id no-such-org/no-such-model")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_an_unknown_hub_id_with_an_unreachable_hub_fails_fast(scifact_slice, tmp_path):
     env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
     proc = _encode("no-such-org/no-such-model", scifact_slice, tmp_path, env=env)
@@ -296,6 +308,7 @@ def test_a_mistyped_target_is_named(tiny_bert, scifact_slice, tmp_path):
     assert_user_error(proc, "train", "loss._target_=dr.losses.InfoNCELosss", "InfoNCELosss")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 @pytest.mark.parametrize("command", ["train", "encode"])
 def test_an_unknown_pooling_is_refused_before_the_model_loads(command, tiny_bert, scifact_slice, tmp_path):
     if command == "train":
@@ -306,12 +319,14 @@ def test_an_unknown_pooling_is_refused_before_the_model_loads(command, tiny_bert
     assert_user_error(proc, command, "encoder.pooling=max", "cls")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_tas_without_clusters_or_a_model_is_refused(tiny_bert, scifact_slice, tmp_path):
     proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), "sampler=tas", "data.batch_sampler.model=null",
               cwd=tmp_path, timeout=240)
     assert_user_error(proc, "train", "data.batch_sampler.model=null")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_ivfpq_on_a_corpus_too_small_to_train_it_is_refused(tiny_bert, scifact_slice, tmp_path):
     corpus = tmp_path / "small.jsonl"
     corpus.write_text("".join(open(scifact_slice["corpus"]).readlines()[:50]))
@@ -320,6 +335,7 @@ def test_ivfpq_on_a_corpus_too_small_to_train_it_is_refused(tiny_bert, scifact_s
 
 
 # ------------------------------------------------------------------ state files and the environment
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_a_damaged_shard_manifest_is_named(tiny_bert, scifact_slice, tmp_path):
     shards = tmp_path / "emb"
     shards.mkdir()
@@ -328,12 +344,14 @@ def test_a_damaged_shard_manifest_is_named(tiny_bert, scifact_slice, tmp_path):
     assert_user_error(proc, "encode", str(shards / "manifest.json"), "safe to delete")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_a_bad_dr_malloc_exits_2(scifact_slice, tmp_path):
     proc = dr("encode", "model=x", env={"DR_MALLOC": "tcmalloc"}, cwd=tmp_path)
     assert_user_error(proc, "encode", "DR_MALLOC='tcmalloc'", "expected one of auto, jemalloc, system")
 
 
 # ------------------------------------------------------------------ data that was silently lost or mangled
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_an_index_whose_save_was_interrupted_is_refused(tiny_bert, scifact_slice, tmp_path):
     """A crash between the renames of ``docid`` and ``index``: the new docids with the old vectors."""
     import shutil
@@ -353,6 +371,7 @@ def test_an_index_whose_save_was_interrupted_is_refused(tiny_bert, scifact_slice
     assert_user_error(proc, "search", str(index), "not from the same save")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
 def test_a_non_finite_score_in_a_negatives_file_is_named(bad, tiny_cross_encoder, scifact_slice, tmp_path):
     from dr.data import read_qrels
@@ -372,6 +391,7 @@ def test_a_non_finite_score_in_a_negatives_file_is_named(bad, tiny_cross_encoder
 DL19 = [f"run_file={Path(__file__).parent / 'data' / 'BM25_dl19.run'}", "preset=dl19"]
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_a_finished_run_folder_is_not_reused_by_accident(tmp_path):
     run = tmp_path / "run"
     assert dr("eval", *DL19, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
@@ -386,6 +406,7 @@ def test_a_finished_run_folder_is_not_reused_by_accident(tmp_path):
     assert b"P@5" in (run / "metrics.json").read_bytes()
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_runs_launched_in_the_same_second_get_their_own_folders(tmp_path):
     procs = [subprocess.Popen([str(BIN / "dr-eval"), *DL19], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env={**os.environ, **OFFLINE}) for _ in range(2)]
@@ -397,6 +418,7 @@ def test_runs_launched_in_the_same_second_get_their_own_folders(tmp_path):
 
 
 # ------------------------------------------------------------------ optional packages, long lines
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 @pytest.mark.parametrize("preset", ["dl20", "msmarco-dev"])
 def test_a_preset_that_needs_ir_datasets_says_which_extra_to_install(preset, tmp_path):
     try:
@@ -408,6 +430,7 @@ def test_a_preset_that_needs_ir_datasets_says_which_extra_to_install(preset, tmp
     assert_user_error(proc, "eval", "irds:", "pip install 'dr[irds]'")
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_a_line_past_the_cap_is_named_without_reading_it_whole(tiny_bert, tmp_path):
     import gzip
 
@@ -451,6 +474,7 @@ def _compare_inputs(tmp_path: Path) -> list[str]:
     return [f"run_files=[{data / 'BM25_dl19.run'},{partial}]", f"qrels={data / 'qrels.dl19.full.trec'}", "permutations=200"]
 
 
+@pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_compare_refuses_different_query_sets_with_on_missing_error(tmp_path):
     proc = dr("compare", *_compare_inputs(tmp_path), "on_missing=error", cwd=tmp_path)
     assert_user_error(proc, "compare", "on_missing=error", "3 of 43 judged queries", "partial.run")
