@@ -105,7 +105,7 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     assert list(result["table"]) == ROWS
     for row in ROWS:
         columns = result["table"][row]
-        assert {"test nDCG@10", "test R@100", "interp. nDCG@10", "extrap. R@100", "dl19 nDCG@10", "dl19 R@100"} <= set(columns), row
+        assert {"test nDCG@10", "test R@100", "interp. nDCG@10", "extrap. R@100", "dl19 nDCG@10", "dl19 R(rel=2)@100"} <= set(columns), row
         assert 0.0 <= columns["test nDCG@10"] <= 1.0
     # stage 1's and stage 2's test rows are their training runs' own files, scored again: the same figures
     stage1_metrics = json.loads((Path(reached["stage1"]["dir"]) / "metrics.json").read_text())

@@ -234,7 +234,7 @@ def test_refresh_mines_simans_on_the_students_logits(tiny_bert, scifact_slice, t
         pytest.approx(ess)]
 
 
-def test_corrupt_or_partial_versions_are_never_read(tmp_path):
+def test_corrupt_or_partial_versions_are_never_read(tmp_path, caplog):
     root = tmp_path / "refresh"
     vdir = version_dir(root, 1)
     vdir.mkdir(parents=True)
@@ -247,8 +247,12 @@ def test_corrupt_or_partial_versions_are_never_read(tmp_path):
     assert verified_manifest(vdir)["version"] == 1
     (vdir / NEGATIVES).write_text('{"qid": "q1", "positives": ["d1"], "negatives": [{"docid": "d9", "score": 1.0}]}\n')
     assert verified_manifest(vdir) is None  # same size, other content: the checksum catches it
+    # the log names the damaged file and says the folder is safe to delete (issue 25)
+    assert str(vdir / MANIFEST) in caplog.text and "safe to delete" in caplog.text
+    caplog.clear()
     (vdir / MANIFEST).write_text("{not json")
     assert verified_manifest(vdir) is None
+    assert f"{vdir / MANIFEST} is damaged, expected a JSON manifest" in caplog.text and "safe to delete" in caplog.text
     # Orphans of a killed run: temp folders and versions after the checkpoint's go.
     (root / ".tmp-v0003-123").mkdir()
     version_dir(root, 2).mkdir()

@@ -350,6 +350,27 @@ def test_a_bad_dr_malloc_exits_2(scifact_slice, tmp_path):
     assert_user_error(proc, "encode", "DR_MALLOC='tcmalloc'", "expected one of auto, jemalloc, system")
 
 
+def test_a_full_disk_while_the_run_folder_is_made_names_the_file_and_leaves_no_truncated_config(tmp_path):
+    """Writes past a file-size limit fail with EFBIG as on a full disk (even for root): Hydra's own
+    ``.hydra/config.yaml`` was left truncated and the error had no path."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    qrels = tmp_path / "qrels.trec"
+    qrels.write_text("q1 0 d1 1\n")
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 1.0 t\n")
+    proc = subprocess.run([str(BIN / "dr-eval"), f"run_file={run}", f"qrels={qrels}", f"hydra.run.dir={tmp_path / 'out'}"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **OFFLINE}, preexec_fn=limit, timeout=300)
+    assert_user_error(proc, "eval", str(tmp_path / "out" / ".hydra" / "config.yaml"), "File too large")
+    assert not (tmp_path / "out" / ".hydra" / "config.yaml").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.stat().st_size > 0]
+
+
 # ------------------------------------------------------------------ data that was silently lost or mangled
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_an_index_whose_save_was_interrupted_is_refused(tiny_bert, scifact_slice, tmp_path):

@@ -110,6 +110,23 @@ def one_line(e: BaseException) -> str:
     return " ".join(lines)
 
 
+def save_run_config(cfg) -> None:
+    """Write ``<run dir>/.hydra/`` (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``, as Hydra
+    would with its ``output_subdir``, which ``conf/hydra/default.yaml`` turns off): each file
+    atomically, so a full disk leaves no truncated config and the error names the file."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from dr.data.io import atomic_write
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir) / ".hydra"
+    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}), "overrides.yaml": hydra_cfg.overrides.task}
+    for filename, node in files.items():
+        with atomic_write(folder / filename) as f:
+            f.write(OmegaConf.to_yaml(node))
+
+
 def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Callable[[], None]:
     """The ``main()`` of a command: ``run(cfg, run_dir)`` under ``hydra.main`` with ``config_name``.
 
@@ -135,6 +152,7 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
 
         with _environ(FULL_ERROR, _users_full_error):
             try:
+                save_run_config(cfg)
                 if validate:
                     validate_config(cfg)
                 return run(cfg, run_dir())

@@ -48,6 +48,11 @@ def enabled_sets(cfg: DictConfig) -> dict[str, DictConfig]:
     return {name: s for name, s in cfg.evaluate.sets.items() if s.get("enabled", True)}
 
 
+def set_measures(cfg: DictConfig, s: DictConfig) -> list[str]:
+    """A set's own ``measures`` (TREC-DL's recall counts grade >= 2), else ``evaluate.measures``."""
+    return _list(s.get("measures") or cfg.evaluate.measures)
+
+
 def job_specs(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
     """``(name, command, overrides)`` of every stage in run order: the listed stages, then the evaluations."""
     extra = cfg.get("extra") or {}
@@ -60,8 +65,8 @@ def job_specs(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
         specs.append((str(name), str(stage.command), merge_overrides(_list(stage.get("overrides")), _list(extra.get(stage.command)))))
     evaluate = cfg.get("evaluate")
     if evaluate:
-        measures = f"measures=[{','.join(str(m) for m in evaluate.measures)}]"
         for set_name, s in enabled_sets(cfg).items():
+            measures = "measures=[" + ",".join(f"'{m}'" for m in set_measures(cfg, s)) + "]"  # quoted: R(rel=2)@100
             for row, spec in evaluate.rows.items():
                 overrides = merge_overrides(_list(s.get("overrides")), _list(spec.get("all")), _list(spec.get(set_name)), [measures],
                                             _list(extra.get("dr-eval")))
@@ -81,11 +86,12 @@ def results_table(cfg: DictConfig, dirs: dict[str, str]) -> dict[str, dict[str, 
                 continue
             metrics = json.loads(path.read_text())
             label = str(s.get("label") or set_name)
-            for m in cfg.evaluate.measures:
+            measures = set_measures(cfg, s)
+            for m in measures:
                 values[f"{label} {m}"] = metrics.get(str(m), float("nan"))
             for half, short in HALVES.items():
-                if f"{half}/{cfg.evaluate.measures[0]}" in metrics:
-                    for m in cfg.evaluate.measures:
+                if f"{half}/{measures[0]}" in metrics:
+                    for m in measures:
                         values[f"{short} {m}"] = metrics.get(f"{half}/{m}", float("nan"))
         if values:
             table[str(row)] = values

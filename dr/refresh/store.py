@@ -37,6 +37,7 @@ JOB = "job.json"
 FAILED = "FAILED"
 TMP_PREFIX = ".tmp-"
 WORKER_PID = "worker.pid"
+SAFE_TO_DELETE = "safe to delete its folder: training keeps the negatives it has and the next refresh makes a new version"
 
 
 def version_dir(root: str | os.PathLike, version: int) -> Path:
@@ -62,13 +63,15 @@ def verified_manifest(vdir: str | os.PathLike) -> dict | None:
         manifest = json.loads(path.read_text())
         negatives = vdir / manifest["negatives"]
         if negatives.stat().st_size != manifest["bytes"] or sha256_file(negatives) != manifest["sha256"]:
-            log.error("refresh %s: %s does not match its manifest; ignoring this version", vdir.name, negatives)
+            log.error("refresh %s: %s does not match %s; ignoring this version (%s)", vdir.name, negatives, path, SAFE_TO_DELETE)
             return None
         if manifest.get("teacher_sha256") and sha256_file(vdir / TEACHER_NEGATIVES) != manifest["teacher_sha256"]:
-            log.error("refresh %s: %s does not match its manifest; ignoring this version", vdir.name, TEACHER_NEGATIVES)
+            log.error("refresh %s: %s does not match %s; ignoring this version (%s)", vdir.name, vdir / TEACHER_NEGATIVES, path,
+                      SAFE_TO_DELETE)
             return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.error("refresh %s: unreadable manifest (%s); ignoring this version", vdir.name, e)
+        log.error("refresh %s: %s is damaged, expected a JSON manifest with negatives, bytes and sha256 (%s: %s); ignoring this "
+                  "version (%s)", vdir.name, path, type(e).__name__, e, SAFE_TO_DELETE)
         return None
     return manifest
 
