@@ -179,7 +179,7 @@ REFRESH_RULES = {
     "refresh.timeout_s": positive_number,
     "refresh.index": one_of(*INDEX_KINDS),
     "refresh.device": one_of("auto", "cpu", "cuda"),
-    "refresh.backend": one_of(*BACKENDS),
+    "refresh.backend": one_of("auto", *BACKENDS),
     "refresh.miner.num_negatives": non_negative_int,
 }
 

@@ -48,6 +48,10 @@ BUNDLED: dict[str, dict[str, str]] = {
     "dl19": {
         "queries": str(_RESOURCES / "trec-dl-2019" / "queries.tsv"),
         "qrels": str(_RESOURCES / "trec-dl-2019" / "qrels.trec"),
+        # the judged pool: 30,045 MS MARCO passages (the union of six strong retrievers' top 100 for
+        # DL19 and DL20) and the official qrels restricted to them; figures are "on the DL19 judged pool"
+        "pool_corpus": str(_RESOURCES / "trec-dl-2019" / "corpus.pool.tsv.gz"),
+        "pool_qrels": str(_RESOURCES / "trec-dl-2019" / "qrels.pool.trec"),
     },
 }
 

@@ -52,7 +52,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dr.models.onnx import check_backend
-from dr.refresh.job import RefreshJob, RefreshSetup, run_job
+from dr.refresh.job import RefreshJob, RefreshSetup, resolve_backend, run_job
 from dr.refresh.report import summarize, swap_entry, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
 from dr.refresh.store import (
@@ -88,6 +88,8 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
         keep_snapshots: keep each version's encoder snapshot (by default deleted once the version is complete).
         backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
             to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
+            ``auto``: the backend and precision :mod:`dr.models.auto_backend` calibrates for the student on
+            this machine (once per CPU and model shape, cached), resolved at train start; torch on a GPU.
         poll_every_n_steps: how often ranks look for a new version.
         dirpath: where versions go (default ``<trainer.default_root_dir>/refresh``).
         seed: mining seed (each version draws from ``(seed, version)``).
@@ -125,7 +127,8 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
             raise ValueError(f"refresh.mode must be 'async' or 'sync', got {mode!r}")
         if enabled and not every_n_steps and not every_minutes:
             raise ValueError("refresh: set every_n_steps or every_minutes (or refresh=none)")
-        check_backend(backend)
+        if backend != "auto":
+            check_backend(backend)
         if miner is None:
             miner = {"_target_": "dr.miners.SimANSMiner", "num_negatives": 15}
         self.enabled = enabled
@@ -203,13 +206,14 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
                                "resolved once by dr.training.train (dr.miners.candidates.resolve_score_scale)")
         ds = dm.train_dataset
         score_scale = float(self.score_scale)
+        backend, bf16 = resolve_backend(pl_module.encoder, self.backend, self.bf16, self.device)
         return RefreshSetup(
             corpus=str(dm.hparams.corpus), qids=list(ds.qids), queries=dict(zip(ds.qids, ds.query_texts)),
             positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,
             device=self.device, top_k=self.top_k, batch_size=self.batch_size, chunk_size=self.chunk_size,
-            bf16=self.bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
+            bf16=bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
             teacher_into_negatives=bool(dm.hparams.get("teacher_from_negatives")),
-            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=self.backend, score_scale=score_scale,
+            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=backend, score_scale=score_scale,
         )
 
     @staticmethod

@@ -11,6 +11,7 @@ Free of Lightning imports, so a freshly spawned worker starts in seconds.
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import torch
 
 from dr.data.io import write_json
 from dr.refresh.store import NEGATIVES, SNAPSHOT, STATS, TEACHER_NEGATIVES, write_manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,26 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     assert device in ("cpu", "cuda"), f"refresh.device={device!r} (dr.validate checks it)"
     return device
+
+
+def resolve_backend(encoder, backend: str, bf16: bool, device: str) -> tuple[str, bool]:
+    """``(backend, bf16)`` of the refresh encodings: as configured, or for ``backend=auto`` the
+    choice :mod:`dr.models.auto_backend` calibrates for the student (in eval mode, put back after;
+    cached per machine and model shape); torch on a GPU."""
+    if backend != "auto":
+        return backend, bf16
+    if resolve_device(device) == "cuda":
+        return "torch", bf16
+    from dr.models.auto_backend import choose_backend, default_cache_dir, describe
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        choice = choose_backend(encoder, default_cache_dir())
+    finally:
+        encoder.train(was_training)
+    log.info("refresh %s", describe(choice))
+    return choice.backend, choice.bf16
 
 
 def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None, teacher=None) -> dict:
