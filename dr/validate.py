@@ -125,6 +125,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "export.checkpoint": one_of("best", "last"),
     "export.truncate_dim": positive_int,
     "truncate_dim": positive_int,
+    "interpolate": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a number in [0, 1] (the fine-tuned model's weight)",
     "loss.dims": lambda v: _positive_ints(v),
     "test.truncate_dims": lambda v: _positive_ints(v, empty=True),
     "module.val_measures": measures,

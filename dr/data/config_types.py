@@ -21,6 +21,7 @@ from dr.config import ConfigError
 NULL_DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "num_clusters": ("int",),
     "truncate_dim": ("int",),
+    "interpolate": ("int", "number"),
     "rescore_multiplier": ("int", "number"),
     "max_negatives": ("int",),
     "measures": ("list",),
