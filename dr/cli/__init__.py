@@ -269,14 +269,13 @@ def _auto_encoder(cfg):
     from omegaconf import open_dict
 
     from dr.models import BiEncoder
-    from dr.models.auto_backend import choose_backend, default_cache_dir, describe, encoder_for
+    from dr.models.auto_backend import choose_and_log, default_cache_dir, encoder_for
 
     encoder = BiEncoder.load(cfg.model, cfg.get("encoder"))
     if encoder.truncate_dim is not None:  # a Matryoshka model cut to its first dims: ONNX has no truncation, torch it is
         return encoder
     cache = cfg.get("cache_dir") or default_cache_dir()
-    choice = choose_backend(encoder, cache)
-    logging.getLogger("dr.cli").info(describe(choice))
+    choice = choose_and_log(encoder, cache, logging.getLogger("dr.cli"))
     chosen, bf16 = encoder_for(encoder, choice, cache)
     with open_dict(cfg):
         cfg.bf16 = bf16

@@ -168,6 +168,14 @@ def choose_backend(encoder: BiEncoder, cache_dir: str | Path | None = None, text
     return choice
 
 
+def choose_and_log(encoder: BiEncoder, cache_dir: str | Path | None = None, logger: logging.Logger | None = None,
+                   prefix: str = "") -> Choice:
+    """:func:`choose_backend` under ``cache_dir`` (dr's cache when None), with its one log line."""
+    choice = choose_backend(encoder, cache_dir or default_cache_dir())
+    (logger or log).info("%s%s", prefix, describe(choice))
+    return choice
+
+
 def describe(choice: Choice) -> str:
     """One log line: the choice and what each candidate measured."""
     parts = [f"{n} {m['passages_per_s']:.1f} p/s (1-cos {m['one_minus_cos']:.1e})" for n, m in choice.measured.items()]

@@ -79,15 +79,14 @@ def resolve_backend(encoder, backend: str, bf16: bool, device: str) -> tuple[str
         return backend, bf16
     if resolve_device(device) == "cuda":
         return "torch", bf16
-    from dr.models.auto_backend import choose_backend, default_cache_dir, describe
+    from dr.models.auto_backend import choose_and_log
 
     was_training = encoder.training
     encoder.eval()
     try:
-        choice = choose_backend(encoder, default_cache_dir())
+        choice = choose_and_log(encoder, None, log, prefix="refresh ")
     finally:
         encoder.train(was_training)
-    log.info("refresh %s", describe(choice))
     return choice.backend, choice.bf16
 
 

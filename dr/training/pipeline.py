@@ -77,10 +77,9 @@ class TestSplit:
         if backend != "auto":
             return backend if backend == "onnx" else ("torch-bf16" if self.cfg.bf16 else "torch-fp32")
         if self.choice is None:
-            from dr.models.auto_backend import choose_backend, default_cache_dir, describe
+            from dr.models.auto_backend import choose_and_log
 
-            self.choice = choose_backend(encoder, self.cfg.get("cache_dir") or default_cache_dir())
-            log.info(describe(self.choice))
+            self.choice = choose_and_log(encoder, self.cfg.get("cache_dir"), log)
         return self.choice.name
 
     def dense(self, encoder) -> dict[str, dict[str, float]]:
