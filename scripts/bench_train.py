@@ -345,6 +345,115 @@ def evaluate_saved(model, args, data: dict[str, str], run_dir: Path) -> dict:
     return evaluate_run(test.dense(encoder), test.qrels, test.measures)
 
 
+# ---------------------------------------------------------------------------------------- FLOPs
+def step_token_lengths(data: dict[str, str], args) -> list[tuple[list[int], list[int]]]:
+    """Per step, the token counts (special tokens included, cut at the lengths) of its queries and
+    of its passages (positives then negatives), from the triples both systems train on."""
+    from transformers import AutoTokenizer
+
+    from dr.models import resolve_model_name
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(MODEL))
+    rows = [json.loads(line) for line in open(data["triples"])]
+
+    def lengths(texts: list[str], max_length: int) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+
+    steps = []
+    for i in range(args.steps):
+        batch = rows[i * args.batch_size:(i + 1) * args.batch_size]
+        steps.append((lengths([r["anchor"] for r in batch], args.query_length),
+                      lengths([r["positive"] for r in batch] + [r["negative"] for r in batch], args.passage_length)))
+    return steps
+
+
+def encoder_flops(lengths: list[int], layers: int, hidden: int, intermediate: int) -> dict[str, float]:
+    """Forward FLOPs of a BERT encoder over sequences of these lengths (a multiply-add is 2 FLOPs),
+    by part: per layer and token, the Q, K, V and output projections 8·H², the feed-forward block
+    4·H·I; per layer and sequence of n tokens, the attention scores and weighted sum 4·n²·H.
+    Embeddings, LayerNorms, softmax and pooling are left out (under 1%). No padding is counted:
+    these are the model's FLOPs, whatever a system pads."""
+    tokens = float(sum(lengths))
+    squares = float(sum(n * n for n in lengths))
+    return {"qkv": layers * 6 * hidden * hidden * tokens, "out": layers * 2 * hidden * hidden * tokens,
+            "ffn_up": layers * 2 * hidden * intermediate * tokens, "ffn_down": layers * 2 * hidden * intermediate * tokens,
+            "attention": layers * 4 * hidden * squares}
+
+
+def step_flops(steps, layers: int, hidden: int, intermediate: int, recompute: dict[str, object]) -> list[dict[str, float]]:
+    """Per step: ``model`` = forward + backward (3× the forward: the backward computes the gradients
+    of both the inputs and the weights of every product), ``executed`` = that plus what the
+    recomputation runs again in the backward pass: ``ffn_recompute=full`` the up-projection,
+    ``attention_recompute`` the Q/K/V projections and the attention kernel, ``gradient_checkpointing``
+    a whole forward."""
+    out = []
+    for query_lengths, passage_lengths in steps:
+        parts = {k: encoder_flops(query_lengths, layers, hidden, intermediate)[k] + encoder_flops(passage_lengths, layers, hidden, intermediate)[k]
+                 for k in ("qkv", "out", "ffn_up", "ffn_down", "attention")}
+        forward = sum(parts.values())
+        extra = 0.0
+        if recompute.get("gradient_checkpointing"):
+            extra = forward
+        else:
+            if recompute.get("ffn_recompute") == "full":
+                extra += parts["ffn_up"]
+            if recompute.get("attention_recompute"):
+                extra += parts["qkv"] + parts["attention"]
+        out.append({"model": 3 * forward, "executed": 3 * forward + extra})
+    return out
+
+
+def matmul_peak(dtype_name: str, seconds: float = 1.5) -> float:
+    """The machine's own matmul rate (GFLOP/s) with this process's torch threads: the best of a
+    square 2048 product and all-MiniLM-L6-v2's feed-forward product (16,384 tokens × 384 → 1,536),
+    each repeated for ``seconds`` after a warm-up."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (16384, 384, 1536)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        torch.mm(a, b)
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(a, b)
+            count += 1
+        best = max(best, 2.0 * m * k * n * count / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def flops_rows(results: dict[str, dict], steps, recompute_of: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per system: median model and executed GFLOP per step and the median achieved GFLOP/s (each
+    timed step's FLOPs over its time; steps 2.. as in the speed table)."""
+    from transformers import AutoConfig
+
+    from dr.models import resolve_model_name
+
+    config = AutoConfig.from_pretrained(resolve_model_name(MODEL))
+    rows = {}
+    for name, result in results.items():
+        flops = step_flops(steps, config.num_hidden_layers, config.hidden_size, config.intermediate_size, recompute_of.get(name, {}))
+        seconds = step_seconds(result["step_ends"])
+        timed = flops[len(flops) - len(seconds):]
+        rows[name] = {
+            "model_gflop": statistics.median(f["model"] for f in timed) / 1e9,
+            "executed_gflop": statistics.median(f["executed"] for f in timed) / 1e9,
+            "model_gflops": statistics.median(f["model"] / s for f, s in zip(timed, seconds)) / 1e9,
+            "executed_gflops": statistics.median(f["executed"] / s for f, s in zip(timed, seconds)) / 1e9,
+        }
+    return rows
+
+
+def flops_table(rows: dict[str, dict[str, float]], peaks: dict[str, float]) -> str:
+    fp32 = peaks.get("fp32") or float("nan")
+    lines = [f"matmul peak of this machine ({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; scripts/bench_train.py matmul_peak)",
+             f"{'system':<14}{'GFLOP/step':>12}{'+ recompute':>13}{'GFLOP/s':>10}{'% fp32 peak':>13}{'executed GFLOP/s':>18}{'% fp32 peak':>13}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<14}{r['model_gflop']:>12.0f}{r['executed_gflop']:>13.0f}{r['model_gflops']:>10.0f}"
+                     f"{100 * r['model_gflops'] / fp32:>12.0f}%{r['executed_gflops']:>18.0f}{100 * r['executed_gflops'] / fp32:>12.0f}%")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------- parent
 def run_child(system: str, out: Path, allocator: str = "system") -> dict:
     """``--only system`` in a fresh process (its output in ``out/<system>.log``) with the system's
@@ -476,7 +585,20 @@ def main() -> None:
     title = (f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
              f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
              f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps 2-{args.steps}")
-    table = "\n".join([title, format_machine(info), speed_table(rows, results, args.effect)])
+    recompute_of = {}
+    for system in systems:
+        if system.startswith("st"):
+            recompute_of[system] = {}
+        else:
+            module = dr_config(args, data, out / f"{system}_run", variants.get(system, [])).module
+            recompute_of[system] = {k: module.get(k) for k in ("gradient_checkpointing", "ffn_recompute", "attention_recompute")}
+    peaks = {"fp32": matmul_peak("fp32")}
+    from dr.config import bf16_supported
+
+    if bf16_supported():  # native bf16 (AVX512-BF16, AMX): the rate a bf16 step could reach
+        peaks["bf16"] = matmul_peak("bf16")
+    flops = flops_rows(results, step_token_lengths(data, args), recompute_of)
+    table = "\n".join([title, format_machine(info), speed_table(rows, results, args.effect), flops_table(flops, peaks)])
     if cut:
         table += f"\n{cut} of {args.steps * args.batch_size} queries were cut to {args.query_length} tokens for sentence-transformers"
     for name, overrides in variants.items():
@@ -484,7 +606,8 @@ def main() -> None:
     if args.effect:
         table += "\nnDCG@10 / R@100 on the SciFact test split" + (" (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)")
     print("\n" + table)
-    payload = {"settings": vars(args), "variants": variants, "machine": info, "systems": rows, "raw": results, "data": data}
+    payload = {"settings": vars(args), "variants": variants, "machine": info, "systems": rows, "flops": flops, "matmul_peak_gflops": peaks,
+               "raw": results, "data": data}
     write_results(out, "train", table, payload)
 
 
