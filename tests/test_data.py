@@ -268,11 +268,23 @@ def test_resolve_path():
 
 def test_bundled_files_exist():
     assert set(bundled("scifact")) == {"corpus", "train_queries", "train_qrels", "test_queries", "test_qrels"}
-    assert set(bundled("dl19")) == {"queries", "qrels"}
+    assert set(bundled("dl19")) == {"queries", "qrels", "pool_corpus", "pool_qrels"}
     for paths in BUNDLED.values():
         for path in paths.values():
             assert Path(path).is_absolute() and Path(path).is_file()
             assert (Path(path).parent / "LICENSE.md").is_file()
+
+
+def test_the_dl19_pool_qrels_are_the_official_ones_on_the_pool_corpus():
+    import gzip
+
+    with gzip.open(bundled("dl19")["pool_corpus"], "rt", encoding="utf-8") as f:
+        docids = {line.split("\t", 1)[0] for line in f}
+    assert len(docids) == 30045
+    pool, full = read_qrels("dl19:pool_qrels"), read_qrels("dl19:qrels")
+    assert {d for docs in pool.values() for d in docs} <= docids
+    assert all(full[q][d] == grade for q, docs in pool.items() for d, grade in docs.items())
+    assert sum(len(docs) for docs in pool.values()) == sum(1 for q, docs in full.items() for d in docs if d in docids)
 
 
 def test_bundled_scifact(tmp_path):
