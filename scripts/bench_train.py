@@ -138,9 +138,11 @@ def write_triples(data: dict[str, str], args) -> None:
         loader.batch_sampler.set_epoch(epoch)
         for batch in loader:
             b = len(batch["queries"])
-            if len(batch["passages"]) != 2 * b:
-                raise RuntimeError(f"expected one positive and one negative per query, got {len(batch['passages'])} passages for {b} queries")
-            rows += [{"anchor": batch["queries"][i], "positive": batch["passages"][i], "negative": batch["passages"][b + i]} for i in range(b)]
+            if batch["neg_index"].shape != (b, 1) or bool((batch["neg_index"] < 0).any()):
+                raise RuntimeError(f"expected one negative per query, got neg_index of shape {tuple(batch['neg_index'].shape)}")
+            # a passage two queries share is in the batch once (datamodule.collate_train): look each up
+            passages, target, negative = batch["passages"], batch["target"].tolist(), batch["neg_index"][:, 0].tolist()
+            rows += [{"anchor": batch["queries"][i], "positive": passages[target[i]], "negative": passages[negative[i]]} for i in range(b)]
             if len(rows) >= args.steps * args.batch_size:
                 break
         epoch += 1
