@@ -101,17 +101,22 @@ def _base(tiny_bert, data, out, *extra):
             "top_k=20", "chunk_size=16", f"output={out}", "encoder.passage_max_length=48", *extra]
 
 
-def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
-    """teacher=cross_encoder scores every candidate and positive before mining, so miner=denoise runs:
-    it keeps exactly the candidates the cross-encoder scores below the threshold (or a margin under the positives)."""
+def _pool_and_cross_encoder(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
+    """The tiny model's scored pool (``miner=pool``), the train queries, the corpus texts by docid
+    and the tiny cross-encoder teacher: what the denoising tests score the pool with by hand."""
     from dr.teachers import CrossEncoderTeacher
 
     mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "pool.jsonl", "miner=pool")), tmp_path)
-    pool = read_negatives(tmp_path / "pool.jsonl")
-    queries = read_queries(scifact_slice["train_queries"])
     corpus = read_corpus(scifact_slice["corpus"])
     text = dict(zip(corpus["docid"], passage_texts(corpus, list(range(len(corpus))))))
-    teacher = CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256)
+    return (read_negatives(tmp_path / "pool.jsonl"), read_queries(scifact_slice["train_queries"]), text,
+            CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256))
+
+
+def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
+    """teacher=cross_encoder scores every candidate and positive before mining, so miner=denoise runs:
+    it keeps exactly the candidates the cross-encoder scores below the threshold (or a margin under the positives)."""
+    pool, queries, text, teacher = _pool_and_cross_encoder(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path)
     groups = {q: r.negatives + r.positives for q, r in pool.items()}
     scored = teacher.score_groups([queries[q] for q in groups], [[text[d] for d in g] for g in groups.values()])
     t = {q: dict(zip(g, s.tolist())) for (q, g), s in zip(groups.items(), scored)}
@@ -142,14 +147,7 @@ def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slic
 def test_denoise_threshold_is_a_probability_of_relevance(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
     """Issue 23 item 2: RocketQA's threshold (0.1) is on a 0-1 scale; a single-logit cross-encoder's
     scores are mapped onto it with a sigmoid, so a candidate with sigmoid(logit) >= 0.1 is never kept."""
-    from dr.teachers import CrossEncoderTeacher
-
-    mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "pool.jsonl", "miner=pool")), tmp_path)
-    pool = read_negatives(tmp_path / "pool.jsonl")
-    queries = read_queries(scifact_slice["train_queries"])
-    corpus = read_corpus(scifact_slice["corpus"])
-    text = dict(zip(corpus["docid"], passage_texts(corpus, list(range(len(corpus))))))
-    teacher = CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256)
+    pool, queries, text, teacher = _pool_and_cross_encoder(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path)
     scored = teacher.score_groups([queries[q] for q in pool], [[text[d] for d in r.negatives] for r in pool.values()])
     probability = {q: dict(zip(r.negatives, 1 / (1 + np.exp(-s)))) for (q, r), s in zip(pool.items(), scored)}
     teacher_args = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "miner=denoise", "miner.num_negatives=null",
