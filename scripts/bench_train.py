@@ -390,8 +390,9 @@ def step_flops(steps, layers: int, hidden: int, intermediate: int, recompute: di
     a whole forward."""
     out = []
     for query_lengths, passage_lengths in steps:
-        parts = {k: encoder_flops(query_lengths, layers, hidden, intermediate)[k] + encoder_flops(passage_lengths, layers, hidden, intermediate)[k]
-                 for k in ("qkv", "out", "ffn_up", "ffn_down", "attention")}
+        queries = encoder_flops(query_lengths, layers, hidden, intermediate)
+        passages = encoder_flops(passage_lengths, layers, hidden, intermediate)
+        parts = {k: queries[k] + passages[k] for k in queries}
         forward = sum(parts.values())
         extra = 0.0
         if recompute.get("gradient_checkpointing"):

@@ -120,7 +120,7 @@ def save_run_config(cfg) -> None:
     from dr.data.io import atomic_write
 
     hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir) / ".hydra"
+    folder = run_dir() / ".hydra"
     files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}), "overrides.yaml": hydra_cfg.overrides.task}
     for filename, node in files.items():
         with atomic_write(folder / filename) as f:
