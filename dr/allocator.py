@@ -38,8 +38,14 @@ MODES = ("auto", "jemalloc", "system")
 #: keep freed pages for reuse (no purging back to the system): the speed of glibc's heap without its fragmentation
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 _REEXEC_MARK = "DR_MALLOC_REEXEC"
-_SYSTEM_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
-                "/opt/homebrew/lib")
+_SYSTEM_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/opt/homebrew/lib",
+)
 
 
 def find_jemalloc() -> str | None:
@@ -103,13 +109,20 @@ def reexec_with_jemalloc(command: str) -> None:
     mode = os.environ.get("DR_MALLOC", "auto").strip().lower() or "auto"
     if mode not in MODES:
         _exit_2(f"{command}: error: DR_MALLOC={mode!r}: expected one of {', '.join(MODES)}")
-    if mode == "system" or os.environ.get(_REEXEC_MARK) or not sys.platform.startswith("linux") or active() == "jemalloc":
+    if (
+        mode == "system"
+        or os.environ.get(_REEXEC_MARK)
+        or not sys.platform.startswith("linux")
+        or active() == "jemalloc"
+    ):
         return
     library = find_jemalloc()
     if library is None:
         if mode == "jemalloc":
-            _exit_2(f"{command}: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its path, "
-                    "or install Debian's libjemalloc2)")
+            _exit_2(
+                f"{command}: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its path, "
+                "or install Debian's libjemalloc2)"
+            )
         return
     env = jemalloc_environ(library)
     env[_REEXEC_MARK] = "1"

@@ -17,7 +17,11 @@ from dr.validate import _ABSENT, _check, _get, _is_int, _is_number, boolean, one
 
 def _paths(v: Any) -> str | None:
     items = [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple, ListConfig)) else None
-    flat = [x for i in items or [] for x in ([i] if isinstance(i, str) else list(i) if isinstance(i, (list, ListConfig)) else [None])]
+    flat = [
+        x
+        for i in items or []
+        for x in ([i] if isinstance(i, str) else list(i) if isinstance(i, (list, ListConfig)) else [None])
+    ]
     return None if items and all(isinstance(x, str) and x for x in flat) else "expected a path or a list of paths"
 
 
@@ -94,15 +98,21 @@ def check_best_checkpoint(cfg: DictConfig) -> None:
     if monitor is not None:
         measures = [f"val/{m}" for m in cfg.module.val_measures]
         if monitor not in measures:
-            raise ConfigError(f"callbacks.best_checkpoint.monitor={monitor}: expected one of the validation measures "
-                              f"{', '.join(measures)} (module.val_measures)")
+            raise ConfigError(
+                f"callbacks.best_checkpoint.monitor={monitor}: expected one of the validation measures "
+                f"{', '.join(measures)} (module.val_measures)"
+            )
     patience = _get(cfg, "trainer.early_stopping")
     if patience in (_ABSENT, None):
         return
     if monitor is None:
-        raise ConfigError(f"trainer.early_stopping={patience}: expected callbacks.best_checkpoint with a monitor to watch")
+        raise ConfigError(
+            f"trainer.early_stopping={patience}: expected callbacks.best_checkpoint with a monitor to watch"
+        )
     if not has_validation(cfg):
-        raise ConfigError(f"trainer.early_stopping={patience}: expected validation queries (data.val_fraction > 0 or data.val_queries)")
+        raise ConfigError(
+            f"trainer.early_stopping={patience}: expected validation queries (data.val_fraction > 0 or data.val_queries)"
+        )
 
 
 def loss_class(node: Any) -> type | None:
@@ -129,9 +139,13 @@ def check_loss_fields(cfg: DictConfig, data: DictConfig) -> None:
     needs = cls.config_fields(node)
     name = cls.__name__
     if needs & TEACHER_SCORE_FIELDS and not data.get("teacher_scores") and not data.get("teacher_from_negatives"):
-        raise ConfigError(f"loss={name}: expected teacher scores, set data.teacher_scores=FILE "
-                          "(dr-score output) or data.teacher_from_negatives=true with a scored negatives file")
+        raise ConfigError(
+            f"loss={name}: expected teacher scores, set data.teacher_scores=FILE "
+            "(dr-score output) or data.teacher_from_negatives=true with a scored negatives file"
+        )
     teacher = _get(cfg, "module.inbatch_teacher")
     if "teacher_matrix" in needs and teacher in (None, _ABSENT):
-        raise ConfigError(f"module.inbatch_teacher=null: expected an in-batch teacher for the in-batch term of loss={name}, "
-                          "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert")
+        raise ConfigError(
+            f"module.inbatch_teacher=null: expected an in-batch teacher for the in-batch term of loss={name}, "
+            "e.g. inbatch_teacher=fusion|biencoder|cross_encoder|colbert"
+        )

@@ -45,7 +45,9 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
     return _save(fig, out_png)
 
 
-def plot_score_histogram(positive: list[float], negative: list[float], out_png: str | os.PathLike, title: str = "") -> Path:
+def plot_score_histogram(
+    positive: list[float], negative: list[float], out_png: str | os.PathLike, title: str = ""
+) -> Path:
     """Overlaid histograms of positive and mined-negative scores (one shared set of bins)."""
     import numpy as np
 
@@ -65,7 +67,9 @@ def plot_score_histogram(positive: list[float], negative: list[float], out_png: 
     return _save(fig, out_png)
 
 
-def plot_cluster_sizes(sizes: list[int], out_png: str | os.PathLike, batch_size: int | None = None, title: str = "") -> Path:
+def plot_cluster_sizes(
+    sizes: list[int], out_png: str | os.PathLike, batch_size: int | None = None, title: str = ""
+) -> Path:
     """Histogram of query-cluster sizes (``dr-cluster``), with the batch size marked when given."""
     import numpy as np
 
@@ -84,8 +88,13 @@ def plot_cluster_sizes(sizes: list[int], out_png: str | os.PathLike, batch_size:
 
 
 def plot_split_similarities(
-    max_sim_full: dict[str, float], max_sim: dict[str, float], labels: dict[str, str], shares_doc_full: dict[str, bool],
-    threshold: float, out_png: str | os.PathLike, title: str = "",
+    max_sim_full: dict[str, float],
+    max_sim: dict[str, float],
+    labels: dict[str, str],
+    shares_doc_full: dict[str, bool],
+    threshold: float,
+    out_png: str | os.PathLike,
+    title: str = "",
 ) -> Path:
     """``dr-split``: each test query's max cosine to the training queries, before resampling (split
     by whether it shares a relevant document with a training query) and after (by its label), with
@@ -96,11 +105,21 @@ def plot_split_similarities(
     bins = np.linspace(min([*max_sim_full.values(), *max_sim.values(), threshold]) - 0.01, 1.0, 50)
     fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     panels = [
-        (axes[0], max_sim_full, {"shares a relevant doc": [q for q, s in shares_doc_full.items() if s],
-                                 "shares none": [q for q, s in shares_doc_full.items() if not s]},
-         "full training set"),
-        (axes[1], max_sim, {label: [q for q, lab in labels.items() if lab == label] for label in ("interpolation", "extrapolation")},
-         "resampled training set"),
+        (
+            axes[0],
+            max_sim_full,
+            {
+                "shares a relevant doc": [q for q, s in shares_doc_full.items() if s],
+                "shares none": [q for q, s in shares_doc_full.items() if not s],
+            },
+            "full training set",
+        ),
+        (
+            axes[1],
+            max_sim,
+            {label: [q for q, lab in labels.items() if lab == label] for label in ("interpolation", "extrapolation")},
+            "resampled training set",
+        ),
     ]
     for ax, sims, groups, what in panels:
         for name, qids in groups.items():
@@ -137,7 +156,9 @@ _PANEL_ORDER = ("train/loss", "train/", "lr-", "val/")
 _VERSION_SERIES = ("train/negatives_version", "refresh/version")
 
 
-def plot_runs(runs: dict[str, dict[str, list[tuple[float, float]]]], out_png: str | os.PathLike, title: str = "") -> Path:
+def plot_runs(
+    runs: dict[str, dict[str, list[tuple[float, float]]]], out_png: str | os.PathLike, title: str = ""
+) -> Path:
     """``dr-plot``: training loss, learning rate and validation metrics against the step, one line per
     run (``{label: read_metrics_csv(...)}``) in each panel. A series that never changes in any run is
     left out (``train/negatives_version`` without a refresh); the steps where a run's negatives
@@ -147,8 +168,10 @@ def plot_runs(runs: dict[str, dict[str, list[tuple[float, float]]]], out_png: st
     def wanted(name: str) -> bool:
         return name.startswith(_PANEL_ORDER[1:]) and name not in _VERSION_SERIES
 
-    names = sorted({n for series in runs.values() for n in series if wanted(n)},
-                   key=lambda n: (next(i for i, p in enumerate(_PANEL_ORDER) if n.startswith(p)), n))
+    names = sorted(
+        {n for series in runs.values() for n in series if wanted(n)},
+        key=lambda n: (next(i for i, p in enumerate(_PANEL_ORDER) if n.startswith(p)), n),
+    )
 
     def never_changes(name: str) -> bool:  # logged several times, always the same value, in every run
         points = [s.get(name, []) for s in runs.values()]
@@ -167,7 +190,9 @@ def plot_runs(runs: dict[str, dict[str, list[tuple[float, float]]]], out_png: st
                 steps, values = zip(*series[name])
                 ax.plot(steps, values, color=colour, label=label, marker="o" if len(steps) < 20 else None, markersize=3)
             for i, step in enumerate(refreshes):
-                ax.axvline(step, color=colour, linestyle=":", alpha=0.8, label=f"{label}: new negatives" if i == 0 else None)
+                ax.axvline(
+                    step, color=colour, linestyle=":", alpha=0.8, label=f"{label}: new negatives" if i == 0 else None
+                )
     for ax, name in zip(axes[:, 0], names):
         ax.set_ylabel(name, fontsize=8)
         ax.grid(alpha=0.3)
@@ -188,7 +213,9 @@ def _version_changes(series: dict[str, list[tuple[float, float]]]) -> list[float
     return []
 
 
-def plot_sorted_differences(differences: dict[str, dict[str, list[float]]], out_png: str | os.PathLike, baseline: str = "") -> Path:
+def plot_sorted_differences(
+    differences: dict[str, dict[str, list[float]]], out_png: str | os.PathLike, baseline: str = ""
+) -> Path:
     """Per-query differences against a baseline, sorted, one panel per measure and one line per
     system (``{measure: {system: [value - baseline value per query]}}``; ``dr-compare``)."""
     import numpy as np
@@ -199,13 +226,20 @@ def plot_sorted_differences(differences: dict[str, dict[str, list[float]]], out_
     for ax, measure in zip(axes[:, 0], measures):
         for system, diffs in differences[measure].items():
             values = np.sort(np.asarray(diffs, np.float64))[::-1]
-            ax.plot(np.arange(1, len(values) + 1), values, marker="o" if len(values) <= 60 else None, markersize=3,
-                    label=f"{system} (mean {values.mean():+.4f})" if len(values) else system)
+            ax.plot(
+                np.arange(1, len(values) + 1),
+                values,
+                marker="o" if len(values) <= 60 else None,
+                markersize=3,
+                label=f"{system} (mean {values.mean():+.4f})" if len(values) else system,
+            )
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_ylabel(f"Δ {measure}", fontsize=8)
         ax.set_xlabel("queries, sorted by difference", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0, 0].set_title(f"per-query difference against {baseline}" if baseline else "per-query differences", fontsize=9)
+    axes[0, 0].set_title(
+        f"per-query difference against {baseline}" if baseline else "per-query differences", fontsize=9
+    )
     fig.tight_layout()
     return _save(fig, out_png)

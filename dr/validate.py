@@ -9,6 +9,9 @@ agree on: a refresh miner keeping at least ``data.num_negatives`` negatives, ref
 loader workers (negatives are swapped in the training process), a distillation loss with its
 teachers, measures that ir-measures can parse.
 
+The checks of what a command is given are in :mod:`dr.checks`, those of the methods a config
+combines (negatives and samplers, teachers for thresholds) in :mod:`dr.method_checks`.
+
 Errors found only in data (a bad line, an unknown id) are :class:`dr.data.DataError`, raised by
 the readers.
 """
@@ -19,12 +22,10 @@ import math
 import numbers
 from typing import Any, Callable
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dr.config import ConfigError
 from dr.data.checks import ON_MISSING
-from dr.miners.base import Miner
 from dr.models.onnx import BACKENDS
 from dr.evaluation.evaluate import PRESETS, parse_measures
 from dr.export.export import FORMATS
@@ -109,7 +110,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.negatives.rank_min": non_negative_int,
     "data.negatives.rank_max": positive_int,
     "loss.temperature": positive_number,
-    "loss.student_scale": lambda v: None if v == "auto" else positive_number(v) and "expected a positive number or auto",
+    "loss.student_scale": lambda v: (
+        None if v == "auto" else positive_number(v) and "expected a positive number or auto"
+    ),
     "loss.alpha": non_negative_number,
     "loss.teacher_temperature": positive_number,
     "loss.pair.student_scale": positive_number,
@@ -125,7 +128,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "export.checkpoint": one_of("best", "last"),
     "export.truncate_dim": positive_int,
     "truncate_dim": positive_int,
-    "interpolate": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a number in [0, 1] (the fine-tuned model's weight)",
+    "interpolate": lambda v: (
+        None if _is_number(v) and 0 <= v <= 1 else "expected a number in [0, 1] (the fine-tuned model's weight)"
+    ),
     "loss.dims": lambda v: _positive_ints(v),
     "test.truncate_dims": lambda v: _positive_ints(v, empty=True),
     "module.val_measures": measures,
@@ -167,7 +172,12 @@ RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 #: Checked only when the group is switched on (``test.enabled``, ``refresh.enabled``).
-TEST_RULES = {"test.backend": one_of("auto", "torch", "onnx"), "test.k": positive_int, "test.batch_size": positive_int, "test.measures": measures}
+TEST_RULES = {
+    "test.backend": one_of("auto", "torch", "onnx"),
+    "test.k": positive_int,
+    "test.batch_size": positive_int,
+    "test.measures": measures,
+}
 REFRESH_RULES = {
     "refresh.mode": one_of("async", "sync"),
     "refresh.every_n_steps": positive_int,
@@ -183,6 +193,7 @@ REFRESH_RULES = {
     "refresh.backend": one_of("auto", *BACKENDS),
     "refresh.miner.num_negatives": non_negative_int,
 }
+
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
@@ -228,115 +239,46 @@ def _check_training(cfg: DictConfig) -> None:
     if isinstance(negatives, DictConfig) and _is_int(negatives.get("rank_min")) and _is_int(negatives.get("rank_max")):
         lo, hi = negatives.rank_min, negatives.rank_max
         if lo >= hi:
-            raise ConfigError(f"data.negatives.rank_min={lo}, data.negatives.rank_max={hi}: expected rank_min < rank_max")
+            raise ConfigError(
+                f"data.negatives.rank_min={lo}, data.negatives.rank_max={hi}: expected rank_min < rank_max"
+            )
         if _is_int(data.get("num_negatives")) and data.num_negatives > hi - lo:
-            raise ConfigError(f"data.num_negatives={data.num_negatives}: expected at most the {hi - lo} BM25 ranks "
-                              f"[{lo}, {hi}) of data.negatives")
+            raise ConfigError(
+                f"data.num_negatives={data.num_negatives}: expected at most the {hi - lo} BM25 ranks "
+                f"[{lo}, {hi}) of data.negatives"
+            )
     if _enabled(cfg, "refresh"):
         keeps = miner_keeps(_get(cfg, "refresh.miner"))
         wanted = data.get("num_negatives")
         if keeps is not None and _is_int(wanted) and wanted > keeps:
-            raise ConfigError(f"data.num_negatives={wanted}: expected at most the {keeps} negatives per query that "
-                              f"the refresh miner keeps (refresh.miner num_negatives={keeps})")
+            raise ConfigError(
+                f"data.num_negatives={wanted}: expected at most the {keeps} negatives per query that "
+                f"the refresh miner keeps (refresh.miner num_negatives={keeps})"
+            )
         if _is_int(data.get("num_workers")) and data.num_workers > 0:
-            raise ConfigError(f"data.num_workers={data.num_workers}: expected 0 with an index refresh (refresh.enabled=true), "
-                              "which swaps the negatives inside the training process")
+            raise ConfigError(
+                f"data.num_workers={data.num_workers}: expected 0 with an index refresh (refresh.enabled=true), "
+                "which swaps the negatives inside the training process"
+            )
         if _get(cfg, "refresh.every_n_steps") is None and _get(cfg, "refresh.every_minutes") is None:
-            raise ConfigError("refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)")
+            raise ConfigError(
+                "refresh.every_n_steps=null, refresh.every_minutes=null: expected a schedule (one of them set)"
+            )
         if data.get("teacher_from_negatives") and _get(cfg, "refresh.teacher") in (None, _ABSENT):
             # every refreshed file would carry the student's dense scores, read as the teacher's
             raise ConfigError(
                 "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but refresh.teacher "
                 "is null: every refreshed file would carry the student's own scores and replace the teacher's. Set "
                 "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
-                "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false")
+                "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false"
+            )
     check_compact(data)
-    check_negatives_sources(cfg, data)
     from dr.checks import check_loss_fields  # the loss contract against the data and module settings
+    from dr.method_checks import check_negatives_sources  # they use this module's rules and helpers
+
+    check_negatives_sources(cfg, data)
 
     check_loss_fields(cfg, data)
-
-
-def _class_of(node: Any) -> type | None:
-    """The class a Hydra node's ``_target_`` names (None when there is none or it does not import:
-    instantiation reports that)."""
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not isinstance(target, str):
-        return None
-    try:
-        return get_class(target)
-    except Exception:
-        return None
-
-
-def _miner_classes(miner: Any) -> list[type]:
-    """The classes of a miner config and, for a chain, of its stages."""
-    stages = miner.get("miners") if isinstance(miner, DictConfig) else None
-    if isinstance(stages, ListConfig):
-        return [c for stage in stages for c in _miner_classes(stage)]
-    cls = _class_of(miner)
-    return [cls] if cls is not None else []
-
-
-def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
-    """Refuse the combinations of pair sampler, negatives and refresh that silently degrade a method.
-
-    - A pair sampler that draws by the candidates' scores (``uses_scores``, SimANS) needs a file that
-      keeps the pool with its scores and the positives' scores: on BM25 negatives (a source, no
-      positive score) every load would take the same lowest-ranked candidates.
-    - With a refresh: a kernel miner (SimANS) would pre-sample what the sampler samples again at
-      every load. (``refresh.teacher`` writes its scores to a file of their own unless
-      ``data.teacher_from_negatives``, which the data module refuses with such a sampler.)
-    - A refresh miner that filters on teacher scores (RocketQA's denoising) needs ``refresh.teacher``:
-      the refresh candidates carry no teacher scores of their own.
-    """
-    sampler = _class_of(data.get("pair_sampler"))
-    scored = bool(getattr(sampler, "uses_scores", False))
-    name = sampler.__name__ if sampler is not None else ""
-    if scored and not isinstance(data.get("negatives"), str):
-        raise ConfigError(f"data.negatives={_show(data.get('negatives'))}: expected a negatives file with the candidates' and "
-                          f"positives' scores for data.pair_sampler={name} (a scored pool: dr-mine miner=pool top_k=200 "
-                          "output=FILE); without a positive score every load takes the same lowest-ranked candidates")
-    if not _enabled(cfg, "refresh"):
-        return
-    miners = [c for c in _miner_classes(_get(cfg, "refresh.miner")) if issubclass(c, Miner)]
-    teacher = _get(cfg, "refresh.teacher")
-    has_teacher = isinstance(teacher, DictConfig)
-    if scored:
-        kernels = [c for c in miners if c.samples_by_kernel]
-        if kernels:
-            raise ConfigError(f"refresh.miner={kernels[0].__name__}: expected miner@refresh.miner=pool with data.pair_sampler="
-                              f"{name}, which applies its kernel at every load (the refresh would apply it once before)")
-    if has_teacher and data.get("compact") and data.get("teacher_scores"):
-        raise ConfigError("data.compact=true, refresh.teacher set: expected data.compact=false (the refresh teacher's "
-                          "scores replace each query's teacher scores, which compact arrays hold read-only)")
-    needs_teacher = [c for c in miners if c.needs_teacher_scores]
-    if needs_teacher and not has_teacher:
-        raise ConfigError(f"refresh.miner={needs_teacher[0].__name__}: expected a refresh.teacher to score the refresh's "
-                          "candidates (+teacher@refresh.teacher=cross_encoder), or another refresh miner; "
-                          "without one every refresh job fails")
-
-
-def _threshold_stages(miner: Any) -> list[DictConfig]:
-    """The stages of a miner config with a threshold on teacher scores (RocketQA's denoising)."""
-    stages = miner.get("miners") if isinstance(miner, DictConfig) else None
-    if isinstance(stages, ListConfig):
-        return [s for stage in stages for s in _threshold_stages(stage)]
-    needs = getattr(_class_of(miner), "needs_teacher_scores", False)
-    return [miner] if needs and miner.get("threshold") is not None else []
-
-
-def check_teacher_threshold(cfg: DictConfig, miner_key: str, teacher_key: str) -> None:
-    """A denoising threshold is a probability of relevance: refuse a teacher whose scores have no map onto it."""
-    teacher = _get(cfg, teacher_key)
-    stages = _threshold_stages(_get(cfg, miner_key))
-    if not stages or not isinstance(teacher, DictConfig):
-        return
-    cls = _class_of(teacher)
-    if cls is not None and not getattr(cls, "maps_to_probability", False):
-        raise ConfigError(f"{miner_key}.threshold={stages[0].threshold}: expected a teacher whose scores map to a probability "
-                          f"of relevance (a cross-encoder), not {cls.__name__}; use {miner_key}.margin on the teacher's own "
-                          "scale, or a cross-encoder teacher")
 
 
 #: Data options that ``data.compact`` (arrays instead of dictionaries) does not support, with why.
@@ -352,8 +294,10 @@ def check_compact(data: Any) -> None:
         return
     teacher = data.get("teacher_scores")
     if not isinstance(teacher, str) and teacher is not None and len(teacher) > 1:
-        raise ConfigError(f"data.compact=true, data.teacher_scores={_show(teacher)}: expected one teacher-score file "
-                          "(several are merged into dictionaries only; merge the files or set data.compact=false)")
+        raise ConfigError(
+            f"data.compact=true, data.teacher_scores={_show(teacher)}: expected one teacher-score file "
+            "(several are merged into dictionaries only; merge the files or set data.compact=false)"
+        )
     for key, why in COMPACT_UNSUPPORTED.items():
         if data.get(key):
             raise ConfigError(f"data.compact=true, data.{key}=true: expected data.compact=false ({why})")
@@ -361,6 +305,8 @@ def check_compact(data: Any) -> None:
 
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Raise :class:`ConfigError` for the first value that cannot work; return ``cfg`` otherwise."""
+    from dr.method_checks import check_teacher_threshold  # it uses this module's rules and helpers
+
     _check(cfg, RULES)
     if _enabled(cfg, "test"):
         _check(cfg, TEST_RULES)
@@ -374,4 +320,3 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     check_inputs(cfg)
     check_best_checkpoint(cfg)
     return cfg
-

@@ -37,11 +37,11 @@ BATCH_FIELDS: dict[str, str] = {
     "exclude": "[B, P] bool: other known positives of each query, left out of its scores",
     "neg_index": "[B, N]: the columns of each query's hard negatives (-1: missing)",
     "teacher_pos": "[B]: the teacher's score of each query's positive; set data.teacher_scores=FILE (a dr-score "
-                   "TSV) or data.negatives=FILE data.teacher_from_negatives=true",
+    "TSV) or data.negatives=FILE data.teacher_from_negatives=true",
     "teacher_neg": "[B, N]: the teacher's scores of each query's negatives; set data.teacher_scores=FILE (a dr-score "
-                   "TSV) or data.negatives=FILE data.teacher_from_negatives=true",
+    "TSV) or data.negatives=FILE data.teacher_from_negatives=true",
     "teacher_matrix": "[B, P]: an in-batch teacher's scores of every (query, passage) pair of the batch; set "
-                      "inbatch_teacher=fusion|biencoder|cross_encoder|colbert",
+    "inbatch_teacher=fusion|biencoder|cross_encoder|colbert",
 }
 
 #: The fields that come from a teacher-score file.
@@ -60,10 +60,13 @@ class Loss(nn.Module):
         super().__init_subclass__(**kwargs)
         unknown = sorted(set(cls.fields) - set(BATCH_FIELDS))
         if unknown:
-            raise TypeError(f"{cls.__name__}.fields: {', '.join(unknown)} are not batch fields "
-                            f"(known: {', '.join(BATCH_FIELDS)})")
+            raise TypeError(
+                f"{cls.__name__}.fields: {', '.join(unknown)} are not batch fields (known: {', '.join(BATCH_FIELDS)})"
+            )
         if not set(cls.required) <= set(cls.fields):
-            raise TypeError(f"{cls.__name__}.required: {sorted(set(cls.required) - set(cls.fields))} are not in its fields")
+            raise TypeError(
+                f"{cls.__name__}.required: {sorted(set(cls.required) - set(cls.fields))} are not in its fields"
+            )
 
     # ------------------------------------------------------------------ the fields
     def input_fields(self) -> tuple[str, ...]:
@@ -91,8 +94,10 @@ class Loss(nn.Module):
         declared = self.input_fields()
         unknown = [k for k in fields if k not in declared]
         if unknown:
-            raise TypeError(f"{type(self).__name__} was given batch fields it does not declare: {', '.join(unknown)} "
-                            f"(it declares {', '.join(declared) or 'none'})")
+            raise TypeError(
+                f"{type(self).__name__} was given batch fields it does not declare: {', '.join(unknown)} "
+                f"(it declares {', '.join(declared) or 'none'})"
+            )
         for name in self.required_fields():
             if fields.get(name) is None:
                 raise ValueError(f"{type(self).__name__} needs `{name}` in the batch: {BATCH_FIELDS[name]}")

@@ -49,8 +49,10 @@ class InfoNCELoss(Loss):
 
     fields = ("target", "exclude")
     required = ("target",)
-    citation = ("van den Oord et al. 2018, Representation Learning with Contrastive Predictive Coding, Eq. 4; "
-                "Karpukhin et al. 2020, Dense Passage Retrieval, Eq. 2 (in-batch negatives)")
+    citation = (
+        "van den Oord et al. 2018, Representation Learning with Contrastive Predictive Coding, Eq. 4; "
+        "Karpukhin et al. 2020, Dense Passage Retrieval, Eq. 2 (in-batch negatives)"
+    )
     score_scale = "logits = q·d / temperature (0.05: scale 20 on cosine)"
 
     def __init__(self, temperature: float = 0.05):

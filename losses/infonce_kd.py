@@ -39,8 +39,13 @@ from dr.losses.scores import student_scores
 
 
 def candidate_kd(
-    s_pos: torch.Tensor, s_neg: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor,
-    present: torch.Tensor | None = None, student_temperature: float = 0.05, teacher_temperature: float = 1.0,
+    s_pos: torch.Tensor,
+    s_neg: torch.Tensor,
+    t_pos: torch.Tensor,
+    t_neg: torch.Tensor,
+    present: torch.Tensor | None = None,
+    student_temperature: float = 0.05,
+    teacher_temperature: float = 1.0,
 ) -> torch.Tensor:
     """``mean_i KL(softmax(t_i/τ_t) ‖ softmax(s_i/τ_s))`` over lists [positive, negatives]
     (``s_pos``/``t_pos`` ``[B]``, ``s_neg``/``t_neg`` ``[B, N]``, ``present`` ``[B, N]``)."""
@@ -76,15 +81,27 @@ class InfoNCEKDLoss(Loss):
 
     fields = ("target", "exclude", "neg_index", "teacher_pos", "teacher_neg")
     required = ("target", "neg_index", "teacher_pos", "teacher_neg")
-    citation = ("van den Oord et al. 2018, Eq. 4 (InfoNCE); Hinton et al. 2015, Distilling the Knowledge in a "
-                "Neural Network, Sec. 2 (the KL to the teacher's softmax over each query's candidates)")
-    score_scale = "InfoNCE logits q·d / temperature; KD: student q·d / student_temperature, teacher t / teacher_temperature"
+    citation = (
+        "van den Oord et al. 2018, Eq. 4 (InfoNCE); Hinton et al. 2015, Distilling the Knowledge in a "
+        "Neural Network, Sec. 2 (the KL to the teacher's softmax over each query's candidates)"
+    )
+    score_scale = (
+        "InfoNCE logits q·d / temperature; KD: student q·d / student_temperature, teacher t / teacher_temperature"
+    )
 
-    def __init__(self, temperature: float = 0.05, alpha: float = 1.0, teacher_temperature: float = 1.0,
-                 student_temperature: float | None = None):
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        alpha: float = 1.0,
+        teacher_temperature: float = 1.0,
+        student_temperature: float | None = None,
+    ):
         super().__init__()
-        for name, value in [("temperature", temperature), ("teacher_temperature", teacher_temperature),
-                            ("student_temperature", student_temperature if student_temperature is not None else temperature)]:
+        for name, value in [
+            ("temperature", temperature),
+            ("teacher_temperature", teacher_temperature),
+            ("student_temperature", student_temperature if student_temperature is not None else temperature),
+        ]:
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
         if alpha < 0:
@@ -101,6 +118,13 @@ class InfoNCEKDLoss(Loss):
         scores = student_scores(q, d)
         contrastive = info_nce(scores, target, exclude, self.temperature)
         s_pos, s_neg, present = gather_pair_scores(scores, target, neg_index)
-        kd = candidate_kd(s_pos, s_neg, teacher_pos.to(scores.device), teacher_neg.to(scores.device), present,
-                          self.student_temperature, self.teacher_temperature)
+        kd = candidate_kd(
+            s_pos,
+            s_neg,
+            teacher_pos.to(scores.device),
+            teacher_neg.to(scores.device),
+            present,
+            self.student_temperature,
+            self.teacher_temperature,
+        )
         return {"loss": contrastive + self.alpha * kd, "infonce": contrastive.detach(), "kd": kd.detach()}

@@ -21,7 +21,9 @@ from dr.losses.base import Loss
 from dr.losses.scores import FollowsScale, scaled_student_scores
 
 
-def listwise_kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def listwise_kl(
+    scores: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``mean_i T² · KL(softmax(t_i/T) ‖ softmax(s_i/T))`` over the entries where ``mask`` is true
     and the teacher score is finite; rows without any such entry are left out."""
     scores = scores.float()
@@ -33,7 +35,9 @@ def listwise_kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float 
     if not bool(row_ok.any()):
         return scores.sum() * 0.0
     # -inf outside the list (0 in empty rows, which are dropped below, so no NaN reaches the graph)
-    fill = torch.where(row_ok[:, None], torch.tensor(float("-inf"), device=scores.device), torch.tensor(0.0, device=scores.device))
+    fill = torch.where(
+        row_ok[:, None], torch.tensor(float("-inf"), device=scores.device), torch.tensor(0.0, device=scores.device)
+    )
     log_s = torch.log_softmax(torch.where(valid, scores / temperature, fill), dim=1)
     log_t = torch.log_softmax(torch.where(valid, torch.nan_to_num(teacher) / temperature, fill), dim=1)
     zero = torch.zeros_like(log_s)
@@ -50,8 +54,10 @@ class InBatchKLLoss(FollowsScale, Loss):
 
     fields = ("teacher_matrix",)
     required = ("teacher_matrix",)
-    citation = ("Hinton et al. 2015, Distilling the Knowledge in a Neural Network, Sec. 2; "
-                "Ren et al. 2021, RocketQAv2, Eq. 3 (listwise distillation over the batch)")
+    citation = (
+        "Hinton et al. 2015, Distilling the Knowledge in a Neural Network, Sec. 2; "
+        "Ren et al. 2021, RocketQAv2, Eq. 3 (listwise distillation over the batch)"
+    )
     score_scale = "student_scale · q·d and the teacher's scores, both divided by temperature T"
 
     def __init__(self, temperature: float = 1.0, student_scale: float = 1.0):

@@ -69,7 +69,9 @@ def margin_mse(
     return torch.where(valid, diff, torch.zeros_like(diff)).pow(2).sum() / valid.sum()
 
 
-def gather_pair_scores(scores: torch.Tensor, target: torch.Tensor, neg_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_pair_scores(
+    scores: torch.Tensor, target: torch.Tensor, neg_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From a ``[B, P]`` score matrix: ``s_pos [B]``, ``s_neg [B, N]`` and the ``[B, N]`` mask of
     existing negatives (``neg_index >= 0``)."""
     rows = torch.arange(scores.shape[0], device=scores.device)
@@ -109,12 +111,19 @@ class MarginMSELoss(Loss):
 
     fields = ("target", "neg_index", "teacher_pos", "teacher_neg")
     required = fields
-    citation = ("Hofstätter et al. 2020, Improving Efficient Neural Ranking Models with Cross-Architecture "
-                "Knowledge Distillation, arXiv:2010.02666, Eq. 1")
+    citation = (
+        "Hofstätter et al. 2020, Improving Efficient Neural Ranking Models with Cross-Architecture "
+        "Knowledge Distillation, arXiv:2010.02666, Eq. 1"
+    )
     score_scale = "margins of student_scale · q·d against the teacher's raw margins"
 
-    def __init__(self, student_scale: float | str = 1.0, learnable_scale: bool = False, auto_scale_queries: int = 256,
-                 scale_lr: float = 1e-2):
+    def __init__(
+        self,
+        student_scale: float | str = 1.0,
+        learnable_scale: bool = False,
+        auto_scale_queries: int = 256,
+        scale_lr: float = 1e-2,
+    ):
         super().__init__()
         self.scale_lr = scale_lr
         if student_scale != "auto" and (isinstance(student_scale, str) or student_scale <= 0):
@@ -139,8 +148,10 @@ class MarginMSELoss(Loss):
         """``student_scale: auto``: the least-squares fit (:func:`fit_student_scale`), set and returned."""
         scale = fit_student_scale(student_margins, teacher_margins)
         if not scale > 0:
-            raise ValueError(f"loss.student_scale=auto: the fitted scale is {scale:.4g} (the untrained student's margins "
-                             "disagree with the teacher's); set loss.student_scale to a positive number")
+            raise ValueError(
+                f"loss.student_scale=auto: the fitted scale is {scale:.4g} (the untrained student's margins "
+                "disagree with the teacher's); set loss.student_scale to a positive number"
+            )
         self.set_scale(scale)
         return scale
 
@@ -151,7 +162,9 @@ class MarginMSELoss(Loss):
 
     def scale(self) -> torch.Tensor | float:
         if self.student_scale == "auto":
-            raise RuntimeError("student_scale='auto' is fitted at train start (DenseRetrievalModule); it was not fitted")
+            raise RuntimeError(
+                "student_scale='auto' is fitted at train start (DenseRetrievalModule); it was not fitted"
+            )
         return self.log_scale.exp() if self.log_scale is not None else self.student_scale
 
     def forward(

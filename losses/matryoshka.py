@@ -117,8 +117,14 @@ class MatryoshkaLoss(Loss):
         teacher_matrix: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The weighted sum over ``dims``; the batch's fields (those the inner loss declares) go to it as they came."""
-        given = {"target": target, "exclude": exclude, "neg_index": neg_index, "teacher_pos": teacher_pos,
-                 "teacher_neg": teacher_neg, "teacher_matrix": teacher_matrix}
+        given = {
+            "target": target,
+            "exclude": exclude,
+            "neg_index": neg_index,
+            "teacher_pos": teacher_pos,
+            "teacher_neg": teacher_neg,
+            "teacher_matrix": teacher_matrix,
+        }
         fields = {k: v for k, v in given.items() if v is not None}
         width = q.shape[-1]
         if max(self.dims) > width:

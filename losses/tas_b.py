@@ -82,8 +82,10 @@ class InBatchMarginMSELoss(FollowsScale, Loss):
 
     fields = ("target", "neg_index", "teacher_matrix")
     required = ("target", "teacher_matrix")
-    citation = ("Hofstätter et al. 2021, Efficiently Teaching an Effective Dense Retriever with Balanced Topic "
-                "Aware Sampling, Sec. 3.3, Eq. 6-7 (in-batch Margin-MSE)")
+    citation = (
+        "Hofstätter et al. 2021, Efficiently Teaching an Effective Dense Retriever with Balanced Topic "
+        "Aware Sampling, Sec. 3.3, Eq. 6-7 (in-batch Margin-MSE)"
+    )
     score_scale = "margins of student_scale · q·d against the in-batch teacher's raw margins"
 
     def __init__(self, student_scale: float = 1.0):
@@ -112,12 +114,15 @@ class DistillationLoss(Loss):
     """
 
     fields = tuple(BATCH_FIELDS)  # the terms' fields; an instance takes the union of its terms'
-    citation = ("Hofstätter et al. 2021, Efficiently Teaching an Effective Dense Retriever with Balanced Topic "
-                "Aware Sampling, Sec. 3.3, Eq. 5 (L = L_pair + 0.75 · L_in-batch)")
+    citation = (
+        "Hofstätter et al. 2021, Efficiently Teaching an Effective Dense Retriever with Balanced Topic "
+        "Aware Sampling, Sec. 3.3, Eq. 5 (L = L_pair + 0.75 · L_in-batch)"
+    )
     score_scale = "the pair term's (the in-batch term follows it)"
 
-    def __init__(self, pair: Loss, inbatch: Loss | None = None, inbatch_weight: float = 0.75,
-                 student_scale: float | None = None):
+    def __init__(
+        self, pair: Loss, inbatch: Loss | None = None, inbatch_weight: float = 0.75, student_scale: float | None = None
+    ):
         super().__init__()
         self.pair = pair
         self.inbatch = inbatch
@@ -127,7 +132,9 @@ class DistillationLoss(Loss):
             if not student_scale > 0:
                 raise ValueError(f"student_scale must be positive, got {student_scale}")
             if own not in (None, 1.0, student_scale):
-                raise ValueError(f"DistillationLoss: student_scale={student_scale} but the pair term's is {own}; set one of them")
+                raise ValueError(
+                    f"DistillationLoss: student_scale={student_scale} but the pair term's is {own}; set one of them"
+                )
             if hasattr(pair, "set_scale"):
                 pair.set_scale(float(student_scale))
             elif own is not None:
@@ -142,7 +149,11 @@ class DistillationLoss(Loss):
     def _show_scale(self) -> None:
         """The in-batch term's ``student_scale`` attribute shows the pair term's numeric scale
         (it computes with the pair term's :meth:`scale`, fitted or learnt, whatever the attribute)."""
-        if self.inbatch is not None and hasattr(self.inbatch, "student_scale") and isinstance(self.student_scale, float):
+        if (
+            self.inbatch is not None
+            and hasattr(self.inbatch, "student_scale")
+            and isinstance(self.student_scale, float)
+        ):
             self.inbatch.student_scale = self.student_scale
 
     def _terms(self) -> list[Loss]:
@@ -158,8 +169,11 @@ class DistillationLoss(Loss):
     def _term_classes(cls, node: Mapping[str, Any]) -> list[tuple[type, Mapping]]:
         from hydra.utils import get_class
 
-        return [(get_class(term["_target_"]), term) for key in ("pair", "inbatch")
-                if isinstance(term := node.get(key), Mapping) and term.get("_target_")]
+        return [
+            (get_class(term["_target_"]), term)
+            for key in ("pair", "inbatch")
+            if isinstance(term := node.get(key), Mapping) and term.get("_target_")
+        ]
 
     @classmethod
     def config_fields(cls, node: Mapping[str, Any]) -> frozenset[str]:
@@ -167,7 +181,9 @@ class DistillationLoss(Loss):
 
     @classmethod
     def config_citations(cls, node: Mapping[str, Any]) -> list[str]:
-        return list(dict.fromkeys([cls.citation, *(x for c, term in cls._term_classes(node) for x in c.config_citations(term))]))
+        return list(
+            dict.fromkeys([cls.citation, *(x for c, term in cls._term_classes(node) for x in c.config_citations(term))])
+        )
 
     def logit_scale(self) -> float | None:
         return self.pair.logit_scale()

@@ -53,7 +53,9 @@ def _fingerprint(encoder, corpus_path: str, n_docs: int) -> str:
             weights.update(name.encode())
             weights.update(tensor.detach().float().cpu().numpy().tobytes())
         digest = weights.hexdigest()
-    return json.dumps({"weights": digest, "corpus": str(corpus_path), "docs": n_docs, **encoder.config_dict()}, sort_keys=True)
+    return json.dumps(
+        {"weights": digest, "corpus": str(corpus_path), "docs": n_docs, **encoder.config_dict()}, sort_keys=True
+    )
 
 
 def corpus_embeddings(encoder, corpus, corpus_path: str, cache: str | None, batch_size: int, bf16: bool) -> np.ndarray:
@@ -83,15 +85,26 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     return {f"p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), q)}
 
 
-def dense_candidates(encoder, index: DenseIndex, embeddings: np.ndarray, row_of: dict[str, int], queries: dict[str, str],
-                     positives: dict[str, list[str]], top_k: int, batch_size: int = 64, bf16: bool = False):
+def dense_candidates(
+    encoder,
+    index: DenseIndex,
+    embeddings: np.ndarray,
+    row_of: dict[str, int],
+    queries: dict[str, str],
+    positives: dict[str, list[str]],
+    top_k: int,
+    batch_size: int = 64,
+    bf16: bool = False,
+):
     """A candidate source for :func:`mine_queries`: encode a chunk of queries and search ``index``.
 
     The positives' scores are exact (q · d⁺ with the corpus ``embeddings``), retrieved or not.
     """
 
     def candidates(chunk: list[str]):
-        q_emb = encoder.encode_queries([queries[q] for q in chunk], batch_size=batch_size, bf16=bf16, show_progress=False)
+        q_emb = encoder.encode_queries(
+            [queries[q] for q in chunk], batch_size=batch_size, bf16=bf16, show_progress=False
+        )
         scores, cand_ids = index.search(q_emb, top_k)
         cand_scores = [row[: len(ids)].tolist() for row, ids in zip(scores, cand_ids)]
         pos_scores = [
@@ -140,8 +153,15 @@ def with_teacher_scores(candidates, teacher, queries: dict[str, str], passage_te
     return scored
 
 
-def mine_queries(qids: list[str], positives: dict[str, list[str]], candidates, miner, rng: np.random.Generator,
-                 chunk_size: int = 1024, show_progress: bool = True) -> tuple[list[NegativesRecord], dict]:
+def mine_queries(
+    qids: list[str],
+    positives: dict[str, list[str]],
+    candidates,
+    miner,
+    rng: np.random.Generator,
+    chunk_size: int = 1024,
+    show_progress: bool = True,
+) -> tuple[list[NegativesRecord], dict]:
     """Apply ``miner`` to the candidates of ``qids``, chunk by chunk; returns the records and their statistics.
 
     ``candidates(chunk) -> (candidate ids, candidate scores, positive scores)``, one list per

@@ -52,7 +52,8 @@ class DenoiseMiner(FilterMiner):
         if threshold is not None and not 0 <= threshold <= 1:
             raise ValueError(f"DenoiseMiner: threshold is a probability of relevance in [0, 1], got {threshold}")
         self.num_negatives, self.threshold, self.margin, self.sampling = num_negatives, threshold, margin, sampling
-        self.teacher_probability = teacher_probability  # teacher score -> P(relevant); None: the scores are probabilities
+        # teacher score -> P(relevant); None: the scores are probabilities
+        self.teacher_probability = teacher_probability
 
     def bind_teacher(self, teacher) -> None:
         """Map ``teacher``'s scores onto the threshold's probability scale, or refuse a teacher without one."""
@@ -62,14 +63,17 @@ class DenoiseMiner(FilterMiner):
             raise ConfigError(
                 f"miner.threshold={self.threshold}: expected a teacher whose scores map to a probability of relevance "
                 f"(a cross-encoder); {type(teacher).__name__}'s scores are not probabilities. Use miner.margin on the "
-                "teacher's own scale, or teacher=cross_encoder")
+                "teacher's own scale, or teacher=cross_encoder"
+            )
         self.teacher_probability = teacher.to_probability
 
     def passes(self, candidates: Candidates) -> np.ndarray:
         """[Q, K] bool: the candidate survives the teacher filters (before picking)."""
         if candidates.teacher_scores is None:
-            raise ValueError("DenoiseMiner: Candidates.teacher_scores [Q, K] are required (cross-encoder scores): "
-                             "mine with dr-mine teacher=cross_encoder|fusion")
+            raise ValueError(
+                "DenoiseMiner: Candidates.teacher_scores [Q, K] are required (cross-encoder scores): "
+                "mine with dr-mine teacher=cross_encoder|fusion"
+            )
         t = candidates.teacher_scores
         ok = ~np.isnan(t)  # a candidate the teacher did not score cannot be vouched for
         if self.threshold is not None:
@@ -81,5 +85,7 @@ class DenoiseMiner(FilterMiner):
         return ok
 
     def __repr__(self) -> str:
-        return (f"DenoiseMiner(num_negatives={self.num_negatives}, threshold={self.threshold}, "
-                f"margin={self.margin}, sampling={self.sampling!r})")
+        return (
+            f"DenoiseMiner(num_negatives={self.num_negatives}, threshold={self.threshold}, "
+            f"margin={self.margin}, sampling={self.sampling!r})"
+        )

@@ -104,7 +104,9 @@ class MarginMiner(FilterMiner):
             ok = ok & (s >= self.min_score)
         return ok
 
-    def select(self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None) -> np.ndarray:
+    def select(
+        self, candidates: Candidates, rng: np.random.Generator, eligible: np.ndarray | None = None
+    ) -> np.ndarray:
         ok = self._eligible(candidates, eligible) & self.passes(candidates)
         if self.rank_window == "filtered":  # ranks among the survivors (sentence-transformers)
             ok = ok & self._in_window(np.cumsum(ok, axis=1) - 1)

@@ -96,5 +96,7 @@ class SimANSMiner(CandidateMiner):
 
     def __repr__(self) -> str:
         kernel = f"tau={self.tau}" if self.kernel == "laplace" else f"a={self.a}, b={self.b}"
-        return (f"SimANSMiner(num_negatives={self.num_negatives}, kernel={self.kernel!r}, {kernel}, top_k={self.top_k}, "
-                f"score_scale={self.score_scale})")
+        return (
+            f"SimANSMiner(num_negatives={self.num_negatives}, kernel={self.kernel!r}, {kernel}, top_k={self.top_k}, "
+            f"score_scale={self.score_scale})"
+        )

@@ -39,8 +39,11 @@ DISTILL_ARMS: dict[str, list[str]] = {
     "infonce_bm25": [],
     "mmse_fusion": ["loss=margin_mse", "data.teacher_scores={teacher}", "data.negatives=null"],
     "mmse_inbatch_fusion": [
-        "loss=tas_b", "data.teacher_scores={teacher}", "data.negatives=null",
-        "inbatch_teacher=fusion", "module.inbatch_teacher.passage_max_length=128",
+        "loss=tas_b",
+        "data.teacher_scores={teacher}",
+        "data.negatives=null",
+        "inbatch_teacher=fusion",
+        "module.inbatch_teacher.passage_max_length=128",
     ],
 }
 
@@ -66,7 +69,9 @@ def training_parser(doc: str, arms: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--out", default="bench/train")
     parser.add_argument("--arms", nargs="+", default=list(arms), choices=list(arms))
-    parser.add_argument("--smoke-slice", type=int, default=0, help=argparse.SUPPRESS)  # N train queries: a tiny end-to-end check
+    parser.add_argument(
+        "--smoke-slice", type=int, default=0, help=argparse.SUPPRESS
+    )  # N train queries: a tiny end-to-end check
     parser.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)  # more dr-train overrides
     return parser
 
@@ -100,7 +105,9 @@ def train_arm(out_root: Path, name: str, overrides: list[str], seed: int, steps:
     return json.loads(metrics_file.read_text())
 
 
-def table(results: dict[str, list[dict]], measures=("trained/nDCG@10", "trained/R@100"), extra: dict[str, dict] | None = None) -> str:
+def table(
+    results: dict[str, list[dict]], measures=("trained/nDCG@10", "trained/R@100"), extra: dict[str, dict] | None = None
+) -> str:
     """Mean (and spread over seeds when more than one) of each measure per arm."""
     head = f"{'arm':<28}" + "".join(f"{m.split('/')[-1]:>16}" for m in measures) + f"{'train min':>11}{'seeds':>7}"
     lines = [head]
@@ -117,7 +124,9 @@ def table(results: dict[str, list[dict]], measures=("trained/nDCG@10", "trained/
         minutes = statistics.median(r.get("time/train_s", float("nan")) for r in runs) / 60
         lines.append(f"{name:<28}" + "".join(cells) + f"{minutes:>11.1f}{len(runs):>7}")
     for name, row in (extra or {}).items():
-        lines.append(f"{name:<28}" + "".join(f"{row.get(m, float('nan')):>16.4f}" for m in measures) + f"{'':>11}{'':>7}")
+        lines.append(
+            f"{name:<28}" + "".join(f"{row.get(m, float('nan')):>16.4f}" for m in measures) + f"{'':>11}{'':>7}"
+        )
     return "\n".join(lines)
 
 
@@ -144,10 +153,18 @@ def fusion_teacher(out_root: Path, data: dict[str, str] | None = None) -> Path:
         qids = [q for q in queries if positives.get(q)]
         write_negatives(negatives, BM25Negatives(10, 50)(corpus, qids, [queries[q] for q in qids], positives))
     print(f"[{time.strftime('%H:%M:%S')}] scoring the BM25 candidates with the fusion teacher -> {target}", flush=True)
-    run_app("dr-score", folder / "score", [
-        *TEACHER, f"negatives={negatives}", f"corpus={data['corpus']}", f"queries={data['train_queries']}",
-        f"output={target}", f"negatives_output={folder / 'negatives.fusion.jsonl'}",
-    ])
+    run_app(
+        "dr-score",
+        folder / "score",
+        [
+            *TEACHER,
+            f"negatives={negatives}",
+            f"corpus={data['corpus']}",
+            f"queries={data['train_queries']}",
+            f"output={target}",
+            f"negatives_output={folder / 'negatives.fusion.jsonl'}",
+        ],
+    )
     return target
 
 
@@ -191,7 +208,12 @@ def smoke_data(out: Path, smoke_slice: int, extra: list[str]) -> tuple[dict[str,
     from dr.data import write_subset
 
     data = write_subset(out / "slice", smoke_slice)
-    extra += [f"data.corpus={data['corpus']}", f"data.train_queries={data['train_queries']}",
-              f"data.train_qrels={data['train_qrels']}", f"test.corpus={data['corpus']}",
-              f"test.queries={data['test_queries']}", f"test.qrels={data['test_qrels']}"]
+    extra += [
+        f"data.corpus={data['corpus']}",
+        f"data.train_queries={data['train_queries']}",
+        f"data.train_qrels={data['train_qrels']}",
+        f"test.corpus={data['corpus']}",
+        f"test.queries={data['test_queries']}",
+        f"test.qrels={data['test_qrels']}",
+    ]
     return data, extra

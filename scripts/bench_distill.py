@@ -35,7 +35,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import DISTILL_ARMS as ARMS, arm_overrides, fusion_teacher, fusion_test_figures, smoke_data, table, train_arm, training_parser  # noqa: E402
+from bench_common import (
+    DISTILL_ARMS as ARMS,
+    arm_overrides,
+    fusion_teacher,
+    fusion_test_figures,
+    smoke_data,
+    table,
+    train_arm,
+    training_parser,
+)  # noqa: E402
+
 
 def main() -> None:
     args = training_parser(__doc__, list(ARMS)).parse_args()
@@ -43,10 +53,14 @@ def main() -> None:
     out = Path(args.out).resolve()
     data, extra = smoke_data(out, args.smoke_slice, args.extra)
     teacher = fusion_teacher(out, data)
-    results = {name: [train_arm(out, name, arm_overrides(name, teacher) + extra, seed, args.steps) for seed in args.seeds]
-               for name in args.arms}
+    results = {
+        name: [train_arm(out, name, arm_overrides(name, teacher) + extra, seed, args.steps) for seed in args.seeds]
+        for name in args.arms
+    }
     figures = fusion_test_figures(out, data)
-    print(f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens")
+    print(
+        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens"
+    )
     print(table(results, extra=figures))
 
 

@@ -66,7 +66,11 @@ def machine_info(threads: int) -> dict:
                 flags = set(value.split())
     except OSError:
         model = platform.processor() or model
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     for name in ("sentence_transformers", "onnxruntime", "pytorch_lightning"):
         try:
             versions[name.replace("_", "-")] = __import__(name).__version__
@@ -121,7 +125,9 @@ def st_arm(model_dir: str, passage_length: int, query_length: int, batch_size: i
 
     def encode(texts, length):
         model.max_seq_length = length
-        return model.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
+        return model.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True).astype(
+            np.float32
+        )
 
     note = f"Normalize module: {'yes' if normalizes else 'no'}"
     return Arm("st", lambda t: encode(t, passage_length), lambda t: encode(t, query_length), setup, note)
@@ -131,7 +137,9 @@ def dr_torch_arm(passage_length: int, query_length: int, batch_size: int, cpu_li
     from dr.models import BiEncoder
 
     t0 = time.perf_counter()
-    encoder = BiEncoder.load(MODEL, {"passage_max_length": passage_length, "query_max_length": query_length}, device="cpu")
+    encoder = BiEncoder.load(
+        MODEL, {"passage_max_length": passage_length, "query_max_length": query_length}, device="cpu"
+    )
     layers = encoder.set_cpu_linear(cpu_linear)
     setup = time.perf_counter() - t0
     note = f"pooling {encoder.pooling}, normalize {encoder.normalize}, linear layers: {cpu_linear} ({layers} set)"
@@ -139,7 +147,8 @@ def dr_torch_arm(passage_length: int, query_length: int, batch_size: int, cpu_li
         "dr-torch" if cpu_linear == "onednn" else "dr-torch-aten",
         lambda t: encoder.encode_passages(t, batch_size=batch_size, show_progress=False),
         lambda t: encoder.encode_queries(t, batch_size=batch_size, show_progress=False),
-        setup, note,
+        setup,
+        note,
     )
 
 
@@ -158,7 +167,9 @@ def onnx_arm(name: str, passage_length: int, query_length: int, batch_size: int,
             break
     t0 = time.perf_counter()
     try:
-        encoder = load_encoder(MODEL, {"passage_max_length": passage_length, "query_max_length": query_length}, backend=backend, **kwargs)
+        encoder = load_encoder(
+            MODEL, {"passage_max_length": passage_length, "query_max_length": query_length}, backend=backend, **kwargs
+        )
     except ImportError as e:
         return f"load_encoder(backend={backend!r}) needs a missing package ({e})"
     setup = time.perf_counter() - t0
@@ -168,7 +179,8 @@ def onnx_arm(name: str, passage_length: int, query_length: int, batch_size: int,
         name,
         lambda t: encoder.encode_passages(t, batch_size=batch_size, show_progress=False),
         (lambda t: queries(t, batch_size=batch_size, show_progress=False)) if queries else None,
-        setup, note,
+        setup,
+        note,
     )
 
 
@@ -194,12 +206,18 @@ def effect(arm: Arm, data: dict[str, str], cache: Path, settings: dict) -> dict:
     corpus = read_corpus(data["corpus"])
     queries, qrels = read_queries(data["test_queries"]), read_qrels(data["test_qrels"])
     qids = [q for q in queries if q in qrels]
-    print(f"[{time.strftime('%H:%M:%S')}] {arm.name}: encoding {len(corpus)} passages and {len(qids)} queries", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {arm.name}: encoding {len(corpus)} passages and {len(qids)} queries", flush=True
+    )
     t0 = time.perf_counter()
     emb = arm.passages(passage_texts(corpus))
     q_emb = arm.queries([queries[q] for q in qids])
     run = DenseIndex.build(emb, list(corpus["docid"]), use_gpu=False).search_run(qids, q_emb, k=100)
-    result = {"settings": settings, "seconds": time.perf_counter() - t0, **evaluate_run(run, qrels, ["nDCG@10", "R@100"])}
+    result = {
+        "settings": settings,
+        "seconds": time.perf_counter() - t0,
+        **evaluate_run(run, qrels, ["nDCG@10", "R@100"]),
+    }
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -215,8 +233,10 @@ def speed_table(rows: dict[str, dict], n: int, effect_rows: dict[str, dict]) -> 
     for name, r in rows.items():
         rates = [n / t for t in r["seconds"]]
         speedup = f"{r['passages_per_s'] / base:>7.2f}x" if base else f"{'-':>8}"
-        line = (f"{name:<14}{r['passages_per_s']:>12.1f}{min(rates):>8.1f}-{max(rates):<8.1f}{speedup}{r['setup_s']:>9.1f}"
-                f"{r['max_abs_dev']:>17.2e}{r['mean_cos']:>14.6f}")
+        line = (
+            f"{name:<14}{r['passages_per_s']:>12.1f}{min(rates):>8.1f}-{max(rates):<8.1f}{speedup}{r['setup_s']:>9.1f}"
+            f"{r['max_abs_dev']:>17.2e}{r['mean_cos']:>14.6f}"
+        )
         if effect_rows:
             e = effect_rows.get(name, {})
             ndcg = e.get("nDCG@10")
@@ -236,12 +256,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every arm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
-    parser.add_argument("--effect", action="store_true", help="also nDCG@10 on the full SciFact test split (slow, cached)")
+    parser.add_argument(
+        "--effect", action="store_true", help="also nDCG@10 on the full SciFact test split (slow, cached)"
+    )
     parser.add_argument("--out", default="bench/encode")
-    parser.add_argument("--allocator", default="system", choices=("system", "jemalloc"),
-                        help="malloc of the process (all arms share it): the system's, or jemalloc preloaded as dr's "
-                             "commands do (dr/allocator.py)")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # seconds-long end-to-end check on tiny data
+    parser.add_argument(
+        "--allocator",
+        default="system",
+        choices=("system", "jemalloc"),
+        help="malloc of the process (all arms share it): the system's, or jemalloc preloaded as dr's "
+        "commands do (dr/allocator.py)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # seconds-long end-to-end check on tiny data
     args = parser.parse_args()
     from dr import allocator
 
@@ -249,7 +277,9 @@ def main() -> None:
         os.environ["DR_MALLOC"] = "jemalloc"
         allocator.reexec_with_jemalloc("bench_encode.py")  # returns once jemalloc is loaded
     if allocator.active() != args.allocator:
-        parser.error(f"--allocator {args.allocator}: this process runs on {allocator.active()} (LD_PRELOAD from the environment?)")
+        parser.error(
+            f"--allocator {args.allocator}: this process runs on {allocator.active()} (LD_PRELOAD from the environment?)"
+        )
     if "dr-torch" not in args.arms:
         args.arms = ["dr-torch", *args.arms]  # the reference of the deviations
     out = Path(args.out)
@@ -274,7 +304,9 @@ def main() -> None:
     corpus = read_corpus(data["corpus"])
     texts = passage_texts(corpus, range(min(args.passages, len(corpus))))
     n = len(texts)
-    print(f"{n} passages from {data['corpus']}, max length {args.max_length}, batch {args.batch_size}, {args.repeats} repeats")
+    print(
+        f"{n} passages from {data['corpus']}, max length {args.max_length}, batch {args.batch_size}, {args.repeats} repeats"
+    )
 
     arms: dict[str, Arm] = {}
     skipped: dict[str, str] = {}
@@ -284,7 +316,9 @@ def main() -> None:
         if name == "st":
             arm = st_arm(resolve_model_name(MODEL), args.max_length, args.query_length, args.batch_size)
         elif name in ("dr-torch", "dr-torch-aten"):
-            arm = dr_torch_arm(args.max_length, args.query_length, args.batch_size, "onednn" if name == "dr-torch" else "aten")
+            arm = dr_torch_arm(
+                args.max_length, args.query_length, args.batch_size, "onednn" if name == "dr-torch" else "aten"
+            )
         else:
             arm = onnx_arm(name, args.max_length, args.query_length, args.batch_size, args.threads)
         if isinstance(arm, str):
@@ -307,18 +341,31 @@ def main() -> None:
             emb = arm.passages(texts)
             seconds[name].append(time.perf_counter() - t0)
             embeddings.setdefault(name, emb)
-            print(f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats} {name}: {n / seconds[name][-1]:.1f} passages/s", flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats} {name}: {n / seconds[name][-1]:.1f} passages/s",
+                flush=True,
+            )
 
     rows = {}
     for name, arm in arms.items():
         max_dev, cos = deviation(embeddings[name], embeddings["dr-torch"])
-        rows[name] = {"passages_per_s": n / statistics.median(seconds[name]), "seconds": seconds[name], "setup_s": arm.setup_s,
-                      "max_abs_dev": max_dev, "mean_cos": cos, "note": arm.note}
+        rows[name] = {
+            "passages_per_s": n / statistics.median(seconds[name]),
+            "seconds": seconds[name],
+            "setup_s": arm.setup_s,
+            "max_abs_dev": max_dev,
+            "mean_cos": cos,
+            "note": arm.note,
+        }
 
     effect_rows: dict[str, dict] = {}
     if args.effect:
-        settings = {"corpus": data["corpus"], "passage_length": args.max_length, "query_length": args.query_length,
-                    "batch_size": args.batch_size}
+        settings = {
+            "corpus": data["corpus"],
+            "passage_length": args.max_length,
+            "query_length": args.query_length,
+            "batch_size": args.batch_size,
+        }
         tag = "smoke" if args.smoke else "scifact"
         for name, arm in arms.items():
             if arm.queries is None:
@@ -326,15 +373,27 @@ def main() -> None:
                 continue
             effect_rows[name] = effect(arm, data, out / f"effect.{name}.{tag}.L{args.max_length}.json", settings)
 
-    title = (f"Encoding {n} SciFact passages, max length {args.max_length}, batch {args.batch_size}, fp32, "
-             f"{args.threads} threads, malloc: {args.allocator}; median of {args.repeats} (range: min-max passages/s)")
-    table = "\n".join([title, format_machine(info), speed_table(rows, n, effect_rows)]
-                      + [f"skipped {name}: {why}" for name, why in skipped.items()])
+    title = (
+        f"Encoding {n} SciFact passages, max length {args.max_length}, batch {args.batch_size}, fp32, "
+        f"{args.threads} threads, malloc: {args.allocator}; median of {args.repeats} (range: min-max passages/s)"
+    )
+    table = "\n".join(
+        [title, format_machine(info), speed_table(rows, n, effect_rows)]
+        + [f"skipped {name}: {why}" for name, why in skipped.items()]
+    )
     if effect_rows:
-        table += "\nnDCG@10 on the SciFact test split" + (" (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)")
+        table += "\nnDCG@10 on the SciFact test split" + (
+            " (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)"
+        )
     print("\n" + table)
-    payload = {"settings": {k: v for k, v in vars(args).items()}, "passages": n, "machine": info, "arms": rows,
-               "skipped": skipped, "effect": effect_rows}
+    payload = {
+        "settings": {k: v for k, v in vars(args).items()},
+        "passages": n,
+        "machine": info,
+        "arms": rows,
+        "skipped": skipped,
+        "effect": effect_rows,
+    }
     write_results(out, "encode", table, payload)
 
 

@@ -47,8 +47,16 @@ def run_arm(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    dm = RetrievalDataModule("scifact:corpus", "scifact:train_queries", "scifact:train_qrels", negatives=BM25Negatives(10, 50),
-                             num_negatives=1, batch_size=args.batch_size, seed=0, val_fraction=0)
+    dm = RetrievalDataModule(
+        "scifact:corpus",
+        "scifact:train_queries",
+        "scifact:train_qrels",
+        negatives=BM25Negatives(10, 50),
+        num_negatives=1,
+        batch_size=args.batch_size,
+        seed=0,
+        val_fraction=0,
+    )
     dm.setup("fit")
     batch = dm.collate_train([dm.train_dataset[(i, 0)] for i in range(args.batch_size)])
     encoder = BiEncoder.from_pretrained("all-MiniLM-L6-v2", query_max_length=64, passage_max_length=args.passage_length)
@@ -69,12 +77,21 @@ def run_arm(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         peaks.append((vm_kib("VmHWM") - before) / 1024)
-        print(f"[{args.only}] step {step}: {times[-1]:.1f} s, peak +{peaks[-1]:.0f} MiB, loss {loss.item():.4f}", flush=True)
+        print(
+            f"[{args.only}] step {step}: {times[-1]:.1f} s, peak +{peaks[-1]:.0f} MiB, loss {loss.item():.4f}",
+            flush=True,
+        )
     return {
-        "arm": args.only, "chunk": chunk, "queries": args.batch_size, "passages": len(batch["passages"]),
+        "arm": args.only,
+        "chunk": chunk,
+        "queries": args.batch_size,
+        "passages": len(batch["passages"]),
         "passage_tokens": int(batch["passage_inputs"]["input_ids"].shape[1]),
-        "step_seconds": times[1:], "median_step_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
-        "step_peak_mib": peaks, "first_step_peak_mib": peaks[0], "later_step_peak_mib": max(peaks[1:], default=peaks[0]),
+        "step_seconds": times[1:],
+        "median_step_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
+        "step_peak_mib": peaks,
+        "first_step_peak_mib": peaks[0],
+        "later_step_peak_mib": max(peaks[1:], default=peaks[0]),
         "estimate_mib": module.memory_estimate,
     }
 
@@ -100,16 +117,24 @@ def main() -> None:
         print("\n".join(line for line in done.stdout.splitlines() if not line.startswith("RESULT")), flush=True)
         results[arm] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))[7:])
     plain, cached = results["plain"], results["cached"]
-    print(f"\n{plain['queries']} queries, {plain['passages']} passages padded to {plain['passage_tokens']} tokens, fp32, "
-          f"{args.threads} threads")
+    print(
+        f"\n{plain['queries']} queries, {plain['passages']} passages padded to {plain['passage_tokens']} tokens, fp32, "
+        f"{args.threads} threads"
+    )
     print(f"{'arm':<16}{'step s (median)':>16}{'peak MiB, step 1':>18}{'peak MiB, later':>17}")
     for name, r in (("plain", plain), (f"cached (chunk {args.chunk})", cached)):
-        print(f"{name:<16}{r['median_step_s']:>16.1f}{r['first_step_peak_mib']:>18.0f}{r['later_step_peak_mib']:>17.0f}")
-    print(f"time ratio cached/plain: {cached['median_step_s'] / plain['median_step_s']:.2f}; "
-          f"peak ratio (later steps): {cached['later_step_peak_mib'] / plain['later_step_peak_mib']:.2f}")
+        print(
+            f"{name:<16}{r['median_step_s']:>16.1f}{r['first_step_peak_mib']:>18.0f}{r['later_step_peak_mib']:>17.0f}"
+        )
+    print(
+        f"time ratio cached/plain: {cached['median_step_s'] / plain['median_step_s']:.2f}; "
+        f"peak ratio (later steps): {cached['later_step_peak_mib'] / plain['later_step_peak_mib']:.2f}"
+    )
     est = cached["estimate_mib"]
-    print(f"module estimate of activations: {est['full']:.0f} MiB whole batch, {est['cached']:.0f} MiB per chunk, "
-          f"{est['saved']:.0f} MiB saved")
+    print(
+        f"module estimate of activations: {est['full']:.0f} MiB whole batch, {est['cached']:.0f} MiB per chunk, "
+        f"{est['saved']:.0f} MiB saved"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 

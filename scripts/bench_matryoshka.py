@@ -39,9 +39,13 @@ def main() -> None:
     out = Path(args.out)
     _, extra = smoke_data(out, args.smoke_slice, args.extra)
     evaluation = [f"test.truncate_dims=[{','.join(map(str, DIMS))}]"]
-    results = {name: [train_arm(out, name, [*ARMS[name], *evaluation, *extra], seed, args.steps) for seed in args.seeds]
-               for name in args.arms}
-    print("nDCG@10 on the SciFact test split by embedding dimension (384 = full; the others: the first m dims, re-normalised)")
+    results = {
+        name: [train_arm(out, name, [*ARMS[name], *evaluation, *extra], seed, args.steps) for seed in args.seeds]
+        for name in args.arms
+    }
+    print(
+        "nDCG@10 on the SciFact test split by embedding dimension (384 = full; the others: the first m dims, re-normalised)"
+    )
     lines = table(results, measures=MEASURES).splitlines()
     lines[0] = f"{'arm':<28}" + "".join(f"{f'dim {m}':>16}" for m in (384, *DIMS)) + f"{'train min':>11}{'seeds':>7}"
     print("\n".join(lines))

@@ -69,7 +69,9 @@ def run_one(args, precision: str, recompute: str) -> dict:
     torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(args.seed)
-    encoder = BiEncoder.from_pretrained(MODEL, query_max_length=args.query_length, passage_max_length=args.passage_length)
+    encoder = BiEncoder.from_pretrained(
+        MODEL, query_max_length=args.query_length, passage_max_length=args.passage_length
+    )
     encoder.set_attention_dropout(0.0)
     if recompute == "checkpoint":
         encoder.gradient_checkpointing_enable()
@@ -107,9 +109,18 @@ def run_one(args, precision: str, recompute: str) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return {"precision": precision, "recompute": recompute, "allocator": active(), "saved_mib": sum(saved.values()) / 2**20,
-            "before_mib": before, "peak_mib": rss_mib()[1], "step_s": times, "loss": float(loss),
-            "passage_tokens": int(d_in["attention_mask"].sum()), "passage_shape": list(d_in["input_ids"].shape)}
+    return {
+        "precision": precision,
+        "recompute": recompute,
+        "allocator": active(),
+        "saved_mib": sum(saved.values()) / 2**20,
+        "before_mib": before,
+        "peak_mib": rss_mib()[1],
+        "step_s": times,
+        "loss": float(loss),
+        "passage_tokens": int(d_in["attention_mask"].sum()),
+        "passage_shape": list(d_in["input_ids"].shape),
+    }
 
 
 def run_child(args, config: tuple[str, str, str], out: Path) -> dict:
@@ -124,9 +135,19 @@ def run_child(args, config: tuple[str, str, str], out: Path) -> dict:
 
         library = find_jemalloc()
         if library is None:
-            raise SystemExit("bench_memory.py: no jemalloc library (scripts/setup.sh unpacks one into the venv); use --allocators system")
+            raise SystemExit(
+                "bench_memory.py: no jemalloc library (scripts/setup.sh unpacks one into the venv); use --allocators system"
+            )
         env = jemalloc_environ(library, env)
-    cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--only", f"{precision},{recompute}", "--result", str(result_file)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *sys.argv[1:],
+        "--only",
+        f"{precision},{recompute}",
+        "--result",
+        str(result_file),
+    ]
     print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
     with open(out / f"{name}.log", "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -166,9 +187,11 @@ def main() -> None:
     configs = [(p, r, a) for p in args.precisions for a in args.allocators for r in args.recompute]
     results = [run_child(args, config, out) for config in configs]
     shape = results[0]["passage_shape"]
-    title = (f"One training step of all-MiniLM-L6-v2: {args.batch_size} queries (max {args.query_length} tokens) and "
-             f"{2 * args.batch_size} passages padded to {shape[1]} tokens ({results[0]['passage_tokens']} real), InfoNCE, "
-             f"backward, AdamW; attention dropout 0; {args.threads} threads; median step over steps 2-{args.steps}")
+    title = (
+        f"One training step of all-MiniLM-L6-v2: {args.batch_size} queries (max {args.query_length} tokens) and "
+        f"{2 * args.batch_size} passages padded to {shape[1]} tokens ({results[0]['passage_tokens']} real), InfoNCE, "
+        f"backward, AdamW; attention dropout 0; {args.threads} threads; median step over steps 2-{args.steps}"
+    )
     head = f"{'precision':<10}{'malloc':<10}{'recompute':<12}{'saved MiB':>10}{'before MiB':>11}{'peak MiB':>10}{'s/step':>8}{'vs none':>9}"
     lines = [title, format_machine(info), head]
     base = {}
@@ -178,8 +201,10 @@ def main() -> None:
         if r["recompute"] == "none":
             base[key] = step
         ratio = f"{step / base[key]:>8.2f}x" if key in base else f"{'-':>9}"
-        lines.append(f"{r['precision']:<10}{r['allocator']:<10}{r['recompute']:<12}{r['saved_mib']:>10.0f}{r['before_mib']:>11.0f}"
-                     f"{r['peak_mib']:>10.0f}{step:>8.2f}{ratio}")
+        lines.append(
+            f"{r['precision']:<10}{r['allocator']:<10}{r['recompute']:<12}{r['saved_mib']:>10.0f}{r['before_mib']:>11.0f}"
+            f"{r['peak_mib']:>10.0f}{step:>8.2f}{ratio}"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     write_results(out, "memory", table, {"settings": vars(args), "machine": info, "results": results})

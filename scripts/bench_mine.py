@@ -38,7 +38,9 @@ def load(n_docs: int, seed: int = 0):
     judged = sorted({d for q in qids for d in positives[q]})
     others = sorted(set(corpus["docid"]) - set(judged))
     rng = np.random.default_rng(seed)
-    extra = rng.choice(others, size=max(0, n_docs - len(judged)), replace=False).tolist() if n_docs > len(judged) else []
+    extra = (
+        rng.choice(others, size=max(0, n_docs - len(judged)), replace=False).tolist() if n_docs > len(judged) else []
+    )
     keep = set(judged) | set(extra)
     rows = [i for i, d in enumerate(corpus["docid"]) if d in keep]
     docids = [corpus["docid"][i] for i in rows]
@@ -56,7 +58,9 @@ def run_dr(encoder, qids, qtexts, positives, docids, texts, top_k, num_negatives
     scores, ids = index.search(q, top_k)
     row_of = {doc: i for i, doc in enumerate(docids)}
     pos_scores = [[float(q[i] @ d[row_of[p]]) for p in positives[qid]] for i, qid in enumerate(qids)]
-    candidates = Candidates.from_lists(ids, [s[: len(r)] for s, r in zip(scores, ids)], [positives[x] for x in qids], pos_scores)
+    candidates = Candidates.from_lists(
+        ids, [s[: len(r)] for s, r in zip(scores, ids)], [positives[x] for x in qids], pos_scores
+    )
     mined = MarginMiner(num_negatives=num_negatives, relative_margin=0.05, range_max=top_k)(candidates, 0)
     return sum(len(x) for x in mined.to_lists()[0])
 
@@ -66,13 +70,24 @@ def run_st(model, qids, qtexts, positives, docids, texts, top_k, num_negatives, 
     from sentence_transformers.util import mine_hard_negatives
 
     text_of = dict(zip(docids, texts))
-    pairs = Dataset.from_dict({
-        "query": [t for qid, t in zip(qids, qtexts) for _ in positives[qid]],
-        "positive": [text_of[p] for qid in qids for p in positives[qid]],
-    })
+    pairs = Dataset.from_dict(
+        {
+            "query": [t for qid, t in zip(qids, qtexts) for _ in positives[qid]],
+            "positive": [text_of[p] for qid in qids for p in positives[qid]],
+        }
+    )
     out = mine_hard_negatives(
-        pairs, model, corpus=texts, range_max=top_k, relative_margin=0.05, num_negatives=num_negatives,
-        sampling_strategy="top", batch_size=batch_size, use_faiss=True, verbose=False, output_format="n-tuple",
+        pairs,
+        model,
+        corpus=texts,
+        range_max=top_k,
+        relative_margin=0.05,
+        num_negatives=num_negatives,
+        sampling_strategy="top",
+        batch_size=batch_size,
+        use_faiss=True,
+        verbose=False,
+        output_format="n-tuple",
     )
     return len(out) * num_negatives
 
@@ -99,23 +114,38 @@ def effect(args) -> None:
         negatives = out / "negatives" / f"{name}.jsonl"
         if not negatives.is_file():
             print(f"[{time.strftime('%H:%M:%S')}] mining {name}", flush=True)
-            run_app("dr-mine", out / "negatives" / f"{name}.mine", [
-                "model=all-MiniLM-L6-v2", *data, *miner, f"output={negatives}", "top_k=200",
-                "encoder.passage_max_length=128", f"embeddings_cache={out / 'negatives' / 'corpus.npy'}",
-            ])
+            run_app(
+                "dr-mine",
+                out / "negatives" / f"{name}.mine",
+                [
+                    "model=all-MiniLM-L6-v2",
+                    *data,
+                    *miner,
+                    f"output={negatives}",
+                    "top_k=200",
+                    "encoder.passage_max_length=128",
+                    f"embeddings_cache={out / 'negatives' / 'corpus.npy'}",
+                ],
+            )
         results[name] = [train_arm(out, name, [f"data.negatives={negatives}"], seed, args.steps) for seed in args.seeds]
-    print(f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens")
+    print(
+        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens"
+    )
     print(table(results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=1000, help="corpus size (the judged train abstracts plus random others)")
+    parser.add_argument(
+        "--docs", type=int, default=1000, help="corpus size (the judged train abstracts plus random others)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--num-negatives", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--effect", action="store_true", help="train with each miner's negatives and compare test nDCG@10")
+    parser.add_argument(
+        "--effect", action="store_true", help="train with each miner's negatives and compare test nDCG@10"
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--out", default="bench/mine")
@@ -133,8 +163,10 @@ def main() -> None:
     st_model.max_seq_length = 256
     data = load(args.docs)
     n_pairs = sum(len(data[2][q]) for q in data[0])
-    print(f"{len(data[0])} queries ({n_pairs} positive pairs), {len(data[3])} passages, top-{args.top_k}, "
-          f"{args.num_negatives} negatives, batch {args.batch_size}, fp32, {args.repeats} repeats")
+    print(
+        f"{len(data[0])} queries ({n_pairs} positive pairs), {len(data[3])} passages, top-{args.top_k}, "
+        f"{args.num_negatives} negatives, batch {args.batch_size}, fp32, {args.repeats} repeats"
+    )
     times = {"dr": [], "sentence-transformers": []}
     for _ in range(args.repeats):
         for name, fn, model in (("dr", run_dr, encoder), ("sentence-transformers", run_st, st_model)):

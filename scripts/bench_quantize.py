@@ -38,10 +38,20 @@ from dr.retrieval.quantized import QuantizedIndex
 
 DATA = {
     "scifact": lambda pool: ("scifact:corpus", "scifact:test_queries", "scifact:test_qrels", ["nDCG@10", "R@100"]),
-    "dl19-pool": lambda pool: (f"{pool}/corpus.tsv", f"{pool}/queries.dl19.tsv", f"{pool}/qrels.dl19.pool.trec", ["nDCG@10", "R(rel=2)@100"]),
+    "dl19-pool": lambda pool: (
+        f"{pool}/corpus.tsv",
+        f"{pool}/queries.dl19.tsv",
+        f"{pool}/qrels.dl19.pool.trec",
+        ["nDCG@10", "R(rel=2)@100"],
+    ),
 }
-ROWS = [("float32", None, None), ("int8", "int8", "none"), ("binary", "binary", "none"),
-        ("binary+rescore", "binary", "binary"), ("binary+int8", "binary", "int8")]
+ROWS = [
+    ("float32", None, None),
+    ("int8", "int8", "none"),
+    ("binary", "binary", "none"),
+    ("binary+rescore", "binary", "binary"),
+    ("binary+int8", "binary", "int8"),
+]
 
 
 def embeddings(encoder, name: str, texts: list[str], kind: str, cache: Path, batch_size: int) -> np.ndarray:
@@ -74,19 +84,27 @@ def bench(name: str, args, encoder) -> list[str]:
     cache = Path(args.out) / name
     d = embeddings(encoder, name, passage_texts(corpus), "passage", cache, args.batch_size)
     q = embeddings(encoder, name, [queries[i] for i in qids], "query", cache, args.batch_size)
-    lines = [f"{name}: {len(docids)} passages, {len(qids)} queries, {d.shape[1]} dims, k = {args.k}, "
-             f"rescore_multiplier = {args.rescore_multiplier}",
-             f"{'precision':<16}" + "".join(f"{m:>14}" for m in measures) + f"{'index MiB':>11}{'ms/query':>10}"]
+    lines = [
+        f"{name}: {len(docids)} passages, {len(qids)} queries, {d.shape[1]} dims, k = {args.k}, "
+        f"rescore_multiplier = {args.rescore_multiplier}",
+        f"{'precision':<16}" + "".join(f"{m:>14}" for m in measures) + f"{'index MiB':>11}{'ms/query':>10}",
+    ]
     for row, precision, rescore in ROWS:
         if precision is None:
             index, size, kwargs = DenseIndex.build(d, docids, use_gpu=False), 4 * d.size, {}
         else:
             index = QuantizedIndex.build(d, docids, precision, rescore=rescore)
-            size, kwargs = index.nbytes, ({"rescore_multiplier": args.rescore_multiplier} if precision == "binary" else {})
+            size, kwargs = (
+                index.nbytes,
+                ({"rescore_multiplier": args.rescore_multiplier} if precision == "binary" else {}),
+            )
         run = index.search_run(qids, q, args.k, **kwargs)
         scores = evaluate_run(run, qrels, measures)
-        lines.append(f"{row:<16}" + "".join(f"{scores[m]:>14.4f}" for m in measures)
-                     + f"{size / 2**20:>11.2f}{latency_ms(index, q, args.k, **kwargs):>10.3f}")
+        lines.append(
+            f"{row:<16}"
+            + "".join(f"{scores[m]:>14.4f}" for m in measures)
+            + f"{size / 2**20:>11.2f}{latency_ms(index, q, args.k, **kwargs):>10.3f}"
+        )
     return lines
 
 

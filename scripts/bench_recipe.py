@@ -49,13 +49,27 @@ SIMANS = ["sampler=simans", "data.negatives={pool}"]
 ARMS: dict[str, list[str]] = {
     "baseline": [],
     "simans": SIMANS,
-    "refresh": SIMANS + ["refresh=async", "miner@refresh.miner=pool", "refresh.every_n_steps={refresh_every}",
-                         "refresh.backend=onnx-int8"],
-    "distillation": ["loss=infonce_kd", "data.teacher_scores={teacher}", "data.negatives=null", "data.teacher_pair_filter=true",
-                     "data.num_negatives=4"],
+    "refresh": SIMANS
+    + [
+        "refresh=async",
+        "miner@refresh.miner=pool",
+        "refresh.every_n_steps={refresh_every}",
+        "refresh.backend=onnx-int8",
+    ],
+    "distillation": [
+        "loss=infonce_kd",
+        "data.teacher_scores={teacher}",
+        "data.negatives=null",
+        "data.teacher_pair_filter=true",
+        "data.num_negatives=4",
+    ],
     "tas_balanced": ["sampler=tas_balanced", "data.teacher_scores={teacher}", "data.negatives=null"],
-    "full": ["experiment=scifact_recipe", "data.negatives={pool}", "data.teacher_scores={teacher}",
-             "refresh.every_n_steps={refresh_every}"],
+    "full": [
+        "experiment=scifact_recipe",
+        "data.negatives={pool}",
+        "data.teacher_scores={teacher}",
+        "refresh.every_n_steps={refresh_every}",
+    ],
 }
 ARMS["full_tas"] = ARMS["full"] + ["sampler=tas"]
 # One held-out split for every arm, seed and the teacher (data.val_seed): the fine-tuned teacher never saw
@@ -74,12 +88,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--out", default="bench/recipe")
     parser.add_argument("--pool-k", type=int, default=200, help="candidates per query in the SimANS pool")
-    parser.add_argument("--teacher-negatives", type=int, default=30, help="pool candidates per query the teacher scores")
-    parser.add_argument("--teacher", choices=["finetuned", "zeroshot"], default="finetuned",
-                        help="the fusion teacher's dense half: the quickstart trained at seed 0 on the training split "
-                             "minus the validation queries (finetuned), or all-MiniLM-L6-v2 as it is (zeroshot)")
+    parser.add_argument(
+        "--teacher-negatives", type=int, default=30, help="pool candidates per query the teacher scores"
+    )
+    parser.add_argument(
+        "--teacher",
+        choices=["finetuned", "zeroshot"],
+        default="finetuned",
+        help="the fusion teacher's dense half: the quickstart trained at seed 0 on the training split "
+        "minus the validation queries (finetuned), or all-MiniLM-L6-v2 as it is (zeroshot)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--smoke-slice", type=int, default=0, help="N training queries of a tiny slice (a check of the script)")
+    parser.add_argument(
+        "--smoke-slice", type=int, default=0, help="N training queries of a tiny slice (a check of the script)"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more dr-train overrides for every arm")
     return parser.parse_args()
 
@@ -98,15 +120,46 @@ def inputs(out: Path, data: dict[str, str], args, dry: bool, extra: list[str]) -
     if args.teacher == "finetuned":
         model_dir = folder / "teacher_model"
         dense = str(model_dir / "export")
-        steps.append(("dr-train", model_dir, model_dir / "export" / "config.json",
-                      [f"seed={TEACHER_SEED}", *VAL, "test.before=false", "test.bm25=false", "export.index=false", *extra]))
+        steps.append(
+            (
+                "dr-train",
+                model_dir,
+                model_dir / "export" / "config.json",
+                [f"seed={TEACHER_SEED}", *VAL, "test.before=false", "test.bm25=false", "export.index=false", *extra],
+            )
+        )
     steps += [
-        ("dr-mine", folder / "mine", pool, ["model=all-MiniLM-L6-v2", f"corpus={data['corpus']}", f"queries={data['train_queries']}",
-                                             f"qrels={data['train_qrels']}", "miner=pool", f"top_k={args.pool_k}", f"output={pool}"]),
-        ("dr-score", folder / f"score.{args.teacher}", teacher,
-         ["teacher=fusion", f"teacher.model={dense}", "teacher.query_max_length=64", "teacher.passage_max_length=256",
-          f"teacher.corpus={data['corpus']}", f"negatives={pool}", f"corpus={data['corpus']}",
-          f"queries={data['train_queries']}", f"max_negatives={args.teacher_negatives}", f"output={teacher}"]),
+        (
+            "dr-mine",
+            folder / "mine",
+            pool,
+            [
+                "model=all-MiniLM-L6-v2",
+                f"corpus={data['corpus']}",
+                f"queries={data['train_queries']}",
+                f"qrels={data['train_qrels']}",
+                "miner=pool",
+                f"top_k={args.pool_k}",
+                f"output={pool}",
+            ],
+        ),
+        (
+            "dr-score",
+            folder / f"score.{args.teacher}",
+            teacher,
+            [
+                "teacher=fusion",
+                f"teacher.model={dense}",
+                "teacher.query_max_length=64",
+                "teacher.passage_max_length=256",
+                f"teacher.corpus={data['corpus']}",
+                f"negatives={pool}",
+                f"corpus={data['corpus']}",
+                f"queries={data['train_queries']}",
+                f"max_negatives={args.teacher_negatives}",
+                f"output={teacher}",
+            ],
+        ),
     ]
     for app, run_dir, target, overrides in steps:
         if dry:
@@ -146,20 +199,40 @@ def main() -> None:
     values = {**files, "refresh_every": max(1, steps // 3)}
     protocol = COMMON + PROTOCOLS[args.protocol] + [f"trainer.max_steps={steps}"]
     arms = ["baseline"] + [a for a in args.arms if a != "baseline"]
-    results = {arm: [train(out, arm, seed, protocol + [o.format(**values) for o in ARMS[arm]] + extra, args.dry_run)
-                     for seed in args.seeds] for arm in arms}
+    results = {
+        arm: [
+            train(out, arm, seed, protocol + [o.format(**values) for o in ARMS[arm]] + extra, args.dry_run)
+            for seed in args.seeds
+        ]
+        for arm in arms
+    }
     if args.dry_run:
         return
     print(f"\nSciFact, {args.protocol} protocol ({steps} steps), seeds {args.seeds}: mean ± sd over seeds")
     print(f"{'arm':<14}{'val nDCG@10':>22}{'test nDCG@10':>22}{'test R@100':>22}")
     for arm, runs in results.items():
-        print(f"{arm:<14}" + "".join(f"{spread([r.get(m, float('nan')) for r in runs]):>22}"
-                                       for m in ("val/nDCG@10", "trained/nDCG@10", "trained/R@100")))
+        print(
+            f"{arm:<14}"
+            + "".join(
+                f"{spread([r.get(m, float('nan')) for r in runs]):>22}"
+                for m in ("val/nDCG@10", "trained/nDCG@10", "trained/R@100")
+            )
+        )
     chosen = max(results, key=lambda a: statistics.mean(r.get("val/nDCG@10", float("-inf")) for r in results[a]))
     print(f"chosen on validation (held-out training queries): {chosen}")
-    groups = ",".join("[" + ",".join(str(out / f"{arm}.seed{s}" / "runs" / "trained.run") for s in args.seeds) + "]" for arm in arms)
-    cmd = [sys.executable, "-m", "dr.cli.compare", f"run_files=[{groups}]", f"names=[{','.join(arms)}]",
-           f"qrels={data['test_qrels']}", "measures=[nDCG@10,R@100]", f"hydra.run.dir={out / 'compare'}"]
+    groups = ",".join(
+        "[" + ",".join(str(out / f"{arm}.seed{s}" / "runs" / "trained.run") for s in args.seeds) + "]" for arm in arms
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "dr.cli.compare",
+        f"run_files=[{groups}]",
+        f"names=[{','.join(arms)}]",
+        f"qrels={data['test_qrels']}",
+        "measures=[nDCG@10,R@100]",
+        f"hydra.run.dir={out / 'compare'}",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(cmd, check=True, env=env)
 

@@ -42,7 +42,7 @@ COLUMNS = [
 
 
 def refresh_table(results: dict[str, list[dict]]) -> str:
-    lines = [f"{'arm':<24}" + "".join(f"{name:>{len(fmt.format(0)) }}" for name, _, fmt in COLUMNS) + f"{'seed':>6}"]
+    lines = [f"{'arm':<24}" + "".join(f"{name:>{len(fmt.format(0))}}" for name, _, fmt in COLUMNS) + f"{'seed':>6}"]
     for arm, runs in results.items():
         for seed, m in runs:
             lines.append(f"{arm:<24}" + "".join(fmt.format(get(m)) for _, get, fmt in COLUMNS) + f"{seed:>6}")
@@ -58,27 +58,47 @@ def main() -> None:
     parser.add_argument("--miner", default="simans", help="conf/miner option used by the refresh")
     parser.add_argument("--trainer-threads", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=1)
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
-                        help="what the refresh encodes with (refresh.backend)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="what the refresh encodes with (refresh.backend)",
+    )
     parser.add_argument("--arms", nargs="+", default=["none", "sync", "async"], choices=["none", "sync", "async"])
     parser.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)  # Hydra overrides for smoke tests
     args = parser.parse_args()
 
     out = Path(args.out)
-    refresh = [f"miner@refresh.miner={args.miner}", f"refresh.every_n_steps={args.every}", f"refresh.backend={args.backend}"]
+    refresh = [
+        f"miner@refresh.miner={args.miner}",
+        f"refresh.every_n_steps={args.every}",
+        f"refresh.backend={args.backend}",
+    ]
     suffix = "" if args.backend == "torch" else f"_{args.backend}"
     arms = {
         "infonce_bm25": [],
         f"refresh_sync_k{args.every}{suffix}": ["refresh=sync", *refresh],
-        f"refresh_async_k{args.every}{suffix}": ["refresh=async", *refresh, f"refresh.trainer_threads={args.trainer_threads}",
-                                         f"refresh.worker_threads={args.worker_threads}"],
+        f"refresh_async_k{args.every}{suffix}": [
+            "refresh=async",
+            *refresh,
+            f"refresh.trainer_threads={args.trainer_threads}",
+            f"refresh.worker_threads={args.worker_threads}",
+        ],
     }
-    wanted = {"none": "infonce_bm25", "sync": f"refresh_sync_k{args.every}{suffix}", "async": f"refresh_async_k{args.every}{suffix}"}
+    wanted = {
+        "none": "infonce_bm25",
+        "sync": f"refresh_sync_k{args.every}{suffix}",
+        "async": f"refresh_async_k{args.every}{suffix}",
+    }
     arms = {name: overrides for name, overrides in arms.items() if name in {wanted[a] for a in args.arms}}
-    results = {name: [(seed, train_arm(out, name, [*overrides, *args.extra], seed, args.steps)) for seed in args.seeds]
-               for name, overrides in arms.items()}
-    print(f"\nSciFact, {args.steps} steps, refresh every {args.every} steps ({args.miner}, backend {args.backend}); "
-          f"async threads: trainer {args.trainer_threads} + worker {args.worker_threads}")
+    results = {
+        name: [(seed, train_arm(out, name, [*overrides, *args.extra], seed, args.steps)) for seed in args.seeds]
+        for name, overrides in arms.items()
+    }
+    print(
+        f"\nSciFact, {args.steps} steps, refresh every {args.every} steps ({args.miner}, backend {args.backend}); "
+        f"async threads: trainer {args.trainer_threads} + worker {args.worker_threads}"
+    )
     print(refresh_table(results))
 
 

@@ -53,13 +53,20 @@ DIM, CENTRES = 384, 1000
 
 
 def sizes(scale: float) -> dict:
-    return {"passages": int(2_000_000 * scale), "queries": int(200_000 * scale), "triples_per_query": 20,
-            "negatives_per_query": 50, "shard": 250_000 if scale >= 0.5 else max(1000, int(250_000 * scale))}
+    return {
+        "passages": int(2_000_000 * scale),
+        "queries": int(200_000 * scale),
+        "triples_per_query": 20,
+        "negatives_per_query": 50,
+        "shard": 250_000 if scale >= 0.5 else max(1000, int(250_000 * scale)),
+    }
 
 
 # ---------------------------------------------------------------------- generation
 def _unit_vectors(rng, centres, n):
-    x = centres[rng.integers(len(centres), size=n)] + 0.6 * rng.standard_normal((n, centres.shape[1])).astype(np.float32)
+    x = centres[rng.integers(len(centres), size=n)] + 0.6 * rng.standard_normal((n, centres.shape[1])).astype(
+        np.float32
+    )
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -86,21 +93,35 @@ def generate(work: Path, s: dict) -> None:
         stop = min(s["passages"], start + s["shard"])
         np.save(emb / f"shard-{i:05d}.npy", _unit_vectors(rng, centres, stop - start).astype(np.float16))
         shards.append({"file": f"shard-{i:05d}.npy", "start": start, "stop": stop})
-    write_json(emb / "manifest.json", {"format": "dr-sharded-embeddings/1", "num_shards": len(shards), "num_passages": s["passages"],
-                                       "dim": DIM, "depends": {"generated": True}, "shards": shards})
+    write_json(
+        emb / "manifest.json",
+        {
+            "format": "dr-sharded-embeddings/1",
+            "num_shards": len(shards),
+            "num_passages": s["passages"],
+            "dim": DIM,
+            "depends": {"generated": True},
+            "shards": shards,
+        },
+    )
     q, n_pass = s["queries"], s["passages"]
     with open(work / "teacher.tsv", "w") as f:
         for start in range(0, q, 10_000):
             qs = np.repeat(np.arange(start, min(q, start + 10_000)), s["triples_per_query"])
             pos, neg = rng.integers(n_pass, size=len(qs)), rng.integers(n_pass, size=len(qs))
             sp, sn = rng.normal(10, 2, len(qs)), rng.normal(5, 3, len(qs))
-            f.writelines(f"{a:.4f}\t{b:.4f}\tq{c}\tp{d}\tp{e}\n" for a, b, c, d, e in zip(sp.tolist(), sn.tolist(), qs.tolist(), pos.tolist(), neg.tolist()))
+            f.writelines(
+                f"{a:.4f}\t{b:.4f}\tq{c}\tp{d}\tp{e}\n"
+                for a, b, c, d, e in zip(sp.tolist(), sn.tolist(), qs.tolist(), pos.tolist(), neg.tolist())
+            )
     k = s["negatives_per_query"]
     with open(work / "negatives.jsonl", "w") as f:
         for i in range(q):
             docs, scores = rng.integers(n_pass, size=k).tolist(), np.round(rng.normal(5, 2, k), 4).tolist()
             negatives = ", ".join(f'{{"docid": "p{d}", "score": {v}}}' for d, v in zip(docs, scores))
-            f.write(f'{{"qid": "q{i}", "positives": ["p{rng.integers(n_pass)}"], "positive_scores": [null], "negatives": [{negatives}]}}\n')
+            f.write(
+                f'{{"qid": "q{i}", "positives": ["p{rng.integers(n_pass)}"], "positive_scores": [null], "negatives": [{negatives}]}}\n'
+            )
 
 
 # ---------------------------------------------------------------------- stages
@@ -169,7 +190,12 @@ def stage_negatives_compact(work: Path, s: dict) -> dict:
     from dr.data import read_negatives_compact
 
     table = read_negatives_compact(work / "negatives.jsonl")
-    return {"items": len(table), "unit": "lines", "negatives": int(len(table.negatives)), "arrays_mb": table.nbytes / 2**20}
+    return {
+        "items": len(table),
+        "unit": "lines",
+        "negatives": int(len(table.negatives)),
+        "arrays_mb": table.nbytes / 2**20,
+    }
 
 
 def stage_ivfpq(work: Path, s: dict) -> dict:
@@ -189,7 +215,11 @@ def stage_ivfpq(work: Path, s: dict) -> dict:
     sources = np.sort(rng.choice(len(shards), size=n_queries, replace=False))
     chunks = list(shards.shards())
     starts = np.cumsum([0] + [len(c) for c in chunks])
-    rows = [np.asarray(chunks[j][i - starts[j]], dtype=np.float32) for i in sources.tolist() for j in [int(np.searchsorted(starts, i, "right") - 1)]]
+    rows = [
+        np.asarray(chunks[j][i - starts[j]], dtype=np.float32)
+        for i in sources.tolist()
+        for j in [int(np.searchsorted(starts, i, "right") - 1)]
+    ]
     queries = np.stack(rows) + 0.02 * rng.standard_normal((n_queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     t0 = time.perf_counter()
@@ -204,12 +234,23 @@ def stage_ivfpq(work: Path, s: dict) -> dict:
         merged_r = np.concatenate([best[1], top + meta["start"]], 1)
         keep = np.argsort(-merged_s, axis=1)[:, :10]
         best = np.take_along_axis(merged_s, keep, 1), np.take_along_axis(merged_r, keep, 1)
-    recall = np.mean([len({f"p{r}" for r in exact} & set(got[:10])) / 10 for exact, got in zip(best[1].tolist(), found)])
+    recall = np.mean(
+        [len({f"p{r}" for r in exact} & set(got[:10])) / 10 for exact, got in zip(best[1].tolist(), found)]
+    )
     source_at_10 = np.mean([f"p{src}" in got[:10] for src, got in zip(sources.tolist(), found)])
     source_at_1_exact = np.mean(best[1][:, 0] == sources[: len(probe)])
-    return {"items": len(shards), "unit": "vectors", "build_s": build_s, "queries": len(queries), "search_s": search_s,
-            "recall@10": float(recall), "source@10": float(source_at_10),
-            "exact_source@1": float(source_at_1_exact), "nlist": int(index.index.nlist), "index_mb": (len(shards) * (48 + 8)) / 2**20}
+    return {
+        "items": len(shards),
+        "unit": "vectors",
+        "build_s": build_s,
+        "queries": len(queries),
+        "search_s": search_s,
+        "recall@10": float(recall),
+        "source@10": float(source_at_10),
+        "exact_source@1": float(source_at_1_exact),
+        "nlist": int(index.index.nlist),
+        "index_mb": (len(shards) * (48 + 8)) / 2**20,
+    }
 
 
 # ---------------------------------------------------------------------- driver
@@ -219,8 +260,13 @@ def run_stage(name: str, work: Path, scale: float) -> dict:
     t0 = time.perf_counter()
     fn = generate if name == "generate" else globals()["stage_" + name.replace("-", "_")]
     result = fn(work, sizes(scale)) or {}
-    result.update(stage=name, seconds=time.perf_counter() - t0, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  load_before=load_before, load_after=os.getloadavg()[0])
+    result.update(
+        stage=name,
+        seconds=time.perf_counter() - t0,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
+    )
     return result
 
 
@@ -228,11 +274,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (1.0: 2M passages, 200k queries)")
     parser.add_argument("--out", default="bench/scale")
-    parser.add_argument("--work", default=None, help="where the generated data goes (default: <out>/data; reused when complete)")
+    parser.add_argument(
+        "--work", default=None, help="where the generated data goes (default: <out>/data; reused when complete)"
+    )
     parser.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
-    parser.add_argument("--faiss-threads", type=int, default=1,
-                        help="FAISS OpenMP threads (0: FAISS's default). 1 by default: on 2 cores shared with other jobs, "
-                             "OpenMP's spinning threads made k-means ~5x slower with 2 threads than with 1")
+    parser.add_argument(
+        "--faiss-threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads (0: FAISS's default). 1 by default: on 2 cores shared with other jobs, "
+        "OpenMP's spinning threads made k-means ~5x slower with 2 threads than with 1",
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # the child process of one stage
     args = parser.parse_args()
     out = Path(args.out)
@@ -250,32 +302,63 @@ def main() -> None:
     for name in (["generate"] if not (work / "negatives.jsonl").exists() else []) + args.stages:
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--stage", name, "--scale", str(args.scale), "--work", str(work),
-                               "--faiss-threads", str(args.faiss_threads)],
-                              env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--stage",
+                name,
+                "--scale",
+                str(args.scale),
+                "--work",
+                str(work),
+                "--faiss-threads",
+                str(args.faiss_threads),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             sys.exit(f"stage {name} failed:\n{proc.stderr[-3000:]}")
         result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
         result["wall_s"] = time.perf_counter() - t0  # with the interpreter's start and imports
         results.append(result)
-        print(f"{name:18s} {result['seconds']:8.1f} s  peak RSS {result['peak_rss_mb']:7.0f} MiB  load {result['load_before']:.1f}->{result['load_after']:.1f}", flush=True)
+        print(
+            f"{name:18s} {result['seconds']:8.1f} s  peak RSS {result['peak_rss_mb']:7.0f} MiB  load {result['load_before']:.1f}->{result['load_after']:.1f}",
+            flush=True,
+        )
     print(table(results, args.scale))
-    meta = {"scale": args.scale, "faiss_threads": args.faiss_threads, "sizes": sizes(args.scale), "cpus": os.cpu_count(), "embeddings": "generated (random, not encoded)",
-            "note": "2 cores shared with other jobs: times are upper bounds", "stages": results}
+    meta = {
+        "scale": args.scale,
+        "faiss_threads": args.faiss_threads,
+        "sizes": sizes(args.scale),
+        "cpus": os.cpu_count(),
+        "embeddings": "generated (random, not encoded)",
+        "note": "2 cores shared with other jobs: times are upper bounds",
+        "stages": results,
+    }
     (out / "scale.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"written: {out / 'scale.json'}")
 
 
 def table(results: list[dict], scale: float) -> str:
-    lines = [f"synthetic scale run (scale {scale:g}), measured on {os.cpu_count()} shared cores",
-             f"{'stage':18s} {'items':>10s} {'unit':9s} {'time s':>8s} {'items/s':>10s} {'peak RSS MiB':>13s}  notes"]
+    lines = [
+        f"synthetic scale run (scale {scale:g}), measured on {os.cpu_count()} shared cores",
+        f"{'stage':18s} {'items':>10s} {'unit':9s} {'time s':>8s} {'items/s':>10s} {'peak RSS MiB':>13s}  notes",
+    ]
     for r in results:
-        notes = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                 if k not in ("stage", "items", "unit", "seconds", "peak_rss_mb", "wall_s", "load_before", "load_after")}
+        notes = {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in r.items()
+            if k not in ("stage", "items", "unit", "seconds", "peak_rss_mb", "wall_s", "load_before", "load_after")
+        }
         items = r.get("items", 0)
         rate = f"{items / r['seconds']:10.0f}" if items else f"{'':10s}"
-        lines.append(f"{r['stage']:18s} {items:10d} {r.get('unit', ''):9s} {r['seconds']:8.1f} {rate} {r['peak_rss_mb']:13.0f}  "
-                     + ", ".join(f"{k}={v}" for k, v in notes.items()))
+        lines.append(
+            f"{r['stage']:18s} {items:10d} {r.get('unit', ''):9s} {r['seconds']:8.1f} {rate} {r['peak_rss_mb']:13.0f}  "
+            + ", ".join(f"{k}={v}" for k, v in notes.items())
+        )
     return "\n".join(lines)
 
 

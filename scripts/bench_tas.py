@@ -69,7 +69,12 @@ def sampling_overhead(run_dir: Path, overrides: list[str], batches: int) -> dict
                 break
             times.append(time.perf_counter() - t0)
         epoch += 1
-    return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "batches": len(times), "epochs": epoch}
+    return {
+        "median_s": statistics.median(times),
+        "mean_s": statistics.fmean(times),
+        "batches": len(times),
+        "epochs": epoch,
+    }
 
 
 def cluster_summary(run_dir: Path) -> str:
@@ -90,26 +95,37 @@ def main() -> None:
     out = Path(args.out).resolve()
     data, extra = smoke_data(out, args.smoke_slice, args.extra)
     teacher = fusion_teacher(out, data)
-    results = {name: [train_arm(out, name, overrides_of(name, teacher) + extra, seed, args.steps) for seed in args.seeds]
-               for name in args.arms}
+    results = {
+        name: [train_arm(out, name, overrides_of(name, teacher) + extra, seed, args.steps) for seed in args.seeds]
+        for name in args.arms
+    }
 
-    print(f"[{time.strftime('%H:%M:%S')}] timing batch composition ({args.overhead_batches} batches per sampler)", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] timing batch composition ({args.overhead_batches} batches per sampler)",
+        flush=True,
+    )
     seed = args.seeds[0]
     rows = []
     for name in args.arms:
         run_dir = out / f"{name}.seed{seed}"
         cost = sampling_overhead(run_dir, overrides_of(name, teacher) + extra + [f"seed={seed}"], args.overhead_batches)
-        step_s = statistics.median(r["time/train_s"] / max(1.0, r.get("train/global_step", args.steps)) for r in results[name])
+        step_s = statistics.median(
+            r["time/train_s"] / max(1.0, r.get("train/global_step", args.steps)) for r in results[name]
+        )
         rows.append((name, cost, step_s, cluster_summary(run_dir)))
 
-    print(f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, TAS-B loss (Margin-MSE + 0.75 in-batch, fusion teacher), "
-          "passages 128 tokens")
+    print(
+        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, TAS-B loss (Margin-MSE + 0.75 in-batch, fusion teacher), "
+        "passages 128 tokens"
+    )
     print(table(results))
     print(f"\nsampling overhead per batch (no model), seed {seed}")
     print(f"{'arm':<28}{'compose ms (median)':>20}{'(mean)':>10}{'train s/step':>14}{'overhead %':>12}  clusters")
     for name, cost, step_s, clusters in rows:
         share = 100 * cost["median_s"] / step_s if step_s > 0 else float("nan")
-        print(f"{name:<28}{1000 * cost['median_s']:>20.2f}{1000 * cost['mean_s']:>10.2f}{step_s:>14.2f}{share:>12.3f}  {clusters}")
+        print(
+            f"{name:<28}{1000 * cost['median_s']:>20.2f}{1000 * cost['mean_s']:>10.2f}{step_s:>14.2f}{share:>12.3f}  {clusters}"
+        )
 
 
 if __name__ == "__main__":

@@ -84,14 +84,23 @@ def prepare_data(args, out: Path) -> dict[str, str]:
       epoch), for sentence-transformers.
     """
     folder = out / "data"
-    files = {"corpus": "scifact:corpus", "train_queries": "scifact:train_queries", "train_qrels": "scifact:train_qrels",
-             "test_queries": "scifact:test_queries", "test_qrels": "scifact:test_qrels"}
+    files = {
+        "corpus": "scifact:corpus",
+        "train_queries": "scifact:train_queries",
+        "train_qrels": "scifact:train_qrels",
+        "test_queries": "scifact:test_queries",
+        "test_qrels": "scifact:test_qrels",
+    }
     if args.smoke:
         from dr.data import write_subset
 
         files = write_subset(folder / "slice", n_train=4 * args.batch_size, n_test=5, n_extra=100)
-    data = {**files, "queries": str(folder / "queries.train.tsv"), "negatives": str(folder / f"negatives.seed{args.seed}.jsonl"),
-            "triples": str(folder / f"triples.{args.steps}x{args.batch_size}.seed{args.seed}.jsonl")}
+    data = {
+        **files,
+        "queries": str(folder / "queries.train.tsv"),
+        "negatives": str(folder / f"negatives.seed{args.seed}.jsonl"),
+        "triples": str(folder / f"triples.{args.steps}x{args.batch_size}.seed{args.seed}.jsonl"),
+    }
     if not Path(data["negatives"]).is_file():
         write_negatives_file(data, args.seed)
     if not Path(data["triples"]).is_file():
@@ -127,8 +136,14 @@ def write_triples(data: dict[str, str], args) -> None:
     from dr.training import RetrievalDataModule
 
     datamodule = RetrievalDataModule(
-        corpus=data["corpus"], train_queries=data["queries"], train_qrels=data["train_qrels"], negatives=data["negatives"],
-        num_negatives=1, batch_size=args.batch_size, seed=args.seed, val_fraction=0,
+        corpus=data["corpus"],
+        train_queries=data["queries"],
+        train_qrels=data["train_qrels"],
+        negatives=data["negatives"],
+        num_negatives=1,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        val_fraction=0,
     )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -139,10 +154,15 @@ def write_triples(data: dict[str, str], args) -> None:
         for batch in loader:
             b = len(batch["queries"])
             if batch["neg_index"].shape != (b, 1) or bool((batch["neg_index"] < 0).any()):
-                raise RuntimeError(f"expected one negative per query, got neg_index of shape {tuple(batch['neg_index'].shape)}")
+                raise RuntimeError(
+                    f"expected one negative per query, got neg_index of shape {tuple(batch['neg_index'].shape)}"
+                )
             # a passage two queries share is in the batch once (datamodule.collate_train): look each up
             passages, target, negative = batch["passages"], batch["target"].tolist(), batch["neg_index"][:, 0].tolist()
-            rows += [{"anchor": batch["queries"][i], "positive": passages[target[i]], "negative": passages[negative[i]]} for i in range(b)]
+            rows += [
+                {"anchor": batch["queries"][i], "positive": passages[target[i]], "negative": passages[negative[i]]}
+                for i in range(b)
+            ]
             if len(rows) >= args.steps * args.batch_size:
                 break
         epoch += 1
@@ -170,7 +190,12 @@ def step_clock(out_file: str):
             self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
 
         def on_train_end(self, trainer, pl_module):
-            record = {"step_ends": self.ends, "losses": self.losses, "threads": self.threads, "peak_rss_mib": peak_rss_mib()}
+            record = {
+                "step_ends": self.ends,
+                "losses": self.losses,
+                "threads": self.threads,
+                "peak_rss_mib": peak_rss_mib(),
+            }
             Path(out_file).write_text(json.dumps(record) + "\n")
 
     return StepClock()
@@ -218,9 +243,18 @@ def dr_config(args, data: dict[str, str], run_dir: Path, extra: list[str] = ()):
     ]
     if args.effect:
         overrides += [
-            "test=scifact", f"test.corpus={data['corpus']}", f"test.queries={data['test_queries']}",
-            f"test.qrels={data['test_qrels']}", "test.before=false", "test.bm25=false", "test.after=true",
-            "test.bf16=false", "test.cache_dir=null", "test.batch_size=64", "test.measures=[nDCG@10,R@100]", "test.k=100",
+            "test=scifact",
+            f"test.corpus={data['corpus']}",
+            f"test.queries={data['test_queries']}",
+            f"test.qrels={data['test_qrels']}",
+            "test.before=false",
+            "test.bm25=false",
+            "test.after=true",
+            "test.bf16=false",
+            "test.cache_dir=null",
+            "test.batch_size=64",
+            "test.measures=[nDCG@10,R@100]",
+            "test.k=100",
         ]
     else:
         overrides.append("test=none")
@@ -235,8 +269,12 @@ def run_dr(args, data: dict[str, str], run_dir: Path, extra: list[str] = ()) -> 
     cfg = dr_config(args, data, run_dir, extra)
     metrics = train(cfg)
     record = json.loads((run_dir / "steps.json").read_text())
-    result = {"step_ends": record["step_ends"], "losses": record["losses"], "threads": record["threads"],
-              "peak_rss_mib": record["peak_rss_mib"]}
+    result = {
+        "step_ends": record["step_ends"],
+        "losses": record["losses"],
+        "threads": record["threads"],
+        "peak_rss_mib": record["peak_rss_mib"],
+    }
     if args.effect:
         result["test"] = {m: metrics[f"trained/{m}"] for m in ("nDCG@10", "R@100")}
     return result
@@ -252,8 +290,14 @@ def sequential_batches(dataset, batch_size, drop_last, valid_label_columns=None,
     except ImportError:
         from sentence_transformers.sampler import DefaultBatchSampler  # 3.x-5.x
 
-    return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last,
-                               valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+    return DefaultBatchSampler(
+        SequentialSampler(dataset),
+        batch_size=batch_size,
+        drop_last=drop_last,
+        valid_label_columns=valid_label_columns,
+        generator=generator,
+        seed=seed,
+    )
 
 
 def cut_queries(texts: list[str], tokenizer, max_length: int) -> tuple[list[str], int]:
@@ -271,7 +315,11 @@ def cut_queries(texts: list[str], tokenizer, max_length: int) -> tuple[list[str]
 def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
     import datasets
     import torch
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from transformers import TrainerCallback
 
     try:
@@ -298,8 +346,9 @@ def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
     model = SentenceTransformer(resolve_model_name(MODEL), device="cpu")
     model.max_seq_length = args.passage_length
     anchors, n_cut = cut_queries([r["anchor"] for r in rows], model.tokenizer, args.query_length)
-    dataset = datasets.Dataset.from_dict({"anchor": anchors, "positive": [r["positive"] for r in rows],
-                                          "negative": [r["negative"] for r in rows]})
+    dataset = datasets.Dataset.from_dict(
+        {"anchor": anchors, "positive": [r["positive"] for r in rows], "negative": [r["negative"] for r in rows]}
+    )
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(run_dir),
         max_steps=args.steps,
@@ -324,11 +373,18 @@ def run_st(args, data: dict[str, str], run_dir: Path) -> dict:
     )
     clock = StepClock()
     loss = MultipleNegativesRankingLoss(model, scale=1.0 / args.temperature)
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[clock])
+    trainer = SentenceTransformerTrainer(
+        model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[clock]
+    )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    result = {"step_ends": clock.ends, "losses": losses, "threads": clock.threads, "peak_rss_mib": clock.peak,
-              "queries_cut": n_cut}
+    result = {
+        "step_ends": clock.ends,
+        "losses": losses,
+        "threads": clock.threads,
+        "peak_rss_mib": clock.peak,
+        "queries_cut": n_cut,
+    }
     if args.effect:
         result["test"] = evaluate_saved(model, args, data, run_dir)
     return result
@@ -342,7 +398,9 @@ def evaluate_saved(model, args, data: dict[str, str], run_dir: Path) -> dict:
 
     folder = run_dir / "model"
     model.save(str(folder))
-    encoder = BiEncoder.from_pretrained(str(folder), query_max_length=args.query_length, passage_max_length=args.passage_length).eval()
+    encoder = BiEncoder.from_pretrained(
+        str(folder), query_max_length=args.query_length, passage_max_length=args.passage_length
+    ).eval()
     test = TestSplit(dr_config(args, data, run_dir).test)
     return evaluate_run(test.dense(encoder), test.qrels, test.measures)
 
@@ -363,9 +421,13 @@ def step_token_lengths(data: dict[str, str], args) -> list[tuple[list[int], list
 
     steps = []
     for i in range(args.steps):
-        batch = rows[i * args.batch_size:(i + 1) * args.batch_size]
-        steps.append((lengths([r["anchor"] for r in batch], args.query_length),
-                      lengths([r["positive"] for r in batch] + [r["negative"] for r in batch], args.passage_length)))
+        batch = rows[i * args.batch_size : (i + 1) * args.batch_size]
+        steps.append(
+            (
+                lengths([r["anchor"] for r in batch], args.query_length),
+                lengths([r["positive"] for r in batch] + [r["negative"] for r in batch], args.passage_length),
+            )
+        )
     return steps
 
 
@@ -377,12 +439,18 @@ def encoder_flops(lengths: list[int], layers: int, hidden: int, intermediate: in
     these are the model's FLOPs, whatever a system pads."""
     tokens = float(sum(lengths))
     squares = float(sum(n * n for n in lengths))
-    return {"qkv": layers * 6 * hidden * hidden * tokens, "out": layers * 2 * hidden * hidden * tokens,
-            "ffn_up": layers * 2 * hidden * intermediate * tokens, "ffn_down": layers * 2 * hidden * intermediate * tokens,
-            "attention": layers * 4 * hidden * squares}
+    return {
+        "qkv": layers * 6 * hidden * hidden * tokens,
+        "out": layers * 2 * hidden * hidden * tokens,
+        "ffn_up": layers * 2 * hidden * intermediate * tokens,
+        "ffn_down": layers * 2 * hidden * intermediate * tokens,
+        "attention": layers * 4 * hidden * squares,
+    }
 
 
-def step_flops(steps, layers: int, hidden: int, intermediate: int, recompute: dict[str, object]) -> list[dict[str, float]]:
+def step_flops(
+    steps, layers: int, hidden: int, intermediate: int, recompute: dict[str, object]
+) -> list[dict[str, float]]:
     """Per step: ``model`` = forward + backward (3× the forward: the backward computes the gradients
     of both the inputs and the weights of every product), ``executed`` = that plus what the
     recomputation runs again in the backward pass: ``ffn_recompute=full`` the up-projection,
@@ -435,9 +503,11 @@ def flops_rows(results: dict[str, dict], steps, recompute_of: dict[str, dict]) -
     config = AutoConfig.from_pretrained(resolve_model_name(MODEL))
     rows = {}
     for name, result in results.items():
-        flops = step_flops(steps, config.num_hidden_layers, config.hidden_size, config.intermediate_size, recompute_of.get(name, {}))
+        flops = step_flops(
+            steps, config.num_hidden_layers, config.hidden_size, config.intermediate_size, recompute_of.get(name, {})
+        )
         seconds = step_seconds(result["step_ends"])
-        timed = flops[len(flops) - len(seconds):]
+        timed = flops[len(flops) - len(seconds) :]
         rows[name] = {
             "model_gflop": statistics.median(f["model"] for f in timed) / 1e9,
             "executed_gflop": statistics.median(f["executed"] for f in timed) / 1e9,
@@ -449,11 +519,15 @@ def flops_rows(results: dict[str, dict], steps, recompute_of: dict[str, dict]) -
 
 def flops_table(rows: dict[str, dict[str, float]], peaks: dict[str, float]) -> str:
     fp32 = peaks.get("fp32") or float("nan")
-    lines = [f"matmul peak of this machine ({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; scripts/bench_train.py matmul_peak)",
-             f"{'system':<14}{'GFLOP/step':>12}{'+ recompute':>13}{'GFLOP/s':>10}{'% fp32 peak':>13}{'executed GFLOP/s':>18}{'% fp32 peak':>13}"]
+    lines = [
+        f"matmul peak of this machine ({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; scripts/bench_train.py matmul_peak)",
+        f"{'system':<14}{'GFLOP/step':>12}{'+ recompute':>13}{'GFLOP/s':>10}{'% fp32 peak':>13}{'executed GFLOP/s':>18}{'% fp32 peak':>13}",
+    ]
     for name, r in rows.items():
-        lines.append(f"{name:<14}{r['model_gflop']:>12.0f}{r['executed_gflop']:>13.0f}{r['model_gflops']:>10.0f}"
-                     f"{100 * r['model_gflops'] / fp32:>12.0f}%{r['executed_gflops']:>18.0f}{100 * r['executed_gflops'] / fp32:>12.0f}%")
+        lines.append(
+            f"{name:<14}{r['model_gflop']:>12.0f}{r['executed_gflop']:>13.0f}{r['model_gflops']:>10.0f}"
+            f"{100 * r['model_gflops'] / fp32:>12.0f}%{r['executed_gflops']:>18.0f}{100 * r['executed_gflops'] / fp32:>12.0f}%"
+        )
     return "\n".join(lines)
 
 
@@ -499,8 +573,12 @@ def allocator_of(system: str, dr_allocator: str) -> str:
 def summarise(result: dict, batch_size: int) -> dict:
     steps = step_seconds(result["step_ends"])
     median = statistics.median(steps) if steps else float("nan")
-    return {"median_step_s": median, "examples_per_s": batch_size / median, "step_s": steps,
-            "last_loss": result["losses"][-1] if result["losses"] else float("nan")}
+    return {
+        "median_step_s": median,
+        "examples_per_s": batch_size / median,
+        "step_s": steps,
+        "last_loss": result["losses"][-1] if result["losses"] else float("nan"),
+    }
 
 
 def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -> str:
@@ -512,8 +590,10 @@ def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -
     for name, r in rows.items():
         steps = r["step_s"] or [float("nan")]
         ratio = f"{r['examples_per_s'] / base:>7.2f}x" if base else f"{'-':>8}"
-        line = (f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
-                f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}{results[name].get('allocator', '?'):>10}")
+        line = (
+            f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
+            f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}{results[name].get('allocator', '?'):>10}"
+        )
         if effect:
             test = results[name].get("test", {})
             line += f"{test.get('nDCG@10', float('nan')):>9.4f}{test.get('R@100', float('nan')):>8.4f}"
@@ -530,21 +610,43 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps, then a constant learning rate")
-    parser.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (ST scale = 1/temperature)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.05, help="InfoNCE temperature (ST scale = 1/temperature)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both systems")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ["st-jemalloc"],
-                        help="run in this order (st-jemalloc: the st trainer with jemalloc preloaded)")
-    parser.add_argument("--effect", action="store_true", help="also evaluate both trained models on the SciFact test split (slow)")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=SYSTEMS,
+        choices=SYSTEMS + ["st-jemalloc"],
+        help="run in this order (st-jemalloc: the st trainer with jemalloc preloaded)",
+    )
+    parser.add_argument(
+        "--effect", action="store_true", help="also evaluate both trained models on the SciFact test split (slow)"
+    )
     parser.add_argument("--out", default="bench/train_speed")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
-                        help="also run dr with these dr-train overrides, as system NAME, e.g. "
-                             "--variant ckpt=module.gradient_checkpointing=true,module.attention_dropout=0")
-    parser.add_argument("--allocator", default="auto", choices=("auto", "jemalloc", "system"),
-                        help="malloc of dr's runs (auto: jemalloc when found, as dr's commands do); st runs on the "
-                             "system's malloc, st-jemalloc on jemalloc")
-    parser.add_argument("--only", help=argparse.SUPPRESS)  # the child process of one system  # the child process of one system
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # seconds-long end-to-end check on tiny data
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDE[,OVERRIDE...]",
+        help="also run dr with these dr-train overrides, as system NAME, e.g. "
+        "--variant ckpt=module.gradient_checkpointing=true,module.attention_dropout=0",
+    )
+    parser.add_argument(
+        "--allocator",
+        default="auto",
+        choices=("auto", "jemalloc", "system"),
+        help="malloc of dr's runs (auto: jemalloc when found, as dr's commands do); st runs on the "
+        "system's malloc, st-jemalloc on jemalloc",
+    )
+    parser.add_argument(
+        "--only", help=argparse.SUPPRESS
+    )  # the child process of one system  # the child process of one system
+    parser.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # seconds-long end-to-end check on tiny data
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is the warm-up")
@@ -585,16 +687,20 @@ def main() -> None:
     results = {system: run_child(system, out, allocator_of(system, args.allocator)) for system in systems}
     rows = {system: summarise(results[system], args.batch_size) for system in systems}
     cut = results.get("st", {}).get("queries_cut")
-    title = (f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
-             f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
-             f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps 2-{args.steps}")
+    title = (
+        f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
+        f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
+        f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps 2-{args.steps}"
+    )
     recompute_of = {}
     for system in systems:
         if system.startswith("st"):
             recompute_of[system] = {}
         else:
             module = dr_config(args, data, out / f"{system}_run", variants.get(system, [])).module
-            recompute_of[system] = {k: module.get(k) for k in ("gradient_checkpointing", "ffn_recompute", "attention_recompute")}
+            recompute_of[system] = {
+                k: module.get(k) for k in ("gradient_checkpointing", "ffn_recompute", "attention_recompute")
+            }
     peaks = {"fp32": matmul_peak("fp32")}
     from dr.config import bf16_supported
 
@@ -607,10 +713,20 @@ def main() -> None:
     for name, overrides in variants.items():
         table += f"\n{name}: dr with {' '.join(overrides)}"
     if args.effect:
-        table += "\nnDCG@10 / R@100 on the SciFact test split" + (" (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)")
+        table += "\nnDCG@10 / R@100 on the SciFact test split" + (
+            " (smoke slice)" if args.smoke else " (5,183 passages, 300 queries)"
+        )
     print("\n" + table)
-    payload = {"settings": vars(args), "variants": variants, "machine": info, "systems": rows, "flops": flops, "matmul_peak_gflops": peaks,
-               "raw": results, "data": data}
+    payload = {
+        "settings": vars(args),
+        "variants": variants,
+        "machine": info,
+        "systems": rows,
+        "flops": flops,
+        "matmul_peak_gflops": peaks,
+        "raw": results,
+        "data": data,
+    }
     write_results(out, "train", table, payload)
 
 

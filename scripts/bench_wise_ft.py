@@ -42,8 +42,15 @@ def validation_files(run: Path, out: Path) -> tuple[str, str, str]:
     from dr.training import RetrievalDataModule
 
     data = OmegaConf.load(run / "config.yaml").data
-    dm = RetrievalDataModule(corpus=data.corpus, train_queries=data.train_queries, train_qrels=data.train_qrels,
-                             val_fraction=data.val_fraction, val_seed=data.val_seed, seed=data.seed, negatives=None)
+    dm = RetrievalDataModule(
+        corpus=data.corpus,
+        train_queries=data.train_queries,
+        train_qrels=data.train_qrels,
+        val_fraction=data.val_fraction,
+        val_seed=data.val_seed,
+        seed=data.seed,
+        negatives=None,
+    )
     dm.setup("fit")
     out.mkdir(parents=True, exist_ok=True)
     queries, qrels = out / "val.queries.tsv", out / "val.qrels.trec"
@@ -58,14 +65,27 @@ def evaluate(model: str, corpus: str, queries: str, qrels: str, measures: list[s
     from dr.config import bf16_supported
 
     quoted = ",".join(f"'{m}'" for m in measures)
-    cfg = compose("evaluate", [f"model={model}", f"corpus={corpus}", f"queries={queries}", f"qrels={qrels}", f"measures=[{quoted}]",
-                               "k=100", f"bf16={str(bf16_supported()).lower()}", f"embeddings_cache={cache}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"model={model}",
+            f"corpus={corpus}",
+            f"queries={queries}",
+            f"qrels={qrels}",
+            f"measures=[{quoted}]",
+            "k=100",
+            f"bf16={str(bf16_supported()).lower()}",
+            f"embeddings_cache={cache}",
+        ],
+    )
     return dr_eval(cfg, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", required=True, help="dr-train run folders (each with config.yaml and export/)")
+    parser.add_argument(
+        "--runs", nargs="+", required=True, help="dr-train run folders (each with config.yaml and export/)"
+    )
     parser.add_argument("--base", default="all-MiniLM-L6-v2", help="the initial model")
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.5, 0.75, 1.0])
     parser.add_argument("--budget", type=float, default=0.005, help="validation nDCG@10 an α may cost against α = 1")
@@ -91,12 +111,25 @@ def main() -> None:
             if alpha != 1.0:
                 model = str(folder / f"alpha{alpha:g}")
                 if not (Path(model) / "config.json").is_file():
-                    dr_export(compose("export", [f"model={run / 'export'}", f"base={args.base}", f"interpolate={alpha}",
-                                                 f"output={model}", "overwrite=true"]), folder)
+                    dr_export(
+                        compose(
+                            "export",
+                            [
+                                f"model={run / 'export'}",
+                                f"base={args.base}",
+                                f"interpolate={alpha}",
+                                f"output={model}",
+                                "overwrite=true",
+                            ],
+                        ),
+                        folder,
+                    )
             row = {}
-            sets = {"val": (corpus, val_queries, val_qrels, ["nDCG@10", "R@100"]),
-                    "test": (corpus, args.test_queries, args.test_qrels, ["nDCG@10", "R@100"]),
-                    "ood": (args.ood_corpus, args.ood_queries, args.ood_qrels, ["nDCG@10", "R(rel=2)@100"])}
+            sets = {
+                "val": (corpus, val_queries, val_qrels, ["nDCG@10", "R@100"]),
+                "test": (corpus, args.test_queries, args.test_qrels, ["nDCG@10", "R@100"]),
+                "ood": (args.ood_corpus, args.ood_queries, args.ood_qrels, ["nDCG@10", "R(rel=2)@100"]),
+            }
             for name, (c, q, r, measures) in sets.items():
                 cache = folder / f"alpha{alpha:g}.{'ood' if name == 'ood' else 'in'}.npy"
                 metrics = evaluate(model, c, q, r, measures, folder / f"alpha{alpha:g}-{name}", cache)
@@ -107,16 +140,32 @@ def main() -> None:
     mean = {a: {c: statistics.mean(results[r][a][c] for r in results) for c in columns} for a in sorted(args.alphas)}
     allowed = [a for a in mean if mean[a]["val nDCG@10"] >= mean[1.0]["val nDCG@10"] - args.budget]
     chosen = max(allowed, key=lambda a: mean[a]["ood nDCG@10"])
-    lines = [f"WiSE-FT, (1 − α)·{args.base} + α·model, mean over {len(results)} run(s): {', '.join(results)}",
-             f"{'α':>6}" + "".join(f"{c:>20}" for c in columns)]
-    lines += [f"{a:>6g}" + "".join(f"{mean[a][c]:>20.4f}" for c in columns) + ("   <- chosen" if a == chosen else "") for a in mean]
-    lines.append(f"rule: the highest ood nDCG@10 among the α whose val nDCG@10 is within {args.budget} of α = 1's; test never chosen on")
+    lines = [
+        f"WiSE-FT, (1 − α)·{args.base} + α·model, mean over {len(results)} run(s): {', '.join(results)}",
+        f"{'α':>6}" + "".join(f"{c:>20}" for c in columns),
+    ]
+    lines += [
+        f"{a:>6g}" + "".join(f"{mean[a][c]:>20.4f}" for c in columns) + ("   <- chosen" if a == chosen else "")
+        for a in mean
+    ]
+    lines.append(
+        f"rule: the highest ood nDCG@10 among the α whose val nDCG@10 is within {args.budget} of α = 1's; test never chosen on"
+    )
     table = "\n".join(lines)
     print("\n" + table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "wise_ft.txt").write_text(table + "\n")
-    (out / "wise_ft.json").write_text(json.dumps({"runs": {r: {str(a): v for a, v in x.items()} for r, x in results.items()},
-                                                  "mean": {str(a): v for a, v in mean.items()}, "chosen": chosen}, indent=2) + "\n")
+    (out / "wise_ft.json").write_text(
+        json.dumps(
+            {
+                "runs": {r: {str(a): v for a, v in x.items()} for r, x in results.items()},
+                "mean": {str(a): v for a, v in mean.items()},
+                "chosen": chosen,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-# lint first (ruff, configured in pyproject.toml): seconds, and a failure names the line
+# lint and format check first (ruff, configured in pyproject.toml): seconds, and a failure names the file
 "${VENV:-.venv}/bin/ruff" check .
+"${VENV:-.venv}/bin/ruff" format --check .
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

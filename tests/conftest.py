@@ -44,7 +44,9 @@ def tiny_cross_encoder(tiny_bert, tmp_path_factory) -> str:
     """A 2-layer, 32-dim BERT cross-encoder (one relevance logit) with random weights."""
     out = tmp_path_factory.mktemp("tiny-ce")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1
+    )
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
     return str(out)
@@ -54,8 +56,6 @@ def tiny_cross_encoder(tiny_bert, tmp_path_factory) -> str:
 def scifact_slice(tmp_path_factory) -> dict[str, str]:
     """64 train and 20 test SciFact queries with their judged abstracts plus 200 others."""
     return write_subset(tmp_path_factory.mktemp("scifact-slice"), n_train=64, n_test=20, n_extra=200)
-
-
 
 
 def tiny_train_overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int = 4) -> list[str]:

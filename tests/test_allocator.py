@@ -18,13 +18,19 @@ PROBE = "from dr.allocator import reexec_with_jemalloc, active; reexec_with_jema
 
 
 def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "DR_MALLOC", "DR_JEMALLOC", "DR_MALLOC_REEXEC")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_PRELOAD", "MALLOC_CONF", "DR_MALLOC", "DR_JEMALLOC", "DR_MALLOC_REEXEC")
+    }
     env.update(extra)
     return env
 
 
 def probe(**env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", PROBE], env=clean_env(**env), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], env=clean_env(**env), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_dr_jemalloc_names_the_library(tmp_path):
@@ -41,7 +47,9 @@ def test_dr_jemalloc_names_the_library(tmp_path):
 
 def test_the_process_restarts_under_jemalloc_with_purging_off():
     if allocator.find_jemalloc() is None:
-        pytest.skip("no jemalloc library here (scripts/setup.sh unpacks Debian's libjemalloc2 into the venv when apt is there)")
+        pytest.skip(
+            "no jemalloc library here (scripts/setup.sh unpacks Debian's libjemalloc2 into the venv when apt is there)"
+        )
     assert allocator.active() == "system"  # pytest itself is not re-executed
     done = probe()
     assert done.returncode == 0, done.stderr
@@ -59,16 +67,24 @@ def test_dr_malloc_system_keeps_the_system_allocator():
 def test_asking_for_jemalloc_without_a_library_is_a_one_line_error(tmp_path):
     done = probe(DR_MALLOC="jemalloc", DR_JEMALLOC=str(tmp_path / "none.so"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == ("probe: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its "
-                                   "path, or install Debian's libjemalloc2)")
+    assert done.stderr.strip() == (
+        "probe: error: DR_MALLOC=jemalloc: no jemalloc library found (set DR_JEMALLOC to its "
+        "path, or install Debian's libjemalloc2)"
+    )
     done = probe(DR_MALLOC="tcmalloc")
     assert done.returncode == 2 and "expected one of auto, jemalloc, system" in done.stderr
 
 
 def test_the_console_scripts_choose_the_allocator_first(tmp_path):
     """dr-train itself goes through the allocator choice (the bad setting fails before Hydra runs)."""
-    done = subprocess.run([str(BIN / "dr-train"), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=clean_env(DR_MALLOC="jemalloc", DR_JEMALLOC=str(tmp_path / "none.so")))
+    done = subprocess.run(
+        [str(BIN / "dr-train"), "--cfg", "job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(DR_MALLOC="jemalloc", DR_JEMALLOC=str(tmp_path / "none.so")),
+    )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("dr-train: error: DR_MALLOC=jemalloc: no jemalloc library found")
 

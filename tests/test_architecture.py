@@ -113,7 +113,23 @@ def test_console_scripts_match_the_command_table():
         assert (ROOT / "conf" / f"{config}.yaml").is_file(), name
 
 
-@pytest.mark.parametrize("name", ["dr.data", "dr.models", "dr.retrieval", "dr.evaluation", "dr.export", "dr.losses", "dr.miners", "dr.sampling", "dr.teachers", "dr.training", "dr.refresh", "dr.pipeline"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dr.data",
+        "dr.models",
+        "dr.retrieval",
+        "dr.evaluation",
+        "dr.export",
+        "dr.losses",
+        "dr.miners",
+        "dr.sampling",
+        "dr.teachers",
+        "dr.training",
+        "dr.refresh",
+        "dr.pipeline",
+    ],
+)
 def test_subpackages_list_their_public_names(name):
     import importlib
 
@@ -133,7 +149,9 @@ def test_losses_and_miners_install_under_dr_only():
     """losses/ and miners/ are folders of the repository but packages of dr (dr.losses, dr.miners):
     generic top-level names would collide with other packages in a user's environment."""
     code = "import importlib.util as u; print(u.find_spec('losses'), u.find_spec('miners'), u.find_spec('dr.losses') is not None)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True
+    ).stdout.split()
     assert out == ["None", "None", "True"], out
 
 
@@ -170,8 +188,11 @@ def test_no_target_strings_are_compared_in_the_package():
             if isinstance(node, ast.Compare):
                 for side in [node.left, *node.comparators]:
                     for const in ast.walk(side):
-                        if isinstance(const, ast.Constant) and isinstance(const.value, str) and (
-                                "losses." in const.value or "miners." in const.value):
+                        if (
+                            isinstance(const, ast.Constant)
+                            and isinstance(const.value, str)
+                            and ("losses." in const.value or "miners." in const.value)
+                        ):
                             offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
 
@@ -201,10 +222,15 @@ def test_checkpoints_are_never_unpickled_with_code():
     assert loads, "expected the checkpoint loader's torch.load"
     for file, function, call in loads:
         flags = [k.value for k in call.keywords if k.arg == "weights_only"]
-        assert len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is True, \
+        assert len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is True, (
             f"{file}: {function} calls torch.load without weights_only=True"
-    unsafe = _calls(lambda n: any(k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
-                                  for k in n.keywords))
+        )
+    unsafe = _calls(
+        lambda n: any(
+            k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
+            for k in n.keywords
+        )
+    )
     assert not unsafe, [f"{f}: {fn}" for f, fn, _ in unsafe]
 
 
@@ -218,11 +244,19 @@ RMTREE_SITES = {
     ("dr/refresh/store.py", "stage_version"): "the store's own .tmp-v<N>-<pid> and v<N> folders",
     ("dr/refresh/store.py", "mark_failed"): "the snapshot the store staged in v<N>/",
     ("dr/refresh/job.py", "run_job"): "the snapshot the store staged in v<N>/",
-    ("dr/data/corpus_cache.py", "forget_old_versions"): "the Arrow table of a corpus's previous version, in dr's own corpus cache",
-    ("dr/pipeline/runner.py", "run_stages"): "an unfinished stage folder of the pipeline's own cache (no DONE.json), before the stage runs again",
+    (
+        "dr/data/corpus_cache.py",
+        "forget_old_versions",
+    ): "the Arrow table of a corpus's previous version, in dr's own corpus cache",
+    (
+        "dr/pipeline/runner.py",
+        "run_stages",
+    ): "an unfinished stage folder of the pipeline's own cache (no DONE.json), before the stage runs again",
 }
 
 
 def test_rmtree_only_removes_folders_dr_created():
     sites = {(file, function) for file, function, _ in _calls(lambda n: _is_call_of(n, "shutil", "rmtree"))}
-    assert sites == set(RMTREE_SITES), f"unreviewed: {sorted(sites - set(RMTREE_SITES))}, gone: {sorted(set(RMTREE_SITES) - sites)}"
+    assert sites == set(RMTREE_SITES), (
+        f"unreviewed: {sorted(sites - set(RMTREE_SITES))}, gone: {sorted(set(RMTREE_SITES) - sites)}"
+    )

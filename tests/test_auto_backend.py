@@ -58,7 +58,9 @@ def test_quantiser_info_lines_stay_out_of_the_log(encoder, tmp_path, caplog):
     assert "Quantization parameters" not in caplog.text
 
 
-def test_the_refresh_encodes_with_the_calibrated_backend(tiny_bert, scifact_slice, compose_config, tmp_path, monkeypatch):
+def test_the_refresh_encodes_with_the_calibrated_backend(
+    tiny_bert, scifact_slice, compose_config, tmp_path, monkeypatch
+):
     """refresh.backend=auto (the default): resolved once at train start for the student; each
     version's stats name the choice, which is the calibration cached under dr's cache."""
     from conftest import merge_overrides, tiny_train_overrides
@@ -67,9 +69,23 @@ def test_the_refresh_encodes_with_the_calibrated_backend(tiny_bert, scifact_slic
 
     monkeypatch.setenv("DR_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    cfg = compose_config("train", merge_overrides(tiny_train_overrides(tiny_bert, scifact_slice, out, max_steps=3), [
-        "encoder.passage_max_length=32", "data.val_fraction=0", "test.enabled=false", "export.enabled=false",
-        "refresh=sync", "refresh.every_n_steps=2", "refresh.top_k=20", "miner@refresh.miner=topk", "refresh.miner.num_negatives=4"]))
+    cfg = compose_config(
+        "train",
+        merge_overrides(
+            tiny_train_overrides(tiny_bert, scifact_slice, out, max_steps=3),
+            [
+                "encoder.passage_max_length=32",
+                "data.val_fraction=0",
+                "test.enabled=false",
+                "export.enabled=false",
+                "refresh=sync",
+                "refresh.every_n_steps=2",
+                "refresh.top_k=20",
+                "miner@refresh.miner=topk",
+                "refresh.miner.num_negatives=4",
+            ],
+        ),
+    )
     assert cfg.refresh.backend == "auto"
     metrics = train(cfg)
     assert metrics["refresh/versions_used"] == 1 and metrics["refresh/failures"] == 0

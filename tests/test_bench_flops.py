@@ -31,8 +31,14 @@ def test_hand_computed_flops_of_one_layer():
 
 @pytest.mark.parametrize("lengths", [[7], [5, 12]])
 def test_the_count_matches_torchs_flop_counter_on_a_bert(lengths):
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        attn_implementation="eager",
+    )
     model = BertModel(config, add_pooling_layer=False)
     counted_forward = counted_step = 0
     for n in lengths:  # one sequence at a time: no padding, as the count assumes

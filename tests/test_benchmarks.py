@@ -19,9 +19,13 @@ def _beir(slice_files: dict[str, str], out: Path) -> Path:
     (out / "qrels").mkdir(parents=True)
     shutil.copy(slice_files["corpus"], out / "corpus.jsonl")
     queries = read_queries(slice_files["test_queries"])
-    (out / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t, "metadata": {}}) + "\n" for q, t in queries.items()))
+    (out / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t, "metadata": {}}) + "\n" for q, t in queries.items())
+    )
     qrels = read_qrels(slice_files["test_qrels"])
-    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, j in qrels.items() for d, g in j.items()))
+    (out / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, j in qrels.items() for d, g in j.items())
+    )
     return out
 
 
@@ -38,8 +42,14 @@ def test_beir_folder_evaluates_to_the_same_figures_as_the_files(tiny_bert, scifa
     assert read_queries(folder / "queries.jsonl") == read_queries(scifact_slice["test_queries"])
     model = [f"model={tiny_bert}", "encoder.pooling=mean"]
     _dr_eval(monkeypatch, *model, f"beir={folder}", f"hydra.run.dir={tmp_path / 'beir'}")
-    _dr_eval(monkeypatch, *model, f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['test_queries']}",
-             f"qrels={scifact_slice['test_qrels']}", f"hydra.run.dir={tmp_path / 'files'}")
+    _dr_eval(
+        monkeypatch,
+        *model,
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['test_queries']}",
+        f"qrels={scifact_slice['test_qrels']}",
+        f"hydra.run.dir={tmp_path / 'files'}",
+    )
     beir = json.loads((tmp_path / "beir" / "metrics.json").read_text())
     files = json.loads((tmp_path / "files" / "metrics.json").read_text())
     assert beir == files and set(beir) == {"nDCG@10", "R@100"}
@@ -48,7 +58,9 @@ def test_beir_folder_evaluates_to_the_same_figures_as_the_files(tiny_bert, scifa
     other = shutil.copytree(folder, tmp_path / "copy")
     _dr_eval(monkeypatch, *model, f"beir=[{folder},{other}]", f"hydra.run.dir={tmp_path / 'both'}")
     both = json.loads((tmp_path / "both" / "metrics.json").read_text())
-    assert both["scifact-beir/nDCG@10"] == both["copy/nDCG@10"] == both["mean/nDCG@10"] == pytest.approx(files["nDCG@10"])
+    assert (
+        both["scifact-beir/nDCG@10"] == both["copy/nDCG@10"] == both["mean/nDCG@10"] == pytest.approx(files["nDCG@10"])
+    )
 
 
 def test_beir_files_are_validated(tmp_path):
@@ -80,20 +92,39 @@ def test_dr_plot_draws_one_line_per_run_and_leaves_out_constant_series(cfg_train
     run = tmp_path / "run"
     train(cfg_train("test.enabled=false", "export.enabled=false", out=run, max_steps=4))
     series = read_metrics_csv(run / "logs" / "metrics.csv")
-    assert {"train/loss", "train/negatives_version", "val/nDCG@10"} <= set(series) and any(n.startswith("lr-") for n in series)
-    assert positional_to_override(["a", "output=x.png", "--cfg", "job", "b"]) == ["output=x.png", "--cfg", "job", "runs=['a','b']"]
+    assert {"train/loss", "train/negatives_version", "val/nDCG@10"} <= set(series) and any(
+        n.startswith("lr-") for n in series
+    )
+    assert positional_to_override(["a", "output=x.png", "--cfg", "job", "b"]) == [
+        "output=x.png",
+        "--cfg",
+        "job",
+        "runs=['a','b']",
+    ]
 
     from dr.cli.plot import main
 
-    monkeypatch.setattr(sys, "argv", ["dr-plot", str(run), str(run), "labels=[first,second]", f"output={tmp_path / 'p.png'}",
-                                      f"hydra.run.dir={tmp_path / 'plot'}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "dr-plot",
+            str(run),
+            str(run),
+            "labels=[first,second]",
+            f"output={tmp_path / 'p.png'}",
+            f"hydra.run.dir={tmp_path / 'plot'}",
+        ],
+    )
     main()
     assert Image.open(tmp_path / "p.png").size[0] > 500
 
     import matplotlib.pyplot as plt
 
     saved = []
-    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: saved.append(fig) or Image.new("RGB", (8, 8)).save(a[0], "png"))
+    monkeypatch.setattr(
+        plt.Figure, "savefig", lambda fig, *a, **k: saved.append(fig) or Image.new("RGB", (8, 8)).save(a[0], "png")
+    )
     plot_runs({"a": series, "b": series}, tmp_path / "q.png")
     (fig,) = saved
     labels = [ax.get_ylabel() for ax in fig.axes]
@@ -116,8 +147,15 @@ def test_model_card_names_the_metrics_the_run_printed(cfg_train, tiny_bert, tmp_
     assert "trained interp." in printed and "trained extrap." in printed
     card = (run / "export" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: sentence-transformers\n")
-    for key in ("bm25/nDCG@10", "zero_shot/R@100", "trained/nDCG@10", "trained/R@100", "val/nDCG@10",
-                "trained/interpolation/nDCG@10", "trained/extrapolation/R@100"):
+    for key in (
+        "bm25/nDCG@10",
+        "zero_shot/R@100",
+        "trained/nDCG@10",
+        "trained/R@100",
+        "val/nDCG@10",
+        "trained/interpolation/nDCG@10",
+        "trained/extrapolation/R@100",
+    ):
         value = f"{metrics[key]:.4f}"
         assert value in card, key
         if not key.startswith("val/") and "/" not in key.split("/", 1)[1]:

@@ -53,14 +53,22 @@ def test_file_stamp_changes_when_the_file_changes(tmp_path):
 
 def test_zero_shot_evaluation_is_reused_and_invalidated(cfg_train, scifact_slice, tmp_path):
     cache = tmp_path / "cache"
-    common = ["test.before=true", "test.bm25=false", "test.after=false", "export.enabled=false", "data.val_fraction=0",
-              f"test.cache_dir={cache}"]
+    common = [
+        "test.before=true",
+        "test.bm25=false",
+        "test.after=false",
+        "export.enabled=false",
+        "data.val_fraction=0",
+        f"test.cache_dir={cache}",
+    ]
     first = train(cfg_train(*common, out=tmp_path / "a", max_steps=1))
     assert len(list(cache.glob("*.run"))) == 1
     second = train(cfg_train(*common, out=tmp_path / "b", max_steps=1))
     assert len(list(cache.glob("*.run"))) == 1  # a hit: nothing new
     assert second["zero_shot/nDCG@10"] == first["zero_shot/nDCG@10"]
-    assert (tmp_path / "b" / "runs" / "zero_shot.run").read_text() == (tmp_path / "a" / "runs" / "zero_shot.run").read_text()
+    assert (tmp_path / "b" / "runs" / "zero_shot.run").read_text() == (
+        tmp_path / "a" / "runs" / "zero_shot.run"
+    ).read_text()
     train(cfg_train(*common, "encoder.passage_max_length=40", out=tmp_path / "c", max_steps=1))  # other lengths
     assert len(list(cache.glob("*.run"))) == 2
     copy = tmp_path / "corpus.jsonl"  # another corpus file, same content

@@ -26,12 +26,15 @@ def test_cluster_file_round_trip(tmp_path):
     assert read_clusters(path) == [["q1", "q7"], ["q2"]]
 
 
-@pytest.mark.parametrize("text,line,message", [
-    ("q1 q2\nq3 q1\n", 2, "already in the cluster on line 1"),
-    ("q1 q2 q1\n", 1, "earlier on the same line"),
-    ("", None, "no clusters"),
-    ("\n  \n", None, "no clusters"),
-])
+@pytest.mark.parametrize(
+    "text,line,message",
+    [
+        ("q1 q2\nq3 q1\n", 2, "already in the cluster on line 1"),
+        ("q1 q2 q1\n", 1, "earlier on the same line"),
+        ("", None, "no clusters"),
+        ("\n  \n", None, "no clusters"),
+    ],
+)
 def test_bad_cluster_files_name_the_file_and_line(tmp_path, text, line, message):
     path = tmp_path / "clusters.txt"
     path.write_text(text)
@@ -76,10 +79,17 @@ def test_group_keeps_query_order_and_drops_empty_clusters():
 def test_dr_cluster_end_to_end(tiny_bert, scifact_slice, tmp_path):
     out = tmp_path / "run"
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("cluster", overrides=[
-            f"model={tiny_bert}", f"queries={scifact_slice['train_queries']}", f"qrels={scifact_slice['train_qrels']}",
-            "num_clusters=4", "train_batch_size=8", "batch_size=32",
-        ])
+        cfg = compose(
+            "cluster",
+            overrides=[
+                f"model={tiny_bert}",
+                f"queries={scifact_slice['train_queries']}",
+                f"qrels={scifact_slice['train_qrels']}",
+                "num_clusters=4",
+                "train_batch_size=8",
+                "batch_size=32",
+            ],
+        )
     stats = cluster(cfg, out)
     path = out / "clusters.txt"
     lines = path.read_text().splitlines()
@@ -110,7 +120,9 @@ def test_clustering_is_spherical_by_default_as_the_reference():
     from dr.sampling.clustering import auto_clusters, cluster_queries
 
     # FAISS itself: an inner-product IVF index (the reference's) trains spherical k-means
-    ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(8), 8, 4, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(8), 8, 4, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
     assert ivf.cp.spherical
     # two directions, each at norms 1 and 8: inner product groups by direction; L2 separates the long vectors
     rng = np.random.default_rng(0)

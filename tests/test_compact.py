@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from dr.data import (
-    DataError, NegativesRecord, iter_negatives, iter_teacher_scores, read_negatives, read_negatives_compact,
-    read_teacher_scores, read_teacher_triples, write_negatives, write_teacher_scores,
+    DataError,
+    NegativesRecord,
+    iter_negatives,
+    iter_teacher_scores,
+    read_negatives,
+    read_negatives_compact,
+    read_teacher_scores,
+    read_teacher_triples,
+    write_negatives,
+    write_teacher_scores,
 )
 from dr.sampling.tas_balanced import BalancedMarginPairSampler
 
@@ -21,14 +29,30 @@ def _negatives(n: int, seed: int = 0) -> list[NegativesRecord]:
     for i in range(n):
         k = int(rng.integers(0, 6))
         scores = [None if rng.random() < 0.2 else float(np.float32(rng.standard_normal())) for _ in range(k)]
-        records.append(NegativesRecord(f"q{(i * 7919) % n}", [f"p{rng.integers(50)}"], [f"d{rng.integers(300)}" for _ in range(k)], scores, [1.5]))
+        records.append(
+            NegativesRecord(
+                f"q{(i * 7919) % n}",
+                [f"p{rng.integers(50)}"],
+                [f"d{rng.integers(300)}" for _ in range(k)],
+                scores,
+                [1.5],
+            )
+        )
     return records
 
 
 def _triples(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return [(float(np.float32(rng.standard_normal())), float(np.float32(rng.standard_normal())), f"q{rng.integers(40)}",
-             f"p{rng.integers(60)}", f"d{rng.integers(200)}") for _ in range(n)]
+    return [
+        (
+            float(np.float32(rng.standard_normal())),
+            float(np.float32(rng.standard_normal())),
+            f"q{rng.integers(40)}",
+            f"p{rng.integers(60)}",
+            f"d{rng.integers(200)}",
+        )
+        for _ in range(n)
+    ]
 
 
 def test_streamed_and_compact_negatives_equal_the_dictionary_reader(tmp_path):
@@ -45,7 +69,9 @@ def test_streamed_and_compact_negatives_equal_the_dictionary_reader(tmp_path):
 
 def test_a_repeated_qid_is_named_with_its_line(tmp_path):
     path = tmp_path / "neg.jsonl"
-    write_negatives(path, [NegativesRecord("a", ["p"], ["d"]), NegativesRecord("b", ["p"], []), NegativesRecord("a", ["p"], [])])
+    write_negatives(
+        path, [NegativesRecord("a", ["p"], ["d"]), NegativesRecord("b", ["p"], []), NegativesRecord("a", ["p"], [])]
+    )
     with pytest.raises(DataError, match=r"neg.jsonl, line 3: duplicate qid 'a'"):
         read_negatives_compact(path)
 
@@ -72,7 +98,10 @@ def test_the_balanced_sampler_draws_the_same_pairs_from_either_teacher(tmp_path)
     for qid in list(reference.pairs)[:10]:
         positives = sorted({p for p, _ in reference.pairs[qid]})
         negatives = sorted({n for _, n in reference.pairs[qid]})
-        draws = [BalancedMarginPairSampler()(qid, positives, negatives, teacher, 2, np.random.default_rng(7)) for teacher in (reference, compact)]
+        draws = [
+            BalancedMarginPairSampler()(qid, positives, negatives, teacher, 2, np.random.default_rng(7))
+            for teacher in (reference, compact)
+        ]
         assert draws[0] == draws[1]
 
 
@@ -95,11 +124,16 @@ def test_streaming_readers_hold_memory_flat_on_a_million_lines(tmp_path):
     neg_path, teacher_path = tmp_path / "neg.jsonl", tmp_path / "teacher.tsv"
     with open(neg_path, "w") as f:
         for i in range(1_000_000):
-            f.write(f'{{"qid": "q{i}", "positives": ["p{i}"], "negatives": [{{"docid": "d{i}", "score": 1.5}}, {{"docid": "e{i}", "score": null}}]}}\n')
+            f.write(
+                f'{{"qid": "q{i}", "positives": ["p{i}"], "negatives": [{{"docid": "d{i}", "score": 1.5}}, {{"docid": "e{i}", "score": null}}]}}\n'
+            )
     with open(teacher_path, "w") as f:
         for i in range(1_000_000):
             f.write(f"{i * 0.5}\t{i * 0.25}\tq{i // 40}\tp{i}\td{i}\n")
-    for peaks in (_peak_while(iter_negatives(neg_path), 100_000), _peak_while(iter_teacher_scores(teacher_path), 100_000)):
+    for peaks in (
+        _peak_while(iter_negatives(neg_path), 100_000),
+        _peak_while(iter_teacher_scores(teacher_path), 100_000),
+    ):
         assert len(peaks) == 10
         # Flat: no tenth of the file needs more than a few hundred KB (a dict of 1M records needs ~1 GB),
         # and the last tenth no more than the first.

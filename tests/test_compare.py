@@ -16,7 +16,14 @@ from scipy import stats
 
 from dr.data import read_qrels, read_run, write_run
 from dr.evaluation.compare import (
-    KEYS, compare_runs, expand_run_files, holm, markdown_table, paired_ttest, randomization_test, system_name,
+    KEYS,
+    compare_runs,
+    expand_run_files,
+    holm,
+    markdown_table,
+    paired_ttest,
+    randomization_test,
+    system_name,
 )
 from dr.evaluation.evaluate import per_query
 
@@ -34,8 +41,9 @@ def dl19():
 def test_means_equal_ir_measures(dl19):
     qrels = list(ir_measures.read_trec_qrels(str(QRELS)))
     for path, system in [(BM25, "BM25_dl19"), (TASB, "D_BERT_KD_TASB_dl19")]:
-        expected = ir_measures.calc_aggregate([ir_measures.parse_measure(m) for m in MEASURES], qrels,
-                                              list(ir_measures.read_trec_run(str(path))))
+        expected = ir_measures.calc_aggregate(
+            [ir_measures.parse_measure(m) for m in MEASURES], qrels, list(ir_measures.read_trec_run(str(path)))
+        )
         for m in MEASURES:
             (row,) = [r for r in dl19.rows if r["system"] == system and r["measure"] == m]
             assert row["mean"] == pytest.approx(expected[ir_measures.parse_measure(m)], abs=1e-12)
@@ -51,7 +59,11 @@ def test_ttest_equals_scipy_on_the_same_per_query_values(dl19):
         y = np.array([b[q][m] for q in sorted(a)])
         (row,) = [r for r in dl19.rows if r["system"] == "D_BERT_KD_TASB_dl19" and r["measure"] == m]
         assert row["p_ttest"] == pytest.approx(stats.ttest_rel(y, x).pvalue, rel=1e-12)
-        assert (row["wins"], row["ties"], row["losses"]) == (int((y > x).sum()), int((y == x).sum()), int((y < x).sum()))
+        assert (row["wins"], row["ties"], row["losses"]) == (
+            int((y > x).sum()),
+            int((y == x).sum()),
+            int((y < x).sum()),
+        )
         assert row["delta"] == pytest.approx((y - x).mean())
 
 
@@ -91,7 +103,9 @@ def test_holm_across_systems_in_the_rows(tmp_path):
     rows = {r["system"]: r for r in result.rows}
     assert rows["copy"]["p_randomization"] == 1.0 and rows["copy"]["delta"] == 0.0
     assert rows["copy"]["ties"] == len(result.qids)
-    assert [rows["tasb"]["p_holm"], rows["copy"]["p_holm"]] == pytest.approx(holm([rows["tasb"]["p_randomization"], 1.0]))
+    assert [rows["tasb"]["p_holm"], rows["copy"]["p_holm"]] == pytest.approx(
+        holm([rows["tasb"]["p_randomization"], 1.0])
+    )
 
 
 def test_seed_groups_average_each_query_before_testing(tmp_path):
@@ -125,16 +139,36 @@ def test_dr_compare_end_to_end(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "dr.cli.compare", f"run_files=[{BM25},{TASB}]", f"qrels={QRELS}",
-         'measures=[nDCG@10,"AP(rel=2)"]', "permutations=2000", f"hydra.run.dir={out}"],
-        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "dr.cli.compare",
+            f"run_files=[{BM25},{TASB}]",
+            f"qrels={QRELS}",
+            'measures=[nDCG@10,"AP(rel=2)"]',
+            "permutations=2000",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "compare.json").read_text())
     assert [tuple(r) for r in rows] == [KEYS] * 4
     assert [(r["system"], r["measure"]) for r in rows] == [
-        ("BM25_dl19", "nDCG@10"), ("D_BERT_KD_TASB_dl19", "nDCG@10"), ("BM25_dl19", "AP(rel=2)"), ("D_BERT_KD_TASB_dl19", "AP(rel=2)")]
-    assert rows[0]["p_ttest"] is None and rows[1]["p_holm"] < 0.05 and rows[1]["wins"] + rows[1]["ties"] + rows[1]["losses"] == 43
+        ("BM25_dl19", "nDCG@10"),
+        ("D_BERT_KD_TASB_dl19", "nDCG@10"),
+        ("BM25_dl19", "AP(rel=2)"),
+        ("D_BERT_KD_TASB_dl19", "AP(rel=2)"),
+    ]
+    assert (
+        rows[0]["p_ttest"] is None
+        and rows[1]["p_holm"] < 0.05
+        and rows[1]["wins"] + rows[1]["ties"] + rows[1]["losses"] == 43
+    )
     assert "| D_BERT_KD_TASB_dl19 | nDCG@10 | 0.7210 | +0.2152 †" in proc.stdout
     assert (out / "compare.md").read_text().count("| BM25_dl19 |") == 2
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

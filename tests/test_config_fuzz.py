@@ -28,7 +28,9 @@ def _kind(value) -> str:
         return "null"
     if isinstance(value, bool):
         return "bool"
-    return {int: "int", float: "number", str: "str"}.get(type(value)) or ("list" if OmegaConf.is_list(value) else "dict")
+    return {int: "int", float: "number", str: "str"}.get(type(value)) or (
+        "list" if OmegaConf.is_list(value) else "dict"
+    )
 
 
 def _cases(config_name: str) -> list[str]:
@@ -69,8 +71,11 @@ def test_every_bad_value_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     for command, case in ALL_CASES:
         config_name = COMMANDS[command][1]
         main = hydra_command(config_name, lambda cfg, out, case=case: reached.append(case))
-        monkeypatch.setattr(sys, "argv", [command, case, f"hydra.run.dir={tmp_path / 'run'}", "hydra/job_logging=none",
-                                          "hydra/hydra_logging=none"])
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            [command, case, f"hydra.run.dir={tmp_path / 'run'}", "hydra/job_logging=none", "hydra/hydra_logging=none"],
+        )
         code = None
         try:
             main()
@@ -89,9 +94,16 @@ def test_every_bad_value_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
-@pytest.mark.parametrize("command, case", [("dr-search", "k=abc"), ("dr-encode", "encoder=5"), ("dr-compare", "permutations=-7")])
+@pytest.mark.parametrize(
+    "command, case", [("dr-search", "k=abc"), ("dr-encode", "encoder=5"), ("dr-compare", "permutations=-7")]
+)
 def test_the_console_scripts_give_the_same_line(command, case, tmp_path):
-    proc = subprocess.run([str(BIN / command), case, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / command), case, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{command}: error: "), proc.stderr[-2000:]

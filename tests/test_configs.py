@@ -21,9 +21,13 @@ PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 GROUPS = {
     group.name: sorted(p.stem for p in group.glob("*.yaml"))
     for group in sorted(CONF.iterdir())
-    if group.is_dir() and group.name not in ("hydra", "__pycache__", "experiment", "pipeline")  # pipeline: dr-pipeline's (test_pipeline_stages.py)
+    if group.is_dir()
+    and group.name
+    not in ("hydra", "__pycache__", "experiment", "pipeline")  # pipeline: dr-pipeline's (test_pipeline_stages.py)
 }
-TRAIN_GROUPS = {next(iter(d)) for d in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults) if isinstance(d, dict)}
+TRAIN_GROUPS = {
+    next(iter(d)) for d in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults) if isinstance(d, dict)
+}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ONLINE_DATA = {"msmarco"}
 
@@ -81,8 +85,14 @@ def _teacher_file(data, tmp_path: Path) -> Path:
 
     qrels = read_qrels(data.train_qrels)
     qids = sorted(qrels)
-    rows = [(1.0, 0.1 * k, q, p, n) for i, q in enumerate(qids) for p in qrels[q]
-            for k in range(1, 4) for n in qrels[qids[(i + k) % len(qids)]] if n not in qrels[q]]
+    rows = [
+        (1.0, 0.1 * k, q, p, n)
+        for i, q in enumerate(qids)
+        for p in qrels[q]
+        for k in range(1, 4)
+        for n in qrels[qids[(i + k) % len(qids)]]
+        if n not in qrels[q]
+    ]
     path = tmp_path / "teacher.tsv"
     write_teacher_scores(path, rows)
     return path
@@ -96,9 +106,14 @@ def _pool_file(data, tmp_path: Path) -> Path:
     qids = sorted(qrels)
     records = []
     for i, q in enumerate(qids):
-        negatives = list(dict.fromkeys(n for k in range(1, 4) for n in qrels[qids[(i + k) % len(qids)]] if n not in qrels[q]))
-        records.append(NegativesRecord(q, sorted(qrels[q]), negatives, [0.5 - 0.01 * j for j in range(len(negatives))],
-                                       [0.9] * len(qrels[q])))
+        negatives = list(
+            dict.fromkeys(n for k in range(1, 4) for n in qrels[qids[(i + k) % len(qids)]] if n not in qrels[q])
+        )
+        records.append(
+            NegativesRecord(
+                q, sorted(qrels[q]), negatives, [0.5 - 0.01 * j for j in range(len(negatives))], [0.9] * len(qrels[q])
+            )
+        )
     path = tmp_path / "pool.jsonl"
     write_negatives(path, records)
     return path
@@ -130,7 +145,11 @@ def test_experiment(experiment, tiny_bert, tmp_path):
         with pytest.raises(ConfigError, match=r"pip install 'dr\[irds\]'"):
             read_queries(cfg.data.train_queries)
         return
-    if cfg.loss._target_ != "dr.losses.InfoNCELoss" and not cfg.data.teacher_scores and not cfg.data.teacher_from_negatives:
+    if (
+        cfg.loss._target_ != "dr.losses.InfoNCELoss"
+        and not cfg.data.teacher_scores
+        and not cfg.data.teacher_from_negatives
+    ):
         # A distillation experiment whose teacher file the user makes first (dr-score): a small stand-in.
         overrides.append(f"data.teacher_scores={_teacher_file(cfg.data, tmp_path)}")
     if cfg.data.pair_sampler and not cfg.data.negatives:
@@ -152,11 +171,21 @@ def test_experiment(experiment, tiny_bert, tmp_path):
 def test_every_scheduler_trains(scheduler, tiny_bert, scifact_slice, tmp_path):
     """The scheduler is only called inside configure_optimizers: run a real step with each."""
     overrides = [
-        f"scheduler={scheduler}", f"paths.output_dir={tmp_path}", f"encoder.name_or_path={tiny_bert}",
-        "encoder.passage_max_length=32", f"data.corpus={scifact_slice['corpus']}",
-        f"data.train_queries={scifact_slice['train_queries']}", f"data.train_qrels={scifact_slice['train_qrels']}",
-        "data.batch_size=8", "data.val_fraction=0", "trainer.accelerator=cpu", "trainer.precision=32-true",
-        "trainer.max_steps=2", "trainer.enable_progress_bar=false", "test.enabled=false", "export.enabled=false",
+        f"scheduler={scheduler}",
+        f"paths.output_dir={tmp_path}",
+        f"encoder.name_or_path={tiny_bert}",
+        "encoder.passage_max_length=32",
+        f"data.corpus={scifact_slice['corpus']}",
+        f"data.train_queries={scifact_slice['train_queries']}",
+        f"data.train_qrels={scifact_slice['train_qrels']}",
+        "data.batch_size=8",
+        "data.val_fraction=0",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "test.enabled=false",
+        "export.enabled=false",
     ]
     metrics = train(_compose("train", overrides))
     assert metrics["train/global_step"] == 2

@@ -39,7 +39,11 @@ def test_linear_matches_f_linear_with_gradients(bias, needs):
 
 def test_other_dtypes_autocast_and_no_grad_paths():
     torch.manual_seed(0)
-    x, w, b = torch.randn(4, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    x, w, b = (
+        torch.randn(4, 6, dtype=torch.float64),
+        torch.randn(5, 6, dtype=torch.float64),
+        torch.randn(5, dtype=torch.float64),
+    )
     assert not usable(x, w)
     assert torch.equal(linear(x, w, b), F.linear(x, w, b))  # float64: PyTorch's own kernel, bit for bit
     x32, w32 = x.float(), w.float()
@@ -57,7 +61,9 @@ def test_encoder_uses_onednn_by_default_with_the_same_loss_and_gradients(tiny_be
     assert linears and all(isinstance(vars(m).get("forward"), _LinearForward) for m in linears)
     aten = copy.deepcopy(onednn)
     keys = list(onednn.state_dict())
-    assert aten.set_cpu_linear("aten") == len(linears) and "forward" not in vars(aten.query_model.encoder.layer[0].output.dense)
+    assert aten.set_cpu_linear("aten") == len(linears) and "forward" not in vars(
+        aten.query_model.encoder.layer[0].output.dense
+    )
     assert list(aten.state_dict()) == keys
 
     def loss_and_grads(encoder):

@@ -307,11 +307,14 @@ def test_bundled_dl19():
     assert {g for judged in qrels.values() for g in judged.values()} == {0, 1, 2, 3}
 
 
-@pytest.mark.parametrize("reader,good", [
-    (read_queries, b"q1\thello\n"),
-    (read_qrels, b"q1 0 d1 1\n"),
-    (read_run, b"q1 Q0 d1 1 2.5 t\n"),
-])
+@pytest.mark.parametrize(
+    "reader,good",
+    [
+        (read_queries, b"q1\thello\n"),
+        (read_qrels, b"q1 0 d1 1\n"),
+        (read_run, b"q1 Q0 d1 1 2.5 t\n"),
+    ],
+)
 def test_non_utf8_bytes_name_the_file_and_line(tmp_path, reader, good):
     path = tmp_path / "bad.txt"
     path.write_bytes(good + good.replace(b"1", b"2", 1)[:3] + b"\xff\xfe" + good[3:] + good)

@@ -17,8 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dr.data import (
-    DataError, NegativesRecord, read_clusters, read_corpus, read_negatives, read_qrels, read_queries, read_run,
-    read_teacher_scores, write_clusters, write_negatives, write_run, write_teacher_scores,
+    DataError,
+    NegativesRecord,
+    read_clusters,
+    read_corpus,
+    read_negatives,
+    read_qrels,
+    read_queries,
+    read_run,
+    read_teacher_scores,
+    write_clusters,
+    write_negatives,
+    write_run,
+    write_teacher_scores,
 )
 from dr.teachers.scoring import QueryPairs, pairs_from_triples
 
@@ -43,22 +54,69 @@ def _corpus(path: Path):
     return read_corpus(path, cache_dir=str(path.parent / "cache"))
 
 
-
 # Pieces that reach deep into the parsers: separators, JSON syntax and keys, numbers, TREC
 # columns, escapes and bytes that are not UTF-8.
 TOKENS = [
-    b"\t", b" ", b"\n", b"\r", b"\r\n", b"{", b"}", b"[", b"]", b":", b",", b'"', b"null", b"true", b"0", b"1", b"-2",
-    b"1.5", b"1e999", b"nan", b"NaN", b"inf", b"-Infinity", b"9" * 5000, b"[" * 3000, b"Q0", b"q1", b"d1", b"d2",
-    b"tag", b'"_id"', b'"title"', b'"text"', b'"qid"', b'"positives"', b'"negatives"', b'"docid"', b'"score"',
-    b'"positive_scores"', b'"\\ud800"', b'"\\u00e9"', b"\\", b"\xff", b"\xc3", b"\xe2\x80\xa8", b"\x00", b"\x85",
-    b"\x1f\x8b", b"\xc2\xa0",
+    b"\t",
+    b" ",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b'"',
+    b"null",
+    b"true",
+    b"0",
+    b"1",
+    b"-2",
+    b"1.5",
+    b"1e999",
+    b"nan",
+    b"NaN",
+    b"inf",
+    b"-Infinity",
+    b"9" * 5000,
+    b"[" * 3000,
+    b"Q0",
+    b"q1",
+    b"d1",
+    b"d2",
+    b"tag",
+    b'"_id"',
+    b'"title"',
+    b'"text"',
+    b'"qid"',
+    b'"positives"',
+    b'"negatives"',
+    b'"docid"',
+    b'"score"',
+    b'"positive_scores"',
+    b'"\\ud800"',
+    b'"\\u00e9"',
+    b"\\",
+    b"\xff",
+    b"\xc3",
+    b"\xe2\x80\xa8",
+    b"\x00",
+    b"\x85",
+    b"\x1f\x8b",
+    b"\xc2\xa0",
 ]
 PIECES = st.one_of(st.sampled_from(TOKENS), st.binary(max_size=12))
 RAW = st.lists(st.lists(PIECES, max_size=8).map(b"".join), max_size=6).map(b"\n".join)
 
 # Near-valid TSV and TREC lines: the right kind of fields, some of them wrong.
-FIELDS = st.one_of(st.sampled_from([b"q1", b"d1", b"0", b"Q0", b"1", b"-1", b"1.5", b"nan", b"inf", b"x", b"", b"9" * 5000,
-                                    b"\xff", b"\xc2\xa0"]), st.binary(max_size=4))
+FIELDS = st.one_of(
+    st.sampled_from(
+        [b"q1", b"d1", b"0", b"Q0", b"1", b"-1", b"1.5", b"nan", b"inf", b"x", b"", b"9" * 5000, b"\xff", b"\xc2\xa0"]
+    ),
+    st.binary(max_size=4),
+)
 TSV_LINE = st.tuples(st.lists(FIELDS, max_size=7), st.sampled_from([b"\t", b" "])).map(lambda t: t[1].join(t[0]))
 NEAR_TSV = st.lists(TSV_LINE, min_size=1, max_size=5).map(b"\n".join)
 
@@ -66,23 +124,34 @@ NEAR_TSV = st.lists(TSV_LINE, min_size=1, max_size=5).map(b"\n".join)
 # them), NUL, a Unicode line separator, a tab.
 SPECIAL_TEXT = st.sampled_from(["\ud800", "a\udfff", "\x00", "\u2028", "a\tb", "", "é"])
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6), SPECIAL_TEXT)
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3),
-    st.dictionaries(st.sampled_from(["_id", "title", "text", "qid", "positives", "negatives", "docid", "score",
-                                     "positive_scores"]), inner, max_size=4),
-), max_leaves=8)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                ["_id", "title", "text", "qid", "positives", "negatives", "docid", "score", "positive_scores"]
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=8,
+)
 JSON_LINES = st.lists(JSON_VALUES.map(lambda v: json.dumps(v).encode()), min_size=1, max_size=4).map(b"\n".join)
 
 
 _ID = st.sampled_from(["q1", "d1", "d2"])
 _SCORE = st.one_of(st.none(), st.floats(allow_nan=False))
 VALID_PASSAGE = st.fixed_dictionaries({"_id": _ID, "title": st.text(max_size=4), "text": st.text(max_size=4)})
-VALID_NEGATIVES = st.fixed_dictionaries({
-    "qid": _ID,
-    "positives": st.lists(_ID, max_size=2),
-    "positive_scores": st.lists(_SCORE, max_size=2),
-    "negatives": st.lists(st.one_of(_ID, st.fixed_dictionaries({"docid": _ID, "score": _SCORE})), max_size=3),
-})
+VALID_NEGATIVES = st.fixed_dictionaries(
+    {
+        "qid": _ID,
+        "positives": st.lists(_ID, max_size=2),
+        "positive_scores": st.lists(_SCORE, max_size=2),
+        "negatives": st.lists(st.one_of(_ID, st.fixed_dictionaries({"docid": _ID, "score": _SCORE})), max_size=3),
+    }
+)
 
 
 @st.composite
@@ -166,9 +235,13 @@ def _no_whitespace(s: str) -> bool:
 
 
 # Ids as every format requires them: non-empty, no whitespace, any other Unicode.
-IDS = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=8).filter(_no_whitespace)
+IDS = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=8).filter(
+    _no_whitespace
+)
 # A TSV text field: no tab or line break, not blank.
-TSV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), min_size=1, max_size=20).filter(str.strip)
+TSV_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), min_size=1, max_size=20
+).filter(str.strip)
 ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 SCORES = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
@@ -185,7 +258,9 @@ def test_queries_round_trip(queries):
 @given(passages=st.dictionaries(IDS, st.tuples(ANY_TEXT, ANY_TEXT), min_size=1, max_size=4), tsv=st.booleans())
 def test_corpus_round_trip(passages, tsv):
     if tsv:  # TSV has no title and no tabs or line breaks in the text
-        passages = {d: ("", t.replace("\t", " ").replace("\n", " ").replace("\r", " ")) for d, (_, t) in passages.items()}
+        passages = {
+            d: ("", t.replace("\t", " ").replace("\n", " ").replace("\r", " ")) for d, (_, t) in passages.items()
+        }
         text = "".join(f"{d}\t{t}\n" for d, (_, t) in passages.items())
     else:
         text = "".join(json.dumps({"_id": d, "title": title, "text": t}) + "\n" for d, (title, t) in passages.items())
@@ -195,7 +270,9 @@ def test_corpus_round_trip(passages, tsv):
 
 
 @ROUND_TRIP
-@given(qrels=st.dictionaries(IDS, st.dictionaries(IDS, st.integers(-3, 3), min_size=1, max_size=3), min_size=1, max_size=4))
+@given(
+    qrels=st.dictionaries(IDS, st.dictionaries(IDS, st.integers(-3, 3), min_size=1, max_size=3), min_size=1, max_size=4)
+)
 def test_qrels_round_trip(qrels):
     text = "".join(f"{q} 0 {d} {g}\n" for q, judged in qrels.items() for d, g in judged.items())
     with file_with("qrels.trec", text.encode()) as path:
@@ -213,11 +290,16 @@ def test_run_round_trip(run, gz):
 
 NEGATIVES = st.builds(
     lambda qid, pos, neg, data: NegativesRecord(
-        qid, pos, neg,
+        qid,
+        pos,
+        neg,
         data.draw(st.lists(st.one_of(st.none(), SCORES), min_size=len(neg), max_size=len(neg))),
         data.draw(st.lists(st.one_of(st.none(), SCORES), min_size=len(pos), max_size=len(pos))),
     ),
-    IDS, st.lists(IDS, max_size=3), st.lists(IDS, max_size=4), st.data(),
+    IDS,
+    st.lists(IDS, max_size=3),
+    st.lists(IDS, max_size=4),
+    st.data(),
 )
 
 
@@ -231,13 +313,22 @@ def test_negatives_round_trip(records):
 
 
 @ROUND_TRIP
-@given(scores=st.dictionaries(IDS, st.dictionaries(IDS, SCORES, min_size=2, max_size=4), min_size=1, max_size=3), data=st.data())
+@given(
+    scores=st.dictionaries(IDS, st.dictionaries(IDS, SCORES, min_size=2, max_size=4), min_size=1, max_size=3),
+    data=st.data(),
+)
 def test_teacher_scores_round_trip(scores, data):
     rows, pairs = [], {}
     for qid, by_doc in scores.items():
         docs = sorted(by_doc)
-        chosen = data.draw(st.lists(st.tuples(st.sampled_from(docs), st.sampled_from(docs)).filter(lambda p: p[0] != p[1]),
-                                    min_size=1, max_size=4, unique=True))
+        chosen = data.draw(
+            st.lists(
+                st.tuples(st.sampled_from(docs), st.sampled_from(docs)).filter(lambda p: p[0] != p[1]),
+                min_size=1,
+                max_size=4,
+                unique=True,
+            )
+        )
         pairs[qid] = chosen
         rows += [(by_doc[p], by_doc[n], qid, p, n) for p, n in chosen]
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,21 +354,28 @@ def test_clusters_round_trip(ids, data):
 
 
 @ROUND_TRIP
-@given(groups=st.dictionaries(IDS, st.lists(st.tuples(IDS, IDS), min_size=1, max_size=3, unique=True), min_size=1, max_size=3))
+@given(
+    groups=st.dictionaries(
+        IDS, st.lists(st.tuples(IDS, IDS), min_size=1, max_size=3, unique=True), min_size=1, max_size=3
+    )
+)
 def test_triples_round_trip(groups):
     text = "".join(f"{q}\t{p}\t{n}\n" for q, pairs in groups.items() for p, n in pairs)
     with file_with("triples.tsv", text.encode()) as path:
         assert pairs_from_triples(str(path)) == [QueryPairs(q, pairs) for q, pairs in groups.items()]
 
 
-@pytest.mark.parametrize("line", [
-    b"[" * 3000,                                         # RecursionError inside json
-    b'{"_id": "d1", "text": ' + b"9" * 5000 + b"}",      # ValueError: too many digits for an int
-    b'{"_id": "d1", "text": "\\ud800"}',                  # a lone surrogate: cannot be stored
-    b'{"qid": "q1", "positives": [], "positive_scores": 5, "negatives": []}',
-    b'{"qid": "q1", "positives": [], "negatives": [{"docid": "d1", "score": "high"}]}',
-    b'{"qid": "q 1", "positives": [], "negatives": []}',
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 3000,  # RecursionError inside json
+        b'{"_id": "d1", "text": ' + b"9" * 5000 + b"}",  # ValueError: too many digits for an int
+        b'{"_id": "d1", "text": "\\ud800"}',  # a lone surrogate: cannot be stored
+        b'{"qid": "q1", "positives": [], "positive_scores": 5, "negatives": []}',
+        b'{"qid": "q1", "positives": [], "negatives": [{"docid": "d1", "score": "high"}]}',
+        b'{"qid": "q 1", "positives": [], "negatives": []}',
+    ],
+)
 @pytest.mark.parametrize("name", ["corpus.jsonl", "negatives.jsonl"])
 def test_json_python_cannot_hold_is_a_data_error(name, line):
     """Regressions the fuzzer found: each used to escape as RecursionError, ValueError, TypeError,

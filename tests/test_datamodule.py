@@ -42,8 +42,14 @@ def test_resume_skips_the_batches_already_trained_on():
 
 
 def test_collate_masks_other_positives_of_the_query(scifact_slice):
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=BM25Negatives(0, 20), num_negatives=1, batch_size=4)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=BM25Negatives(0, 20),
+        num_negatives=1,
+        batch_size=4,
+    )
     dm.setup("fit")
     ds = dm.train_dataset
     multi = [i for i, q in enumerate(ds.qids) if len(ds.positives[q]) > 1]
@@ -67,8 +73,14 @@ def test_collate_masks_other_positives_of_the_query(scifact_slice):
 
 
 def test_negatives_are_redrawn_each_epoch_from_the_rank_window(scifact_slice):
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=BM25Negatives(10, 50), num_negatives=1, batch_size=4)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=BM25Negatives(10, 50),
+        num_negatives=1,
+        batch_size=4,
+    )
     dm.setup("fit")
     ds = dm.train_dataset
     draws = {tuple(ds[(0, epoch)]["negatives"]) for epoch in range(20)}
@@ -93,7 +105,9 @@ def test_teacher_file_adds_scores_and_min_teacher_pairs_filters_queries(scifact_
     teacher = tmp_path / "teacher.tsv"
     write_teacher_scores(teacher, rows)
     common = dict(negatives=None, num_negatives=1, batch_size=1, teacher_scores=str(teacher))
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"], **common)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"], **common
+    )
     dm.setup("fit")
     assert qids[0] in dm.train_dataset.qids and len(dm.train_dataset.qids) > 2
     i = dm.train_dataset.qids.index(qids[0])
@@ -102,7 +116,13 @@ def test_teacher_file_adds_scores_and_min_teacher_pairs_filters_queries(scifact_
     expected = {r[4]: r[1] for r in rows if r[2] == qids[0]}
     assert batch["teacher_pos"].tolist() == [5.0] and batch["teacher_neg"][0, 0].item() == expected[neg]
 
-    dm2 = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"], min_teacher_pairs=2, **common)
+    dm2 = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        min_teacher_pairs=2,
+        **common,
+    )
     dm2.setup("fit")
     assert dm2.train_dataset.qids == [qids[0]]
 
@@ -175,10 +195,19 @@ def test_too_few_candidates_give_fewer_distinct_negatives(scifact_slice, tmp_pat
     docids = list(read_corpus(scifact_slice["corpus"])["docid"])
     qids = sorted(qrels)
     others = [d for d in docids if not any(d in qrels[q] for q in qids[:4])]
-    records = [NegativesRecord(q, sorted(qrels[q]), others[10 * k : 10 * k + (2 if k == 0 else 10)]) for k, q in enumerate(qids[:4])]
+    records = [
+        NegativesRecord(q, sorted(qrels[q]), others[10 * k : 10 * k + (2 if k == 0 else 10)])
+        for k, q in enumerate(qids[:4])
+    ]
     write_negatives(tmp_path / "neg.jsonl", records)
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=str(tmp_path / "neg.jsonl"), num_negatives=4, batch_size=4)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=str(tmp_path / "neg.jsonl"),
+        num_negatives=4,
+        batch_size=4,
+    )
     dm.setup("fit")
     ds = dm.train_dataset
     rows = [ds.qids.index(q) for q in qids[:4]]
@@ -194,15 +223,24 @@ def test_too_few_candidates_give_fewer_distinct_negatives(scifact_slice, tmp_pat
     q, d = torch.randn(4, 8, generator=g), torch.randn(len(batch["docids"]), 8, generator=g)
     loss = InfoNCELoss(temperature=1.0)(q, d, batch["target"], batch["exclude"]).item()
     s = (q @ d.T).tolist()
-    by_hand = [-s[i][i] + math.log(sum(math.exp(v) for j, v in enumerate(s[i]) if j == i or not batch["exclude"][i, j]))
-               for i in range(4)]
+    by_hand = [
+        -s[i][i] + math.log(sum(math.exp(v) for j, v in enumerate(s[i]) if j == i or not batch["exclude"][i, j]))
+        for i in range(4)
+    ]
     assert loss == pytest.approx(sum(by_hand) / 4, rel=1e-6)
 
 
 def test_val_seed_fixes_the_held_out_queries_across_seeds(scifact_slice):
     def held_out(seed, val_seed=None):
-        dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                                 negatives=None, val_fraction=0.25, seed=seed, val_seed=val_seed)
+        dm = RetrievalDataModule(
+            scifact_slice["corpus"],
+            scifact_slice["train_queries"],
+            scifact_slice["train_qrels"],
+            negatives=None,
+            val_fraction=0.25,
+            seed=seed,
+            val_seed=val_seed,
+        )
         dm.setup("fit")
         assert not set(dm.val_queries) & set(dm.train_dataset.qids)
         return sorted(dm.val_queries)
@@ -231,8 +269,14 @@ def test_a_negatives_row_with_repeated_ids_never_draws_one_twice(scifact_slice, 
     qrels, qids, free = _qids_and_free_docids(scifact_slice, 1)
     a, b, c = free[:3]
     write_negatives(tmp_path / "neg.jsonl", [NegativesRecord(qids[0], sorted(qrels[qids[0]]), [a, a, b, c])])
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=str(tmp_path / "neg.jsonl"), num_negatives=2, batch_size=1)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=str(tmp_path / "neg.jsonl"),
+        num_negatives=2,
+        batch_size=1,
+    )
     dm.setup("fit")
     i = dm.train_dataset.qids.index(qids[0])
     draws = [dm.train_dataset[(i, epoch)]["negatives"] for epoch in range(200)]
@@ -253,8 +297,14 @@ def test_two_queries_sharing_a_negative_count_it_once_in_infonce(scifact_slice, 
     qrels, qids, free = _qids_and_free_docids(scifact_slice, 2)
     shared = free[0]
     write_negatives(tmp_path / "neg.jsonl", [NegativesRecord(q, sorted(qrels[q]), [shared]) for q in qids])
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=str(tmp_path / "neg.jsonl"), num_negatives=1, batch_size=2)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=str(tmp_path / "neg.jsonl"),
+        num_negatives=1,
+        batch_size=2,
+    )
     dm.setup("fit")
     ds = dm.train_dataset
     examples = [ds[(ds.qids.index(q), 0)] for q in qids]
@@ -294,18 +344,31 @@ def test_teacher_scores_of_swapped_negatives_files_keep_one_normalisation_per_qu
 
     lists = [{q: free[12 * k + 3 * v : 12 * k + 3 * v + 3] for k, q in enumerate(qids)} for v in range(4)]
     teacher_file = {q: group(q, lists[0][q]) for q in qids}  # the teacher-score file: list 0
-    write_teacher_scores(tmp_path / "teacher.tsv", [(s[positive[q]], s[n], q, positive[q], n)
-                                                   for q, s in teacher_file.items() for n in lists[0][q]])
+    write_teacher_scores(
+        tmp_path / "teacher.tsv",
+        [(s[positive[q]], s[n], q, positive[q], n) for q, s in teacher_file.items() for n in lists[0][q]],
+    )
     files = []
     for v in (1, 2, 3):
         scores = {q: group(q, lists[v][q]) for q in qids}
-        records = [NegativesRecord(q, [positive[q]], lists[v][q], [scores[q][n] for n in lists[v][q]], [scores[q][positive[q]]])
-                   for q in qids]
+        records = [
+            NegativesRecord(
+                q, [positive[q]], lists[v][q], [scores[q][n] for n in lists[v][q]], [scores[q][positive[q]]]
+            )
+            for q in qids
+        ]
         write_negatives(tmp_path / f"v{v}.jsonl", records)
         files.append(scores)
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=str(tmp_path / "v1.jsonl"), num_negatives=20, batch_size=4,
-                             teacher_scores=str(tmp_path / "teacher.tsv"), teacher_from_negatives=True)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=str(tmp_path / "v1.jsonl"),
+        num_negatives=20,
+        batch_size=4,
+        teacher_scores=str(tmp_path / "teacher.tsv"),
+        teacher_from_negatives=True,
+    )
     dm.setup("fit")
     for v in (2, 3):
         dm.set_negatives(str(tmp_path / f"v{v}.jsonl"), v - 1)

@@ -12,7 +12,15 @@ import torch
 
 from dr.data import read_qrels, read_queries
 from dr.data.teacher_scores import write_teacher_scores
-from dr.losses import DistillationLoss, InBatchKLLoss, InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, listwise_kl, margin_mse
+from dr.losses import (
+    DistillationLoss,
+    InBatchKLLoss,
+    InBatchMarginMSELoss,
+    MarginMSELoss,
+    inbatch_margin_mse,
+    listwise_kl,
+    margin_mse,
+)
 
 nan = float("nan")
 
@@ -62,7 +70,9 @@ def test_margin_mse_loss_module_on_embeddings():
     loss = MarginMSELoss()(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg)
     # q0: 0.9-0.5=0.4 vs 3 -> (-2.6)²; q1: 0.8-0.6=0.2 vs 1 -> (-0.8)²
     assert loss.item() == pytest.approx((2.6**2 + 0.8**2) / 2)
-    scaled = MarginMSELoss(student_scale=10.0)(q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg)
+    scaled = MarginMSELoss(student_scale=10.0)(
+        q, d, target=torch.arange(2), neg_index=neg_index, teacher_pos=t_pos, teacher_neg=t_neg
+    )
     assert scaled.item() == pytest.approx((1.0**2 + 1.0**2) / 2)
     with pytest.raises(ValueError, match="teacher_scores"):
         MarginMSELoss()(q, d, target=torch.arange(2), neg_index=neg_index)
@@ -134,8 +144,13 @@ def test_listwise_kl_by_hand_with_temperature():
 
 def test_distillation_loss_combines_pair_and_inbatch():
     q, d = torch.eye(2), S.T.contiguous()  # q @ d.T == S
-    inputs = dict(target=torch.arange(2), neg_index=NEG, teacher_pos=torch.tensor([5.0, 4.0]),
-                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T)
+    inputs = dict(
+        target=torch.arange(2),
+        neg_index=NEG,
+        teacher_pos=torch.tensor([5.0, 4.0]),
+        teacher_neg=torch.tensor([[3.0], [3.0]]),
+        teacher_matrix=T,
+    )
     out = DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), inbatch_weight=0.75)(q, d, **inputs)
     pair = ((0.4 - 2.0) ** 2 + (0.2 - 1.0) ** 2) / 2
     assert out["pair"].item() == pytest.approx(pair)
@@ -149,15 +164,22 @@ def test_student_scale_applies_to_both_tas_b_terms():
     """TAS-B's two terms must target one student scale: student_scale multiplies q·d in the in-batch
     term too (Margin-MSE and listwise KL), whether given to the pair term or to DistillationLoss."""
     q, d = torch.eye(2), S.T.contiguous()  # q @ d.T == S
-    inputs = dict(target=torch.arange(2), neg_index=NEG, teacher_pos=torch.tensor([5.0, 4.0]),
-                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T)
+    inputs = dict(
+        target=torch.arange(2),
+        neg_index=NEG,
+        teacher_pos=torch.tensor([5.0, 4.0]),
+        teacher_neg=torch.tensor([[3.0], [3.0]]),
+        teacher_matrix=T,
+    )
     scaled = 3.0 * S
     # by hand on 3·S: in-batch positives q0 vs pos1: (3·0.6 − 4)², q1 vs pos0: (3·0.6 − 3)²;
     # in-batch negatives q0 vs neg1: (3·0.8 − 3)², q1 vs neg0: (3·0.4 − 3)²
     l_pos, l_neg = ((1.8 - 4) ** 2 + (1.8 - 3) ** 2) / 2, ((2.4 - 3) ** 2 + (1.2 - 3) ** 2) / 2
     pair = ((3 * 0.4 - 2.0) ** 2 + (3 * 0.2 - 1.0) ** 2) / 2
-    for loss in (DistillationLoss(MarginMSELoss(student_scale=3.0), InBatchMarginMSELoss()),
-                 DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), student_scale=3.0)):
+    for loss in (
+        DistillationLoss(MarginMSELoss(student_scale=3.0), InBatchMarginMSELoss()),
+        DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), student_scale=3.0),
+    ):
         out = loss(q, d, **inputs)
         assert out["pair"].item() == pytest.approx(pair)
         assert out["inbatch"].item() == pytest.approx(0.5 * (l_pos + l_neg))
@@ -198,8 +220,15 @@ def _teacher_file(data: dict, path: Path) -> Path:
 def _train(cfg_train, out, extra):
     from dr.training import train
 
-    overrides = ["encoder.passage_max_length=32", "data.val_fraction=0", "data.num_negatives=2", "trainer.log_every_n_steps=1",
-                 "test.enabled=false", "export.enabled=false", *extra]
+    overrides = [
+        "encoder.passage_max_length=32",
+        "data.val_fraction=0",
+        "data.num_negatives=2",
+        "trainer.log_every_n_steps=1",
+        "test.enabled=false",
+        "export.enabled=false",
+        *extra,
+    ]
     metrics = train(cfg_train(*overrides, out=out, max_steps=2))
     assert metrics["train/global_step"] == 2
     with open(out / "logs" / "metrics.csv") as f:
@@ -212,17 +241,26 @@ def _logged(rows, name):
 
 def test_training_with_teacher_file_margin_mse(cfg_train, tiny_bert, scifact_slice, tmp_path):
     teacher = _teacher_file(scifact_slice, tmp_path / "teacher.tsv")
-    rows = _train(cfg_train, tmp_path / "run", ["loss=margin_mse", f"data.teacher_scores={teacher}", "data.negatives=null"])
+    rows = _train(
+        cfg_train, tmp_path / "run", ["loss=margin_mse", f"data.teacher_scores={teacher}", "data.negatives=null"]
+    )
     losses = _logged(rows, "train/loss")
     assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
 
 
 def test_training_with_inbatch_fusion_teacher(cfg_train, tiny_bert, scifact_slice, tmp_path):
     teacher = _teacher_file(scifact_slice, tmp_path / "teacher.tsv")
-    rows = _train(cfg_train, tmp_path / "run", [
-        "loss=tas_b", f"data.teacher_scores={teacher}", "data.negatives=null",
-        "inbatch_teacher=fusion", f"module.inbatch_teacher.model={tiny_bert}",
-    ])
+    rows = _train(
+        cfg_train,
+        tmp_path / "run",
+        [
+            "loss=tas_b",
+            f"data.teacher_scores={teacher}",
+            "data.negatives=null",
+            "inbatch_teacher=fusion",
+            f"module.inbatch_teacher.model={tiny_bert}",
+        ],
+    )
     pair, inbatch, total = _logged(rows, "train/pair"), _logged(rows, "train/inbatch"), _logged(rows, "train/loss")
     assert len(pair) == len(inbatch) == len(total) == 2
     for p, i, t in zip(pair, inbatch, total):
@@ -240,11 +278,19 @@ def test_training_with_teacher_scores_in_a_negatives_file(cfg_train, tiny_bert, 
     records = []
     for qid, pairs in teacher.pairs.items():
         pos, negs = pairs[0][0], [n for _, n in pairs]
-        records.append(NegativesRecord(qid, [pos], negs, [teacher.score(qid, n) for n in negs], [teacher.score(qid, pos)]))
+        records.append(
+            NegativesRecord(qid, [pos], negs, [teacher.score(qid, n) for n in negs], [teacher.score(qid, pos)])
+        )
     write_negatives(tmp_path / "scored.jsonl", records)
-    rows = _train(cfg_train, tmp_path / "run", [
-        "loss=margin_mse", f"data.negatives={tmp_path / 'scored.jsonl'}", "data.teacher_from_negatives=true",
-    ])
+    rows = _train(
+        cfg_train,
+        tmp_path / "run",
+        [
+            "loss=margin_mse",
+            f"data.negatives={tmp_path / 'scored.jsonl'}",
+            "data.teacher_from_negatives=true",
+        ],
+    )
     losses = _logged(rows, "train/loss")
     assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
 
@@ -260,14 +306,20 @@ def test_tas_b_inbatch_term_follows_a_learnt_or_fitted_pair_scale():
     torch.manual_seed(0)
     q, d = torch.randn(2, 4), torch.randn(4, 4)
     T = torch.randn(2, 4)
-    fields = dict(target=torch.tensor([0, 1]), neg_index=torch.tensor([[2], [3]]), teacher_pos=torch.tensor([5.0, 4.0]),
-                  teacher_neg=torch.tensor([[3.0], [3.0]]), teacher_matrix=T)
+    fields = dict(
+        target=torch.tensor([0, 1]),
+        neg_index=torch.tensor([[2], [3]]),
+        teacher_pos=torch.tensor([5.0, 4.0]),
+        teacher_neg=torch.tensor([[3.0], [3.0]]),
+        teacher_matrix=T,
+    )
     loss = DistillationLoss(MarginMSELoss(student_scale=5.0, learnable_scale=True), InBatchMarginMSELoss())
     with torch.no_grad():
         loss.pair.log_scale.fill_(math.log(20.0))  # what training does to the learnt scale
     inbatch = loss(q, d, **fields)["inbatch"]
-    expected = InBatchMarginMSELoss(student_scale=20.0)(q, d, target=fields["target"], neg_index=fields["neg_index"],
-                                                        teacher_matrix=T)["loss"]
+    expected = InBatchMarginMSELoss(student_scale=20.0)(
+        q, d, target=fields["target"], neg_index=fields["neg_index"], teacher_matrix=T
+    )["loss"]
     assert inbatch.item() == pytest.approx(expected.item(), rel=1e-6)
     auto = DistillationLoss(MarginMSELoss(student_scale="auto"), InBatchMarginMSELoss())
     auto.fit_scale(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0]))  # teacher = 3 x student

@@ -82,7 +82,9 @@ def test_normalize_gives_unit_norms_and_keeps_dot(tiny_bert):
     assert enc.normalize and enc.similarity == "dot"
     emb = enc.encode_passages(TEXTS, show_progress=False)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    raw = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=False).encode_passages(TEXTS, show_progress=False)
+    raw = BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=False).encode_passages(
+        TEXTS, show_progress=False
+    )
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-2)
     np.testing.assert_allclose(emb, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
 
@@ -132,7 +134,9 @@ def test_query_max_length_truncates(tiny_bert):
         atol=1e-5,
     )
     assert not np.allclose(
-        enc.encode_queries([long_text], show_progress=False), enc.encode_passages([long_text], show_progress=False), atol=1e-3
+        enc.encode_queries([long_text], show_progress=False),
+        enc.encode_passages([long_text], show_progress=False),
+        atol=1e-3,
     )
 
 
@@ -161,7 +165,9 @@ def test_shared_encoder_uses_one_model_for_both(tiny_bert):
     assert enc.shared
     _perturb(enc.query_model)
     np.testing.assert_allclose(
-        enc.encode_queries(TEXTS[:2], show_progress=False), enc.encode_passages(TEXTS[:2], show_progress=False), atol=1e-5
+        enc.encode_queries(TEXTS[:2], show_progress=False),
+        enc.encode_passages(TEXTS[:2], show_progress=False),
+        atol=1e-5,
     )
 
 
@@ -186,7 +192,13 @@ def test_save_load_round_trip_shared(tiny_bert, tmp_path):
 
 def test_save_load_round_trip_separate_towers(tiny_bert, tmp_path):
     enc = BiEncoder.from_pretrained(
-        tiny_bert, shared=False, pooling="cls", normalize=False, similarity="dot", query_max_length=10, passage_max_length=50
+        tiny_bert,
+        shared=False,
+        pooling="cls",
+        normalize=False,
+        similarity="dot",
+        query_max_length=10,
+        passage_max_length=50,
     )
     _perturb(enc.passage_model)
     enc.save_pretrained(tmp_path / "m")
@@ -258,8 +270,13 @@ def test_a_missing_model_folder_is_named(tmp_path):
 def test_length_buckets_give_the_same_embeddings_loss_and_gradients(tiny_bert, pooling):
     """Bucketed (padding-trimmed) embedding equals the padded pass: embeddings within 1e-5 (fp32),
     and the same loss and gradients."""
-    texts = ["short", "a much longer passage about proteins, cells and the immune system of mice", "mid length text here",
-             "x", "another fairly long passage that talks about gene expression in tumours and outcomes"]
+    texts = [
+        "short",
+        "a much longer passage about proteins, cells and the immune system of mice",
+        "mid length text here",
+        "x",
+        "another fairly long passage that talks about gene expression in tumours and outcomes",
+    ]
 
     def run(buckets: int):
         encoder = BiEncoder.from_pretrained(tiny_bert, pooling=pooling, normalize=True)
@@ -268,7 +285,11 @@ def test_length_buckets_give_the_same_embeddings_loss_and_gradients(tiny_bert, p
         emb = encoder.embed_passages(batch, buckets=buckets)
         loss = (emb @ emb.T / 0.05).logsumexp(-1).mean()
         loss.backward()
-        return emb.detach(), loss.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+        return (
+            emb.detach(),
+            loss.detach(),
+            {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None},
+        )
 
     emb1, loss1, grads1 = run(1)
     for buckets in (2, 3, 5, 8):

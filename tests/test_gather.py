@@ -40,11 +40,22 @@ def make_module(tiny_bert: str, loss: str, chunk: int | None, gather: bool = Tru
         "tas_b": lambda: DistillationLoss(MarginMSELoss(), InBatchMarginMSELoss(), 0.75),
         "kl": lambda: DistillationLoss(MarginMSELoss(), InBatchKLLoss(1.0), 0.75),
     }
-    teacher = None if loss == "infonce" else BiEncoderTeacher(tiny_bert, query_max_length=16, passage_max_length=32, device="cpu")
-    encoder = BiEncoder.from_pretrained(tiny_bert, pooling="cls", normalize=True, query_max_length=16,
-                                      passage_max_length=32)
-    module = DenseRetrievalModule(encoder, losses[loss](), optimizer=torch.optim.SGD, inbatch_teacher=teacher,
-                                  gather_negatives=gather, grad_cache_chunk=chunk)
+    teacher = (
+        None
+        if loss == "infonce"
+        else BiEncoderTeacher(tiny_bert, query_max_length=16, passage_max_length=32, device="cpu")
+    )
+    encoder = BiEncoder.from_pretrained(
+        tiny_bert, pooling="cls", normalize=True, query_max_length=16, passage_max_length=32
+    )
+    module = DenseRetrievalModule(
+        encoder,
+        losses[loss](),
+        optimizer=torch.optim.SGD,
+        inbatch_teacher=teacher,
+        gather_negatives=gather,
+        grad_cache_chunk=chunk,
+    )
     return module.train()  # dropout on: the per-rank RNG seeds are replayed by the reference
 
 
@@ -80,8 +91,14 @@ def _worker(rank: int, world: int, init_file: str, tiny_bert: str, batches: list
 def rank_batches(scifact_slice):
     """Two ranks' batches of 3 queries: rank 1 holds another occurrence of a multi-positive query of rank 0
     (a cross-rank known positive to mask) and two negatives per query where rank 0 has one."""
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=BM25Negatives(0, 20), num_negatives=2, batch_size=3)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=BM25Negatives(0, 20),
+        num_negatives=2,
+        batch_size=3,
+    )
     dm.setup("fit")
     ds = dm.train_dataset
     multi = next(i for i, q in enumerate(ds.qids) if len(ds.positives[q]) > 1)
@@ -107,13 +124,21 @@ def _reference(tiny_bert: str, loss: str, chunk: int | None, dm, batches: list[d
     for rank, b in enumerate(batches):
         b = module.on_before_batch_transfer(dict(b), 0)
         torch.manual_seed(SEED + rank)
-        for key, embed, out in (("query_inputs", module.encoder.embed_queries, qs), ("passage_inputs", module.encoder.embed_passages, ds_)):
+        for key, embed, out in (
+            ("query_inputs", module.encoder.embed_queries, qs),
+            ("passage_inputs", module.encoder.embed_passages, ds_),
+        ):
             n, step = len(b[key]["input_ids"]), chunk or len(b[key]["input_ids"])
-            out.append(torch.cat([embed({k: v[lo:lo + step] for k, v in b[key].items()}) for lo in range(0, n, step)]))
+            out.append(
+                torch.cat([embed({k: v[lo : lo + step] for k, v in b[key].items()}) for lo in range(0, n, step)])
+            )
     p0 = len(batches[0]["passages"])
     width = max(b["neg_index"].shape[1] for b in batches)
     neg = [torch.nn.functional.pad(b["neg_index"], (0, width - b["neg_index"].shape[1]), value=-1) for b in batches]
-    tneg = [torch.nn.functional.pad(b["teacher_neg"], (0, width - b["teacher_neg"].shape[1]), value=float("nan")) for b in batches]
+    tneg = [
+        torch.nn.functional.pad(b["teacher_neg"], (0, width - b["teacher_neg"].shape[1]), value=float("nan"))
+        for b in batches
+    ]
     queries = batches[0]["queries"] + batches[1]["queries"]
     passages = batches[0]["passages"] + batches[1]["passages"]
     docids = batches[0]["docids"] + batches[1]["docids"]
@@ -140,22 +165,31 @@ def test_gathered_negatives_match_one_process_on_the_concatenated_batch(tiny_ber
     assert batches[1]["docids"][0] in dm.train_dataset.positives[batches[0]["qids"][0]]
     assert batches[0]["neg_index"].shape[1] == 1 and batches[1]["neg_index"].shape[1] == 2
     # fork: the workers start in a second, without importing torch and transformers again
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), tiny_bert, batches, str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(
+        _worker, args=(2, str(tmp_path / "init"), tiny_bert, batches, str(tmp_path)), nprocs=2, start_method="fork"
+    )
     for name, (loss, chunk) in CASES.items():
         ref_loss, ref_grads = _reference(tiny_bert, loss, chunk, dm, batches)
         for rank in range(2):
             got = torch.load(tmp_path / f"{name}.{rank}.pt")
             assert got["world"] == 2
-            torch.testing.assert_close(got["loss"], ref_loss, atol=1e-5, rtol=0, msg=lambda m: f"{name} rank {rank} loss: {m}")
+            torch.testing.assert_close(
+                got["loss"], ref_loss, atol=1e-5, rtol=0, msg=lambda m: f"{name} rank {rank} loss: {m}"
+            )
             assert got["grads"].keys() == ref_grads.keys(), name
             for param, grad in ref_grads.items():
-                torch.testing.assert_close(got["grads"][param], grad, atol=1e-5, rtol=0, msg=lambda m: f"{name} rank {rank} {param}: {m}")
+                torch.testing.assert_close(
+                    got["grads"][param], grad, atol=1e-5, rtol=0, msg=lambda m: f"{name} rank {rank} {param}: {m}"
+                )
 
 
 def test_known_positives_from_corpus_rows():
     positive_rows = torch.tensor([[4, 7], [2, -1]])
     passage_rows = torch.tensor([7, 2, 4, 9])
-    assert known_positives(positive_rows, passage_rows).tolist() == [[True, False, True, False], [False, True, False, False]]
+    assert known_positives(positive_rows, passage_rows).tolist() == [
+        [True, False, True, False],
+        [False, True, False, False],
+    ]
 
 
 def test_gather_is_a_no_op_on_one_process(tiny_bert, rank_batches):
@@ -175,13 +209,28 @@ def test_lightning_ddp_trains_with_gathered_negatives_and_grad_cache(tiny_bert, 
     """dr-train on Lightning's DDP (strategy=ddp, 2 CPU processes, gloo), as a user runs it."""
     out = tmp_path / "run"
     overrides = tiny_train_overrides(tiny_bert, scifact_slice, out, max_steps=2) + [
-        "trainer.strategy=ddp", "trainer.devices=2", "module.gather_negatives=true", "module.grad_cache_chunk=4",
-        "test.enabled=false", "export.enabled=false", "data.val_fraction=0", f"hydra.run.dir={out}",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "module.gather_negatives=true",
+        "module.grad_cache_chunk=4",
+        "test.enabled=false",
+        "export.enabled=false",
+        "data.val_fraction=0",
+        f"hydra.run.dir={out}",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     # the console script, as users start it: Lightning's launcher re-runs this command line for rank 1
-    done = subprocess.run([str(Path(sys.executable).with_name("dr-train")), *overrides], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dr-train")), *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
     steps = [r for r in rows if r.get("train/loss")]

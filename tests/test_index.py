@@ -157,7 +157,9 @@ def _clustered(n=3000, dim=128, n_queries=50, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((50, dim))
     docs = _unit((centres[rng.integers(50, size=n)] + 0.5 * rng.standard_normal((n, dim))).astype(np.float32))
-    queries = _unit(docs[rng.integers(n, size=n_queries)] + 0.1 * rng.standard_normal((n_queries, dim)).astype(np.float32))
+    queries = _unit(
+        docs[rng.integers(n, size=n_queries)] + 0.1 * rng.standard_normal((n_queries, dim)).astype(np.float32)
+    )
     return docs, queries, [f"doc{i}" for i in range(n)]
 
 
@@ -179,11 +181,20 @@ def test_auto_picks_flat_when_it_fits():
 
 
 @pytest.mark.parametrize("budget_bytes, hnsw_max, expected", [(1.3e6, 1_000_000, "hnsw"), (0.38e6, 1_000_000, "ivfpq")])
-def test_auto_under_a_small_budget_picks_an_approximate_index_that_still_finds_the_neighbours(budget_bytes, hnsw_max, expected):
+def test_auto_under_a_small_budget_picks_an_approximate_index_that_still_finds_the_neighbours(
+    budget_bytes, hnsw_max, expected
+):
     docs, queries, docids = _clustered()
     assert index_bytes("flat", *docs.shape) > budget_bytes
-    index = DenseIndex.build(docs, docids, kind="auto", use_gpu=False, memory_budget_gb=budget_bytes / 2**30,
-                             hnsw_max_vectors=hnsw_max, nprobe=16)
+    index = DenseIndex.build(
+        docs,
+        docids,
+        kind="auto",
+        use_gpu=False,
+        memory_budget_gb=budget_bytes / 2**30,
+        hnsw_max_vectors=hnsw_max,
+        nprobe=16,
+    )
     assert index.kind == expected
     pq_m = index.index.pq.M if index.kind == "ivfpq" else 48
     assert index_bytes(index.kind, *docs.shape, pq_m=pq_m, hnsw_storage="sq8") <= budget_bytes

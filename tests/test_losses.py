@@ -40,7 +40,9 @@ def test_temperature_divides_the_scores():
     # Same value as temperature 1 on scores pre-divided by tau, and different from temperature 1.
     scaled = info_nce(torch.tensor(SCORES) / tau, torch.tensor(TARGET), temperature=1.0)
     assert loss.item() == pytest.approx(scaled.item(), rel=1e-3)
-    assert loss.item() != pytest.approx(info_nce(torch.tensor(SCORES), torch.tensor(TARGET), temperature=1.0).item(), rel=1e-2)
+    assert loss.item() != pytest.approx(
+        info_nce(torch.tensor(SCORES), torch.tensor(TARGET), temperature=1.0).item(), rel=1e-2
+    )
     # Default temperature is 0.05.
     assert info_nce(torch.tensor(SCORES), torch.tensor(TARGET)).item() == pytest.approx(expected, rel=1e-3)
 
@@ -118,9 +120,14 @@ def _scores_near_70(seed: int = 0):
     u = torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) * 70**0.5
     q = u + 0.4 * torch.randn(4, 64, generator=g)
     d = u + 0.4 * torch.randn(8, 64, generator=g)
-    batch = dict(target=torch.arange(4), neg_index=torch.arange(4, 8)[:, None],
-                 teacher_pos=torch.tensor([9.0, 7.5, 8.0, 6.0]), teacher_neg=torch.tensor([[4.0], [5.5], [3.0], [5.0]]),
-                 teacher_matrix=torch.rand(4, 8, generator=g) * 10, exclude=torch.zeros(4, 8, dtype=torch.bool))
+    batch = dict(
+        target=torch.arange(4),
+        neg_index=torch.arange(4, 8)[:, None],
+        teacher_pos=torch.tensor([9.0, 7.5, 8.0, 6.0]),
+        teacher_neg=torch.tensor([[4.0], [5.5], [3.0], [5.0]]),
+        teacher_matrix=torch.rand(4, 8, generator=g) * 10,
+        exclude=torch.zeros(4, 8, dtype=torch.bool),
+    )
     return q, d, batch
 
 

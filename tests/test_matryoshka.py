@@ -18,7 +18,11 @@ from dr.losses import InfoNCELoss, MarginMSELoss, MatryoshkaLoss
 from dr.losses.matryoshka import truncate
 
 DR = Path(sys.executable).parent
-TEXTS = ["a claim about cells", "mitochondria and proteins in the liver", "a third, longer passage about vaccines and immunity"]
+TEXTS = [
+    "a claim about cells",
+    "mitochondria and proteins in the liver",
+    "a third, longer passage about vaccines and immunity",
+]
 
 Q = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
 D = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
@@ -45,7 +49,9 @@ def test_without_normalisation_the_prefix_keeps_its_norm():
     loss = MatryoshkaLoss(InfoNCELoss(temperature=1.0), dims=[4, 2], normalize=False)
     out = loss(q, D, target=TARGET)
     assert out["loss_dim4"].item() == pytest.approx(math.log(2), abs=1e-6)
-    assert out["loss_dim2"].item() == pytest.approx((math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2, abs=1e-6)
+    assert out["loss_dim2"].item() == pytest.approx(
+        (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2, abs=1e-6
+    )
     assert out["loss"].item() == pytest.approx(out["loss_dim4"].item() + out["loss_dim2"].item(), abs=1e-6)
     # normalised, the doubling changes nothing (cosine)
     normalised = MatryoshkaLoss(InfoNCELoss(temperature=1.0), dims=[4, 2], normalize=True)
@@ -64,19 +70,26 @@ def test_batch_tensors_reach_the_inner_loss():
     """Margin-MSE needs the teacher's scores: the wrapper at one dim is the inner loss on the prefix."""
     torch.manual_seed(0)
     q, d = torch.randn(2, 6), torch.randn(4, 6)
-    batch = {"target": torch.tensor([0, 1]), "neg_index": torch.tensor([[2], [3]]),
-             "teacher_pos": torch.tensor([5.0, 4.0]), "teacher_neg": torch.tensor([[1.0], [2.5]])}
+    batch = {
+        "target": torch.tensor([0, 1]),
+        "neg_index": torch.tensor([[2], [3]]),
+        "teacher_pos": torch.tensor([5.0, 4.0]),
+        "teacher_neg": torch.tensor([[1.0], [2.5]]),
+    }
     wrapped = MatryoshkaLoss(MarginMSELoss(), dims=[3], normalize=True)(q, d, **batch)
     direct = MarginMSELoss()(truncate(q, 3, True), truncate(d, 3, True), **batch)
     assert wrapped["loss"].item() == pytest.approx(float(direct), rel=1e-6)
 
 
-@pytest.mark.parametrize("dims,weights,message", [
-    ([], None, "dims must be distinct positive integers"),
-    ([8, 8], None, "dims must be distinct positive integers"),
-    ([8, 4], [1.0], "weights must be 2 non-negative numbers"),
-    ([8, 4], [1.0, -1.0], "weights must be 2 non-negative numbers"),
-])
+@pytest.mark.parametrize(
+    "dims,weights,message",
+    [
+        ([], None, "dims must be distinct positive integers"),
+        ([8, 8], None, "dims must be distinct positive integers"),
+        ([8, 4], [1.0], "weights must be 2 non-negative numbers"),
+        ([8, 4], [1.0, -1.0], "weights must be 2 non-negative numbers"),
+    ],
+)
 def test_bad_dims_or_weights(dims, weights, message):
     with pytest.raises(ValueError, match=message):
         MatryoshkaLoss(InfoNCELoss(), dims=dims, weights=weights)
@@ -98,7 +111,14 @@ def test_train_evaluates_every_dim_and_exports_a_truncated_model(cfg_train, tmp_
     from dr.training import TestSplit, train
 
     out = tmp_path / "mrl"
-    cfg = cfg_train("loss=matryoshka", "loss.dims=[32,16,8]", "test.bm25=false", "test.before=false", "export.truncate_dim=16", out=out)
+    cfg = cfg_train(
+        "loss=matryoshka",
+        "loss.dims=[32,16,8]",
+        "test.bm25=false",
+        "test.before=false",
+        "export.truncate_dim=16",
+        out=out,
+    )
     metrics = train(cfg)
     for dim in (16, 8):
         assert 0.0 <= metrics[f"trained@{dim}/nDCG@10"] <= 1.0
@@ -136,18 +156,31 @@ def test_train_evaluates_every_dim_and_exports_a_truncated_model(cfg_train, tmp_
         assert max(abs(scores[d] - logged[qid][d]) for d in common) < 1e-4
 
     # dr-export cuts an exported model further; ONNX with a truncation is refused in one line
-    done = subprocess.run([str(DR / "dr-export"), f"model={export}", f"output={tmp_path / 'e8'}", "truncate_dim=8"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [str(DR / "dr-export"), f"model={export}", f"output={tmp_path / 'e8'}", "truncate_dim=8"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert SentenceTransformer(str(tmp_path / "e8"), device="cpu").encode(TEXTS).shape == (3, 8)
-    done = subprocess.run([str(DR / "dr-export"), f"model={export}", f"output={tmp_path / 'onnx'}", "truncate_dim=8", "format=onnx"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [str(DR / "dr-export"), f"model={export}", f"output={tmp_path / 'onnx'}", "truncate_dim=8", "format=onnx"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == ("dr-export: error: truncate_dim=8, format=onnx: the ONNX graph has no "
-                                                    "truncation; expected format=torch")
+    assert done.stderr.strip().splitlines()[-1] == (
+        "dr-export: error: truncate_dim=8, format=onnx: the ONNX graph has no truncation; expected format=torch"
+    )
     assert not (tmp_path / "onnx").exists()
-    done = subprocess.run([str(DR / "dr-encode"), f"model={export}", f"corpus={cfg.test.corpus}", "backend=onnx"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [str(DR / "dr-encode"), f"model={export}", f"corpus={cfg.test.corpus}", "backend=onnx"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "dr-encode: error: backend=onnx: " in done.stderr and "embeds its first 16 dims" in done.stderr
 
@@ -155,8 +188,16 @@ def test_train_evaluates_every_dim_and_exports_a_truncated_model(cfg_train, tmp_
 def test_truncate_dims_of_a_plain_model_are_evaluated_too(cfg_train, tmp_path):
     from dr.training import train
 
-    metrics = train(cfg_train("test.truncate_dims=[8]", "test.bm25=false", "test.before=false", "export.enabled=false",
-                              out=tmp_path / "plain", max_steps=2))
+    metrics = train(
+        cfg_train(
+            "test.truncate_dims=[8]",
+            "test.bm25=false",
+            "test.before=false",
+            "export.enabled=false",
+            out=tmp_path / "plain",
+            max_steps=2,
+        )
+    )
     assert 0.0 <= metrics["trained@8/nDCG@10"] <= 1.0
 
 

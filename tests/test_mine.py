@@ -42,9 +42,19 @@ def _check_file(path: Path, data: dict, num_negatives: int) -> None:
 def test_mine_with_an_encoder(miner, tiny_bert, scifact_slice, tmp_path):
     out = tmp_path / "neg.jsonl"
     cache = tmp_path / "emb.npy"
-    overrides = [f"model={tiny_bert}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-                 f"qrels={scifact_slice['train_qrels']}", f"miner={miner}", "miner.num_negatives=4" if miner != "margin_simans" else "miner.miners.1.num_negatives=4",
-                 "top_k=50", "chunk_size=16", f"output={out}", f"embeddings_cache={cache}", "encoder.passage_max_length=48"]
+    overrides = [
+        f"model={tiny_bert}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"qrels={scifact_slice['train_qrels']}",
+        f"miner={miner}",
+        "miner.num_negatives=4" if miner != "margin_simans" else "miner.miners.1.num_negatives=4",
+        "top_k=50",
+        "chunk_size=16",
+        f"output={out}",
+        f"embeddings_cache={cache}",
+        "encoder.passage_max_length=48",
+    ]
     stats = mine(_cfg(overrides), tmp_path)
     _check_file(out, scifact_slice, 4)
     assert (tmp_path / "neg.jsonl.scores.png").stat().st_size > 0
@@ -66,8 +76,16 @@ def test_mine_from_a_run_file(scifact_slice, tmp_path):
     run_path = tmp_path / "bm25.run"
     write_run(bm25.search_run(qids, [queries[q] for q in qids], 30), run_path)
     out = tmp_path / "neg.jsonl"
-    overrides = [f"run_file={run_path}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-                 f"qrels={scifact_slice['train_qrels']}", "miner=margin", "miner.num_negatives=5", "miner.range_min=3", f"output={out}"]
+    overrides = [
+        f"run_file={run_path}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"qrels={scifact_slice['train_qrels']}",
+        "miner=margin",
+        "miner.num_negatives=5",
+        "miner.range_min=3",
+        f"output={out}",
+    ]
     mine(_cfg(overrides), tmp_path)
     _check_file(out, scifact_slice, 5)
     run = {q: list(bm25.search_run([q], [queries[q]], 30)[q]) for q in qids[:5]}
@@ -80,11 +98,21 @@ def test_mine_from_a_run_file(scifact_slice, tmp_path):
 def test_killed_mine_leaves_no_partial_file(tiny_bert, scifact_slice, tmp_path):
     """Kill dr-mine at several moments: the negatives file is either absent or complete."""
     out = tmp_path / "neg.jsonl"
-    args = [str(Path(sys.executable).parent / "dr-mine"), f"model={tiny_bert}", f"corpus={scifact_slice['corpus']}",
-            f"queries={scifact_slice['train_queries']}", f"qrels={scifact_slice['train_qrels']}", "miner.num_negatives=3",
-            "chunk_size=4", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        str(Path(sys.executable).parent / "dr-mine"),
+        f"model={tiny_bert}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"qrels={scifact_slice['train_qrels']}",
+        "miner.num_negatives=3",
+        "chunk_size=4",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     for delay in (3.0, 6.0, 9.0):
-        proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -97,8 +125,17 @@ def test_killed_mine_leaves_no_partial_file(tiny_bert, scifact_slice, tmp_path):
 
 
 def _base(tiny_bert, data, out, *extra):
-    return [f"model={tiny_bert}", f"corpus={data['corpus']}", f"queries={data['train_queries']}", f"qrels={data['train_qrels']}",
-            "top_k=20", "chunk_size=16", f"output={out}", "encoder.passage_max_length=48", *extra]
+    return [
+        f"model={tiny_bert}",
+        f"corpus={data['corpus']}",
+        f"queries={data['train_queries']}",
+        f"qrels={data['train_qrels']}",
+        "top_k=20",
+        "chunk_size=16",
+        f"output={out}",
+        "encoder.passage_max_length=48",
+        *extra,
+    ]
 
 
 def _pool_and_cross_encoder(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
@@ -109,8 +146,12 @@ def _pool_and_cross_encoder(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_pa
     mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "pool.jsonl", "miner=pool")), tmp_path)
     corpus = read_corpus(scifact_slice["corpus"])
     text = dict(zip(corpus["docid"], passage_texts(corpus, list(range(len(corpus))))))
-    return (read_negatives(tmp_path / "pool.jsonl"), read_queries(scifact_slice["train_queries"]), text,
-            CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256))
+    return (
+        read_negatives(tmp_path / "pool.jsonl"),
+        read_queries(scifact_slice["train_queries"]),
+        text,
+        CrossEncoderTeacher(model=tiny_cross_encoder, max_length=256),
+    )
 
 
 def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path):
@@ -122,11 +163,23 @@ def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slic
     t = {q: dict(zip(g, s.tolist())) for (q, g), s in zip(groups.items(), scored)}
     threshold = float(np.median([t[q][d] for q, r in pool.items() for d in r.negatives]))
 
-    teacher_args = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "miner=denoise", "miner.num_negatives=null",
-                    "miner.sampling=top"]
+    teacher_args = [
+        "teacher=cross_encoder",
+        f"teacher.model={tiny_cross_encoder}",
+        "miner=denoise",
+        "miner.num_negatives=null",
+        "miner.sampling=top",
+    ]
     # the threshold is a probability of relevance: the teacher's logits are mapped with a sigmoid (monotone)
     probability = float(1 / (1 + np.exp(-threshold)))
-    stats = mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args, f"miner.threshold={probability!r}")), tmp_path)
+    stats = mine(
+        _cfg(
+            _base(
+                tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args, f"miner.threshold={probability!r}"
+            )
+        ),
+        tmp_path,
+    )
     assert stats["teacher"] == "CrossEncoderTeacher"
     denoised = read_negatives(tmp_path / "denoised.jsonl")
     kept = dropped = 0
@@ -138,7 +191,19 @@ def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slic
         kept, dropped = kept + len(got), dropped + len(record.negatives) - len(got)
     assert kept and dropped  # the filter did something both ways
     # RocketQA's margin form: keep t <= min over positives of t_pos - margin (the positives' teacher scores are filled too)
-    mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "margin.jsonl", *teacher_args, "miner.threshold=null", "miner.margin=0.0")), tmp_path)
+    mine(
+        _cfg(
+            _base(
+                tiny_bert,
+                scifact_slice,
+                tmp_path / "margin.jsonl",
+                *teacher_args,
+                "miner.threshold=null",
+                "miner.margin=0.0",
+            )
+        ),
+        tmp_path,
+    )
     for qid, record in read_negatives(tmp_path / "margin.jsonl").items():
         floor = min(t[qid][p] for p in pool[qid].positives)
         assert all(t[qid][d] <= floor + 1e-4 for d in record.negatives), qid
@@ -150,8 +215,14 @@ def test_denoise_threshold_is_a_probability_of_relevance(tiny_bert, tiny_cross_e
     pool, queries, text, teacher = _pool_and_cross_encoder(tiny_bert, tiny_cross_encoder, scifact_slice, tmp_path)
     scored = teacher.score_groups([queries[q] for q in pool], [[text[d] for d in r.negatives] for r in pool.values()])
     probability = {q: dict(zip(r.negatives, 1 / (1 + np.exp(-s)))) for (q, r), s in zip(pool.items(), scored)}
-    teacher_args = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "miner=denoise", "miner.num_negatives=null",
-                    "miner.sampling=top", "miner.threshold=0.1"]
+    teacher_args = [
+        "teacher=cross_encoder",
+        f"teacher.model={tiny_cross_encoder}",
+        "miner=denoise",
+        "miner.num_negatives=null",
+        "miner.sampling=top",
+        "miner.threshold=0.1",
+    ]
     mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *teacher_args)), tmp_path)
     kept = [probability[q][d] for q, r in read_negatives(tmp_path / "denoised.jsonl").items() for d in r.negatives]
     above = [p for p in kept if p >= 0.1]
@@ -172,7 +243,9 @@ def test_denoise_threshold_refuses_a_teacher_without_probabilities(tiny_bert, sc
     from dr.config import ConfigError
 
     args = ["teacher=fusion", f"teacher.model={tiny_bert}", "miner=denoise", "miner.threshold=0.1"]
-    with pytest.raises(ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"):
+    with pytest.raises(
+        ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"
+    ):
         mine(_cfg(_base(tiny_bert, scifact_slice, tmp_path / "denoised.jsonl", *args)), tmp_path)
     assert not (tmp_path / "denoised.jsonl").exists()
 
@@ -180,7 +253,14 @@ def test_denoise_threshold_refuses_a_teacher_without_probabilities(tiny_bert, sc
 def test_mine_reports_the_kernels_scale_and_effective_sample_size(tiny_bert, scifact_slice, tmp_path):
     """score_scale=auto is 20 (1/0.05) for a cosine encoder and 1 for a run file; the stats give each
     SimANS kernel's effective sample size 1/Σp² (mean over queries), checked by hand on BM25 scores."""
-    args = _base(tiny_bert, scifact_slice, tmp_path / "neg.jsonl", "miner=simans", "miner.num_negatives=4", "encoder.similarity=cos")
+    args = _base(
+        tiny_bert,
+        scifact_slice,
+        tmp_path / "neg.jsonl",
+        "miner=simans",
+        "miner.num_negatives=4",
+        "encoder.similarity=cos",
+    )
     auto = mine(_cfg(args), tmp_path)
     assert auto["score_scale"] == {"simans": 20.0} and 1.0 <= auto["effective_sample_size"]["simans"] <= 20.0
     assert json.loads((tmp_path / "neg.jsonl.stats.json").read_text()) == auto
@@ -197,8 +277,15 @@ def test_mine_reports_the_kernels_scale_and_effective_sample_size(tiny_bert, sci
         if s_pos is not None:
             w = np.exp(-0.5 * (np.array([s for d, s in run[q].items() if d not in qrels[q]]) - s_pos) ** 2)
             by_hand.append(1.0 / ((w / w.sum()) ** 2).sum())
-    common = [f"run_file={tmp_path / 'bm25.run'}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-              f"qrels={scifact_slice['train_qrels']}", "miner=simans", "miner.num_negatives=4", f"output={tmp_path / 'run.jsonl'}"]
+    common = [
+        f"run_file={tmp_path / 'bm25.run'}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"qrels={scifact_slice['train_qrels']}",
+        "miner=simans",
+        "miner.num_negatives=4",
+        f"output={tmp_path / 'run.jsonl'}",
+    ]
     from_run = mine(_cfg(common), tmp_path)
     assert from_run["score_scale"] == {"simans": 1.0}
     assert from_run["effective_sample_size"]["simans"] == pytest.approx(np.mean(by_hand), rel=1e-4)

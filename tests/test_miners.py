@@ -32,7 +32,9 @@ IDS = [10, 11, 12, 13, 14, 15, 16, 17]  # 12 is the positive below (score 0.75)
 
 def _single(positives=(12,), positive_scores=None, teacher=None, teacher_pos=None) -> Candidates:
     return Candidates.from_lists(
-        [IDS], [SCORES], [list(positives)],
+        [IDS],
+        [SCORES],
+        [list(positives)],
         positive_scores=None if positive_scores is None else [positive_scores],
         teacher_scores=None if teacher is None else [teacher],
         teacher_positive_scores=None if teacher_pos is None else [teacher_pos],
@@ -123,7 +125,9 @@ def test_simans_uses_max_explicit_positive_score():
 
 def test_simans_fallback_when_positive_not_retrieved():
     c = Candidates.from_lists(
-        [IDS, IDS[:4]], [SCORES, SCORES[:4]], [[99], [11]],  # row 0: positive unknown; row 1: retrieved
+        [IDS, IDS[:4]],
+        [SCORES, SCORES[:4]],
+        [[99], [11]],  # row 0: positive unknown; row 1: retrieved
     )
     mined = SimANSMiner(num_negatives=2, top_k=6)(c, 0)
     assert _kept(mined, 0) == {14, 15}  # the last 2 of the top-6, as in the reference code
@@ -133,6 +137,7 @@ def test_simans_fallback_when_positive_not_retrieved():
 
 
 # --- Margin ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "kwargs,expected",
@@ -186,6 +191,7 @@ def test_denoise_margin():
 
 # --- Chain -----------------------------------------------------------------------------------------
 
+
 def test_chain_margin_then_simans_only_returns_margin_survivors():
     rng = np.random.default_rng(3)
     scores = -np.sort(-rng.uniform(0, 1, size=(50, 40)), axis=1)
@@ -204,12 +210,18 @@ def test_chain_margin_then_simans_only_returns_margin_survivors():
 
 # --- Invariants over random inputs -----------------------------------------------------------------
 
+
 def _all_miners():
     return [
-        TopKMiner(3), SimANSMiner(3), SimANSMiner(3, kernel="laplace", top_k=5), SimANSMiner(None),
+        TopKMiner(3),
+        SimANSMiner(3),
+        SimANSMiner(3, kernel="laplace", top_k=5),
+        SimANSMiner(None),
         MarginMiner(num_negatives=3, range_min=1, absolute_margin=0.05, sampling="random"),
-        MarginMiner(relative_margin=0.05), DenoiseMiner(num_negatives=2, threshold=0.5, sampling="random"),
-        DenoiseMiner(margin=0.1), RandomMiner(3, corpus=30),
+        MarginMiner(relative_margin=0.05),
+        DenoiseMiner(num_negatives=2, threshold=0.5, sampling="random"),
+        DenoiseMiner(margin=0.1),
+        RandomMiner(3, corpus=30),
         Chain([MarginMiner(relative_margin=0.1), DenoiseMiner(threshold=0.7), SimANSMiner(2, b=-0.2)]),
     ]
 
@@ -254,21 +266,31 @@ def test_string_docids():
 
 @pytest.mark.parametrize(
     "miner",
-    [SimANSMiner(4), SimANSMiner(4, kernel="laplace"), MarginMiner(num_negatives=4, sampling="random"),
-     DenoiseMiner(num_negatives=4, threshold=0.9, sampling="random"), RandomMiner(4, corpus=1000)],
+    [
+        SimANSMiner(4),
+        SimANSMiner(4, kernel="laplace"),
+        MarginMiner(num_negatives=4, sampling="random"),
+        DenoiseMiner(num_negatives=4, threshold=0.9, sampling="random"),
+        RandomMiner(4, corpus=1000),
+    ],
     ids=repr,
 )
 def test_seeded_determinism(miner):
     rng = np.random.default_rng(5)
     scores = -np.sort(-rng.normal(size=(20, 30)), axis=1)
-    c = Candidates(np.arange(600).reshape(20, 30), scores, np.arange(600).reshape(20, 30)[:, :1],
-                   teacher_scores=rng.uniform(size=(20, 30)))
+    c = Candidates(
+        np.arange(600).reshape(20, 30),
+        scores,
+        np.arange(600).reshape(20, 30)[:, :1],
+        teacher_scores=rng.uniform(size=(20, 30)),
+    )
     a, b = miner(c, np.random.default_rng(7)), miner(c, np.random.default_rng(7))
     assert np.array_equal(a.docids, b.docids) and np.array_equal(a.mask, b.mask)
     assert not np.array_equal(a.docids, miner(c, np.random.default_rng(8)).docids)
 
 
 # --- Random ----------------------------------------------------------------------------------------
+
 
 def test_random_uniform_over_corpus_minus_positives():
     c = Candidates(np.zeros((N_DRAWS, 0), np.int64), np.zeros((N_DRAWS, 0)), np.tile([0, 1], (N_DRAWS, 1)))
@@ -289,6 +311,7 @@ def test_random_uniform_over_corpus_minus_positives():
 
 
 # --- Data layout -----------------------------------------------------------------------------------
+
 
 def test_candidates_layout_and_validation():
     c = Candidates.from_lists([[1, 2, 3], [4]], [[0.1, 0.3, 0.2], [1.0]], [[3], []])
@@ -319,14 +342,19 @@ def test_config_instantiates_and_mines(name):
         miner.corpus = 1000
     rng = np.random.default_rng(6)
     scores = -np.sort(-rng.uniform(size=(4, 50)), axis=1)
-    c = Candidates(np.arange(200).reshape(4, 50), scores, np.arange(200).reshape(4, 50)[:, [3]],
-                   teacher_scores=rng.uniform(size=(4, 50)))
+    c = Candidates(
+        np.arange(200).reshape(4, 50),
+        scores,
+        np.arange(200).reshape(4, 50)[:, [3]],
+        teacher_scores=rng.uniform(size=(4, 50)),
+    )
     mined = miner(c, 0)
     assert mined.mask.sum(axis=1).min() > 0
     assert not (mined.docids[:, :, None] == c.positive_ids[:, None, :]).any()
 
 
 # --- Score scale and effective sample size -------------------------------------------------------
+
 
 def test_simans_kernel_is_on_logits_and_reports_its_effective_sample_size():
     """score_scale turns cosines into logits before the kernel: a = 0.5 on cos / 0.05."""
@@ -371,6 +399,7 @@ def test_mining_path_gives_its_scale_to_kernels_without_one():
 
 # --- Margin: positive score and rank window options ---------------------------------------------
 
+
 @pytest.mark.parametrize(
     "kwargs,expected",
     [
@@ -379,8 +408,16 @@ def test_mining_path_gives_its_scale_to_kernels_without_one():
         ({"range_min": 1, "range_max": 3}, {11}),  # raw ranks 1, 2 (rank 2 is the positive 12)
         ({"range_min": 1, "range_max": 3, "rank_window": "filtered"}, {11, 13}),  # survivors 10, 11, 13, 14, 16, 17
         ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3}, set()),  # raw ranks 1, 2 are filtered out
-        ({"absolute_margin": 0.125, "range_min": 1, "range_max": 3, "rank_window": "filtered", "positive_score": "max"},
-         {16, 17}),  # survivors 14, 16, 17
+        (
+            {
+                "absolute_margin": 0.125,
+                "range_min": 1,
+                "range_max": 3,
+                "rank_window": "filtered",
+                "positive_score": "max",
+            },
+            {16, 17},
+        ),  # survivors 14, 16, 17
     ],
 )
 def test_margin_positive_score_and_rank_window_options(kwargs, expected):
@@ -396,7 +433,9 @@ def test_margin_miner_defaults_to_the_hardest_positive():
     assert _kept(MarginMiner(absolute_margin=0.125)(c, 0)) == {16, 17}  # s_pos = 0.5: keep s ≤ 0.375
     assert _kept(MarginMiner(relative_margin=0.05)(c, 0)) == {16, 17}  # drop s > 0.475
     single = _single()  # one positive: min = max
-    assert _kept(MarginMiner(relative_margin=0.05)(single, 0)) == _kept(MarginMiner(relative_margin=0.05, positive_score="max")(single, 0))
+    assert _kept(MarginMiner(relative_margin=0.05)(single, 0)) == _kept(
+        MarginMiner(relative_margin=0.05, positive_score="max")(single, 0)
+    )
     from hydra import compose, initialize_config_dir
 
     from dr.cli import config_dir
@@ -430,12 +469,27 @@ def test_margin_parity_with_sentence_transformers(tiny_bert, scifact_slice, tmp_
     texts = passage_texts(corpus, list(range(len(corpus))))
     text_of = dict(zip(corpus["docid"], texts))
     queries, qrels = read_queries(scifact_slice["train_queries"]), read_qrels(scifact_slice["train_qrels"])
-    pairs = [(queries[q], text_of[p]) for q in [q for q in queries if q in qrels][:30] for p in sorted(qrels[q]) if p in text_of]
-    model = SentenceTransformer(modules=[models.Transformer(tiny_bert, max_seq_length=64), models.Pooling(32, "mean")], device="cpu")
+    pairs = [
+        (queries[q], text_of[p])
+        for q in [q for q in queries if q in qrels][:30]
+        for p in sorted(qrels[q])
+        if p in text_of
+    ]
+    model = SentenceTransformer(
+        modules=[models.Transformer(tiny_bert, max_seq_length=64), models.Pooling(32, "mean")], device="cpu"
+    )
     knobs = dict(range_min=2, range_max=12, absolute_margin=0.002, num_negatives=3, sampling="top")
     st_knobs = {**{k: v for k, v in knobs.items() if k != "sampling"}, "sampling_strategy": "top"}
-    mined = mine_hard_negatives(Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}), model,
-                                corpus=texts, output_format="n-tuple", verbose=False, batch_size=32, cache_folder=str(tmp_path), **st_knobs)
+    mined = mine_hard_negatives(
+        Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}),
+        model,
+        corpus=texts,
+        output_format="n-tuple",
+        verbose=False,
+        batch_size=32,
+        cache_folder=str(tmp_path),
+        **st_knobs,
+    )
     # The same candidates from its cached embeddings, the same way: top (range_max + max positives) by cosine.
     q_emb = torch.as_tensor(np.load(next(tmp_path.glob("query_embeddings_*.npy"))))
     c_emb = torch.as_tensor(np.load(next(tmp_path.glob("corpus_embeddings_*.npy"))))
@@ -443,7 +497,10 @@ def test_margin_parity_with_sentence_transformers(tiny_bert, scifact_slice, tmp_
     index = {t: i for i, t in enumerate(dict.fromkeys(texts + [p for _, p in pairs]))}
     positives = {a: list(dict.fromkeys(index[p] for b, p in pairs if b == a)) for a in anchors}
     scores, ids = torch.topk(model.similarity(q_emb, c_emb), k=12 + max(map(len, positives.values())), dim=1)
-    pos_scores = [model.similarity_pairwise(q_emb[[k] * len(positives[a])], c_emb[positives[a]]).tolist() for k, a in enumerate(anchors)]
+    pos_scores = [
+        model.similarity_pairwise(q_emb[[k] * len(positives[a])], c_emb[positives[a]]).tolist()
+        for k, a in enumerate(anchors)
+    ]
     candidates = Candidates.from_lists(ids.tolist(), scores.tolist(), [positives[a] for a in anchors], pos_scores)
     theirs = {row["anchor"]: {index[row[f"negative_{k}"]] for k in (1, 2, 3)} for row in mined}
     assert len(theirs) >= 3 and any(len(p) > 1 for p in positives.values())

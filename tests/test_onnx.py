@@ -31,8 +31,15 @@ TOLERANCE = 1e-4  # max |onnx - torch| per coordinate
 
 
 def _encoder(tiny_bert: str, pooling: str = "mean", normalize: bool = True, shared: bool = True) -> BiEncoder:
-    enc = BiEncoder.from_pretrained(tiny_bert, shared=shared, pooling=pooling, normalize=normalize,
-                                    similarity="cos" if normalize else "dot", query_max_length=16, passage_max_length=64)
+    enc = BiEncoder.from_pretrained(
+        tiny_bert,
+        shared=shared,
+        pooling=pooling,
+        normalize=normalize,
+        similarity="cos" if normalize else "dot",
+        query_max_length=16,
+        passage_max_length=64,
+    )
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():  # move off the fixture's weights; with two towers, only the passage tower moves
         for p in (enc.passage_model or enc.query_model).parameters():
@@ -63,7 +70,12 @@ def test_onnx_matches_torch(tiny_bert, texts, pooling, normalize):
     onnx_enc = onnx_encoder(enc)
     assert _max_deviation(onnx_enc, enc, texts) < TOLERANCE
     assert onnx_enc.config_dict() == {**enc.config_dict(), "backend": "onnx"}
-    assert (onnx_enc.dim, onnx_enc.pooling, onnx_enc.normalize, onnx_enc.similarity) == (32, pooling, normalize, enc.similarity)
+    assert (onnx_enc.dim, onnx_enc.pooling, onnx_enc.normalize, onnx_enc.similarity) == (
+        32,
+        pooling,
+        normalize,
+        enc.similarity,
+    )
     assert onnx_enc.encode_passages([], show_progress=False).shape == (0, 32)
     if normalize:
         norms = np.linalg.norm(onnx_enc.encode_passages(texts["passage"][:5], show_progress=False), axis=1)
@@ -72,12 +84,21 @@ def test_onnx_matches_torch(tiny_bert, texts, pooling, normalize):
 
 def test_separate_towers_export_two_files(tiny_bert, texts, tmp_path):
     enc = _encoder(tiny_bert, "cls", False, shared=False)
-    assert np.abs(enc.encode_queries(texts["query"][:4], show_progress=False)
-                  - enc.encode_passages(texts["query"][:4], show_progress=False)).max() > 1e-2  # the towers differ
+    assert (
+        np.abs(
+            enc.encode_queries(texts["query"][:4], show_progress=False)
+            - enc.encode_passages(texts["query"][:4], show_progress=False)
+        ).max()
+        > 1e-2
+    )  # the towers differ
     files = export_onnx(enc, tmp_path)
     assert files == [tmp_path / "query" / "onnx" / ONNX_MODEL, tmp_path / "passage" / "onnx" / ONNX_MODEL]
-    onnx_enc = OnnxEncoder(files[0], enc.tokenizer, passage_path=files[1], **{k: v for k, v in enc.config_dict().items()
-                                                                               if k not in ("shared", "dim")})
+    onnx_enc = OnnxEncoder(
+        files[0],
+        enc.tokenizer,
+        passage_path=files[1],
+        **{k: v for k, v in enc.config_dict().items() if k not in ("shared", "dim")},
+    )
     assert not onnx_enc.shared
     assert _max_deviation(onnx_enc, enc, texts) < TOLERANCE
 
@@ -87,7 +108,9 @@ def test_exporting_a_training_model_keeps_it_training(tiny_bert, texts, tmp_path
     enc.train()
     (path,) = export_onnx(enc, tmp_path)
     assert enc.training and enc.query_model.training
-    exported = OnnxEncoder(path, enc.tokenizer, pooling="mean", normalize=True, query_max_length=16, passage_max_length=64)
+    exported = OnnxEncoder(
+        path, enc.tokenizer, pooling="mean", normalize=True, query_max_length=16, passage_max_length=64
+    )
     assert _max_deviation(exported, enc.eval(), texts) < TOLERANCE  # traced without dropout
 
 
@@ -95,7 +118,9 @@ def test_a_file_is_only_used_with_its_settings(tiny_bert, tmp_path):
     enc = _encoder(tiny_bert, "mean", True)
     (path,) = export_onnx(enc, tmp_path)
     meta = read_onnx_config(path)
-    assert meta["pooling"] == "mean" and meta["normalize"] is True and meta["dim"] == 32 and meta["quantization"] is None
+    assert (
+        meta["pooling"] == "mean" and meta["normalize"] is True and meta["dim"] == 32 and meta["quantization"] is None
+    )
     with pytest.raises(ValueError, match="pooling=mean"):
         OnnxEncoder(path, enc.tokenizer, pooling="cls", normalize=True)
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -128,7 +153,10 @@ def test_load_encoder_uses_the_folders_files_when_they_match(tiny_bert, texts, t
     towers = _encoder(tiny_bert, "cls", False, shared=False)
     out2 = export(towers, tmp_path / "towers", format="onnx")
     loaded = load_encoder(str(out2), backend="onnx")
-    assert loaded.paths == {"query": str(out2 / "query" / "onnx" / ONNX_MODEL), "passage": str(out2 / "passage" / "onnx" / ONNX_MODEL)}
+    assert loaded.paths == {
+        "query": str(out2 / "query" / "onnx" / ONNX_MODEL),
+        "passage": str(out2 / "passage" / "onnx" / ONNX_MODEL),
+    }
     assert _max_deviation(loaded, towers, texts) < TOLERANCE
 
 
@@ -142,16 +170,29 @@ def test_int8_keeps_the_top10(scifact_slice, tmp_path):
     passages = passage_texts(read_corpus(scifact_slice["corpus"]))[:200]
     queries = list(read_queries(scifact_slice["train_queries"]).values())
     int8 = load_encoder("all-MiniLM-L6-v2", {"passage_max_length": 128, "query_max_length": 64}, backend="onnx-int8")
-    fp32_top = _top10(enc.encode_queries(queries, show_progress=False), enc.encode_passages(passages, show_progress=False))
-    int8_top = _top10(int8.encode_queries(queries, show_progress=False), int8.encode_passages(passages, show_progress=False))
+    fp32_top = _top10(
+        enc.encode_queries(queries, show_progress=False), enc.encode_passages(passages, show_progress=False)
+    )
+    int8_top = _top10(
+        int8.encode_queries(queries, show_progress=False), int8.encode_passages(passages, show_progress=False)
+    )
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(fp32_top, int8_top)])
     print(f"int8 top-10 overlap with fp32: {overlap:.3f}")
     assert overlap >= 0.9
 
 
 def _export_cfg(compose_config, tiny_bert, out: Path, fmt: str):
-    return compose_config("export", [f"model={tiny_bert}", "encoder.pooling=mean", "encoder.normalize=true",
-                                     "encoder.passage_max_length=48", f"output={out}", f"format={fmt}"])
+    return compose_config(
+        "export",
+        [
+            f"model={tiny_bert}",
+            "encoder.pooling=mean",
+            "encoder.normalize=true",
+            "encoder.passage_max_length=48",
+            f"output={out}",
+            f"format={fmt}",
+        ],
+    )
 
 
 def test_dr_export_onnx_gives_sentence_transformers_embeddings(tiny_bert, texts, compose_config, tmp_path):
@@ -195,7 +236,9 @@ def test_sentence_transformers_onnx_backend_loads_the_export(tiny_bert, texts, c
     expected = SentenceTransformer(str(out), device="cpu").encode(texts["passage"], convert_to_numpy=True)
     st = SentenceTransformer(str(out), backend="onnx", device="cpu", model_kwargs={"file_name": f"onnx/{ONNX_MODEL}"})
     assert np.abs(st.encode(texts["passage"], convert_to_numpy=True) - expected).max() < TOLERANCE
-    st8 = SentenceTransformer(str(out), backend="onnx", device="cpu", model_kwargs={"file_name": f"onnx/{ONNX_INT8_MODEL}"})
+    st8 = SentenceTransformer(
+        str(out), backend="onnx", device="cpu", model_kwargs={"file_name": f"onnx/{ONNX_INT8_MODEL}"}
+    )
     assert st8.encode(texts["passage"], convert_to_numpy=True).shape == expected.shape
 
 
@@ -210,10 +253,20 @@ def _check_negatives(path: Path, data: dict[str, str], num_negatives: int) -> di
 
 def test_dr_mine_with_the_onnx_backend(tiny_bert, scifact_slice, compose_config, tmp_path):
     def overrides(backend: str, out: Path) -> list[str]:
-        return [f"model={tiny_bert}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-                f"qrels={scifact_slice['train_qrels']}", "miner=topk", "miner.num_negatives=4", "top_k=20", "chunk_size=16",
-                f"output={out}", f"embeddings_cache={tmp_path / (backend + '.npy')}", "encoder.passage_max_length=48",
-                f"backend={backend}"]
+        return [
+            f"model={tiny_bert}",
+            f"corpus={scifact_slice['corpus']}",
+            f"queries={scifact_slice['train_queries']}",
+            f"qrels={scifact_slice['train_qrels']}",
+            "miner=topk",
+            "miner.num_negatives=4",
+            "top_k=20",
+            "chunk_size=16",
+            f"output={out}",
+            f"embeddings_cache={tmp_path / (backend + '.npy')}",
+            "encoder.passage_max_length=48",
+            f"backend={backend}",
+        ]
 
     mine(compose_config("mine", overrides("onnx", tmp_path / "onnx.jsonl")), tmp_path)
     onnx_records = _check_negatives(tmp_path / "onnx.jsonl", scifact_slice, 4)
@@ -233,21 +286,51 @@ def test_dr_mine_with_the_onnx_backend(tiny_bert, scifact_slice, compose_config,
 
 def test_dr_encode_and_dr_cluster_with_onnx_backends(tiny_bert, scifact_slice, compose_config, tmp_path):
     model = [f"model={tiny_bert}", "encoder.pooling=mean", "encoder.normalize=true", "encoder.passage_max_length=48"]
-    index = encode(compose_config("encode", [*model, f"corpus={scifact_slice['corpus']}", f"output={tmp_path / 'index'}",
-                                             "backend=onnx-int8"]), tmp_path)
+    index = encode(
+        compose_config(
+            "encode", [*model, f"corpus={scifact_slice['corpus']}", f"output={tmp_path / 'index'}", "backend=onnx-int8"]
+        ),
+        tmp_path,
+    )
     assert len(DenseIndex.load(tmp_path / "index")) == len(index) == len(read_corpus(scifact_slice["corpus"]))
-    stats = cluster(compose_config("cluster", [*model[:3], f"queries={scifact_slice['train_queries']}",
-                                               f"qrels={scifact_slice['train_qrels']}", "num_clusters=2", "train_batch_size=8",
-                                               f"output={tmp_path / 'clusters.txt'}", "backend=onnx"]), tmp_path)
+    stats = cluster(
+        compose_config(
+            "cluster",
+            [
+                *model[:3],
+                f"queries={scifact_slice['train_queries']}",
+                f"qrels={scifact_slice['train_qrels']}",
+                "num_clusters=2",
+                "train_batch_size=8",
+                f"output={tmp_path / 'clusters.txt'}",
+                "backend=onnx",
+            ],
+        ),
+        tmp_path,
+    )
     assert stats["clusters"] == 2 and stats["queries"] == 64
 
 
 def test_sync_refresh_with_the_onnx_backend(tiny_bert, scifact_slice, compose_config, tmp_path):
     out = tmp_path / "run"
-    cfg = compose_config("train", merge_overrides(tiny_train_overrides(tiny_bert, scifact_slice, out, max_steps=3), [
-        "encoder.passage_max_length=32", "data.val_fraction=0", "test.enabled=false", "export.enabled=false",
-        "refresh=sync", "refresh.every_n_steps=2", "refresh.top_k=20", "miner@refresh.miner=topk",
-        "refresh.miner.num_negatives=4", "refresh.backend=onnx"]))
+    cfg = compose_config(
+        "train",
+        merge_overrides(
+            tiny_train_overrides(tiny_bert, scifact_slice, out, max_steps=3),
+            [
+                "encoder.passage_max_length=32",
+                "data.val_fraction=0",
+                "test.enabled=false",
+                "export.enabled=false",
+                "refresh=sync",
+                "refresh.every_n_steps=2",
+                "refresh.top_k=20",
+                "miner@refresh.miner=topk",
+                "refresh.miner.num_negatives=4",
+                "refresh.backend=onnx",
+            ],
+        ),
+    )
     metrics = train(cfg)
     assert metrics["refresh/versions_used"] == 1 and metrics["refresh/failures"] == 0
     manifest = verified_manifest(out / "refresh" / "v0001")
@@ -260,8 +343,16 @@ def test_refresh_job_exports_and_quantises_the_snapshot(tiny_bert, scifact_slice
     queries = read_queries(scifact_slice["train_queries"])
     positives = read_positives(read_qrels(scifact_slice["train_qrels"]), 1)
     qids = [q for q in queries if positives.get(q)]
-    setup = RefreshSetup(corpus=scifact_slice["corpus"], qids=qids, queries=queries, positives=positives, top_k=20,
-                         miner={"_target_": "dr.miners.TopKMiner", "num_negatives": 4}, device="cpu", backend="onnx-int8")
+    setup = RefreshSetup(
+        corpus=scifact_slice["corpus"],
+        qids=qids,
+        queries=queries,
+        positives=positives,
+        top_k=20,
+        miner={"_target_": "dr.miners.TopKMiner", "num_negatives": 4},
+        device="cpu",
+        backend="onnx-int8",
+    )
     vdir = stage_version(tmp_path / "refresh", 1, 5, "async", encoder=_encoder(tiny_bert, "mean", True))
     manifest = run_job(setup, RefreshJob(1, 5, str(vdir)))
     assert manifest == verified_manifest(vdir) and not (vdir / SNAPSHOT).exists()

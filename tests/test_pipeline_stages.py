@@ -25,11 +25,25 @@ VENV_BIN = Path(sys.executable).parent
 ROWS = ["BM25", "zero-shot", "stage 1", "fusion teacher", "stage 2"]
 
 TINY_TRAIN = [
-    "encoder.pooling=cls", "encoder.query_max_length=16", "encoder.passage_max_length=48", "data.batch_size=8",
-    "data.val_fraction=0.1", "data.val_depth=10", "test.batch_size=32", "test.bf16=false", "test.backend=torch", "test.cache_dir=null",
-    "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
-    "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2", "optimizer.lr=1e-3",
-    "scheduler.num_warmup_steps=1", "refresh.enabled=false",
+    "encoder.pooling=cls",
+    "encoder.query_max_length=16",
+    "encoder.passage_max_length=48",
+    "data.batch_size=8",
+    "data.val_fraction=0.1",
+    "data.val_depth=10",
+    "test.batch_size=32",
+    "test.bf16=false",
+    "test.backend=torch",
+    "test.cache_dir=null",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "trainer.max_steps=4",
+    "trainer.enable_progress_bar=false",
+    "trainer.val_check_interval=2",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "optimizer.lr=1e-3",
+    "scheduler.num_warmup_steps=1",
+    "refresh.enabled=false",
 ]
 
 
@@ -40,18 +54,43 @@ def pipeline_cfg(tiny_bert, scifact_slice, tmp_path, compose_config):
     data = scifact_slice
 
     def _cfg(*overrides: str):
-        cfg = compose_config("pipeline", [
-            f"cache_dir={tmp_path / 'cache'}", f"zero_shot={tiny_bert}", "bf16=false",
-            f"dataset.corpus={data['corpus']}", f"dataset.train_queries={data['train_queries']}", f"dataset.train_qrels={data['train_qrels']}",
-            f"dataset.test_queries={data['test_queries']}", f"dataset.test_qrels={data['test_qrels']}",
-            "ood.enabled=true", f"ood.corpus={data['corpus']}", f"ood.queries={data['test_queries']}", f"ood.qrels={data['test_qrels']}",
-            *overrides,
-        ])
-        OmegaConf.update(cfg, "extra", {
-            "dr-train": TINY_TRAIN, "dr-mine": ["top_k=20", "batch_size=32"],
-            "dr-score": ["max_negatives=5", "teacher.query_max_length=16", "teacher.passage_max_length=48", "teacher.batch_size=32"],
-            "dr-eval": ["batch_size=32"], "dr-split": ["batch_size=32"], "dr-compare": ["permutations=200"], "dr-plot": [],
-        }, merge=False)
+        cfg = compose_config(
+            "pipeline",
+            [
+                f"cache_dir={tmp_path / 'cache'}",
+                f"zero_shot={tiny_bert}",
+                "bf16=false",
+                f"dataset.corpus={data['corpus']}",
+                f"dataset.train_queries={data['train_queries']}",
+                f"dataset.train_qrels={data['train_qrels']}",
+                f"dataset.test_queries={data['test_queries']}",
+                f"dataset.test_qrels={data['test_qrels']}",
+                "ood.enabled=true",
+                f"ood.corpus={data['corpus']}",
+                f"ood.queries={data['test_queries']}",
+                f"ood.qrels={data['test_qrels']}",
+                *overrides,
+            ],
+        )
+        OmegaConf.update(
+            cfg,
+            "extra",
+            {
+                "dr-train": TINY_TRAIN,
+                "dr-mine": ["top_k=20", "batch_size=32"],
+                "dr-score": [
+                    "max_negatives=5",
+                    "teacher.query_max_length=16",
+                    "teacher.passage_max_length=48",
+                    "teacher.batch_size=32",
+                ],
+                "dr-eval": ["batch_size=32"],
+                "dr-split": ["batch_size=32"],
+                "dr-compare": ["permutations=200"],
+                "dr-plot": [],
+            },
+            merge=False,
+        )
         return cfg
 
     return _cfg
@@ -97,7 +136,9 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     second = capsys.readouterr().out
     states = _lines(second)
     assert [n for n, s in states.items() if s == "cached"] == ["split", "stage1", "pool"], second
-    assert len(states) == len(stages) and all(states[n] == "running" for n in stages if n not in ("split", "stage1", "pool"))
+    assert len(states) == len(stages) and all(
+        states[n] == "running" for n in stages if n not in ("split", "stage1", "pool")
+    )
     assert "half a line" not in (stages["teacher"].dir / "teacher.tsv").read_text()
     assert all((Path(r["dir"]) / "DONE.json").is_file() for r in reached.values())
 
@@ -105,7 +146,14 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     assert list(result["table"]) == ROWS
     for row in ROWS:
         columns = result["table"][row]
-        assert {"test nDCG@10", "test R@100", "interp. nDCG@10", "extrap. R@100", "dl19 nDCG@10", "dl19 R(rel=2)@100"} <= set(columns), row
+        assert {
+            "test nDCG@10",
+            "test R@100",
+            "interp. nDCG@10",
+            "extrap. R@100",
+            "dl19 nDCG@10",
+            "dl19 R(rel=2)@100",
+        } <= set(columns), row
         assert 0.0 <= columns["test nDCG@10"] <= 1.0
     # stage 1's and stage 2's test rows are their training runs' own files, scored again: the same figures
     stage1_metrics = json.loads((Path(reached["stage1"]["dir"]) / "metrics.json").read_text())
@@ -114,7 +162,11 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     assert "wins/ties/losses" in result["verdict"][0]
     assert (Path(reached["stage2"]["dir"]) / "export" / "config.json").is_file()
     assert "exported model:" in second and "fusion teacher" in second
-    assert (Path(reached["curves"]["dir"]) / "training.png").is_file() and "compare.png" in second and "training.png" in second
+    assert (
+        (Path(reached["curves"]["dir"]) / "training.png").is_file()
+        and "compare.png" in second
+        and "training.png" in second
+    )
     assert result["stages"]["stage1"]["cached"] and not result["stages"]["stage2"]["cached"]
     # encode once: one embeddings file per (model, corpus): the zero-shot model's (pool, zero-shot rows), stage 1's
     # (its out-of-domain row and the fusion row there), stage 2's; the teacher read stage 1's exported index
@@ -129,7 +181,13 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     # 5. another seed of stage 2 (dry run): only stage 2 and what reads it are to run
     run_pipeline(pipeline_cfg("seed=1", "dry_run=true"), out)
     states = _lines(capsys.readouterr().out)
-    assert sorted(n for n, s in states.items() if s == "to run") == ["compare", "curves", "eval stage 2 ood", "eval stage 2 test", "stage2"]
+    assert sorted(n for n, s in states.items() if s == "to run") == [
+        "compare",
+        "curves",
+        "eval stage 2 ood",
+        "eval stage 2 test",
+        "stage2",
+    ]
 
 
 def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path, capsys):
@@ -141,11 +199,16 @@ def test_bad_stage_references_and_until_are_config_errors(pipeline_cfg, tmp_path
     with pytest.raises(ConfigError, match=r"stages.pool: \{teacher\} names no earlier stage"):
         run_pipeline(cfg, tmp_path / "job")
     assert not (tmp_path / "cache").exists()
-    with cache_lock(tmp_path / "cache"), pytest.raises(ConfigError, match="another dr-pipeline is running on this cache"):
+    with (
+        cache_lock(tmp_path / "cache"),
+        pytest.raises(ConfigError, match="another dr-pipeline is running on this cache"),
+    ):
         run_pipeline(pipeline_cfg(), tmp_path / "job")
     assert list((tmp_path / "cache").iterdir()) == [tmp_path / "cache" / ".lock"]  # no stage started
     cfg = pipeline_cfg("until=split")
-    cfg.stages.split.overrides.append("threshold=2.5")  # a stage's own error: the stage is named, nothing is marked done
+    cfg.stages.split.overrides.append(
+        "threshold=2.5"
+    )  # a stage's own error: the stage is named, nothing is marked done
     with pytest.raises(ConfigError, match="threshold"):
         run_pipeline(cfg, tmp_path / "job")
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -172,8 +235,14 @@ def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_pa
     conf = tmp_path / "conf" / "pipeline"
     conf.mkdir(parents=True)
     _save_as_group(pipeline_cfg(), conf / "tiny.yaml")
-    cmd = [str(VENV_BIN / "dr-pipeline"), "--config-dir", str(tmp_path / "conf"), "pipeline=tiny", f"cache_dir={tmp_path / 'cache'}",
-           f"hydra.run.dir={tmp_path / 'cli'}"]
+    cmd = [
+        str(VENV_BIN / "dr-pipeline"),
+        "--config-dir",
+        str(tmp_path / "conf"),
+        "pipeline=tiny",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+    ]
     dry = subprocess.run(cmd + ["--dry-run"], check=False, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert set(_lines(dry.stdout).values()) == {"to run"} and len(_lines(dry.stdout)) == 17, dry.stdout

@@ -52,7 +52,8 @@ def test_int8_scores_the_float_query_against_dequantised_passages():
         rows = [int(d[1:]) for d in docids[i]]
         np.testing.assert_allclose(scores[i], expected[i, rows], rtol=1e-4, atol=1e-4)
         assert rows == list(np.argsort(-expected[i], kind="stable")[:10]) or np.allclose(
-            np.sort(expected[i])[::-1][:10], expected[i, rows], atol=1e-5)  # ties aside, the exact top 10
+            np.sort(expected[i])[::-1][:10], expected[i, rows], atol=1e-5
+        )  # ties aside, the exact top 10
     truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
     overlap = np.mean([len({int(d[1:]) for d in row} & set(t)) / 10 for row, t in zip(docids, truth)])
     assert overlap >= 0.95  # printed 0.986 on these vectors
@@ -63,8 +64,15 @@ def test_binary_rescoring_is_sentence_transformers_semantic_search_faiss():
     index = QuantizedIndex.build(x, ids, "binary", rescore="binary")
     np.testing.assert_array_equal(index.index.reconstruct_n(0, len(x)), quantize_embeddings(x, "ubinary"))
     scores, docids = index.search(q, 10, rescore_multiplier=2)
-    results, _ = semantic_search_faiss(q, corpus_embeddings=quantize_embeddings(x, "ubinary"), corpus_precision="ubinary",
-                                       top_k=10, rescore=True, rescore_multiplier=2, exact=True)
+    results, _ = semantic_search_faiss(
+        q,
+        corpus_embeddings=quantize_embeddings(x, "ubinary"),
+        corpus_precision="ubinary",
+        top_k=10,
+        rescore=True,
+        rescore_multiplier=2,
+        exact=True,
+    )
     for i, hits in enumerate(results):
         assert [f"d{h['corpus_id']}" for h in hits] == docids[i]
         np.testing.assert_allclose([h["score"] for h in hits], scores[i], rtol=1e-5)
@@ -81,7 +89,7 @@ def test_binary_with_int8_rescoring_and_without():
     deq = ranges[0] + (quantize_embeddings(x, "int8", ranges=ranges).astype(np.float64) + 128.5) * step
     scores, docids = with_int8.search(q, 10, rescore_multiplier=4)
     for i in range(len(q)):
-        shortlist = (q[i] @ deq[rows[i]].T)
+        shortlist = q[i] @ deq[rows[i]].T
         best = rows[i][np.argsort(-shortlist, kind="stable")[:10]]
         assert [f"d{r}" for r in best] == docids[i]
     plain_scores, plain = QuantizedIndex.build(x, ids, "binary", rescore="none").search(q, 10)
@@ -113,20 +121,52 @@ def test_dr_encode_and_dr_search_with_each_precision(tiny_bert, scifact_slice, t
     common = [f"model={tiny_bert}", "encoder.pooling=cls", "encoder.normalize=true", "encoder.passage_max_length=48"]
     queries = f"queries={scifact_slice['test_queries']}"
     for precision in ("float32", "binary"):
-        done = _cli("dr-encode", *common, f"corpus={scifact_slice['corpus']}", f"output={tmp_path / precision}",
-                    f"embedding_precision={precision}", "rescore_precision=int8", f"hydra.run.dir={tmp_path / 'e' / precision}", cwd=tmp_path)
+        done = _cli(
+            "dr-encode",
+            *common,
+            f"corpus={scifact_slice['corpus']}",
+            f"output={tmp_path / precision}",
+            f"embedding_precision={precision}",
+            "rescore_precision=int8",
+            f"hydra.run.dir={tmp_path / 'e' / precision}",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "binary" / "quantization.json").read_text()) == {"precision": "binary", "rescore": "int8", "dim": 32}
+    assert json.loads((tmp_path / "binary" / "quantization.json").read_text()) == {
+        "precision": "binary",
+        "rescore": "int8",
+        "dim": 32,
+    }
     runs = {}
-    for name, index, extra in (("float32", "float32", []), ("int8", "float32", ["embedding_precision=int8"]), ("binary", "binary", [])):
-        done = _cli("dr-search", *common, f"index={tmp_path / index}", queries, "k=20", *extra, f"output={tmp_path / name}.run",
-                    f"hydra.run.dir={tmp_path / 's' / name}", cwd=tmp_path)
+    for name, index, extra in (
+        ("float32", "float32", []),
+        ("int8", "float32", ["embedding_precision=int8"]),
+        ("binary", "binary", []),
+    ):
+        done = _cli(
+            "dr-search",
+            *common,
+            f"index={tmp_path / index}",
+            queries,
+            "k=20",
+            *extra,
+            f"output={tmp_path / name}.run",
+            f"hydra.run.dir={tmp_path / 's' / name}",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         runs[name] = read_run(tmp_path / f"{name}.run")
-    assert set(runs["int8"]) == set(runs["float32"]) == set(runs["binary"]) and all(len(r) == 20 for r in runs["binary"].values())
+    assert set(runs["int8"]) == set(runs["float32"]) == set(runs["binary"]) and all(
+        len(r) == 20 for r in runs["binary"].values()
+    )
     # int8 scores are the float cosines up to the buckets' error (the tiny random model's cosines all
     # lie near 1, so its rankings are not compared)
-    gaps = [abs(runs["int8"][q][d] - s) for q in runs["float32"] for d, s in runs["float32"][q].items() if d in runs["int8"][q]]
+    gaps = [
+        abs(runs["int8"][q][d] - s)
+        for q in runs["float32"]
+        for d, s in runs["float32"][q].items()
+        if d in runs["int8"][q]
+    ]
     assert gaps and max(gaps) < 0.01
     # the binary index: 1 bit a dimension, beside its int8 copy for rescoring (1 byte a dimension)
     n = sum(1 for _ in open(scifact_slice["corpus"]))
@@ -138,8 +178,18 @@ def test_dr_encode_and_dr_search_with_each_precision(tiny_bert, scifact_slice, t
     done = _cli("dr-search", *common, f"index={tmp_path / 'binary'}", queries, "embedding_precision=int8", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("dr-search: error: embedding_precision=int8: ")
-    done = _cli("dr-encode", *common, f"corpus={scifact_slice['corpus']}", "embedding_precision=binary", "index_kind=hnsw", cwd=tmp_path)
-    assert done.returncode == 2 and "dr-encode: error: embedding_precision=binary, index_kind=hnsw: expected index_kind=flat" in done.stderr
+    done = _cli(
+        "dr-encode",
+        *common,
+        f"corpus={scifact_slice['corpus']}",
+        "embedding_precision=binary",
+        "index_kind=hnsw",
+        cwd=tmp_path,
+    )
+    assert (
+        done.returncode == 2
+        and "dr-encode: error: embedding_precision=binary, index_kind=hnsw: expected index_kind=flat" in done.stderr
+    )
 
 
 def test_bad_precision_is_refused(compose_config):

@@ -12,8 +12,12 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 from dr.models import BiEncoder, resolve_model_name
 from dr.models.recompute import CHUNK_TOKENS, feed_forward, set_attention_recompute, set_feed_forward_recompute
 
-TEXTS = ["a short query", "a somewhat longer passage about proteins and cells in mice", "third text here",
-         "gene expression in tumours and the outcomes of patients treated with a new drug"]
+TEXTS = [
+    "a short query",
+    "a somewhat longer passage about proteins and cells in mice",
+    "third text here",
+    "gene expression in tumours and the outcomes of patients treated with a new drug",
+]
 
 
 def loss_and_grads(encoder: BiEncoder, bf16: bool = False, seed: int = 3):
@@ -111,7 +115,9 @@ def test_none_restores_the_model_and_the_state_dict_is_unchanged(tiny_bert):
 
 
 def test_distilbert_feed_forward_is_recomputed(tmp_path):
-    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512)
+    config = DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512
+    )
     torch.manual_seed(0)
     DistilBertModel(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(resolve_model_name("all-MiniLM-L6-v2")).save_pretrained(tmp_path)
@@ -128,6 +134,7 @@ def test_feed_forward_function_gradients_by_gradcheck():
     params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((7, 5), (7,), (5, 7), (5,))]
     for mode in ("activation", "full"):
         for chunk in (4, 6):  # uneven and even chunks of the 6 rows
+
             def f(x, w1, b1, w2, b2):
                 return feed_forward(x, _Linear(w1, b1), torch.nn.functional.gelu, _Linear(w2, b2), mode, chunk)
 
@@ -222,12 +229,16 @@ def test_attention_recompute_is_undone_kept_by_copies_and_set_by_the_module(tiny
     assert set_attention_recompute(encoder.query_model, False) == 2 and "forward" not in vars(attention)
     # whole-layer checkpointing already recomputes the attention: the option is left off
     other = BiEncoder.from_pretrained(tiny_bert)
-    DenseRetrievalModule(other, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), gradient_checkpointing=True, attention_recompute=True)
+    DenseRetrievalModule(
+        other, InfoNCELoss(), partial(torch.optim.AdamW, lr=1e-3), gradient_checkpointing=True, attention_recompute=True
+    )
     assert "forward" not in vars(other.query_model.encoder.layer[0].attention.self)
 
 
 def test_distilbert_attention_is_recomputed(tmp_path):
-    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512)
+    config = DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512
+    )
     torch.manual_seed(0)
     DistilBertModel(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(resolve_model_name("all-MiniLM-L6-v2")).save_pretrained(tmp_path)

@@ -28,18 +28,21 @@ from dr.training import train
 
 
 def _overrides(tiny_bert: str, data: dict[str, str], out: Path, max_steps: int, mode: str, every: int) -> list[str]:
-    return merge_overrides(tiny_train_overrides(tiny_bert, data, out, max_steps), [
-        "encoder.passage_max_length=32",
-        "data.val_fraction=0",
-        "test.enabled=false",
-        "export.enabled=false",
-        f"refresh={mode}",
-        f"refresh.every_n_steps={every}",
-        "refresh.top_k=20",
-        "refresh.batch_size=64",
-        "miner@refresh.miner=topk",
-        "refresh.miner.num_negatives=4",
-    ])
+    return merge_overrides(
+        tiny_train_overrides(tiny_bert, data, out, max_steps),
+        [
+            "encoder.passage_max_length=32",
+            "data.val_fraction=0",
+            "test.enabled=false",
+            "export.enabled=false",
+            f"refresh={mode}",
+            f"refresh.every_n_steps={every}",
+            "refresh.top_k=20",
+            "refresh.batch_size=64",
+            "miner@refresh.miner=topk",
+            "refresh.miner.num_negatives=4",
+        ],
+    )
 
 
 def inject_faults(fail_versions: set, sleep_versions: set, sleep_s: float, job) -> None:
@@ -60,8 +63,12 @@ class FaultyRefresh(IndexRefresh):
 
 
 def _faulty(fail_versions=(), sleep_versions=(), sleep_s=0) -> list[str]:
-    return ["refresh._target_=test_refresh.FaultyRefresh", f"+refresh.fail_versions={list(fail_versions)}",
-            f"+refresh.sleep_versions={list(sleep_versions)}", f"+refresh.sleep_s={sleep_s}"]
+    return [
+        "refresh._target_=test_refresh.FaultyRefresh",
+        f"+refresh.fail_versions={list(fail_versions)}",
+        f"+refresh.sleep_versions={list(sleep_versions)}",
+        f"+refresh.sleep_s={sleep_s}",
+    ]
 
 
 def _compose(overrides: list[str]):
@@ -120,7 +127,9 @@ def async_run(tiny_bert, scifact_slice, tmp_path_factory):
     """Async refresh every 3 steps; version 2's worker crashes (an injected fault)."""
     out = tmp_path_factory.mktemp("async") / "run"
     seen = out.parent / "seen.json"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + _faulty(fail_versions=[2]))
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + _faulty(fail_versions=[2])
+    )
     # v1 is submitted at step 3, v2 at 6 (crashes), v3 at 9: hold the trainer until each lands.
     cfg = _with_recorder(cfg, seen, [[4, "v0001/manifest.json"], [7, "worker.dead"], [10, "v0003/manifest.json"]])
     t0 = time.perf_counter()
@@ -164,8 +173,10 @@ def test_sync_refresh_writes_the_same_format(async_run, tiny_bert, scifact_slice
     """Sync mode swaps at once (staleness 0) and writes the same files; the teacher hook rescoring."""
     out = tmp_path / "run"
     seen = tmp_path / "seen.json"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2)
-                   + ["+refresh.teacher._target_=test_refresh.LengthTeacher"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2)
+        + ["+refresh.teacher._target_=test_refresh.LengthTeacher"]
+    )
     metrics = train(_with_recorder(cfg, seen, []))
     assert dict(json.loads(seen.read_text())) == {0: 0, 1: 0, 2: 1}
     assert metrics["refresh/mean_staleness_steps"] == 0 and metrics["refresh/versions_used"] == 1
@@ -173,13 +184,17 @@ def test_sync_refresh_writes_the_same_format(async_run, tiny_bert, scifact_slice
     sync_manifest, async_manifest = verified_manifest(sync_dir), verified_manifest(async_dir)
     # the teacher's scores have a file of their own (for the KD lists), checked by the manifest
     assert sorted(sync_manifest) == sorted([*async_manifest, "teacher_sha256"])
-    assert sorted(p.name for p in sync_dir.iterdir()) == sorted([*(p.name for p in async_dir.iterdir()), TEACHER_NEGATIVES])
+    assert sorted(p.name for p in sync_dir.iterdir()) == sorted(
+        [*(p.name for p in async_dir.iterdir()), TEACHER_NEGATIVES]
+    )
     sync_records = _check_negatives(sync_dir / NEGATIVES, scifact_slice)
     async_records = _check_negatives(async_dir / NEGATIVES, scifact_slice)
     assert set(sync_records) == set(async_records)
     first_sync = json.loads((sync_dir / NEGATIVES).read_text().splitlines()[0])
     first_async = json.loads((async_dir / NEGATIVES).read_text().splitlines()[0])
-    assert sorted(first_sync) == sorted(first_async) and sorted(first_sync["negatives"][0]) == sorted(first_async["negatives"][0])
+    assert sorted(first_sync) == sorted(first_async) and sorted(first_sync["negatives"][0]) == sorted(
+        first_async["negatives"][0]
+    )
     # The teacher hook scored the same pairs (here: passage lengths) into that file; the negatives
     # file keeps the student's dense scores (data.teacher_from_negatives=false).
     first_teacher = json.loads((sync_dir / TEACHER_NEGATIVES).read_text().splitlines()[0])
@@ -196,8 +211,16 @@ def _teacher_negatives_file(data: dict, path: Path) -> Path:
 
     qrels = read_qrels(data["train_qrels"])
     docids = list(read_corpus(data["corpus"])["docid"])
-    records = [NegativesRecord(q, sorted(qrels[q]), [d for d in docids if d not in qrels[q]][k : k + 4], [0.1, 0.2, 0.3, 0.4],
-                               [0.9] * len(qrels[q])) for k, q in enumerate(sorted(qrels))]
+    records = [
+        NegativesRecord(
+            q,
+            sorted(qrels[q]),
+            [d for d in docids if d not in qrels[q]][k : k + 4],
+            [0.1, 0.2, 0.3, 0.4],
+            [0.9] * len(qrels[q]),
+        )
+        for k, q in enumerate(sorted(qrels))
+    ]
     write_negatives(path, records)
     return path
 
@@ -212,8 +235,11 @@ def test_refresh_refuses_to_replace_teacher_scores_with_the_students(tiny_bert, 
     with pytest.raises(ValueError, match=r"data\.teacher_from_negatives=true.*refresh\.teacher"):
         train(cfg)
     assert not (out / "refresh").exists() and not (out / "checkpoints").exists()  # before any step or refresh
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, tmp_path / "run", max_steps=3, mode="sync", every=2) + common
-                   + ["+refresh.teacher._target_=test_refresh.LengthTeacher"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, tmp_path / "run", max_steps=3, mode="sync", every=2)
+        + common
+        + ["+refresh.teacher._target_=test_refresh.LengthTeacher"]
+    )
     assert train(cfg)["refresh/versions_used"] == 1
 
 
@@ -221,8 +247,10 @@ def test_refresh_mines_simans_on_the_students_logits(tiny_bert, scifact_slice, t
     """The refresh default scale is 1/temperature of the training loss; its stats and the logs report
     the SimANS kernel's effective sample size."""
     out = tmp_path / "run"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2)
-                   + ["miner@refresh.miner=simans", "refresh.miner.num_negatives=4", "loss.temperature=0.04"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=3, mode="sync", every=2)
+        + ["miner@refresh.miner=simans", "refresh.miner.num_negatives=4", "loss.temperature=0.04"]
+    )
     metrics = train(cfg)
     stats = verified_manifest(out / "refresh" / "v0001")["stats"]
     assert stats["score_scale"] == {"simans": pytest.approx(25.0)}  # 1 / 0.04
@@ -230,8 +258,9 @@ def test_refresh_mines_simans_on_the_students_logits(tiny_bert, scifact_slice, t
     assert 1.0 <= ess <= 20.0  # refresh.top_k=20 candidates
     assert metrics["refresh/last_effective_sample_size_simans"] == pytest.approx(ess)
     rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
-    assert [float(r["refresh/effective_sample_size_simans"]) for r in rows if r.get("refresh/effective_sample_size_simans")] == [
-        pytest.approx(ess)]
+    assert [
+        float(r["refresh/effective_sample_size_simans"]) for r in rows if r.get("refresh/effective_sample_size_simans")
+    ] == [pytest.approx(ess)]
 
 
 def test_corrupt_or_partial_versions_are_never_read(tmp_path, caplog):
@@ -242,8 +271,16 @@ def test_corrupt_or_partial_versions_are_never_read(tmp_path, caplog):
     assert verified_manifest(vdir) is None  # no manifest yet: partial
     from dr.refresh import sha256_file
 
-    write_json(vdir / MANIFEST, {"version": 1, "snapshot_step": 3, "negatives": NEGATIVES, "sha256": sha256_file(vdir / NEGATIVES),
-                                 "bytes": (vdir / NEGATIVES).stat().st_size})
+    write_json(
+        vdir / MANIFEST,
+        {
+            "version": 1,
+            "snapshot_step": 3,
+            "negatives": NEGATIVES,
+            "sha256": sha256_file(vdir / NEGATIVES),
+            "bytes": (vdir / NEGATIVES).stat().st_size,
+        },
+    )
     assert verified_manifest(vdir)["version"] == 1
     (vdir / NEGATIVES).write_text('{"qid": "q1", "positives": ["d1"], "negatives": [{"docid": "d9", "score": 1.0}]}\n')
     assert verified_manifest(vdir) is None  # same size, other content: the checksum catches it
@@ -273,17 +310,22 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
     """SIGKILL the training process while the worker builds version 2; resume from last.ckpt."""
     out = tmp_path / "run"
     base = _overrides(tiny_bert, scifact_slice, out, max_steps=400, mode="async", every=3)
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-              "from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.training import train\n"
-              "with initialize_config_dir(config_dir=config_dir(), version_base='1.3'):\n"
-              "    cfg = compose('train', overrides=sys.argv[1:])\n"
-              "train(cfg)\n")
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.training import train\n"
+        "with initialize_config_dir(config_dir=config_dir(), version_base='1.3'):\n"
+        "    cfg = compose('train', overrides=sys.argv[1:])\n"
+        "train(cfg)\n"
+    )
     # Version 2 stalls in the worker, so the kill lands while it is being built.
     args = [sys.executable, "-c", script, *base, *_faulty(sleep_versions=[2], sleep_s=120)]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.log", "w"))
     root = out / "refresh"
     deadline = time.monotonic() + 120
-    while not ((root / "v0002" / "job.json").is_file() and (root / "v0001" / MANIFEST).is_file()) and time.monotonic() < deadline:
+    while (
+        not ((root / "v0002" / "job.json").is_file() and (root / "v0001" / MANIFEST).is_file())
+        and time.monotonic() < deadline
+    ):
         assert proc.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
         time.sleep(0.2)
     assert (root / "v0002").is_dir(), (tmp_path / "stderr.log").read_text()[-3000:]
@@ -299,12 +341,18 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
 
     ckpt_path = out / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = next(v for k, v in ckpt["callbacks"].items() if "Refresh" in k)  # IndexRefresh or the FaultyRefresh subclass
+    state = next(
+        v for k, v in ckpt["callbacks"].items() if "Refresh" in k
+    )  # IndexRefresh or the FaultyRefresh subclass
     step, version = ckpt["global_step"], state["current_version"]
     (root / ".tmp-v0009-1").mkdir()  # an orphan temp folder, as a kill during a snapshot leaves
     seen = tmp_path / "seen.json"
     # The same callback class (its checkpoint state is keyed by class name), without faults this time.
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3) + _faulty() + [f"ckpt_path={ckpt_path}"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=step + 5, mode="async", every=3)
+        + _faulty()
+        + [f"ckpt_path={ckpt_path}"]
+    )
     metrics = train(_with_recorder(cfg, seen, []))
     assert metrics["train/global_step"] == step + 5
     resumed = json.loads(seen.read_text())
@@ -331,11 +379,17 @@ def test_ddp_ranks_switch_versions_at_the_same_step(tiny_bert, scifact_slice, tm
     ranks train every step on the same negatives version."""
     out = tmp_path / "run"
     seen = tmp_path / "seen.json"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=8, mode="async", every=3)
-                   + ["trainer.strategy=ddp_spawn", "trainer.devices=2", "data.batch_size=4"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=8, mode="async", every=3)
+        + ["trainer.strategy=ddp_spawn", "trainer.devices=2", "data.batch_size=4"]
+    )
     with open_dict(cfg):
         # Both ranks hold at step 4 until v1 is complete, so the swap falls inside the run.
-        cfg.callbacks.recorder = {"_target_": "test_refresh.RankVersionRecorder", "path": str(seen), "wait": [[4, "v0001/manifest.json"]]}
+        cfg.callbacks.recorder = {
+            "_target_": "test_refresh.RankVersionRecorder",
+            "path": str(seen),
+            "wait": [[4, "v0001/manifest.json"]],
+        }
     train(cfg)
     ranks = [json.loads(Path(f"{seen}.rank{r}").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1] and len(ranks[0]) == 8
@@ -349,7 +403,9 @@ def test_refresh_points_fall_on_poll_steps(tiny_bert, scifact_slice, tmp_path):
     """A refresh due between polls waits for the next poll, where ranks meet (so under DDP no rank
     enters a collective alone): every_n_steps=2 with poll_every_n_steps=3 refreshes at 3, 6 and 9."""
     out = tmp_path / "run"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=10, mode="sync", every=2) + ["refresh.poll_every_n_steps=3"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=10, mode="sync", every=2) + ["refresh.poll_every_n_steps=3"]
+    )
     metrics = train(cfg)
     steps = [verified_manifest(version_dir(out / "refresh", v))["snapshot_step"] for v in range(1, 4)]
     assert steps == [3, 6, 9] and metrics["refresh/current_version"] == 3
@@ -363,14 +419,23 @@ def test_refresh_with_loader_workers_is_refused_at_train_start(tiny_bert, scifac
     from dr.config import ConfigError
 
     out = tmp_path / "run"
-    cfg = _compose(_overrides(tiny_bert, scifact_slice, out, max_steps=4, mode="async", every=2) + ["data.num_workers=1"])
+    cfg = _compose(
+        _overrides(tiny_bert, scifact_slice, out, max_steps=4, mode="async", every=2) + ["data.num_workers=1"]
+    )
     with pytest.raises(ConfigError, match=r"^data\.num_workers=1: expected 0 with an index refresh"):
         train(cfg)
     module = hydra.utils.instantiate(cfg.module)
     datamodule = hydra.utils.instantiate(cfg.data)
     refresh = hydra.utils.instantiate(cfg.refresh, dirpath=str(out / "refresh"))
-    trainer = pl.Trainer(max_steps=4, accelerator="cpu", callbacks=[refresh], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, default_root_dir=str(out))
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        callbacks=[refresh],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(out),
+    )
     with pytest.raises(RuntimeError, match=r"data\.num_workers must be 0"):
         trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 0 and not (out / "refresh").exists()

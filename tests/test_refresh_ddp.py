@@ -84,17 +84,35 @@ def _launch(tmp_path: Path, overrides: list[str], recorder: dict, nodes: int, de
     """Run 2 ranks (one node with 2 devices, or 2 nodes with 1) and wait; a rank still running at
     the deadline (a hang in a collective) fails the test. Returns each rank's (step, version) list."""
     devices = 2 // nodes
-    trainer = ["trainer.accelerator=cpu", "trainer.strategy=ddp", f"trainer.devices={devices}", f"+trainer.num_nodes={nodes}",
-               "data.batch_size=4"]
+    trainer = [
+        "trainer.accelerator=cpu",
+        "trainer.strategy=ddp",
+        f"trainer.devices={devices}",
+        f"+trainer.num_nodes={nodes}",
+        "data.batch_size=4",
+    ]
     spec = json.dumps({"overrides": overrides + trainer, "recorder": recorder})
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-               "NODE_RANK": str(rank // devices), "LOCAL_RANK": str(rank % devices)}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "NODE_RANK": str(rank // devices),
+            "LOCAL_RANK": str(rank % devices),
+        }
         log = open(tmp_path / f"rank{rank}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-c", train_script("ddp_recorder"), spec], cwd=tmp_path, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", train_script("ddp_recorder"), spec],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     end = time.monotonic() + deadline_s
     while any(p.poll() is None for p in procs) and time.monotonic() < end:
         time.sleep(0.5)
@@ -110,7 +128,12 @@ def _launch(tmp_path: Path, overrides: list[str], recorder: dict, nodes: int, de
 
 
 def _recorder(tmp_path: Path, hold=(), sleep=()) -> dict:
-    return {"_target_": "test_refresh_ddp.RankRecorder", "path": str(tmp_path / "seen"), "hold": list(hold), "sleep": list(sleep)}
+    return {
+        "_target_": "test_refresh_ddp.RankRecorder",
+        "path": str(tmp_path / "seen"),
+        "hold": list(hold),
+        "sleep": list(sleep),
+    }
 
 
 def test_every_minutes_with_polling_every_3_steps(tiny_bert, scifact_slice, tmp_path):
@@ -119,8 +142,13 @@ def test_every_minutes_with_polling_every_3_steps(tiny_bert, scifact_slice, tmp_
     entering the all_gather alone (a hang before the fix)."""
     out = tmp_path / "run"
     overrides = _overrides(tiny_bert, scifact_slice, out, max_steps=14, mode="async", every=3) + [
-        "refresh.every_n_steps=null", "refresh.every_minutes=0.02", "refresh.poll_every_n_steps=3"]
-    ranks = _launch(tmp_path, overrides, _recorder(tmp_path, hold=[[10, ["v0001/manifest.json"]]], sleep=[[4, 2.0]]), nodes=1)
+        "refresh.every_n_steps=null",
+        "refresh.every_minutes=0.02",
+        "refresh.poll_every_n_steps=3",
+    ]
+    ranks = _launch(
+        tmp_path, overrides, _recorder(tmp_path, hold=[[10, ["v0001/manifest.json"]]], sleep=[[4, 2.0]]), nodes=1
+    )
     assert ranks[0] == ranks[1] and len(ranks[0]) == 14
     steps = [verified_manifest(version_dir(out / "refresh", v))["snapshot_step"] for v in (1,)]
     assert steps[0] % 3 == 0 and steps[0] >= 6  # taken at a poll step, not at step 4 or 5
@@ -138,12 +166,17 @@ def test_version_failed_on_one_node_is_never_used(tiny_bert, scifact_slice, tmp_
     until v3 is complete on both nodes and then switch together."""
     out = tmp_path / "run"
     overrides = _overrides(tiny_bert, scifact_slice, out, max_steps=16, mode="async", every=3) + [
-        "refresh._target_=test_refresh_ddp.NodeFaultyRefresh", "+refresh.fail={node1: [2]}",
-        "+refresh.after={node0: [[3, 'node1/v0003/manifest.json']]}", "+refresh.sleep={node0: [[3, 3]]}"]
-    hold = [[4, ["node0/v0001/manifest.json", "node1/v0001/manifest.json"]],
-            [8, ["node0/v0002/manifest.json", "node1/worker.dead"]],
-            [10, ["node1/v0003/manifest.json"]],
-            [13, ["node0/v0003/manifest.json"]]]
+        "refresh._target_=test_refresh_ddp.NodeFaultyRefresh",
+        "+refresh.fail={node1: [2]}",
+        "+refresh.after={node0: [[3, 'node1/v0003/manifest.json']]}",
+        "+refresh.sleep={node0: [[3, 3]]}",
+    ]
+    hold = [
+        [4, ["node0/v0001/manifest.json", "node1/v0001/manifest.json"]],
+        [8, ["node0/v0002/manifest.json", "node1/worker.dead"]],
+        [10, ["node1/v0003/manifest.json"]],
+        [13, ["node0/v0003/manifest.json"]],
+    ]
     ranks = _launch(tmp_path, overrides, _recorder(tmp_path, hold=hold), nodes=2)
     assert ranks[0] == ranks[1] and len(ranks[0]) == 16
     root = out / "refresh"
@@ -162,8 +195,13 @@ def test_worker_hanging_past_timeout_is_killed_and_training_goes_on(tiny_bert, s
     (submitted at the next schedule point, step 6) is used by both from the same step."""
     out = tmp_path / "run"
     overrides = _overrides(tiny_bert, scifact_slice, out, max_steps=12, mode="async", every=3) + [
-        "refresh._target_=test_refresh_ddp.NodeFaultyRefresh", "+refresh.sleep={refresh: [[1, 600]]}", "refresh.timeout_s=2"]
-    ranks = _launch(tmp_path, overrides, _recorder(tmp_path, hold=[[8, ["v0002/manifest.json"]]], sleep=[[5, 4.0]]), nodes=1)
+        "refresh._target_=test_refresh_ddp.NodeFaultyRefresh",
+        "+refresh.sleep={refresh: [[1, 600]]}",
+        "refresh.timeout_s=2",
+    ]
+    ranks = _launch(
+        tmp_path, overrides, _recorder(tmp_path, hold=[[8, ["v0002/manifest.json"]]], sleep=[[5, 4.0]]), nodes=1
+    )
     assert ranks[0] == ranks[1] and len(ranks[0]) == 12
     root = out / "refresh"
     assert "timed out after 2 s" in (root / "v0001" / FAILED).read_text()

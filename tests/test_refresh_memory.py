@@ -56,8 +56,14 @@ class MemoryRecorder(pl.Callback):
             self._version = version
             pid_file = Path(trainer.default_root_dir) / "refresh" / "worker.pid"
             worker = json.loads(pid_file.read_text())["pid"] if pid_file.is_file() else None
-            self.rows.append({"version": version, "step": trainer.global_step, "trainer_mb": rss_mb(),
-                              "worker_mb": rss_mb(worker) if worker else None})
+            self.rows.append(
+                {
+                    "version": version,
+                    "step": trainer.global_step,
+                    "trainer_mb": rss_mb(),
+                    "worker_mb": rss_mb(worker) if worker else None,
+                }
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -81,6 +87,8 @@ def test_memory_is_flat_over_20_refresh_cycles(tiny_bert, scifact_slice, tmp_pat
     for key in ("trainer_mb", "worker_mb"):
         early = statistics.median(r[key] for r in rows[2:6])
         late = statistics.median(r[key] for r in rows[-4:])
-        print(f"{key}: early (cycles 3-6) {early:.1f} MB, late (cycles {CYCLES - 3}-{CYCLES}) {late:.1f} MB, growth {late - early:+.1f} MB")
+        print(
+            f"{key}: early (cycles 3-6) {early:.1f} MB, late (cycles {CYCLES - 3}-{CYCLES}) {late:.1f} MB, growth {late - early:+.1f} MB"
+        )
         assert late - early < TOLERANCE_MB, (key, early, late)
     assert len({r["worker_mb"] is not None for r in rows}) == 1  # one worker throughout, measured every cycle

@@ -13,7 +13,9 @@ class Clock:
         return self.t
 
 
-def _points(schedule: RefreshSchedule, steps: range, max_steps: int | None = None, busy=lambda step: False) -> dict[int, int]:
+def _points(
+    schedule: RefreshSchedule, steps: range, max_steps: int | None = None, busy=lambda step: False
+) -> dict[int, int]:
     out = {}
     for step in steps:
         decision = schedule.decide(step, max_steps, busy=busy(step))
@@ -66,9 +68,16 @@ def test_state_round_trip_and_resubmission():
     schedule.failed()
     restored = RefreshSchedule(every_n_steps=5)
     restored.load_state_dict(schedule.state_dict())
-    assert restored.state_dict() == schedule.state_dict() == {
-        "next_refresh_step": 10, "consecutive_failures": 2, "skip_schedules": 1, "failures_total": 2,
-    }
+    assert (
+        restored.state_dict()
+        == schedule.state_dict()
+        == {
+            "next_refresh_step": 10,
+            "consecutive_failures": 2,
+            "skip_schedules": 1,
+            "failures_total": 2,
+        }
+    )
     restored.due_now(7)
     assert restored.due(7)
 

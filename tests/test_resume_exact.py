@@ -27,7 +27,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from dr.data import NegativesRecord, passage_texts, read_corpus, read_qrels, read_queries, write_negatives, write_teacher_scores
+from dr.data import (
+    NegativesRecord,
+    passage_texts,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    write_negatives,
+    write_teacher_scores,
+)
 from dr.retrieval.bm25 import BM25
 from conftest import hold_until_ready, train_script
 from test_refresh import _overrides
@@ -35,6 +43,7 @@ from test_refresh import _overrides
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 16
+
 
 class BatchLog(pl.Callback):
     """Appends each batch (step, negatives version, qids, docids) and its loss to a JSON-lines file as
@@ -46,8 +55,12 @@ class BatchLog(pl.Callback):
         self._batch = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._batch = {"step": trainer.global_step, "version": int(batch["negatives_version"]), "qids": list(batch["qids"]),
-                       "docids": list(batch["docids"])}
+        self._batch = {
+            "step": trainer.global_step,
+            "version": int(batch["negatives_version"]),
+            "qids": list(batch["qids"]),
+            "docids": list(batch["docids"]),
+        }
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -60,7 +73,11 @@ class BatchLog(pl.Callback):
 
 def _inputs(data: dict, folder: Path) -> tuple[Path, Path]:
     """A BM25 negatives file (with scores) and a teacher file (6 pairs per query, scores from BM25)."""
-    corpus, queries, qrels = read_corpus(data["corpus"]), read_queries(data["train_queries"]), read_qrels(data["train_qrels"])
+    corpus, queries, qrels = (
+        read_corpus(data["corpus"]),
+        read_queries(data["train_queries"]),
+        read_qrels(data["train_qrels"]),
+    )
     bm25 = BM25(passage_texts(corpus), list(corpus["docid"]))
     qids = [q for q in queries if q in qrels]
     run = bm25.search_run(qids, [queries[q] for q in qids], 30)
@@ -77,22 +94,38 @@ def _inputs(data: dict, folder: Path) -> tuple[Path, Path]:
 
 def _spec(tiny_bert, data, out: Path, log: Path, negatives: Path, teacher: Path, resume: bool = False) -> str:
     overrides = _overrides(tiny_bert, data, out, max_steps=MAX_STEPS, mode="async", every=3) + [
-        "sampler=tas_balanced", f"data.negatives={negatives}", f"data.teacher_scores={teacher}", "data.num_negatives=2",
-        "data.batch_sampler.num_clusters=4", "refresh.worker_threads=1", "callbacks.model_checkpoint.every_n_train_steps=1",
-        "test.enabled=true", "test.before=false", "test.bm25=false", "test.cache_dir=null", "test.k=20",
+        "sampler=tas_balanced",
+        f"data.negatives={negatives}",
+        f"data.teacher_scores={teacher}",
+        "data.num_negatives=2",
+        "data.batch_sampler.num_clusters=4",
+        "refresh.worker_threads=1",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "test.enabled=true",
+        "test.before=false",
+        "test.bm25=false",
+        "test.cache_dir=null",
+        "test.k=20",
     ]
     if resume:
         overrides.append(f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     # versions are submitted at steps 3, 6, 9, 12 and 15: each is swapped in at the next step's poll
     hold = [[s + 1, f"v{v:04d}/manifest.json"] for v, s in enumerate(range(3, MAX_STEPS, 3), start=1)]
-    return json.dumps({"overrides": overrides, "recorder": {"_target_": "test_resume_exact.BatchLog", "path": str(log), "hold": hold}})
+    return json.dumps(
+        {"overrides": overrides, "recorder": {"_target_": "test_resume_exact.BatchLog", "path": str(log), "hold": hold}}
+    )
 
 
 def _run(spec: str, cwd: Path, kill_at_step: int | None = None, log: Path | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}
     with open(cwd / "stderr.log", "a") as err:
-        proc = subprocess.Popen([sys.executable, "-c", train_script("batch_log"), spec], cwd=cwd, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", train_script("batch_log"), spec],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         deadline = time.monotonic() + 900
         while proc.poll() is None and time.monotonic() < deadline:
             if kill_at_step is not None and log.is_file() and len(log.read_text().splitlines()) >= kill_at_step:
@@ -125,8 +158,15 @@ def test_sigkill_at_a_random_step_resumes_exactly(tiny_bert, scifact_slice, tmp_
     _run(_spec(tiny_bert, scifact_slice, ref / "run", ref / "batches.jsonl", negatives, teacher), ref)
 
     kill_at = random.Random(os.environ.get("DR_KILL_SEED")).randrange(2, MAX_STEPS - 2)  # batches done when killed
-    assert _run(_spec(tiny_bert, scifact_slice, cut / "run", cut / "batches.jsonl", negatives, teacher), cut, kill_at,
-                cut / "batches.jsonl") == -9
+    assert (
+        _run(
+            _spec(tiny_bert, scifact_slice, cut / "run", cut / "batches.jsonl", negatives, teacher),
+            cut,
+            kill_at,
+            cut / "batches.jsonl",
+        )
+        == -9
+    )
     ckpt = torch.load(cut / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     ckpt_step = int(ckpt["global_step"])
     refresh_state = next(v for k, v in ckpt["callbacks"].items() if "IndexRefresh" in k)
@@ -136,21 +176,37 @@ def test_sigkill_at_a_random_step_resumes_exactly(tiny_bert, scifact_slice, tmp_
     a, b = _batches(ref / "batches.jsonl"), _batches(cut / "batches.jsonl")
     m_a = json.loads((ref / "run" / "metrics.json").read_text())
     m_b = json.loads((cut / "run" / "metrics.json").read_text())
-    keys = sorted(k for k in m_a if k.startswith(("train/", "trained/")) or k in ("refresh/current_version", "refresh/versions_used"))
+    keys = sorted(
+        k
+        for k in m_a
+        if k.startswith(("train/", "trained/")) or k in ("refresh/current_version", "refresh/versions_used")
+    )
     w_a, w_b = _weights(ref / "run" / "checkpoints" / "last.ckpt"), _weights(cut / "run" / "checkpoints" / "last.ckpt")
     comparison = {
-        "killed_after_batches": killed_at, "checkpoint_step": ckpt_step,
+        "killed_after_batches": killed_at,
+        "checkpoint_step": ckpt_step,
         "refresh_at_checkpoint": {k: refresh_state[k] for k in ("current_version", "next_version", "pending")},
-        "steps": [{"step": s, "version": (a[s]["version"], b[s]["version"]), "same_batch": a[s]["qids"] == b[s]["qids"]
-                   and a[s]["docids"] == b[s]["docids"], "loss": (a[s]["loss"], b[s]["loss"])} for s in range(ckpt_step, MAX_STEPS)],
+        "steps": [
+            {
+                "step": s,
+                "version": (a[s]["version"], b[s]["version"]),
+                "same_batch": a[s]["qids"] == b[s]["qids"] and a[s]["docids"] == b[s]["docids"],
+                "loss": (a[s]["loss"], b[s]["loss"]),
+            }
+            for s in range(ckpt_step, MAX_STEPS)
+        ],
         "metrics": {k: (m_a[k], m_b.get(k)) for k in keys},
         "max_weight_difference": max(float((w_a[k] - w_b[k]).abs().max()) for k in w_a),
     }
     (tmp_path / "resume_comparison.json").write_text(json.dumps(comparison, indent=1))
-    print(f"\nkilled after {killed_at} batches; last.ckpt at step {ckpt_step}, refresh state {comparison['refresh_at_checkpoint']}")
+    print(
+        f"\nkilled after {killed_at} batches; last.ckpt at step {ckpt_step}, refresh state {comparison['refresh_at_checkpoint']}"
+    )
     print("step  version(uninterrupted, resumed)  same batch  loss (uninterrupted, resumed)")
     for row in comparison["steps"]:
-        print(f"{row['step']:4d}  {row['version']!s:31s}  {row['same_batch']!s:10s}  {row['loss'][0]:.8f} {row['loss'][1]:.8f}")
+        print(
+            f"{row['step']:4d}  {row['version']!s:31s}  {row['same_batch']!s:10s}  {row['loss'][0]:.8f} {row['loss'][1]:.8f}"
+        )
     for k, (x, y) in comparison["metrics"].items():
         print(f"{k}: {x} {y}")
     print(f"max |weight difference| at the end: {comparison['max_weight_difference']}")

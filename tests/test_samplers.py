@@ -126,7 +126,9 @@ def test_margin_bins_hand_computed():
     assert np.array_equal(margin_bins(m), np.clip(reference, 0, 9))
 
 
-def _teacher(qid: str, pos_scores: dict[str, float], neg_scores: dict[str, float], with_pairs: bool = True) -> TeacherScores:
+def _teacher(
+    qid: str, pos_scores: dict[str, float], neg_scores: dict[str, float], with_pairs: bool = True
+) -> TeacherScores:
     teacher = TeacherScores()
     if with_pairs:
         for p, sp in pos_scores.items():
@@ -140,8 +142,12 @@ def _teacher(qid: str, pos_scores: dict[str, float], neg_scores: dict[str, float
 
 # One positive scored 10; negatives chosen so that margins 10 - t_neg land very unevenly in the
 # 10 bins over [0, 9]: 200 pairs in bin 0, 20 in bin 4, 1 in bin 8, 1 in bin 9 (the extremes set the range).
-UNEVEN = {**{f"n0_{i}": 10.0 - 0.004 * i for i in range(200)}, **{f"n4_{i}": 10.0 - 4.2 - 0.01 * i for i in range(20)},
-          "n8": 10.0 - 7.5, "n9": 10.0 - 9.0}
+UNEVEN = {
+    **{f"n0_{i}": 10.0 - 0.004 * i for i in range(200)},
+    **{f"n4_{i}": 10.0 - 4.2 - 0.01 * i for i in range(20)},
+    "n8": 10.0 - 7.5,
+    "n9": 10.0 - 9.0,
+}
 
 
 def test_balanced_sampler_picks_bins_uniformly_even_when_very_uneven():
@@ -173,7 +179,9 @@ def test_balanced_sampler_uses_file_pairs_that_are_still_candidates():
     teacher.scores["q"]["c"] = 0.5  # scored, but in no file pair: not a pair of this query
     sampler = BalancedMarginPairSampler()
     rng = np.random.default_rng(0)
-    drawn = {(p, tuple(n)) for p, n in (sampler("q", ["p1", "p2"], ["a", "b", "c"], teacher, 1, rng) for _ in range(200))}
+    drawn = {
+        (p, tuple(n)) for p, n in (sampler("q", ["p1", "p2"], ["a", "b", "c"], teacher, 1, rng) for _ in range(200))
+    }
     assert drawn == {("p1", ("a",)), ("p1", ("b",))}
 
 
@@ -261,19 +269,38 @@ def _slice_clusters_and_teacher(data: dict, out: Path) -> tuple[Path, Path]:
     return clusters, teacher
 
 
-def _fit(tiny_bert: str, data: dict, clusters: Path, teacher: Path, out: Path, max_steps: int, ckpt_path=None, save_every=None):
+def _fit(
+    tiny_bert: str,
+    data: dict,
+    clusters: Path,
+    teacher: Path,
+    out: Path,
+    max_steps: int,
+    ckpt_path=None,
+    save_every=None,
+):
     from hydra import compose, initialize_config_dir
     import hydra
 
     from dr.cli import config_dir
 
     overrides = [
-        f"paths.output_dir={out}", f"encoder.name_or_path={tiny_bert}", "encoder.pooling=cls",
-        "encoder.query_max_length=16", "encoder.passage_max_length=24",
-        f"data.corpus={data['corpus']}", f"data.train_queries={data['train_queries']}", f"data.train_qrels={data['train_qrels']}",
-        "data.batch_size=8", "data.val_fraction=0", "data.negatives=null", f"data.teacher_scores={teacher}",
-        "sampler=tas_balanced", f"data.batch_sampler.clusters={clusters}",
-        "optimizer.lr=1e-3", "scheduler.num_warmup_steps=1",
+        f"paths.output_dir={out}",
+        f"encoder.name_or_path={tiny_bert}",
+        "encoder.pooling=cls",
+        "encoder.query_max_length=16",
+        "encoder.passage_max_length=24",
+        f"data.corpus={data['corpus']}",
+        f"data.train_queries={data['train_queries']}",
+        f"data.train_qrels={data['train_qrels']}",
+        "data.batch_size=8",
+        "data.val_fraction=0",
+        "data.negatives=null",
+        f"data.teacher_scores={teacher}",
+        "sampler=tas_balanced",
+        f"data.batch_sampler.clusters={clusters}",
+        "optimizer.lr=1e-3",
+        "scheduler.num_warmup_steps=1",
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -283,12 +310,29 @@ def _fit(tiny_bert: str, data: dict, clusters: Path, teacher: Path, out: Path, m
     recorder = _Recorder()
     callbacks = [recorder]
     if save_every:
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=save_every, save_top_k=-1,
-                                                      filename="step{step:06d}", auto_insert_metric_name=False))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False, callbacks=callbacks, default_root_dir=str(out),
-                         enable_checkpointing=bool(save_every))
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                every_n_train_steps=save_every,
+                save_top_k=-1,
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+            )
+        )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+        default_root_dir=str(out),
+        enable_checkpointing=bool(save_every),
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return recorder.batches
 
@@ -309,7 +353,9 @@ def test_resumed_run_draws_the_same_tas_balanced_batches(tiny_bert, scifact_slic
 
 
 # ---------------------------------------------------------------------- real DDP (gloo, 2 processes)
-def _ddp_worker(rank: int, world_size: int, port: int, tiny_bert: str, queries: str, qids: list[str], out: str, result_dir: str):
+def _ddp_worker(
+    rank: int, world_size: int, port: int, tiny_bert: str, queries: str, qids: list[str], out: str, result_dir: str
+):
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (as DataLoader workers)
@@ -317,8 +363,19 @@ def _ddp_worker(rank: int, world_size: int, port: int, tiny_bert: str, queries: 
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         # clusters made at set-up (rank 0 encodes and writes, rank 1 reads after the barrier)
-        sampler = tas_batch_sampler(qids=qids, batch_size=4, seed=7, rank=rank, world_size=world_size, clusters=None,
-                                    model=tiny_bert, queries=queries, num_clusters=3, output_dir=out, encode_batch_size=64)
+        sampler = tas_batch_sampler(
+            qids=qids,
+            batch_size=4,
+            seed=7,
+            rank=rank,
+            world_size=world_size,
+            clusters=None,
+            model=tiny_bert,
+            queries=queries,
+            num_clusters=3,
+            output_dir=out,
+            encode_batch_size=64,
+        )
         mine = [[i for i, *_ in batch] for batch in sampler]
         gathered = [None] * world_size
         dist.all_gather_object(gathered, {"batches": mine, "clusters": [c.tolist() for c in sampler.clusters]})
@@ -340,8 +397,13 @@ def test_ddp_ranks_draw_disjoint_queries_with_real_gloo_processes(tiny_bert, sci
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # fork: the workers start in a second instead of re-importing torch and transformers
-    mp.start_processes(_ddp_worker, args=(2, port, tiny_bert, scifact_slice["train_queries"], qids, str(tmp_path / "run"), str(tmp_path)),
-                       nprocs=2, join=True, start_method="fork")
+    mp.start_processes(
+        _ddp_worker,
+        args=(2, port, tiny_bert, scifact_slice["train_queries"], qids, str(tmp_path / "run"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+        start_method="fork",
+    )
     gathered = json.loads((tmp_path / "ddp.json").read_text())
     assert gathered[0]["clusters"] == gathered[1]["clusters"]  # the same clusters on both ranks
     assert len(read_clusters(tmp_path / "run" / "clusters.txt")) == len(gathered[0]["clusters"])
@@ -365,7 +427,9 @@ def test_simans_pair_sampler_redraws_with_the_kernel_at_every_load():
 
     pool, s_pos, a, b, scale = _pool(), 0.8, 0.5, 0.25, 20.0
     sampler = SimANSPairSampler(a=a, b=b, score_scale=scale)
-    ds = ContrastiveDataset(["q"], ["text"], {"q": ["p"]}, {"q": list(pool)}, None, num_negatives=1, seed=0, pair_sampler=sampler)
+    ds = ContrastiveDataset(
+        ["q"], ["text"], {"q": ["p"]}, {"q": list(pool)}, None, num_negatives=1, seed=0, pair_sampler=sampler
+    )
     ds.scores = {"q": {**pool, "p": s_pos}}
     n = 6000
     drawn = [ds[(0, epoch)]["negatives"] for epoch in range(n)]
@@ -429,21 +493,43 @@ def test_simans_sampler_trains_with_the_students_scale(tiny_bert, scifact_slice,
     from dr.data.negatives import read_negatives
 
     path = _pool_file(scifact_slice, tmp_path / "pool.jsonl")
-    cfg = compose_config("train", [
-        f"paths.output_dir={tmp_path}", f"encoder.name_or_path={tiny_bert}", "encoder.pooling=cls",
-        "encoder.query_max_length=16", "encoder.passage_max_length=24", f"data.corpus={scifact_slice['corpus']}",
-        f"data.train_queries={scifact_slice['train_queries']}", f"data.train_qrels={scifact_slice['train_qrels']}",
-        "data.batch_size=8", "data.val_fraction=0", f"data.negatives={path}", "data.num_negatives=2", "sampler=simans",
-        "loss.temperature=0.04",
-    ])
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.output_dir={tmp_path}",
+            f"encoder.name_or_path={tiny_bert}",
+            "encoder.pooling=cls",
+            "encoder.query_max_length=16",
+            "encoder.passage_max_length=24",
+            f"data.corpus={scifact_slice['corpus']}",
+            f"data.train_queries={scifact_slice['train_queries']}",
+            f"data.train_qrels={scifact_slice['train_qrels']}",
+            "data.batch_size=8",
+            "data.val_fraction=0",
+            f"data.negatives={path}",
+            "data.num_negatives=2",
+            "sampler=simans",
+            "loss.temperature=0.04",
+        ],
+    )
     module = hydra.utils.instantiate(cfg.module)
     # the student's scale, resolved once as dr.training.train does, and handed to the datamodule
     scale = student_score_scale(module.loss, module.encoder)
     datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path), score_scale=scale)
     recorder = _Recorder()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=2, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder], enable_checkpointing=False,
-                         default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, datamodule=datamodule)
     assert datamodule.pair_sampler.score_scale == pytest.approx(25.0)  # 1 / 0.04
     records = read_negatives(path)
@@ -465,8 +551,15 @@ def test_simans_draws_vary_across_loads_on_a_scored_pool_only(scifact_slice, tmp
     from dr.training import RetrievalDataModule
 
     def distinct_draws(negatives) -> int:
-        dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                                 negatives=negatives, num_negatives=1, batch_size=4, pair_sampler=SimANSPairSampler(score_scale=20.0))
+        dm = RetrievalDataModule(
+            scifact_slice["corpus"],
+            scifact_slice["train_queries"],
+            scifact_slice["train_qrels"],
+            negatives=negatives,
+            num_negatives=1,
+            batch_size=4,
+            pair_sampler=SimANSPairSampler(score_scale=20.0),
+        )
         dm.setup("fit")
         return len({tuple(dm.train_dataset[(0, epoch)]["negatives"]) for epoch in range(50)})
 

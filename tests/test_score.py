@@ -35,12 +35,15 @@ def test_teacher_file_round_trip(tmp_path, name):
     assert t.score("q1", "d9") == -1.0 and t.score("q2", "d4") == 0.5 and np.isnan(t.score("q2", "d1"))
 
 
-@pytest.mark.parametrize("line,what", [
-    ("1.0\t2.0\tq1\td1\n", "found 4 fields"),
-    ("high\t2.0\tq1\td1\td2\n", "not numbers"),
-    ("1.0\tnan\tq1\td1\td2\n", "non-finite"),
-    ("1.0\t2.0\tq1\t\td2\n", "empty id"),
-])
+@pytest.mark.parametrize(
+    "line,what",
+    [
+        ("1.0\t2.0\tq1\td1\n", "found 4 fields"),
+        ("high\t2.0\tq1\td1\td2\n", "not numbers"),
+        ("1.0\tnan\tq1\td1\td2\n", "non-finite"),
+        ("1.0\t2.0\tq1\t\td2\n", "empty id"),
+    ],
+)
 def test_malformed_teacher_line_names_file_and_line(tmp_path, line, what):
     path = tmp_path / "bad.tsv"
     path.write_text("1.0\t0.5\tq0\td0\td1\n" + line)
@@ -82,16 +85,29 @@ def _direct(model_dir, query, passage, max_length):
     model = BertForSequenceClassification.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     with torch.no_grad():
-        return model(**tok(query, passage, return_tensors="pt", truncation=True, max_length=max_length)).logits[0, 0].item()
+        return (
+            model(**tok(query, passage, return_tensors="pt", truncation=True, max_length=max_length))
+            .logits[0, 0]
+            .item()
+        )
 
 
 def test_dr_score_writes_the_models_scores(tiny_cross_encoder, scifact_slice, negatives_file, tmp_path):
     out = tmp_path / "teacher.tsv"
-    cfg = _score_cfg([
-        f"negatives={negatives_file}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-        f"teacher.model={tiny_cross_encoder}", "teacher.max_length=64", "teacher.batch_size=4", f"output={out}",
-        f"negatives_output={tmp_path / 'scored.jsonl'}", "chunk_size=4", "show_progress=false",
-    ])
+    cfg = _score_cfg(
+        [
+            f"negatives={negatives_file}",
+            f"corpus={scifact_slice['corpus']}",
+            f"queries={scifact_slice['train_queries']}",
+            f"teacher.model={tiny_cross_encoder}",
+            "teacher.max_length=64",
+            "teacher.batch_size=4",
+            f"output={out}",
+            f"negatives_output={tmp_path / 'scored.jsonl'}",
+            "chunk_size=4",
+            "show_progress=false",
+        ]
+    )
     assert score(cfg, tmp_path) == out
     teacher = read_teacher_scores(out)
     records = read_negatives(negatives_file)
@@ -102,7 +118,9 @@ def test_dr_score_writes_the_models_scores(tiny_cross_encoder, scifact_slice, ne
     for qid, pairs in list(teacher.pairs.items())[:3]:
         for docid in {pairs[0][0], pairs[0][1]}:
             text = passage_texts(corpus, [row_of[docid]])[0]
-            assert teacher.score(qid, docid) == pytest.approx(_direct(tiny_cross_encoder, queries[qid], text, 64), abs=1e-4)
+            assert teacher.score(qid, docid) == pytest.approx(
+                _direct(tiny_cross_encoder, queries[qid], text, 64), abs=1e-4
+            )
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.progress.json"))
     scored = read_negatives(tmp_path / "scored.jsonl")
     for qid, r in scored.items():
@@ -120,8 +138,15 @@ def test_interrupted_scoring_resumes_without_duplicates(tiny_cross_encoder, scif
     texts = dict(zip(corpus["docid"], passage_texts(corpus)))
     queries = read_queries(scifact_slice["train_queries"])
     teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=64, batch_size=8)
-    run = dict(teacher=teacher, groups=groups, query_text=queries.__getitem__, passage_text=texts.__getitem__,
-               chunk_size=2, fingerprint="same inputs", show_progress=False)
+    run = dict(
+        teacher=teacher,
+        groups=groups,
+        query_text=queries.__getitem__,
+        passage_text=texts.__getitem__,
+        chunk_size=2,
+        fingerprint="same inputs",
+        show_progress=False,
+    )
 
     reference = tmp_path / "reference.tsv"
     score_to_file(output=reference, **run)
@@ -151,7 +176,11 @@ def test_interrupted_scoring_resumes_without_duplicates(tiny_cross_encoder, scif
     with pytest.raises(Interrupt):
         score_to_file(output=tmp_path / "other.tsv", on_chunk=stop_after_two_chunks, **run)
     seen.clear()
-    score_to_file(output=tmp_path / "other.tsv.gz", on_chunk=lambda done, lines: seen.append(done), **{**run, "fingerprint": "other"})
+    score_to_file(
+        output=tmp_path / "other.tsv.gz",
+        on_chunk=lambda done, lines: seen.append(done),
+        **{**run, "fingerprint": "other"},
+    )
     assert seen == [2, 4, 6]
     assert gzip.open(tmp_path / "other.tsv.gz", "rt").read() == reference.read_text()
 
@@ -161,10 +190,17 @@ def test_dr_score_fusion_teacher_on_triples(tiny_bert, scifact_slice, negatives_
     triples = tmp_path / "triples.tsv"
     triples.write_text("".join(f"{q}\t{r.positives[0]}\t{n}\n" for q, r in records.items() for n in r.negatives))
     out = tmp_path / "fusion.tsv"
-    cfg = _score_cfg([
-        "teacher=fusion", f"triples={triples}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-        f"teacher.model={tiny_bert}", f"output={out}", "show_progress=false",
-    ])
+    cfg = _score_cfg(
+        [
+            "teacher=fusion",
+            f"triples={triples}",
+            f"corpus={scifact_slice['corpus']}",
+            f"queries={scifact_slice['train_queries']}",
+            f"teacher.model={tiny_bert}",
+            f"output={out}",
+            "show_progress=false",
+        ]
+    )
     score(cfg, tmp_path)
     teacher = read_teacher_scores(out)
     assert len(teacher) == sum(len(r.negatives) for r in records.values())
@@ -182,8 +218,15 @@ def test_dr_score_fusion_teacher_on_triples(tiny_bert, scifact_slice, negatives_
 def test_dr_score_rejects_unknown_ids(tiny_cross_encoder, scifact_slice, tmp_path):
     triples = tmp_path / "triples.tsv"
     triples.write_text("nosuchquery\tx\ty\n")
-    cfg = _score_cfg([f"triples={triples}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-                      f"teacher.model={tiny_cross_encoder}", "on_missing=error"])
+    cfg = _score_cfg(
+        [
+            f"triples={triples}",
+            f"corpus={scifact_slice['corpus']}",
+            f"queries={scifact_slice['train_queries']}",
+            f"teacher.model={tiny_cross_encoder}",
+            "on_missing=error",
+        ]
+    )
     with pytest.raises(ValueError, match=f"{triples}: expected every id to exist; 1 qids are not in .*nosuchquery"):
         score(cfg, tmp_path)
     with pytest.raises(ValueError, match="exactly one input"):

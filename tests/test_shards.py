@@ -48,10 +48,14 @@ def _shards_done(folder: Path) -> int:
         return 0
 
 
-def test_a_killed_encode_resumes_at_the_last_finished_shard_and_matches_an_uninterrupted_one(tiny_bert, corpus_file, tmp_path):
+def test_a_killed_encode_resumes_at_the_last_finished_shard_and_matches_an_uninterrupted_one(
+    tiny_bert, corpus_file, tmp_path
+):
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, tiny_bert, corpus_file, str(tmp_path / "cache"), str(killed)], env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, tiny_bert, corpus_file, str(tmp_path / "cache"), str(killed)], env=env
+    )
     deadline = time.monotonic() + 120
     while _shards_done(killed) < 2 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -63,7 +67,9 @@ def test_a_killed_encode_resumes_at_the_last_finished_shard_and_matches_an_unint
     corpus = read_corpus(corpus_file, cache_dir=str(tmp_path / "cache"))
     encoder = BiEncoder.load(tiny_bert, {"passage_max_length": 32})
     encoded = []
-    resumed = encode_sharded(encoder, corpus, killed, shard_size=8, show_progress=False, on_shard=lambda i, n: encoded.append(i))
+    resumed = encode_sharded(
+        encoder, corpus, killed, shard_size=8, show_progress=False, on_shard=lambda i, n: encoded.append(i)
+    )
     assert encoded == list(range(done, 8))  # the finished shards were not encoded again
     assert not list(killed.glob(".*.tmp"))
 
@@ -91,10 +97,18 @@ def test_fp16_shards_build_an_index_chunk_by_chunk(tiny_bert, corpus_file, tmp_p
 def test_stale_shards_of_another_encoder_are_discarded(tiny_bert, corpus_file, tmp_path):
     corpus = read_corpus(corpus_file, cache_dir=str(tmp_path / "cache"))
     folder = tmp_path / "emb"
-    a = encode_sharded(BiEncoder.load(tiny_bert, {"pooling": "cls"}), corpus, folder, shard_size=20, show_progress=False).to_array()
+    a = encode_sharded(
+        BiEncoder.load(tiny_bert, {"pooling": "cls"}), corpus, folder, shard_size=20, show_progress=False
+    ).to_array()
     calls = []
-    b = encode_sharded(BiEncoder.load(tiny_bert, {"pooling": "mean"}), corpus, folder, shard_size=20, show_progress=False,
-                       on_shard=lambda i, n: calls.append(i)).to_array()
+    b = encode_sharded(
+        BiEncoder.load(tiny_bert, {"pooling": "mean"}),
+        corpus,
+        folder,
+        shard_size=20,
+        show_progress=False,
+        on_shard=lambda i, n: calls.append(i),
+    ).to_array()
     assert calls == [0, 1, 2] and not np.allclose(a, b)
 
 
@@ -105,7 +119,9 @@ def test_an_unfinished_folder_is_refused_by_the_reader(tiny_bert, corpus_file, t
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        encode_sharded(BiEncoder.load(tiny_bert), corpus, tmp_path / "emb", shard_size=20, show_progress=False, on_shard=stop)
+        encode_sharded(
+            BiEncoder.load(tiny_bert), corpus, tmp_path / "emb", shard_size=20, show_progress=False, on_shard=stop
+        )
     with pytest.raises(ValueError, match="1 of 3 shards are done"):
         ShardedEmbeddings(tmp_path / "emb")
 
@@ -117,8 +133,16 @@ def test_dr_encode_with_shards_and_an_ivfpq_index(tiny_bert, corpus_file, tmp_pa
 
     emb, corpus_file = tmp_path / "emb", tmp_path / "big.tsv"
     corpus_file.write_text("".join(f"d{i}\tpassage number {i} about topic {i % 17}\n" for i in range(300)))
-    overrides = [f"model={tiny_bert}", f"corpus={corpus_file}", "shard_size=128", "fp16=true", f"embeddings={emb}", "index_kind=ivfpq",
-                 "index_params.pq_m=8", "index_params.nlist=2"]
+    overrides = [
+        f"model={tiny_bert}",
+        f"corpus={corpus_file}",
+        "shard_size=128",
+        "fp16=true",
+        f"embeddings={emb}",
+        "index_kind=ivfpq",
+        "index_params.pq_m=8",
+        "index_params.nlist=2",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # this checkout's configs
         cfg = compose("encode", overrides=overrides)
     run(cfg, tmp_path / "run")

@@ -40,8 +40,16 @@ def test_dr_split_rules_hold_against_the_resampled_training_set(tiny_bert, slice
     # A threshold inside this random model's similarity range, so that both rules matter.
     threshold = float(np.quantile((test_emb @ train_emb.T).max(1), 0.6))
     files = [f"{k}={v}" for k, v in slice_files.items() if k != "corpus"]
-    args = [f"model={tiny_bert}", "encoder.pooling=mean", "encoder.normalize=true", f"threshold={threshold}",
-            "extrapolation_fraction=0.6", "max_removed_fraction=0.3", "seed=3", *files]
+    args = [
+        f"model={tiny_bert}",
+        "encoder.pooling=mean",
+        "encoder.normalize=true",
+        f"threshold={threshold}",
+        "extrapolation_fraction=0.6",
+        "max_removed_fraction=0.3",
+        "seed=3",
+        *files,
+    ]
     result = _run_split(monkeypatch, tmp_path / "a", *args)
     out = tmp_path / "a"
     counts = result["counts"]
@@ -86,11 +94,22 @@ def test_resample_without_resampling_labels_against_the_full_training_set(slice_
 
 def test_dr_eval_split_reports_both_sets_and_the_gap(tiny_bert, slice_files, tmp_path, monkeypatch):
     files = [f"{k}={v}" for k, v in slice_files.items() if k != "corpus"]
-    _run_split(monkeypatch, tmp_path / "split", f"model={tiny_bert}", "threshold=1.0", "extrapolation_fraction=0", *files)
+    _run_split(
+        monkeypatch, tmp_path / "split", f"model={tiny_bert}", "threshold=1.0", "extrapolation_fraction=0", *files
+    )
     from dr.cli.evaluate import main
 
-    monkeypatch.setattr(sys, "argv", ["dr-eval", f"model={tiny_bert}", f"corpus={slice_files['corpus']}", f"split={tmp_path / 'split'}",
-                                      f"hydra.run.dir={tmp_path / 'eval'}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "dr-eval",
+            f"model={tiny_bert}",
+            f"corpus={slice_files['corpus']}",
+            f"split={tmp_path / 'split'}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+    )
     main()
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     split = read_split(tmp_path / "split")
@@ -100,4 +119,6 @@ def test_dr_eval_split_reports_both_sets_and_the_gap(tiny_bert, slice_files, tmp
         assert metrics[f"gap/{m}"] == pytest.approx(metrics[f"interpolation/{m}"] - metrics[f"extrapolation/{m}"])
         # The two sets partition the test queries: the overall mean is their weighted mean.
         n_i, n_e = metrics["interpolation/queries"], metrics["extrapolation/queries"]
-        assert metrics[m] == pytest.approx((n_i * metrics[f"interpolation/{m}"] + n_e * metrics[f"extrapolation/{m}"]) / (n_i + n_e))
+        assert metrics[m] == pytest.approx(
+            (n_i * metrics[f"interpolation/{m}"] + n_e * metrics[f"extrapolation/{m}"]) / (n_i + n_e)
+        )

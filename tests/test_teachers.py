@@ -76,7 +76,9 @@ def test_fusion_teacher_equals_fusion_of_its_parts(tiny_bert, scifact_slice, cor
     _, texts = corpus_texts
     queries = list(read_queries(scifact_slice["train_queries"]).values())[:3]
     passages = texts[:6]
-    teacher = FusionTeacher(corpus=scifact_slice["corpus"], model=tiny_bert, bm25_weight=0.3, dense_weight=0.7, normalization="zscore")
+    teacher = FusionTeacher(
+        corpus=scifact_slice["corpus"], model=tiny_bert, bm25_weight=0.3, dense_weight=0.7, normalization="zscore"
+    )
     matrix = teacher(queries, passages).numpy()
     assert matrix.shape == (3, 6)
     bm25 = BM25(texts).score_texts(queries, passages)
@@ -108,7 +110,10 @@ def test_cross_encoder_teacher_scores_every_pair(tiny_cross_encoder):
     model = BertForSequenceClassification.from_pretrained(tiny_cross_encoder).eval()
     tok = AutoTokenizer.from_pretrained(tiny_cross_encoder)
     with torch.no_grad():
-        direct = [[model(**tok(a, b, return_tensors="pt", truncation=True, max_length=64)).logits[0, 0].item() for b in p] for a in q]
+        direct = [
+            [model(**tok(a, b, return_tensors="pt", truncation=True, max_length=64)).logits[0, 0].item() for b in p]
+            for a in q
+        ]
     assert out.shape == (2, 3) and out.numpy() == pytest.approx(np.array(direct), abs=1e-4)
 
 
@@ -134,15 +139,23 @@ def _teachers(tiny_bert, tiny_cross_encoder, corpus):
     }
 
 
-def test_inbatch_teachers_ignore_the_training_steps_bf16_autocast(tiny_bert, tiny_cross_encoder, scifact_slice, corpus_texts):
+def test_inbatch_teachers_ignore_the_training_steps_bf16_autocast(
+    tiny_bert, tiny_cross_encoder, scifact_slice, corpus_texts
+):
     """Issue 23 item 1: the training step runs under autocast (``trainer.precision=bf16-mixed``);
     the teacher matrix must still be the fp32 one unless the teacher itself asks for bf16."""
     _, texts = corpus_texts
     queries = list(read_queries(scifact_slice["train_queries"]).values())[:3]
     passages = texts[:5]
-    fp32 = {name: t(queries, passages) for name, t in _teachers(tiny_bert, tiny_cross_encoder, scifact_slice["corpus"]).items()}
+    fp32 = {
+        name: t(queries, passages)
+        for name, t in _teachers(tiny_bert, tiny_cross_encoder, scifact_slice["corpus"]).items()
+    }
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = {name: t(queries, passages) for name, t in _teachers(tiny_bert, tiny_cross_encoder, scifact_slice["corpus"]).items()}
+        mixed = {
+            name: t(queries, passages)
+            for name, t in _teachers(tiny_bert, tiny_cross_encoder, scifact_slice["corpus"]).items()
+        }
     errors = {name: float((mixed[name] - fp32[name]).abs().max()) for name in fp32}
     assert all(e <= 1e-6 for e in errors.values()), errors
     # a teacher asked for bf16 still gets it

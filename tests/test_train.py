@@ -39,7 +39,7 @@ def test_train_evaluate_export_reload(cfg_train, tiny_bert, scifact_slice, tmp_p
     e0 = untrained.encode_passages(texts, show_progress=False)
     assert not np.allclose(e0, e1, atol=1e-4)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    state = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     untrained.load_state_dict(state)
     np.testing.assert_allclose(untrained.encode_passages(texts, show_progress=False), e1, atol=1e-5)
 
@@ -50,7 +50,12 @@ def test_resume_continues_at_same_step_with_same_optimizer_state(cfg_train, tmp_
     The step-2 checkpoint is what a run killed between steps 2 and 4 leaves behind; resuming
     it must continue at step 2 with the same optimizer state, data order and dropout.
     """
-    base = ["test.enabled=false", "export.enabled=false", "data.val_fraction=0", "callbacks.model_checkpoint.save_top_k=-1"]
+    base = [
+        "test.enabled=false",
+        "export.enabled=false",
+        "data.val_fraction=0",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
     straight = tmp_path / "straight"
     train(cfg_train(*base, out=straight))
     ckpt_path = straight / "checkpoints" / "step000002.ckpt"
@@ -92,8 +97,14 @@ def test_train_from_a_negatives_file(cfg_train, scifact_slice, tmp_path):
 
     from dr.training import RetrievalDataModule
 
-    dm = RetrievalDataModule(scifact_slice["corpus"], scifact_slice["train_queries"], scifact_slice["train_qrels"],
-                             negatives=str(path), num_negatives=2, batch_size=8)
+    dm = RetrievalDataModule(
+        scifact_slice["corpus"],
+        scifact_slice["train_queries"],
+        scifact_slice["train_qrels"],
+        negatives=str(path),
+        num_negatives=2,
+        batch_size=8,
+    )
     dm.setup("fit")
     for qid in dm.train_dataset.qids:
         assert not set(dm.train_dataset.negatives[qid]) & set(qrels[qid]), qid
@@ -103,15 +114,29 @@ def test_train_from_a_negatives_file(cfg_train, scifact_slice, tmp_path):
     distinct = {ex["positive"] for ex in examples} | {d for ex in examples for d in ex["negatives"]}
     assert len(batch["passages"]) == len(distinct) and batch["exclude"].shape == (8, len(distinct))
 
-    overrides = [f"data.negatives={path}", "data.num_negatives=2", "test.enabled=false", "export.enabled=false", "data.val_fraction=0"]
+    overrides = [
+        f"data.negatives={path}",
+        "data.num_negatives=2",
+        "test.enabled=false",
+        "export.enabled=false",
+        "data.val_fraction=0",
+    ]
     assert train(cfg_train(*overrides, max_steps=2))["train/global_step"] == 2
 
 
 def test_ddp_two_cpu_processes(cfg_train, tmp_path):
     """Lightning DDP (gloo) over 2 CPU processes trains and checkpoints through train(cfg)."""
     out = tmp_path / "run"
-    train(cfg_train("trainer.strategy=ddp_spawn", "trainer.devices=2", "test.enabled=false", "data.val_fraction=0",
-                    "export.enabled=true", max_steps=2))
+    train(
+        cfg_train(
+            "trainer.strategy=ddp_spawn",
+            "trainer.devices=2",
+            "test.enabled=false",
+            "data.val_fraction=0",
+            "export.enabled=true",
+            max_steps=2,
+        )
+    )
     # ddp_spawn trains in child processes: the step count is read from the checkpoint they wrote,
     # and the trained weights come back to the parent, which exports them.
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -119,16 +144,24 @@ def test_ddp_two_cpu_processes(cfg_train, tmp_path):
     from dr.models.encoder import BiEncoder
 
     exported = BiEncoder.from_pretrained(str(out / "export"))
-    state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    state = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     for name, tensor in exported.state_dict().items():
         torch.testing.assert_close(tensor, state[name])
 
 
 def test_bucketed_and_checkpointed_training_runs(cfg_train):
     """The memory and padding levers go through a real Trainer."""
-    metrics = train(cfg_train("module.length_buckets=3", "module.gradient_checkpointing=true", "module.attention_dropout=0",
-                              "test.enabled=false",
-                              "export.enabled=false", "data.val_fraction=0", max_steps=2))
+    metrics = train(
+        cfg_train(
+            "module.length_buckets=3",
+            "module.gradient_checkpointing=true",
+            "module.attention_dropout=0",
+            "test.enabled=false",
+            "export.enabled=false",
+            "data.val_fraction=0",
+            max_steps=2,
+        )
+    )
     assert metrics["train/global_step"] == 2
 
 
@@ -140,13 +173,22 @@ def test_onnx_test_backend_gives_the_torch_scores(cfg_train, tmp_path):
     from dr.data import read_run
 
     # unnormalised dot products: a spread of scores that a wrong pooling or length would change
-    common = ("test.bm25=false", "export.enabled=false", "data.val_fraction=0", "encoder.normalize=false", "encoder.similarity=dot",
-              "encoder.pooling=mean")
+    common = (
+        "test.bm25=false",
+        "export.enabled=false",
+        "data.val_fraction=0",
+        "encoder.normalize=false",
+        "encoder.similarity=dot",
+        "encoder.pooling=mean",
+    )
     train(cfg_train(*common, "test.backend=torch", out=tmp_path / "torch", max_steps=2))
     metrics = train(cfg_train(*common, "test.backend=onnx", out=tmp_path / "onnx", max_steps=2))
     assert 0.0 <= metrics["trained/nDCG@10"] <= 1.0
     for system in ("zero_shot", "trained"):
-        a, b = read_run(tmp_path / "torch" / "runs" / f"{system}.run"), read_run(tmp_path / "onnx" / "runs" / f"{system}.run")
+        a, b = (
+            read_run(tmp_path / "torch" / "runs" / f"{system}.run"),
+            read_run(tmp_path / "onnx" / "runs" / f"{system}.run"),
+        )
         assert a.keys() == b.keys() and len(a) > 5
         spread = [max(scores.values()) - min(scores.values()) for scores in a.values()]
         assert min(spread) > 1e-2

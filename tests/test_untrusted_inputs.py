@@ -23,8 +23,9 @@ def dr(command: str, *args: str, cwd: Path, env: dict | None = None, timeout: in
     cmd = [str(BIN / f"dr-{command}"), *args]
     if not any(a.startswith("hydra.run.dir=") for a in args):
         cmd.append(f"hydra.run.dir={cwd / 'run'}")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **OFFLINE, **(env or {})},
-                          timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **OFFLINE, **(env or {})}, timeout=timeout
+    )
     last = (proc.stderr.strip().splitlines() or [""])[-1]
     print(f"DR-RESULT dr-{command} exit={proc.returncode} last={last[:300]}")  # the figures of the issue's closing note
     return proc
@@ -73,15 +74,21 @@ def _command_args(command: str, data: dict, tmp: Path) -> list[str]:
         "export": [f"output={tmp / 'export'}"],
         "mine": [f"corpus={data['corpus']}", f"queries={data['train_queries']}", f"qrels={data['train_qrels']}"],
         "cluster": [f"queries={data['train_queries']}", f"qrels={data['train_qrels']}"],
-        "split": [f"train_queries={data['train_queries']}", f"train_qrels={data['train_qrels']}",
-                  f"test_queries={data['test_queries']}", f"test_qrels={data['test_qrels']}"],
+        "split": [
+            f"train_queries={data['train_queries']}",
+            f"train_qrels={data['train_qrels']}",
+            f"test_queries={data['test_queries']}",
+            f"test_qrels={data['test_qrels']}",
+        ],
     }[command]
 
 
 MODEL_COMMANDS = ["encode", "search", "eval", "export", "mine", "cluster", "split"]
 
 
-@pytest.mark.parametrize("command", [c if c in ("encode", "eval") else pytest.param(c, marks=pytest.mark.slow) for c in MODEL_COMMANDS])
+@pytest.mark.parametrize(
+    "command", [c if c in ("encode", "eval") else pytest.param(c, marks=pytest.mark.slow) for c in MODEL_COMMANDS]
+)
 def test_a_checkpoint_that_would_run_code_is_refused(command, tiny_bert, scifact_slice, tmp_path):
     marker = tmp_path / "pwned"
     ckpt = _run_with_checkpoint(tmp_path, tiny_bert, pickle.dumps(_Payload(marker)))
@@ -109,8 +116,13 @@ def _tiny_train(tiny_bert: str, data: dict, run: Path) -> list[str]:
 
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_dr_train_refuses_a_checkpoint_url(tiny_bert, scifact_slice, tmp_path):
-    proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), "ckpt_path=https://example.com/x.ckpt",
-              cwd=tmp_path, timeout=240)
+    proc = dr(
+        "train",
+        *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"),
+        "ckpt_path=https://example.com/x.ckpt",
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert_user_error(proc, "train", "ckpt_path=https://example.com/x.ckpt", "weights_only=False")
     assert not (tmp_path / "run" / "config.yaml").exists(), "the check comes before any work"
 
@@ -119,7 +131,13 @@ def test_dr_train_refuses_a_checkpoint_url(tiny_bert, scifact_slice, tmp_path):
 def test_dr_train_names_a_truncated_resume_checkpoint(tiny_bert, scifact_slice, tmp_path):
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), f"ckpt_path={ckpt}", cwd=tmp_path, timeout=240)
+    proc = dr(
+        "train",
+        *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"),
+        f"ckpt_path={ckpt}",
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert_user_error(proc, "train", f"ckpt_path={ckpt}", "truncated")
 
 
@@ -186,9 +204,17 @@ def test_dr_score_does_not_write_through_a_linked_partial_file(tiny_cross_encode
     victim.write_text("years of notes\n")
     output = tmp_path / "teacher.tsv"
     (tmp_path / "teacher.tsv.partial").symlink_to(victim)
-    proc = dr("score", f"triples={_triples(scifact_slice, tmp_path / 'triples.tsv')}", f"corpus={scifact_slice['corpus']}",
-              f"queries={scifact_slice['train_queries']}", f"teacher.model={tiny_cross_encoder}", "teacher.max_length=32",
-              f"output={output}", "show_progress=false", cwd=tmp_path)
+    proc = dr(
+        "score",
+        f"triples={_triples(scifact_slice, tmp_path / 'triples.tsv')}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"teacher.model={tiny_cross_encoder}",
+        "teacher.max_length=32",
+        f"output={output}",
+        "show_progress=false",
+        cwd=tmp_path,
+    )
     assert victim.read_text() == "years of notes\n"
     assert_user_error(proc, "score", "teacher.tsv.partial", "symbolic link")
 
@@ -198,9 +224,17 @@ def test_dr_score_names_a_damaged_progress_file(tiny_cross_encoder, scifact_slic
     output = tmp_path / "teacher.tsv"
     (tmp_path / "teacher.tsv.partial").write_text("")
     (tmp_path / "teacher.tsv.progress.json").write_text('{"fingerprint": "x", "queries_')
-    proc = dr("score", f"triples={_triples(scifact_slice, tmp_path / 'triples.tsv')}", f"corpus={scifact_slice['corpus']}",
-              f"queries={scifact_slice['train_queries']}", f"teacher.model={tiny_cross_encoder}", "teacher.max_length=32",
-              f"output={output}", "show_progress=false", cwd=tmp_path)
+    proc = dr(
+        "score",
+        f"triples={_triples(scifact_slice, tmp_path / 'triples.tsv')}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"teacher.model={tiny_cross_encoder}",
+        "teacher.max_length=32",
+        f"output={output}",
+        "show_progress=false",
+        cwd=tmp_path,
+    )
     assert_user_error(proc, "score", "teacher.tsv.progress.json", "safe to delete")
 
 
@@ -241,7 +275,9 @@ def test_exported_model_card_holds_no_absolute_paths(tiny_bert, scifact_slice, t
     run = tmp_path / "home" / "alice" / "runs" / "r1"
     (run / "checkpoints").mkdir(parents=True)
     encoder = BiEncoder.from_pretrained(tiny_bert)
-    torch.save({"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}}, run / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}}, run / "checkpoints" / "last.ckpt"
+    )
     (run / "config.yaml").write_text(
         f"encoder:\n  _target_: dr.models.BiEncoder.from_pretrained\n  name_or_path: {tiny_bert}\n"
         f"data:\n  corpus: {scifact_slice['corpus']}\n  train_queries: {scifact_slice['train_queries']}\n"
@@ -278,7 +314,9 @@ def test_a_truncated_safetensors_file_is_named(tiny_bert, scifact_slice, tmp_pat
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_an_empty_model_folder_is_named(scifact_slice, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_user_error(_encode(str(tmp_path / "empty"), scifact_slice, tmp_path), "encode", str(tmp_path / "empty"), "config.json")
+    assert_user_error(
+        _encode(str(tmp_path / "empty"), scifact_slice, tmp_path), "encode", str(tmp_path / "empty"), "config.json"
+    )
 
 
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
@@ -303,8 +341,13 @@ def test_an_unknown_hub_id_with_an_unreachable_hub_fails_fast(scifact_slice, tmp
 
 # ------------------------------------------------------------------ configs checked before any model loads
 def test_a_mistyped_target_is_named(tiny_bert, scifact_slice, tmp_path):
-    proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), "loss._target_=dr.losses.InfoNCELosss",
-              cwd=tmp_path, timeout=240)
+    proc = dr(
+        "train",
+        *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"),
+        "loss._target_=dr.losses.InfoNCELosss",
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert_user_error(proc, "train", "loss._target_=dr.losses.InfoNCELosss", "InfoNCELosss")
 
 
@@ -312,8 +355,13 @@ def test_a_mistyped_target_is_named(tiny_bert, scifact_slice, tmp_path):
 @pytest.mark.parametrize("command", ["train", "encode"])
 def test_an_unknown_pooling_is_refused_before_the_model_loads(command, tiny_bert, scifact_slice, tmp_path):
     if command == "train":
-        proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), "encoder.pooling=max", cwd=tmp_path,
-                  timeout=240)
+        proc = dr(
+            "train",
+            *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"),
+            "encoder.pooling=max",
+            cwd=tmp_path,
+            timeout=240,
+        )
     else:
         proc = _encode(tiny_bert, scifact_slice, tmp_path, "encoder.pooling=max")
     assert_user_error(proc, command, "encoder.pooling=max", "cls")
@@ -321,8 +369,14 @@ def test_an_unknown_pooling_is_refused_before_the_model_loads(command, tiny_bert
 
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_tas_without_clusters_or_a_model_is_refused(tiny_bert, scifact_slice, tmp_path):
-    proc = dr("train", *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"), "sampler=tas", "data.batch_sampler.model=null",
-              cwd=tmp_path, timeout=240)
+    proc = dr(
+        "train",
+        *_tiny_train(tiny_bert, scifact_slice, tmp_path / "run"),
+        "sampler=tas",
+        "data.batch_sampler.model=null",
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert_user_error(proc, "train", "data.batch_sampler.model=null")
 
 
@@ -364,8 +418,15 @@ def test_a_full_disk_while_the_run_folder_is_made_names_the_file_and_leaves_no_t
     qrels.write_text("q1 0 d1 1\n")
     run = tmp_path / "run.trec"
     run.write_text("q1 Q0 d1 1 1.0 t\n")
-    proc = subprocess.run([str(BIN / "dr-eval"), f"run_file={run}", f"qrels={qrels}", f"hydra.run.dir={tmp_path / 'out'}"],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **OFFLINE}, preexec_fn=limit, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "dr-eval"), f"run_file={run}", f"qrels={qrels}", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE},
+        preexec_fn=limit,
+        timeout=300,
+    )
     assert_user_error(proc, "eval", str(tmp_path / "out" / ".hydra" / "config.yaml"), "File too large")
     assert not (tmp_path / "out" / ".hydra" / "config.yaml").exists()
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.stat().st_size > 0]
@@ -381,14 +442,31 @@ def test_an_index_whose_save_was_interrupted_is_refused(tiny_bert, scifact_slice
     reordered = tmp_path / "reordered.jsonl"
     reordered.write_text("".join(reversed(lines)))
     index = tmp_path / "index"
-    assert dr("encode", f"model={tiny_bert}", f"corpus={scifact_slice['corpus']}", f"output={index}", cwd=tmp_path).returncode == 0
+    assert (
+        dr(
+            "encode", f"model={tiny_bert}", f"corpus={scifact_slice['corpus']}", f"output={index}", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     shutil.copy(index / "index", tmp_path / "old-vectors")
-    proc = dr("encode", f"model={tiny_bert}", f"corpus={reordered}", f"output={index}", f"hydra.run.dir={tmp_path / 'run2'}",
-              cwd=tmp_path)
+    proc = dr(
+        "encode",
+        f"model={tiny_bert}",
+        f"corpus={reordered}",
+        f"output={index}",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     shutil.copy(tmp_path / "old-vectors", index / "index")  # as if the process died between the two renames
-    proc = dr("search", f"model={tiny_bert}", f"index={index}", f"queries={scifact_slice['test_queries']}",
-              f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path)
+    proc = dr(
+        "search",
+        f"model={tiny_bert}",
+        f"index={index}",
+        f"queries={scifact_slice['test_queries']}",
+        f"hydra.run.dir={tmp_path / 'run3'}",
+        cwd=tmp_path,
+    )
     assert_user_error(proc, "search", str(index), "not from the same save")
 
 
@@ -404,8 +482,16 @@ def test_a_non_finite_score_in_a_negatives_file_is_named(bad, tiny_cross_encoder
         f'{{"qid": "{q1}", "positives": ["{sorted(qrels[q1])[0]}"], "negatives": [{{"docid": "{sorted(qrels[q2])[0]}", "score": 1.5}}]}}\n'
         f'{{"qid": "{q2}", "positives": ["{sorted(qrels[q2])[0]}"], "negatives": [{{"docid": "{sorted(qrels[q1])[0]}", "score": {bad}}}]}}\n'
     )
-    proc = dr("score", f"negatives={negatives}", f"corpus={scifact_slice['corpus']}", f"queries={scifact_slice['train_queries']}",
-              f"teacher.model={tiny_cross_encoder}", "teacher.max_length=32", "show_progress=false", cwd=tmp_path)
+    proc = dr(
+        "score",
+        f"negatives={negatives}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"teacher.model={tiny_cross_encoder}",
+        "teacher.max_length=32",
+        "show_progress=false",
+        cwd=tmp_path,
+    )
     assert_user_error(proc, "score", f"{negatives}, line 2", "finite", "null")
 
 
@@ -417,7 +503,7 @@ def test_a_finished_run_folder_is_not_reused_by_accident(tmp_path):
     run = tmp_path / "run"
     assert dr("eval", *DL19, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
     metrics = (run / "metrics.json").read_bytes()
-    (run / "metrics.json").write_bytes(metrics.replace(b"{", b"{\"mine\": 1, ", 1))  # a result of that run, to keep
+    (run / "metrics.json").write_bytes(metrics.replace(b"{", b'{"mine": 1, ', 1))  # a result of that run, to keep
     log_size = (run / "evaluate.log").stat().st_size
     proc = dr("eval", *DL19, "measures=[P@5]", f"hydra.run.dir={run}", cwd=tmp_path)
     assert_user_error(proc, "eval", f"hydra.run.dir={run}", "--overwrite")
@@ -429,8 +515,16 @@ def test_a_finished_run_folder_is_not_reused_by_accident(tmp_path):
 
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
 def test_runs_launched_in_the_same_second_get_their_own_folders(tmp_path):
-    procs = [subprocess.Popen([str(BIN / "dr-eval"), *DL19], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**os.environ, **OFFLINE}) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dr-eval"), *DL19],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **OFFLINE},
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.communicate(timeout=300)
         assert p.returncode == 0
@@ -444,6 +538,7 @@ def test_runs_launched_in_the_same_second_get_their_own_folders(tmp_path):
 def test_a_preset_that_needs_ir_datasets_says_which_extra_to_install(preset, tmp_path):
     try:
         import ir_datasets  # noqa: F401
+
         pytest.skip("ir_datasets is installed here")
     except ImportError:
         pass
@@ -469,7 +564,10 @@ def test_a_very_long_query_is_cut_before_tokenising(tiny_bert, tmp_path):
 
     encoder = BiEncoder.load(tiny_bert, device="cpu")
     long = "dense retrieval " * 40_000
-    assert encoder.tokenize([long], "query")["input_ids"].tolist() == encoder.tokenize([long[:2000]], "query")["input_ids"].tolist()
+    assert (
+        encoder.tokenize([long], "query")["input_ids"].tolist()
+        == encoder.tokenize([long[:2000]], "query")["input_ids"].tolist()
+    )
     calls = []
     original = encoder.tokenizer.__class__.__call__
 
@@ -492,7 +590,11 @@ def _compare_inputs(tmp_path: Path) -> list[str]:
     qids = sorted({line.split()[0] for line in lines})
     partial = tmp_path / "partial.run"
     partial.write_text("".join(line for line in lines if line.split()[0] not in qids[:3]))
-    return [f"run_files=[{data / 'BM25_dl19.run'},{partial}]", f"qrels={data / 'qrels.dl19.full.trec'}", "permutations=200"]
+    return [
+        f"run_files=[{data / 'BM25_dl19.run'},{partial}]",
+        f"qrels={data / 'qrels.dl19.full.trec'}",
+        "permutations=200",
+    ]
 
 
 @pytest.mark.slow  # a few subprocesses of ~9 s each (the default suite keeps a representative case)
@@ -504,8 +606,10 @@ def test_dr_compare_refuses_different_query_sets_with_on_missing_error(tmp_path)
 def test_dr_compare_counts_the_left_out_queries_in_its_header(tmp_path):
     proc = dr("compare", *_compare_inputs(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "40 queries (judged, answered by every run; 3 judged queries that not every run answers are left out)" in \
-        (tmp_path / "run" / "compare.md").read_text()
+    assert (
+        "40 queries (judged, answered by every run; 3 judged queries that not every run answers are left out)"
+        in (tmp_path / "run" / "compare.md").read_text()
+    )
 
 
 def test_the_corpus_cache_keeps_one_table_per_corpus_under_drs_cache(tiny_bert, scifact_slice, tmp_path):
@@ -514,9 +618,19 @@ def test_the_corpus_cache_keeps_one_table_per_corpus_under_drs_cache(tiny_bert, 
     corpus.write_text("".join(lines[:60]))
     env = {"DR_CACHE_DIR": str(tmp_path / "cache")}
     # backend=torch: auto's first calibration would read the bundled SciFact corpus into the same cache
-    assert dr("encode", f"model={tiny_bert}", f"corpus={corpus}", "backend=torch", env=env, cwd=tmp_path).returncode == 0
+    assert (
+        dr("encode", f"model={tiny_bert}", f"corpus={corpus}", "backend=torch", env=env, cwd=tmp_path).returncode == 0
+    )
     corpus.write_text("".join(lines[:80]))  # a new version of the same corpus
-    proc = dr("encode", f"model={tiny_bert}", f"corpus={corpus}", "backend=torch", f"hydra.run.dir={tmp_path / 'run2'}", env=env, cwd=tmp_path)
+    proc = dr(
+        "encode",
+        f"model={tiny_bert}",
+        f"corpus={corpus}",
+        "backend=torch",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     tables = list((tmp_path / "cache" / "datasets" / "generator").iterdir())
     assert len(tables) == 1, tables
@@ -533,9 +647,11 @@ def test_a_real_dr_train_checkpoint_loads_with_weights_only(cfg_train, scifact_s
     run = tmp_path / "trained"
     train(cfg_train("test.enabled=false", "export.enabled=false", out=run, max_steps=2))
     ckpt = run / "checkpoints" / "last.ckpt"
-    proc = dr("encode", f"model={ckpt}", f"corpus={scifact_slice['corpus']}", f"output={tmp_path / 'index'}", cwd=tmp_path)
+    proc = dr(
+        "encode", f"model={ckpt}", f"corpus={scifact_slice['corpus']}", f"output={tmp_path / 'index'}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(DenseIndex.load(tmp_path / "index", use_gpu=False)) == sum(1 for _ in open(scifact_slice["corpus"]))
     trained = BiEncoder.load(str(ckpt), device="cpu").state_dict()
     exported = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    assert all(torch.equal(trained[k[len("encoder."):]], v) for k, v in exported.items() if k.startswith("encoder."))
+    assert all(torch.equal(trained[k[len("encoder.") :]], v) for k, v in exported.items() if k.startswith("encoder."))

@@ -46,7 +46,10 @@ def test_bad_training_values_name_the_key(override, compose_config, tmp_path):
 def test_refresh_checks(compose_config, tmp_path):
     refresh = ["refresh=async", "refresh.miner.num_negatives=4"]
     validate_config(_train(compose_config, tmp_path, *refresh, "data.num_negatives=4"))
-    with pytest.raises(ConfigError, match=r"^data\.num_negatives=5: expected at most the 4 negatives per query that the refresh miner keeps"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.num_negatives=5: expected at most the 4 negatives per query that the refresh miner keeps",
+    ):
         validate_config(_train(compose_config, tmp_path, *refresh, "data.num_negatives=5"))
     with pytest.raises(ConfigError, match=r"^data\.num_workers=2: expected 0 with an index refresh"):
         validate_config(_train(compose_config, tmp_path, *refresh, "data.num_workers=2"))
@@ -71,7 +74,9 @@ def test_distillation_needs_its_teachers(compose_config, tmp_path):
     validate_config(_train(compose_config, tmp_path, "loss=margin_mse", "data.teacher_scores=teacher.tsv"))
     with pytest.raises(ConfigError, match=r"^module\.inbatch_teacher=null: expected an in-batch teacher"):
         validate_config(_train(compose_config, tmp_path, "loss=tas_b", "data.teacher_scores=teacher.tsv"))
-    validate_config(_train(compose_config, tmp_path, "loss=tas_b", "data.teacher_scores=teacher.tsv", "inbatch_teacher=fusion"))
+    validate_config(
+        _train(compose_config, tmp_path, "loss=tas_b", "data.teacher_scores=teacher.tsv", "inbatch_teacher=fusion")
+    )
 
 
 def test_switched_off_groups_are_not_checked(compose_config, tmp_path):
@@ -79,17 +84,20 @@ def test_switched_off_groups_are_not_checked(compose_config, tmp_path):
     validate_config(_train(compose_config, tmp_path, "test.enabled=false", "test.k=0"))
 
 
-@pytest.mark.parametrize("name,override,message", [
-    ("evaluate", "k=0", "k=0: expected a positive integer"),
-    ("evaluate", "preset=dl21", "preset=dl21: expected one of dl19, dl20, msmarco-dev, scifact"),
-    ("evaluate", "measures=[P@x]", "measures=['P@x']: expected ir-measures names"),
-    ("search", "batch_size=0", "batch_size=0: expected a positive integer"),
-    ("encode", "index_kind=lsh", "index_kind=lsh: expected one of auto, flat, ivf, ivfpq, hnsw"),
-    ("export", "format=onnx-fp16", "format=onnx-fp16: expected one of torch, onnx, onnx-int8"),
-    ("mine", "top_k=0", "top_k=0: expected a positive integer"),
-    ("score", "chunk_size=-1", "chunk_size=-1: expected a positive integer"),
-    ("cluster", "num_clusters=0", "num_clusters=0: expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "name,override,message",
+    [
+        ("evaluate", "k=0", "k=0: expected a positive integer"),
+        ("evaluate", "preset=dl21", "preset=dl21: expected one of dl19, dl20, msmarco-dev, scifact"),
+        ("evaluate", "measures=[P@x]", "measures=['P@x']: expected ir-measures names"),
+        ("search", "batch_size=0", "batch_size=0: expected a positive integer"),
+        ("encode", "index_kind=lsh", "index_kind=lsh: expected one of auto, flat, ivf, ivfpq, hnsw"),
+        ("export", "format=onnx-fp16", "format=onnx-fp16: expected one of torch, onnx, onnx-int8"),
+        ("mine", "top_k=0", "top_k=0: expected a positive integer"),
+        ("score", "chunk_size=-1", "chunk_size=-1: expected a positive integer"),
+        ("cluster", "num_clusters=0", "num_clusters=0: expected a positive integer"),
+    ],
+)
 def test_bad_command_values_name_the_key(name, override, message, compose_config):
     with pytest.raises(ConfigError) as excinfo:
         validate_config(compose_config(name, [override]))
@@ -127,11 +135,20 @@ SIMANS = ["sampler=simans", "data.negatives=pool.jsonl"]
 REFRESH = ["refresh=async", "data.num_negatives=4"]
 DEGRADED = {
     # BM25 negatives carry no positive score: every load would take the same lowest-ranked candidates
-    ("sampler=simans",): r"^data\.negatives=.*BM25Negatives.*: expected a negatives file with the candidates' and positives' scores",
+    (
+        "sampler=simans",
+    ): r"^data\.negatives=.*BM25Negatives.*: expected a negatives file with the candidates' and positives' scores",
     # the refresh would pre-sample with the kernel, and the sampler would apply it again at every load
-    (*SIMANS, *REFRESH, "miner@refresh.miner=simans"): r"^refresh\.miner=SimANSMiner: expected miner@refresh\.miner=pool",
-    (*SIMANS, *REFRESH, "miner@refresh.miner=margin_simans"):
-        r"^refresh\.miner=SimANSMiner: expected miner@refresh\.miner=pool",
+    (
+        *SIMANS,
+        *REFRESH,
+        "miner@refresh.miner=simans",
+    ): r"^refresh\.miner=SimANSMiner: expected miner@refresh\.miner=pool",
+    (
+        *SIMANS,
+        *REFRESH,
+        "miner@refresh.miner=margin_simans",
+    ): r"^refresh\.miner=SimANSMiner: expected miner@refresh\.miner=pool",
     # the refresh candidates carry no teacher scores: every refresh job would fail
     (*REFRESH, "miner@refresh.miner=denoise"): r"^refresh\.miner=DenoiseMiner: expected a refresh\.teacher",
 }
@@ -147,9 +164,19 @@ def test_what_the_simans_sampler_and_refresh_miners_need_is_accepted(compose_con
     validate_config(_train(compose_config, tmp_path, *SIMANS))
     validate_config(_train(compose_config, tmp_path, *SIMANS, *REFRESH, "miner@refresh.miner=pool"))
     # the refresh teacher's scores go to their own file for the KD lists; the negatives file keeps the student's
-    validate_config(_train(compose_config, tmp_path, *SIMANS, *REFRESH, "miner@refresh.miner=pool", "+teacher@refresh.teacher=fusion"))
-    validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=simans"))  # uniform loads of the refreshed negatives
-    validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=cross_encoder"))
+    validate_config(
+        _train(
+            compose_config, tmp_path, *SIMANS, *REFRESH, "miner@refresh.miner=pool", "+teacher@refresh.teacher=fusion"
+        )
+    )
+    validate_config(
+        _train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=simans")
+    )  # uniform loads of the refreshed negatives
+    validate_config(
+        _train(
+            compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=cross_encoder"
+        )
+    )
 
 
 def test_dr_train_refuses_a_denoise_refresh_without_teacher_in_one_line(tiny_bert, scifact_slice, tmp_path):
@@ -159,27 +186,47 @@ def test_dr_train_refuses_a_denoise_refresh_without_teacher_in_one_line(tiny_ber
     from conftest import tiny_train_overrides
 
     out = tmp_path / "run"
-    args = tiny_train_overrides(tiny_bert, scifact_slice, out) + [*REFRESH, "miner@refresh.miner=denoise", "test.enabled=false"]
+    args = tiny_train_overrides(tiny_bert, scifact_slice, out) + [
+        *REFRESH,
+        "miner@refresh.miner=denoise",
+        "test.enabled=false",
+    ]
     dr_train = Path(sys.executable).parent / "dr-train"
     result = subprocess.run([str(dr_train), *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dr-train: error: refresh.miner=DenoiseMiner: expected a refresh.teacher")
+    assert len(lines) == 1 and lines[0].startswith(
+        "dr-train: error: refresh.miner=DenoiseMiner: expected a refresh.teacher"
+    )
     assert not (out / "checkpoints").exists()
 
 
 def test_a_denoise_threshold_needs_a_teacher_with_probabilities(compose_config, tmp_path):
     """Issue 23 item 2: the threshold is a probability of relevance; the fusion teacher's per-query
     normalised scores have no map onto it (0.1 would be a relative cut)."""
-    with pytest.raises(ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"):
+    with pytest.raises(
+        ConfigError, match=r"^miner\.threshold=0\.1: expected a teacher whose scores map to a probability"
+    ):
         validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion"]))
     validate_config(compose_config("mine", ["miner=denoise", "teacher=cross_encoder"]))
-    validate_config(compose_config("mine", ["miner=denoise", "teacher=fusion", "miner.threshold=null", "miner.margin=0.2"]))
+    validate_config(
+        compose_config("mine", ["miner=denoise", "teacher=fusion", "miner.threshold=null", "miner.margin=0.2"])
+    )
     with pytest.raises(ConfigError, match=r"^refresh\.miner\.threshold=0\.1: expected a teacher whose scores map"):
-        validate_config(_train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=fusion"))
+        validate_config(
+            _train(compose_config, tmp_path, *REFRESH, "miner@refresh.miner=denoise", "+teacher@refresh.teacher=fusion")
+        )
 
 
 def test_the_ms_marco_data_config_works_with_an_index_refresh(compose_config, tmp_path):
     """Issue 23 item 10: conf/data/msmarco.yaml shipped num_workers=2, which every refresh refuses."""
-    validate_config(_train(compose_config, tmp_path, "experiment=msmarco_infonce", "refresh=async", "miner@refresh.miner=topk",
-                           "refresh.miner.num_negatives=4"))
+    validate_config(
+        _train(
+            compose_config,
+            tmp_path,
+            "experiment=msmarco_infonce",
+            "refresh=async",
+            "miner@refresh.miner=topk",
+            "refresh.miner.num_negatives=4",
+        )
+    )

@@ -33,7 +33,10 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_the_export_holds_the_interpolated_weights(alpha, tiny_bert, tuned_bert, compose_config, tmp_path):
     out = tmp_path / "mixed"
-    export_command(compose_config("export", [f"model={tuned_bert}", f"base={tiny_bert}", f"interpolate={alpha}", f"output={out}"]), tmp_path)
+    export_command(
+        compose_config("export", [f"model={tuned_bert}", f"base={tiny_bert}", f"interpolate={alpha}", f"output={out}"]),
+        tmp_path,
+    )
     base, tuned, mixed = _weights(Path(tiny_bert)), _weights(Path(tuned_bert)), _weights(out)
     floats = [n for n, v in mixed.items() if torch.is_floating_point(v)]
     assert len(floats) > 10
@@ -42,21 +45,35 @@ def test_the_export_holds_the_interpolated_weights(alpha, tiny_bert, tuned_bert,
         torch.testing.assert_close(mixed[name], expected, rtol=0, atol=1e-6)
     changed = [n for n in floats if not torch.equal(base[n], tuned[n])]
     assert changed  # the two models differ, so the test can fail
-    assert "WiSE-FT interpolation" in (out / "README.md").read_text() and f"α = {alpha:g}" in (out / "README.md").read_text()
+    assert (
+        "WiSE-FT interpolation" in (out / "README.md").read_text()
+        and f"α = {alpha:g}" in (out / "README.md").read_text()
+    )
 
 
 def test_a_base_of_another_architecture_or_no_base_is_refused(tiny_bert, compose_config, tmp_path):
     other = tmp_path / "other"
     torch.manual_seed(2)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(other)
-    shutil.copy(Path(tiny_bert) / "tokenizer.json", other / "tokenizer.json") if (Path(tiny_bert) / "tokenizer.json").exists() else None
+    BertModel(
+        BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(other)
+    shutil.copy(Path(tiny_bert) / "tokenizer.json", other / "tokenizer.json") if (
+        Path(tiny_bert) / "tokenizer.json"
+    ).exists() else None
     for name in ("tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (Path(tiny_bert) / name).exists():
             shutil.copy(Path(tiny_bert) / name, other / name)
     with pytest.raises(ConfigError, match="expected the fine-tuned model's architecture"):
-        export_command(compose_config("export", [f"model={tiny_bert}", f"base={other}", "interpolate=0.5", f"output={tmp_path / 'a'}"]), tmp_path)
+        export_command(
+            compose_config(
+                "export", [f"model={tiny_bert}", f"base={other}", "interpolate=0.5", f"output={tmp_path / 'a'}"]
+            ),
+            tmp_path,
+        )
     with pytest.raises(ConfigError, match="expected base=MODEL"):
-        export_command(compose_config("export", [f"model={tiny_bert}", "interpolate=0.5", f"output={tmp_path / 'b'}"]), tmp_path)
+        export_command(
+            compose_config("export", [f"model={tiny_bert}", "interpolate=0.5", f"output={tmp_path / 'b'}"]), tmp_path
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

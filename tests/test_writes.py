@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from dr.data import NegativesRecord, read_negatives, write_clusters, write_json, write_negatives, write_run, write_teacher_scores
+from dr.data import (
+    NegativesRecord,
+    read_negatives,
+    write_clusters,
+    write_json,
+    write_negatives,
+    write_run,
+    write_teacher_scores,
+)
 from dr.models.encoder import BiEncoder
 from dr.evaluation import write_metrics
 from dr.export.export import export
@@ -42,12 +50,15 @@ def umask_027():
 
 
 def _encoder(tiny_bert: str) -> BiEncoder:
-    return BiEncoder.from_pretrained(tiny_bert, pooling="mean", normalize=True, similarity="cos", query_max_length=12,
-                                     passage_max_length=32)
+    return BiEncoder.from_pretrained(
+        tiny_bert, pooling="mean", normalize=True, similarity="cos", query_max_length=12, passage_max_length=32
+    )
 
 
 def _index(n: int = 5, dim: int = 32) -> DenseIndex:
-    return DenseIndex.build(np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32), [f"d{i}" for i in range(n)])
+    return DenseIndex.build(
+        np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32), [f"d{i}" for i in range(n)]
+    )
 
 
 # ----------------------------------------------------------------------------------- permissions
@@ -154,7 +165,9 @@ def test_a_failed_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
 def test_the_trainer_config_writes_checkpoints_atomically(compose_config, tmp_path):
     import hydra
 
-    cfg = compose_config("train", [f"paths.output_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.precision=32-true"])
+    cfg = compose_config(
+        "train", [f"paths.output_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.precision=32-true"]
+    )
     from dr.training.best_checkpoint import trainer_arguments
 
     trainer = hydra.utils.instantiate(trainer_arguments(cfg)[0], logger=False, enable_checkpointing=False)

@@ -93,14 +93,25 @@ def user_error(e: BaseException) -> BaseException | None:
     return None
 
 
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+}
 
 
 def one_line(e: BaseException) -> str:
     """``e``'s message on one line (Hydra's composition errors span several, with their cause)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("See https://")]
+    lines = [
+        line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("See https://")
+    ]
     if isinstance(e.__cause__, OmegaConfBaseException):
         lines += str(e.__cause__).strip().splitlines()[:1]
     if not lines:
@@ -121,7 +132,11 @@ def save_run_config(cfg) -> None:
 
     hydra_cfg = HydraConfig.get()
     folder = run_dir() / ".hydra"
-    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}), "overrides.yaml": hydra_cfg.overrides.task}
+    files = {
+        "config.yaml": cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
     for filename, node in files.items():
         with atomic_write(folder / filename) as f:
             f.write(OmegaConf.to_yaml(node))
@@ -198,8 +213,18 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
 
 
 #: the commands that run a model: they start under jemalloc when there is one (:mod:`dr.allocator`)
-ALLOCATOR_COMMANDS = {"dr-train", "dr-encode", "dr-search", "dr-eval", "dr-export", "dr-mine", "dr-score", "dr-cluster",
-                      "dr-split", "dr-pipeline"}
+ALLOCATOR_COMMANDS = {
+    "dr-train",
+    "dr-encode",
+    "dr-search",
+    "dr-eval",
+    "dr-export",
+    "dr-mine",
+    "dr-score",
+    "dr-cluster",
+    "dr-split",
+    "dr-pipeline",
+}
 
 
 def _is_console_script(name: str, argv: list[str] | None = None) -> bool:
@@ -254,7 +279,9 @@ def encoder_from_config(cfg, backend: str = "torch"):
     if not cfg.get("model"):
         from dr.config import ConfigError
 
-        raise ConfigError("model=null: expected a model (model=...): a hub name, a saved model folder or a .ckpt of a dr-train run")
+        raise ConfigError(
+            "model=null: expected a model (model=...): a hub name, a saved model folder or a .ckpt of a dr-train run"
+        )
     _refuse_truncated_onnx(cfg.model, backend)
     if backend == "auto":
         return _auto_encoder(cfg)
@@ -272,7 +299,9 @@ def _auto_encoder(cfg):
     from dr.models.auto_backend import choose_and_log, default_cache_dir, encoder_for
 
     encoder = BiEncoder.load(cfg.model, cfg.get("encoder"))
-    if encoder.truncate_dim is not None:  # a Matryoshka model cut to its first dims: ONNX has no truncation, torch it is
+    if (
+        encoder.truncate_dim is not None
+    ):  # a Matryoshka model cut to its first dims: ONNX has no truncation, torch it is
         return encoder
     cache = cfg.get("cache_dir") or default_cache_dir()
     choice = choose_and_log(encoder, cache, logging.getLogger("dr.cli"))
@@ -291,8 +320,13 @@ def _refuse_truncated_onnx(model: str, backend: str) -> None:
     from dr.models.encoder import DR_CONFIG
 
     config = Path(model).expanduser() / DR_CONFIG
-    dim = json.loads(config.read_text()).get("truncate_dim") if backend not in ("torch", "auto") and config.is_file() else None
+    dim = (
+        json.loads(config.read_text()).get("truncate_dim")
+        if backend not in ("torch", "auto") and config.is_file()
+        else None
+    )
     if dim:
-        raise ConfigError(f"backend={backend}: {model} embeds its first {dim} dims (truncate_dim in {DR_CONFIG}), "
-                          "which the ONNX graph does not do; expected backend=torch")
-
+        raise ConfigError(
+            f"backend={backend}: {model} embeds its first {dim} dims (truncate_dim in {DR_CONFIG}), "
+            "which the ONNX graph does not do; expected backend=torch"
+        )

@@ -24,16 +24,25 @@ def run(cfg: DictConfig, out: Path) -> list[dict]:
     if cfg.permutations < 1:
         raise ConfigError(f"permutations={cfg.permutations}: expected a positive number of sign flips (10000 or more)")
     names = list(cfg.names) if cfg.get("names") else None
-    result = compare_runs(groups, read_qrels(cfg.qrels), list(cfg.measures), names, cfg.permutations, cfg.seed,
-                          on_missing=cfg.get("on_missing", "warn"))
+    result = compare_runs(
+        groups,
+        read_qrels(cfg.qrels),
+        list(cfg.measures),
+        names,
+        cfg.permutations,
+        cfg.seed,
+        on_missing=cfg.get("on_missing", "warn"),
+    )
     table = markdown_table(result, cfg.alpha)
     header = f"qrels: {resolve_path(cfg.qrels)}"
     with atomic_write(out / "compare.md") as f:
         f.write(header + "\n\n" + table + "\n")
     rows = result.to_json()
     write_json(out / "compare.json", rows)
-    differences = {m: {s: (result.values[m][i] - result.values[m][0]).tolist() for i, s in enumerate(result.systems) if i}
-                   for m in result.measures}
+    differences = {
+        m: {s: (result.values[m][i] - result.values[m][0]).tolist() for i, s in enumerate(result.systems) if i}
+        for m in result.measures
+    }
     plot_sorted_differences(differences, out / "compare.png", baseline=result.systems[0])
     print(header)
     print(table)

@@ -28,27 +28,43 @@ from dr.config import ConfigError
 def run(cfg: DictConfig, out: Path) -> DenseIndex:
     """Encode a corpus and save a FAISS index (the ``index`` file plus ``docid``)."""
     if (cfg.get("embedding_precision") or "float32") != "float32" and cfg.index_kind != "flat":
-        raise ConfigError(f"embedding_precision={cfg.embedding_precision}, index_kind={cfg.index_kind}: expected index_kind=flat "
-                          "(the quantised index is exact over its codes)")
+        raise ConfigError(
+            f"embedding_precision={cfg.embedding_precision}, index_kind={cfg.index_kind}: expected index_kind=flat "
+            "(the quantised index is exact over its codes)"
+        )
     encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
     corpus = read_corpus(cfg.corpus)
     params = OmegaConf.to_container(cfg.index_params) if cfg.get("index_params") else {}
-    index_args = {"memory_budget_gb": float(cfg.get("index_memory_gb", 8.0)), **{k: v for k, v in params.items() if v is not None}}
+    index_args = {
+        "memory_budget_gb": float(cfg.get("index_memory_gb", 8.0)),
+        **{k: v for k, v in params.items() if v is not None},
+    }
     if cfg.get("shard_size"):
         folder = Path(cfg.embeddings) if cfg.get("embeddings") else out / "embeddings"
-        shards = encode_sharded(encoder, corpus, folder, shard_size=cfg.shard_size, fp16=cfg.get("fp16", False),
-                                batch_size=cfg.batch_size, bf16=cfg.bf16)
+        shards = encode_sharded(
+            encoder,
+            corpus,
+            folder,
+            shard_size=cfg.shard_size,
+            fp16=cfg.get("fp16", False),
+            batch_size=cfg.batch_size,
+            bf16=cfg.bf16,
+        )
         print(f"embeddings of {len(shards)} passages in {folder} ({shards.manifest['num_shards']} shards)")
         index = DenseIndex.build(shards, list(corpus["docid"]), kind=cfg.index_kind, **index_args)
     else:
-        index = build_index(encoder, corpus, index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16, **index_args)
+        index = build_index(
+            encoder, corpus, index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16, **index_args
+        )
     target = Path(cfg.output) if cfg.get("output") else out / "index"
     precision = cfg.get("embedding_precision") or "float32"
     if precision != "float32":  # int8 / binary codes of the float vectors (dr.retrieval.quantized)
         quantized = QuantizedIndex.from_dense(index, precision, rescore=cfg.get("rescore_precision") or "binary")
         quantized.save(target)
-        print(f"indexed {len(quantized)} passages of {cfg.corpus} into {target} ({precision}, rescoring with "
-              f"{quantized.rescore}; {quantized.nbytes / 2**20:.1f} MiB of codes)")
+        print(
+            f"indexed {len(quantized)} passages of {cfg.corpus} into {target} ({precision}, rescoring with "
+            f"{quantized.rescore}; {quantized.nbytes / 2**20:.1f} MiB of codes)"
+        )
         return quantized
     index.save(target)
     print(f"indexed {len(index)} passages of {cfg.corpus} into {target} ({index.kind})")

@@ -21,14 +21,26 @@ from omegaconf import DictConfig, ListConfig
 
 from dr.cli import encoder_from_config, hydra_command
 from dr.config import ConfigError
-from dr.data import beir_folder, check_ids, passage_texts, read_corpus, read_qrels, read_queries, read_run, resolve_path, write_run
+from dr.data import (
+    beir_folder,
+    check_ids,
+    passage_texts,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    read_run,
+    resolve_path,
+    write_run,
+)
 from dr.evaluation import PRESETS, evaluate_run, format_table, write_metrics
 from dr.retrieval import DenseIndex, build_index, search_queries
 from dr.evaluation.benchmarks import split_metrics, split_rows, summary_rows
 from dr.evaluation.splits import read_split
 
 
-def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, qrels: dict, qrels_path: str) -> tuple[dict, dict]:
+def _retrieve(
+    cfg: DictConfig, encoder, corpus: str | None, queries_path: str, qrels: dict, qrels_path: str
+) -> tuple[dict, dict]:
     """Search the judged queries; returns the run and the qrels without the ids that the queries or
     the corpus lack (``on_missing``). ``encoder`` is a model or a function that loads it (called after
     the files are read and checked, so a bad file is reported before a model is loaded)."""
@@ -39,7 +51,9 @@ def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, q
     else:
         table = read_corpus(corpus)
         docids = set(table["docid"])
-    qrels = _known_qrels(qrels, qrels_path, all_queries, queries_path, docids, corpus or cfg.index, cfg.get("on_missing", "warn"))
+    qrels = _known_qrels(
+        qrels, qrels_path, all_queries, queries_path, docids, corpus or cfg.index, cfg.get("on_missing", "warn")
+    )
     queries = {q: t for q, t in all_queries.items() if q in qrels}
     retriever = cfg.get("retriever") or "dense"
     if retriever == "bm25":
@@ -56,7 +70,9 @@ def _retrieve(cfg: DictConfig, encoder, corpus: str | None, queries_path: str, q
 
 def _bm25(table, corpus: str | None):
     if table is None:
-        raise ConfigError(f"retriever=bm25|fusion with index={corpus}: expected corpus=... (BM25 needs the passages' text)")
+        raise ConfigError(
+            f"retriever=bm25|fusion with index={corpus}: expected corpus=... (BM25 needs the passages' text)"
+        )
     from dr.retrieval import BM25
 
     return BM25(passage_texts(table), list(table["docid"]))
@@ -77,7 +93,9 @@ def _fusion(cfg: DictConfig, encoder, table, corpus: str, index: DenseIndex | No
         table = read_corpus(cfg.corpus) if cfg.get("corpus") else None
         bm25 = _bm25(table, cfg.index)
         if index.kind != "flat" or sorted(index.docids) != sorted(bm25.docids):
-            raise ConfigError(f"index={cfg.index}: expected a flat index of every passage of corpus={cfg.corpus} for retriever=fusion")
+            raise ConfigError(
+                f"index={cfg.index}: expected a flat index of every passage of corpus={cfg.corpus} for retriever=fusion"
+            )
         row = {d: i for i, d in enumerate(index.docids)}
         embeddings = index.index.reconstruct_n(0, len(row))[[row[d] for d in bm25.docids]]
     else:
@@ -87,8 +105,18 @@ def _fusion(cfg: DictConfig, encoder, table, corpus: str, index: DenseIndex | No
     texts = [queries[q] for q in qids]
     q_emb = encoder.encode_queries(texts, batch_size=cfg.batch_size, bf16=cfg.bf16, show_progress=False)
     f = cfg.fusion
-    return fusion_search(bm25, embeddings, q_emb, qids, texts, depth=int(f.depth), k=cfg.k, bm25_weight=float(f.bm25_weight),
-                         dense_weight=float(f.dense_weight), normalization=f.normalization)
+    return fusion_search(
+        bm25,
+        embeddings,
+        q_emb,
+        qids,
+        texts,
+        depth=int(f.depth),
+        k=cfg.k,
+        bm25_weight=float(f.bm25_weight),
+        dense_weight=float(f.dense_weight),
+        normalization=f.normalization,
+    )
 
 
 def _several(cfg: DictConfig, out: Path, folders: list[str], measures: list[str]) -> dict[str, float]:
@@ -102,7 +130,9 @@ def _several(cfg: DictConfig, out: Path, folders: list[str], measures: list[str]
         name = Path(folder).expanduser().resolve().name
         if name in results:
             raise ConfigError(f"beir={folders}: two folders are named {name!r}; expected distinct folder names")
-        run, qrels = _retrieve(cfg, encoder, files["corpus"], files["queries"], read_qrels(files["qrels"]), files["qrels"])
+        run, qrels = _retrieve(
+            cfg, encoder, files["corpus"], files["queries"], read_qrels(files["qrels"]), files["qrels"]
+        )
         write_run(run, out / f"{name}.run", tag="dr")
         results[name] = evaluate_run(run, qrels, measures)
     rows = summary_rows(results)
@@ -125,15 +155,23 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
     if isinstance(beir, (list, ListConfig)) and len(beir) != 1:
         return _several(cfg, out, [str(b) for b in beir], measures)
     if beir:
-        files = beir_folder(str(beir[0] if isinstance(beir, (list, ListConfig)) else beir), cfg.get("beir_split") or "test")
+        files = beir_folder(
+            str(beir[0] if isinstance(beir, (list, ListConfig)) else beir), cfg.get("beir_split") or "test"
+        )
         preset = {**preset, **files}
     split = read_split(cfg.split) if cfg.get("split") else None
     if split is not None:
         # dr-split writes the union of its two test sets next to them
-        preset = {**preset, "queries": str(Path(cfg.split) / "test.queries.tsv"), "qrels": str(Path(cfg.split) / "test.qrels.trec")}
+        preset = {
+            **preset,
+            "queries": str(Path(cfg.split) / "test.queries.tsv"),
+            "qrels": str(Path(cfg.split) / "test.qrels.trec"),
+        }
     qrels_path = cfg.get("qrels") or preset.get("qrels")
     if not qrels_path:
-        raise ConfigError("qrels=null: expected a qrels file (qrels=...), a BEIR folder (beir=DIR) or a preset (preset=dl19|dl20|msmarco-dev|scifact)")
+        raise ConfigError(
+            "qrels=null: expected a qrels file (qrels=...), a BEIR folder (beir=DIR) or a preset (preset=dl19|dl20|msmarco-dev|scifact)"
+        )
     qrels = read_qrels(qrels_path)
     if cfg.get("run_file"):
         run = read_run(cfg.run_file)
@@ -143,7 +181,9 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
         corpus = cfg.get("corpus") or preset.get("corpus")
         needs_model = (cfg.get("retriever") or "dense") != "bm25"
         if not ((cfg.get("model") or not needs_model) and queries_path and (corpus or cfg.get("index"))):
-            raise ConfigError("run_file=null: expected a run file (run_file=...), or model=... with queries=... and corpus=... (or index=...)")
+            raise ConfigError(
+                "run_file=null: expected a run file (run_file=...), or model=... with queries=... and corpus=... (or index=...)"
+            )
         run, qrels = _retrieve(cfg, lambda: encoder_from_config(cfg), corpus, queries_path, qrels, qrels_path)
         write_run(run, out / "run.trec", tag="dr")
         label = str(cfg.model) if needs_model else "BM25"
@@ -156,13 +196,17 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
     write_metrics(metrics, out / "metrics.json")
     print(format_table(table, title=f"qrels: {resolve_path(qrels_path)}"))
     if split is not None and split.counts()["train_removed"]:
-        print(f"note: {cfg.split} resampled the training queries; its extrapolation figures hold for a model trained on "
-              f"{Path(cfg.split) / 'train.qrels.trec'}, not on the full training set")
+        print(
+            f"note: {cfg.split} resampled the training queries; its extrapolation figures hold for a model trained on "
+            f"{Path(cfg.split) / 'train.qrels.trec'}, not on the full training set"
+        )
     print(f"metrics: {out / 'metrics.json'}")
     return metrics
 
 
-def _known_qrels(qrels: dict, source: str, queries: dict, queries_source: str, docids: set, corpus: str, on_missing: str) -> dict:
+def _known_qrels(
+    qrels: dict, source: str, queries: dict, queries_source: str, docids: set, corpus: str, on_missing: str
+) -> dict:
     """``qrels`` without the qids that ``queries`` lacks and the judged docids that the corpus lacks
     (counted and dropped, or a DataError with ``on_missing=error``)."""
     check = functools.partial(check_ids, source=source, on_missing=on_missing, key="on_missing")

@@ -31,8 +31,12 @@ def _interpolated(encoder, cfg: DictConfig, alpha: float):
     from dr.models import load_encoder
 
     if not cfg.get("base"):
-        raise ConfigError(f"interpolate={alpha:g}: expected base=MODEL, the initial (zero-shot) model to interpolate with")
-    return interpolate_weights(encoder, load_encoder(str(cfg.base), backend="torch", device="cpu"), alpha, base_name=f"base={cfg.base}")
+        raise ConfigError(
+            f"interpolate={alpha:g}: expected base=MODEL, the initial (zero-shot) model to interpolate with"
+        )
+    return interpolate_weights(
+        encoder, load_encoder(str(cfg.base), backend="torch", device="cpu"), alpha, base_name=f"base={cfg.base}"
+    )
 
 
 def run(cfg: DictConfig, out: Path) -> Path:
@@ -46,14 +50,24 @@ def run(cfg: DictConfig, out: Path) -> Path:
     encoder = truncated(encoder, cfg.get("truncate_dim"))
     index = None
     if cfg.get("corpus"):
-        index = build_index(encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16)
+        index = build_index(
+            encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16
+        )
     config, metrics = read_run_outputs(_run_dir_of(str(cfg.model)))
     card = model_card(encoder, config, metrics)
     if alpha is not None:
-        card += (f"\nWeights: WiSE-FT interpolation (Wortsman et al. 2022, Eq. 1), (1 − α)·`{cfg.base}` + α·the fine-tuned "
-                 f"model, α = {float(alpha):g}; the figures above are the fine-tuned model's.\n")
-    export(encoder.cpu(), target, index=index, format=cfg.get("format", "torch"), card=card,
-           overwrite=bool(cfg.get("overwrite", False)))
+        card += (
+            f"\nWeights: WiSE-FT interpolation (Wortsman et al. 2022, Eq. 1), (1 − α)·`{cfg.base}` + α·the fine-tuned "
+            f"model, α = {float(alpha):g}; the figures above are the fine-tuned model's.\n"
+        )
+    export(
+        encoder.cpu(),
+        target,
+        index=index,
+        format=cfg.get("format", "torch"),
+        card=card,
+        overwrite=bool(cfg.get("overwrite", False)),
+    )
     print(f"exported to {target}")
     return target
 

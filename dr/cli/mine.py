@@ -16,12 +16,29 @@ import numpy as np
 from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
-from dr.data import check_ids, passage_texts, read_corpus, read_positives, read_qrels, read_queries, read_run, write_json, write_negatives
+from dr.data import (
+    check_ids,
+    passage_texts,
+    read_corpus,
+    read_positives,
+    read_qrels,
+    read_queries,
+    read_run,
+    write_json,
+    write_negatives,
+)
 from dr.plots import plot_score_histogram
 from dr.retrieval import DenseIndex
 from dr.miners.candidates import (
-    corpus_embeddings, dense_candidates, instantiate_miner, mine_queries, resolve_score_scale, run_candidates, score_lists,
-    student_score_scale, with_teacher_scores,
+    corpus_embeddings,
+    dense_candidates,
+    instantiate_miner,
+    mine_queries,
+    resolve_score_scale,
+    run_candidates,
+    score_lists,
+    student_score_scale,
+    with_teacher_scores,
 )
 
 
@@ -43,16 +60,22 @@ def run(cfg: DictConfig, out: Path) -> dict:
         score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), 1.0)  # auto: raw run scores (1)
     else:
         encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
-        embeddings = corpus_embeddings(encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16)
+        embeddings = corpus_embeddings(
+            encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16
+        )
         index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
-        candidates = dense_candidates(encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16)
+        candidates = dense_candidates(
+            encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16
+        )
         score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), student_score_scale(None, encoder))
     miner = instantiate_miner(cfg.miner, corpus["docid"], score_scale=score_scale)
     if cfg.get("teacher"):
         extra = {"corpus": cfg.corpus} if "corpus" in cfg.teacher else {}
         teacher = hydra.utils.instantiate(cfg.teacher, **extra)
         miner.bind_teacher(teacher)  # e.g. RocketQA's threshold is a probability: the teacher maps its scores onto it
-        candidates = with_teacher_scores(candidates, teacher, queries, lambda d: passage_texts(corpus, [row_of[d]])[0], positives)
+        candidates = with_teacher_scores(
+            candidates, teacher, queries, lambda d: passage_texts(corpus, [row_of[d]])[0], positives
+        )
 
     records, stats = mine_queries(qids, positives, candidates, miner, rng, cfg.chunk_size)
     if cfg.get("teacher"):
@@ -62,8 +85,12 @@ def run(cfg: DictConfig, out: Path) -> dict:
     write_json(target.with_name(target.name + ".stats.json"), stats)
     pos_scores_all, neg_scores_all = score_lists(records)
     if pos_scores_all or neg_scores_all:
-        plot_score_histogram(pos_scores_all, neg_scores_all, target.with_name(target.name + ".scores.png"),
-                             title=f"{len(records)} queries, miner {cfg.miner._target_.rsplit('.', 1)[-1]}")
+        plot_score_histogram(
+            pos_scores_all,
+            neg_scores_all,
+            target.with_name(target.name + ".scores.png"),
+            title=f"{len(records)} queries, miner {cfg.miner._target_.rsplit('.', 1)[-1]}",
+        )
     print(json.dumps(stats, indent=2))
     print(f"wrote {sum(len(r.negatives) for r in records)} negatives for {len(records)} queries to {target}")
     return stats

@@ -70,7 +70,10 @@ def run(cfg: DictConfig, out: Path) -> dict[str, dict]:
     cache = Path(str(cfg.cache_dir)).expanduser().resolve()
     stages = plan(job_specs(cfg), cache, compose_command)
     cached = sum(s.done for s in stages)
-    print(f"dr-pipeline: {len(stages)} stages, {cached} cached, under {cache}" + (" (dry run)" if cfg.dry_run else ""), flush=True)
+    print(
+        f"dr-pipeline: {len(stages)} stages, {cached} cached, under {cache}" + (" (dry run)" if cfg.dry_run else ""),
+        flush=True,
+    )
 
     def echo(line: str) -> None:
         print(line, flush=True)

@@ -49,8 +49,21 @@ def run(cfg: DictConfig, out: Path) -> Path:
 _main = hydra_command("plot", run)
 
 #: Hydra options that take a value (the value is not a run).
-_OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
-                       "--config-dir", "-cd", "--experimental-rerun"}
+_OPTIONS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
 
 
 def positional_to_override(argv: list[str]) -> list[str]:

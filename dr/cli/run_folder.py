@@ -21,7 +21,7 @@ def _override(args: list[str], key: str) -> str | None:
     for arg in args:
         for prefix in (f"{key}=", f"+{key}=", f"++{key}="):
             if arg.startswith(prefix):
-                value = arg[len(prefix):]
+                value = arg[len(prefix) :]
     return value
 
 
@@ -34,6 +34,9 @@ def check_run_folder(command: str, args: list[str], overwrite: bool) -> None:
     resumed = _override(args, "ckpt_path") not in (None, "", "null")
     finished = Path(run_dir).expanduser() / FINISHED
     if finished.is_file() and not resumed:
-        print(f"{command}: error: hydra.run.dir={run_dir}: holds a finished run ({finished}); expected a new folder "
-              "(pass --overwrite to replace its results, or ckpt_path=... to resume a dr-train run there)", file=sys.stderr)
+        print(
+            f"{command}: error: hydra.run.dir={run_dir}: holds a finished run ({finished}); expected a new folder "
+            "(pass --overwrite to replace its results, or ckpt_path=... to resume a dr-train run there)",
+            file=sys.stderr,
+        )
         sys.exit(2)

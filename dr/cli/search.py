@@ -41,11 +41,15 @@ def load_index(path: str, precision: str | None, rescore: str | None) -> DenseIn
     if is_quantized(path):
         index = QuantizedIndex.load(path)
         if precision not in (None, index.precision):
-            raise ConfigError(f"embedding_precision={precision}: {path} holds {index.precision} codes; expected {index.precision} or null")
+            raise ConfigError(
+                f"embedding_precision={precision}: {path} holds {index.precision} codes; expected {index.precision} or null"
+            )
         if rescore is not None and index.precision == "binary":
             if rescore == "int8" and index.rescore_index is None:
-                raise ConfigError(f"rescore_precision=int8: {path} holds no int8 codes; expected binary or none "
-                                  "(or dr-encode embedding_precision=binary rescore_precision=int8)")
+                raise ConfigError(
+                    f"rescore_precision=int8: {path} holds no int8 codes; expected binary or none "
+                    "(or dr-encode embedding_precision=binary rescore_precision=int8)"
+                )
             index.rescore = rescore
         return index
     index = DenseIndex.load(path)

@@ -17,12 +17,28 @@ def run(cfg: DictConfig, out: Path) -> dict[str, int]:
     """Encode the queries, label the test queries, resample the training queries; write the files."""
     target = Path(cfg.output) if cfg.get("output") else out
     files = {k: str(cfg[k]) for k in ("train_queries", "train_qrels", "test_queries", "test_qrels")}
-    options = {k: cfg[k] for k in ("threshold", "extrapolation_fraction", "max_removed_fraction", "max_removed_per_query", "seed")}
-    split = split_queries(encoder_from_config(cfg), **files, min_relevance=cfg.min_relevance, batch_size=cfg.batch_size,
-                          bf16=cfg.bf16, **options)
+    options = {
+        k: cfg[k]
+        for k in ("threshold", "extrapolation_fraction", "max_removed_fraction", "max_removed_per_query", "seed")
+    }
+    split = split_queries(
+        encoder_from_config(cfg),
+        **files,
+        min_relevance=cfg.min_relevance,
+        batch_size=cfg.batch_size,
+        bf16=cfg.bf16,
+        **options,
+    )
     write_split(split, target, files, extra={"model": str(cfg.model)})
-    png = plot_split_similarities(split.max_sim_full, split.max_sim, split.labels, split.shares_doc_full, split.threshold,
-                                  target / "similarities.png", title=f"{cfg.model}, threshold {split.threshold:g}")
+    png = plot_split_similarities(
+        split.max_sim_full,
+        split.max_sim,
+        split.labels,
+        split.shares_doc_full,
+        split.threshold,
+        target / "similarities.png",
+        title=f"{cfg.model}, threshold {split.threshold:g}",
+    )
     counts = split.counts()
     print(json.dumps(counts, indent=1))
     print(f"split: {target} (interpolation.*, extrapolation.*, train.* queries and qrels; split.json; {png.name})")

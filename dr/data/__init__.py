@@ -15,15 +15,50 @@ from dr.data.corpus import BUNDLED, IRDS_PREFIX, bundled, passage_texts, read_co
 from dr.data.io import DataError, atomic_write, open_text, write_json
 from dr.data.negatives import NegativesRecord, iter_negatives, read_negatives, write_negatives
 from dr.data.subset import write_subset
-from dr.data.teacher_scores import TeacherScores, drop_teacher_inversions, format_teacher_line, iter_teacher_scores, read_teacher_scores, write_teacher_scores
+from dr.data.teacher_scores import (
+    TeacherScores,
+    drop_teacher_inversions,
+    format_teacher_line,
+    iter_teacher_scores,
+    read_teacher_scores,
+    write_teacher_scores,
+)
 from dr.data.trec import read_positives, read_qrels, read_run, write_run
 
 __all__ = [
-    "BUNDLED", "IRDS_PREFIX", "DataError", "NegativesRecord", "ON_MISSING", "TeacherScores",
-    "atomic_write", "beir_folder", "check_ids", "bundled", "format_teacher_line", "open_text", "passage_texts", "read_clusters",
-    "read_corpus", "read_negatives", "read_positives", "read_qrels", "read_queries", "read_run",
-    "drop_teacher_inversions", "read_teacher_scores", "resolve_path", "write_clusters", "write_json", "write_negatives",
-    "write_run", "write_subset", "write_teacher_scores",
-    "NegativesTable", "TeacherTriples", "iter_negatives", "iter_teacher_scores", "read_negatives_compact",
+    "BUNDLED",
+    "IRDS_PREFIX",
+    "DataError",
+    "NegativesRecord",
+    "ON_MISSING",
+    "TeacherScores",
+    "atomic_write",
+    "beir_folder",
+    "check_ids",
+    "bundled",
+    "format_teacher_line",
+    "open_text",
+    "passage_texts",
+    "read_clusters",
+    "read_corpus",
+    "read_negatives",
+    "read_positives",
+    "read_qrels",
+    "read_queries",
+    "read_run",
+    "drop_teacher_inversions",
+    "read_teacher_scores",
+    "resolve_path",
+    "write_clusters",
+    "write_json",
+    "write_negatives",
+    "write_run",
+    "write_subset",
+    "write_teacher_scores",
+    "NegativesTable",
+    "TeacherTriples",
+    "iter_negatives",
+    "iter_teacher_scores",
+    "read_negatives_compact",
     "read_teacher_triples",
 ]

@@ -62,7 +62,9 @@ def read_tsv_qrels(path: str) -> dict[str, dict[str, int]]:
         if len(fields) == 4:
             fields = [fields[0], fields[2], fields[3]]
         if len(fields) != 3:
-            raise DataError(path, line_no, f"expected 3 tab-separated fields 'query-id<TAB>corpus-id<TAB>score', got {len(fields)}")
+            raise DataError(
+                path, line_no, f"expected 3 tab-separated fields 'query-id<TAB>corpus-id<TAB>score', got {len(fields)}"
+            )
         qid, docid, grade = (f.strip() for f in fields)
         try:
             value = int(grade)
@@ -75,7 +77,9 @@ def read_tsv_qrels(path: str) -> dict[str, dict[str, int]]:
         judged = qrels.setdefault(_id(path, line_no, qid, "query-id"), {})
         docid = _id(path, line_no, docid, "corpus-id")
         if docid in judged:
-            raise DataError(path, line_no, f"expected one judgment per (query-id, corpus-id), got a second for ({qid}, {docid})")
+            raise DataError(
+                path, line_no, f"expected one judgment per (query-id, corpus-id), got a second for ({qid}, {docid})"
+            )
         judged[docid] = value
     return qrels
 
@@ -85,7 +89,9 @@ def beir_folder(path: str | os.PathLike, split: str = "test") -> dict[str, str]:
     queries.tsv, optionally gzipped) and ``qrels`` (``qrels/<split>.tsv``)."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder (expected a BEIR folder with corpus.jsonl, queries.jsonl and qrels/{split}.tsv)")
+        raise FileNotFoundError(
+            f"{root}: no such folder (expected a BEIR folder with corpus.jsonl, queries.jsonl and qrels/{split}.tsv)"
+        )
 
     def find(*names: str) -> str:
         for name in names:

@@ -27,8 +27,14 @@ SHOWN = 5
 
 
 def check_ids(
-    ids: Iterable[str], known: Container[str], *, source: str | os.PathLike, what: str, where: str | os.PathLike,
-    on_missing: str = "warn", key: str = "data.on_missing",
+    ids: Iterable[str],
+    known: Container[str],
+    *,
+    source: str | os.PathLike,
+    what: str,
+    where: str | os.PathLike,
+    on_missing: str = "warn",
+    key: str = "data.on_missing",
 ) -> set[str]:
     """The ids of ``ids`` that are not in ``known`` (empty when all are).
 

@@ -27,8 +27,16 @@ def read_clusters(path: str | os.PathLike) -> list[list[str]]:
                 continue
             for qid in members:
                 if qid in line_of:
-                    where = "earlier on the same line" if line_of[qid] == line_no else f"already in the cluster on line {line_of[qid]}"
-                    raise DataError(path, line_no, f"query {qid!r} is {where}; expected every query id in exactly one cluster (one cluster per line)")
+                    where = (
+                        "earlier on the same line"
+                        if line_of[qid] == line_no
+                        else f"already in the cluster on line {line_of[qid]}"
+                    )
+                    raise DataError(
+                        path,
+                        line_no,
+                        f"query {qid!r} is {where}; expected every query id in exactly one cluster (one cluster per line)",
+                    )
                 line_of[qid] = line_no
             clusters.append(members)
     if not clusters:

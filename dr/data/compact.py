@@ -105,8 +105,16 @@ class TeacherTriples:
     ``score(qid, docid)`` NaN when never scored.
     """
 
-    def __init__(self, qids: IdTable, docids: IdTable, offsets: np.ndarray, pos: np.ndarray, neg: np.ndarray,
-                 pos_score: np.ndarray, neg_score: np.ndarray):
+    def __init__(
+        self,
+        qids: IdTable,
+        docids: IdTable,
+        offsets: np.ndarray,
+        pos: np.ndarray,
+        neg: np.ndarray,
+        pos_score: np.ndarray,
+        neg_score: np.ndarray,
+    ):
         self.qids, self.docids, self.offsets = qids, docids, offsets
         self.pos, self.neg, self.pos_score, self.neg_score = pos, neg, pos_score, neg_score
         self.scores = _PerQuery(qids, self._scores_of)
@@ -133,8 +141,12 @@ class TeacherTriples:
     def _scores_of(self, i: int) -> dict[str, float]:
         rows = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
         scores: dict[str, float] = {}
-        for p, n, sp, sn in zip(self.docids.decode(self.pos[rows]), self.docids.decode(self.neg[rows]),
-                                self.pos_score[rows].tolist(), self.neg_score[rows].tolist()):
+        for p, n, sp, sn in zip(
+            self.docids.decode(self.pos[rows]),
+            self.docids.decode(self.neg[rows]),
+            self.pos_score[rows].tolist(),
+            self.neg_score[rows].tolist(),
+        ):
             scores[p], scores[n] = sp, sn
         return scores
 
@@ -164,8 +176,15 @@ def read_teacher_triples(path: str | os.PathLike) -> TeacherTriples:
     p_chunks.clear(), n_chunks.clear()
     half = len(doc_codes) // 2
     order, offsets = _group(query_codes, len(qids))
-    return TeacherTriples(qids, docids, offsets, doc_codes[:half][order], doc_codes[half:][order],
-                          np.concatenate(sp_chunks)[order], np.concatenate(sn_chunks)[order])
+    return TeacherTriples(
+        qids,
+        docids,
+        offsets,
+        doc_codes[:half][order],
+        doc_codes[half:][order],
+        np.concatenate(sp_chunks)[order],
+        np.concatenate(sn_chunks)[order],
+    )
 
 
 class NegativesTable(Mapping):
@@ -174,7 +193,9 @@ class NegativesTable(Mapping):
     Unknown scores (``null``) are NaN in the arrays and ``None`` in the records.
     """
 
-    def __init__(self, qids: IdTable, docids: IdTable, neg_offsets, negatives, neg_scores, pos_offsets, positives, pos_scores):
+    def __init__(
+        self, qids: IdTable, docids: IdTable, neg_offsets, negatives, neg_scores, pos_offsets, positives, pos_scores
+    ):
         self.qids, self.docids = qids, docids
         self.neg_offsets, self.negatives, self.neg_scores = neg_offsets, negatives, neg_scores
         self.pos_offsets, self.positives, self.pos_scores = pos_offsets, positives, pos_scores
@@ -186,8 +207,13 @@ class NegativesTable(Mapping):
         neg = slice(int(self.neg_offsets[i]), int(self.neg_offsets[i + 1]))
         pos = slice(int(self.pos_offsets[i]), int(self.pos_offsets[i + 1]))
         scores = lambda a: [None if math.isnan(v) else v for v in a.tolist()]  # noqa: E731
-        return NegativesRecord(qid, self.docids.decode(self.positives[pos]), self.docids.decode(self.negatives[neg]),
-                               scores(self.neg_scores[neg]), scores(self.pos_scores[pos]))
+        return NegativesRecord(
+            qid,
+            self.docids.decode(self.positives[pos]),
+            self.docids.decode(self.negatives[neg]),
+            scores(self.neg_scores[neg]),
+            scores(self.pos_scores[pos]),
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.qids)
@@ -209,7 +235,10 @@ def read_negatives_compact(path: str | os.PathLike) -> NegativesTable:
 
     def flush():
         neg_chunks.append(_as_bytes(neg_ids)), pos_chunks.append(_as_bytes(pos_ids))
-        neg_score_chunks.append(np.array(neg_scores, dtype=np.float32)), pos_score_chunks.append(np.array(pos_scores, dtype=np.float32))
+        (
+            neg_score_chunks.append(np.array(neg_scores, dtype=np.float32)),
+            pos_score_chunks.append(np.array(pos_scores, dtype=np.float32)),
+        )
         for column in (neg_ids, pos_ids, neg_scores, pos_scores):
             column.clear()
 

@@ -86,8 +86,10 @@ def check_cluster_model(cfg: DictConfig) -> None:
     clusters = OmegaConf.select(sampler, "clusters", default=None, throw_on_missing=False)
     model = OmegaConf.select(sampler, "model", default=None, throw_on_missing=False)
     if clusters is None and model is None:
-        raise ConfigError("data.batch_sampler.clusters=null, data.batch_sampler.model=null: expected a cluster file "
-                          "(data.batch_sampler.clusters=FILE from dr-cluster) or a model to cluster the training queries with")
+        raise ConfigError(
+            "data.batch_sampler.clusters=null, data.batch_sampler.model=null: expected a cluster file "
+            "(data.batch_sampler.clusters=FILE from dr-cluster) or a model to cluster the training queries with"
+        )
 
 
 #: FAISS IVF-PQ trains 256 centroids per sub-quantizer (8-bit codes), so needs at least this many vectors.
@@ -116,8 +118,10 @@ def _at_least(path, n: int) -> int:
 def check_index_trainable(cfg: DictConfig) -> None:
     """``index_kind=ivfpq`` (or ``ivf`` with ``index_params.nlist``) on a corpus too small to train
     it fails now, not after the whole corpus has been encoded. Counts at most a few hundred lines."""
-    for kind_key, corpus_key, nlist_key in (("index_kind", "corpus", "index_params.nlist"),
-                                            ("refresh.index", "data.corpus", "refresh.nlist")):
+    for kind_key, corpus_key, nlist_key in (
+        ("index_kind", "corpus", "index_params.nlist"),
+        ("refresh.index", "data.corpus", "refresh.nlist"),
+    ):
         kind = _get(cfg, kind_key)
         if kind not in ("ivf", "ivfpq") or (kind_key.startswith("refresh") and not _enabled(cfg, "refresh")):
             continue
@@ -128,6 +132,9 @@ def check_index_trainable(cfg: DictConfig) -> None:
         need = max(IVFPQ_MIN_VECTORS if kind == "ivfpq" else 1, nlist if _is_int(nlist) else 1)
         n = _at_least(path, need)
         if n < need:
-            why = (f"IVF-PQ trains its 8-bit codebooks on at least {IVFPQ_MIN_VECTORS} vectors" if need == IVFPQ_MIN_VECTORS
-                   else f"{nlist_key}={nlist} lists need at least as many vectors")
+            why = (
+                f"IVF-PQ trains its 8-bit codebooks on at least {IVFPQ_MIN_VECTORS} vectors"
+                if need == IVFPQ_MIN_VECTORS
+                else f"{nlist_key}={nlist} lists need at least as many vectors"
+            )
             raise ConfigError(f"{kind_key}={kind}: {corpus_key}={path} holds {n} passages; {why}: use {kind_key}=flat")

@@ -31,8 +31,14 @@ NULL_DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "run_files": ("str", "list"),
 }
 
-_EXPECTED = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string (a path, a name)",
-             "list": "a list, e.g. [a,b]", "dict": "a group of settings (set its keys: key.name=value)"}
+_EXPECTED = {
+    "int": "an integer",
+    "number": "a number",
+    "bool": "true or false",
+    "str": "a string (a path, a name)",
+    "list": "a list, e.g. [a,b]",
+    "dict": "a group of settings (set its keys: key.name=value)",
+}
 
 
 def _kind(value: Any) -> str:
@@ -73,7 +79,8 @@ def check_types(cfg: DictConfig, defaults: dict[str, Any]) -> None:
             accepted = NULL_DEFAULT_TYPES.get(key, ("str",))
         else:
             accepted = {"int": ("int",), "number": ("number", "int"), "list": ("list",), "dict": ("dict",)}.get(
-                _kind(default), (_kind(default),))
+                _kind(default), (_kind(default),)
+            )
         kind = _kind(value)
         if kind not in accepted:
             expected = " or ".join(_EXPECTED.get(a, a) for a in accepted)

@@ -78,7 +78,9 @@ def resolve_path(spec: str | os.PathLike) -> str:
     if not sep or name not in BUNDLED:
         return spec
     if role not in BUNDLED[name]:
-        raise FileNotFoundError(f"{spec}: bundled dataset {name!r} has no {role!r}; available: {', '.join(BUNDLED[name])}")
+        raise FileNotFoundError(
+            f"{spec}: bundled dataset {name!r} has no {role!r}; available: {', '.join(BUNDLED[name])}"
+        )
     return BUNDLED[name][role]
 
 
@@ -107,8 +109,10 @@ def _irds(spec: str) -> Any:
     try:
         import ir_datasets
     except ImportError:
-        raise ConfigError(f"{spec}: needs the optional package ir_datasets, which is not installed: "
-                          "pip install 'dr[irds]' (or pip install ir_datasets)") from None
+        raise ConfigError(
+            f"{spec}: needs the optional package ir_datasets, which is not installed: "
+            "pip install 'dr[irds]' (or pip install ir_datasets)"
+        ) from None
     return ir_datasets.load(spec[len(IRDS_PREFIX) :])
 
 
@@ -225,7 +229,9 @@ def read_corpus(path: str | os.PathLike, cache_dir: str | None = None) -> datase
         raise cause from None
     if len(pc.unique(corpus.data.column("docid"))) != len(corpus):
         _find_duplicate_docid(path)
-    forget_old_versions(cache_dir, path if path.startswith(IRDS_PREFIX) else str(Path(path).resolve()), corpus.cache_files)
+    forget_old_versions(
+        cache_dir, path if path.startswith(IRDS_PREFIX) else str(Path(path).resolve()), corpus.cache_files
+    )
     return corpus
 
 

@@ -42,7 +42,9 @@ def parse_json(path: str | os.PathLike, line_no: int, line: str, expected: str) 
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise DataError(path, line_no, f"{expected}, got a string with an unpaired surrogate escape (\\ud800-\\udfff)") from None
+            raise DataError(
+                path, line_no, f"{expected}, got a string with an unpaired surrogate escape (\\ud800-\\udfff)"
+            ) from None
     return value
 
 
@@ -90,8 +92,12 @@ def refuse_symlink(path: str | os.PathLike) -> None:
     """Raise :class:`DataError` when ``path`` is a symbolic link: dr writes only its own files and
     never through a link (which could point at anything the user may write)."""
     if os.path.islink(path):
-        raise DataError(path, None, f"is a symbolic link (to {os.readlink(path)}); expected a regular file or no file "
-                        "where dr writes (it does not write through links): remove the link or choose another path")
+        raise DataError(
+            path,
+            None,
+            f"is a symbolic link (to {os.readlink(path)}); expected a regular file or no file "
+            "where dr writes (it does not write through links): remove the link or choose another path",
+        )
 
 
 def open_nofollow(path: str | os.PathLike, mode: str = "r+b") -> IO[bytes]:
@@ -172,12 +178,18 @@ def numbered_lines(path: str | os.PathLike) -> Iterator[Iterator[tuple[int, str]
             while data := raw.readline(limit + 1):  # at most limit + 1 bytes of a line in memory
                 line_no += 1
                 if len(data) > limit and not (len(data) == limit + 1 and data.endswith(b"\n")):
-                    raise DataError(path, line_no, f"expected lines of at most {limit} bytes, got a longer one (a damaged "
-                                    "or wrong file? DR_MAX_LINE_BYTES raises the limit)")
+                    raise DataError(
+                        path,
+                        line_no,
+                        f"expected lines of at most {limit} bytes, got a longer one (a damaged "
+                        "or wrong file? DR_MAX_LINE_BYTES raises the limit)",
+                    )
                 try:
                     yield line_no, data.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise DataError(path, line_no, f"expected UTF-8 text, got the byte {data[e.start]:#04x} at column {e.start + 1}") from None
+                    raise DataError(
+                        path, line_no, f"expected UTF-8 text, got the byte {data[e.start]:#04x} at column {e.start + 1}"
+                    ) from None
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise DataError(path, line_no + 1, f"expected a complete gzip file, got a damaged one ({e})") from None
 

@@ -99,7 +99,11 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[int, NegativesRecord]]:
             positives = [_id(path, line_no, p, "positive") for p in positives]
             positive_scores = obj.get("positive_scores") or []
             if not isinstance(positive_scores, list):
-                raise DataError(path, line_no, f"expected 'positive_scores' to be a list of numbers or nulls, got {positive_scores!r}")
+                raise DataError(
+                    path,
+                    line_no,
+                    f"expected 'positive_scores' to be a list of numbers or nulls, got {positive_scores!r}",
+                )
             positive_scores = [_score(path, line_no, v, "positive score") for v in positive_scores]
             negatives, scores = _first_of_each(negatives, scores)
             if len(positives) == len(positive_scores):
@@ -123,7 +127,9 @@ def _first_of_each(ids: list[str], scores: list) -> tuple[list[str], list]:
 
 def _id(path, line_no: int, value, what: str) -> str:
     if not isinstance(value, str) or not value or _WHITESPACE.search(value):
-        raise DataError(path, line_no, f"expected the {what} to be a non-empty string without whitespace, got {value!r}")
+        raise DataError(
+            path, line_no, f"expected the {what} to be a non-empty string without whitespace, got {value!r}"
+        )
     return value
 
 
@@ -131,6 +137,10 @@ def _score(path, line_no: int, value, what: str) -> float | None:
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
         return value
     if isinstance(value, float):  # NaN or Infinity, which Python's JSON reader accepts
-        raise DataError(path, line_no, f"expected the {what} to be a finite number or null (null marks a score that is "
-                        f"not known, as the format allows), got {value!r}")
+        raise DataError(
+            path,
+            line_no,
+            f"expected the {what} to be a finite number or null (null marks a score that is "
+            f"not known, as the format allows), got {value!r}",
+        )
     raise DataError(path, line_no, f"expected the {what} to be a number or null, got {value!r}")

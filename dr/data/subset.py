@@ -17,8 +17,14 @@ from dr.data.io import atomic_write
 from dr.data.trec import read_qrels
 
 
-def write_subset(out: str | os.PathLike, n_train: int, n_test: int = 20, n_extra: int = 300, seed: int = 0,
-                 files: dict[str, str] | None = None) -> dict[str, str]:
+def write_subset(
+    out: str | os.PathLike,
+    n_train: int,
+    n_test: int = 20,
+    n_extra: int = 300,
+    seed: int = 0,
+    files: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Write the first ``n_train`` / ``n_test`` judged queries of each split, every passage they
     judge, and ``n_extra`` random other passages (seeded), to ``out``; return the paths.
 

@@ -72,7 +72,9 @@ class TeacherScores:
         return kept
 
 
-def drop_teacher_inversions(teacher: TeacherScores, negatives: dict[str, list[str]], positives: dict[str, list[str]]) -> tuple[int, int]:
+def drop_teacher_inversions(
+    teacher: TeacherScores, negatives: dict[str, list[str]], positives: dict[str, list[str]]
+) -> tuple[int, int]:
     """Drop the pairs where the teacher scores the negative at or above the positive (likely
     unlabelled positives, or pairs the teacher would teach backwards); returns (pairs dropped,
     candidates dropped).
@@ -93,7 +95,9 @@ def drop_teacher_inversions(teacher: TeacherScores, negatives: dict[str, list[st
         teacher._pair_sets[qid] = set(kept)
     for qid, candidates in negatives.items():
         scores = teacher.scores.get(qid, {})
-        floor = min((scores[p] for p in positives.get(qid, []) if not math.isnan(scores.get(p, math.nan))), default=math.nan)
+        floor = min(
+            (scores[p] for p in positives.get(qid, []) if not math.isnan(scores.get(p, math.nan))), default=math.nan
+        )
         kept_negatives = [d for d in candidates if not scores.get(d, math.nan) >= floor]
         candidates_dropped += len(candidates) - len(kept_negatives)
         negatives[qid] = kept_negatives
@@ -115,7 +119,9 @@ def iter_teacher_scores(path: str | os.PathLike) -> Iterator[tuple[float, float,
             try:
                 pos_score, neg_score = float(parts[0]), float(parts[1])
             except ValueError:
-                raise DataError(path, line_no, f"scores {parts[0]!r}, {parts[1]!r} are not numbers; {EXPECTED}") from None
+                raise DataError(
+                    path, line_no, f"scores {parts[0]!r}, {parts[1]!r} are not numbers; {EXPECTED}"
+                ) from None
             if not (math.isfinite(pos_score) and math.isfinite(neg_score)):
                 raise DataError(path, line_no, f"non-finite score; {EXPECTED}")
             qid, pos, neg = (p.strip() for p in parts[2:])
@@ -136,7 +142,9 @@ def format_teacher_line(pos_score: float, neg_score: float, qid: str, pos: str, 
     """One line of the format (with its newline). Scores keep 8 significant digits (float32 round trip)."""
     for name, value in (("qid", qid), ("pos_pid", pos), ("neg_pid", neg)):
         if not value or _WHITESPACE.search(str(value)):  # the reader strips ids and splits on tabs
-            raise ValueError(f"{name} {value!r} cannot be written to a teacher-score file: empty or contains whitespace")
+            raise ValueError(
+                f"{name} {value!r} cannot be written to a teacher-score file: empty or contains whitespace"
+            )
     if not (math.isfinite(float(pos_score)) and math.isfinite(float(neg_score))):
         raise ValueError(f"non-finite teacher score for ({qid}, {pos}, {neg}): {pos_score}, {neg_score}")
     return f"{float(pos_score):.8g}\t{float(neg_score):.8g}\t{qid}\t{pos}\t{neg}\n"

@@ -17,7 +17,9 @@ from dr.data.corpus import IRDS_PREFIX, _check_id, _irds, _lines, resolve_path
 from dr.data.io import DataError, atomic_write
 
 
-def read_positives(qrels: dict[str, dict[str, int]], min_relevance: int = 1, known: set[str] | dict | None = None) -> dict[str, list[str]]:
+def read_positives(
+    qrels: dict[str, dict[str, int]], min_relevance: int = 1, known: set[str] | dict | None = None
+) -> dict[str, list[str]]:
     """``{qid: sorted docids graded >= min_relevance}``, queries without one left out.
 
     ``known``: when given, only docids in it count (e.g. the corpus's ``row_of``).

@@ -17,8 +17,12 @@ from dr.evaluation.splits import QuerySplit
 SPLIT_MEASURES = ["nDCG@10", "R@100"]
 
 
-def split_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]], split: QuerySplit,
-                  measures: list[str] | None = None) -> dict[str, float]:
+def split_metrics(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    split: QuerySplit,
+    measures: list[str] | None = None,
+) -> dict[str, float]:
     """``{interpolation/<m>, extrapolation/<m>, gap/<m>, interpolation/queries, extrapolation/queries}``.
 
     Each side averages over its test queries that are in the run and have qrels (the trec_eval
@@ -29,7 +33,9 @@ def split_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Ma
     for label in ("interpolation", "extrapolation"):
         qids = [q for q in split.qids(label) if q in qrels and q in run]
         sub_qrels = {q: qrels[q] for q in qids}
-        values = evaluate_run({q: run[q] for q in qids}, sub_qrels, measures) if qids else {m: math.nan for m in measures}
+        values = (
+            evaluate_run({q: run[q] for q in qids}, sub_qrels, measures) if qids else {m: math.nan for m in measures}
+        )
         out.update({f"{label}/{m}": v for m, v in values.items()})
         out[f"{label}/queries"] = float(len(qids))
     for m in measures:

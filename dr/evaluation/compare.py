@@ -53,7 +53,9 @@ def paired_ttest(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.ttest_rel(b, a).pvalue)
 
 
-def randomization_test(a: np.ndarray, b: np.ndarray, permutations: int = 10_000, seed: int = 0, chunk: int = 2_000) -> float:
+def randomization_test(
+    a: np.ndarray, b: np.ndarray, permutations: int = 10_000, seed: int = 0, chunk: int = 2_000
+) -> float:
     """Two-sided paired randomization (sign-flip) test of mean(b - a) = 0; see the module docstring."""
     d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
     if permutations < 1:
@@ -136,7 +138,9 @@ class Comparison:
 
     def to_json(self) -> list[dict]:
         """Rows with NaN as null (strict JSON)."""
-        return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in self.rows]
+        return [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in self.rows
+        ]
 
 
 def compare_runs(
@@ -163,11 +167,16 @@ def compare_runs(
     if every - common and on_missing == "error":
         lacking = next(f for group, t_group in zip(groups, tables) for f, t in zip(group, t_group) if every - set(t))
         example = sorted(every - common)[0]
-        raise ConfigError(f"on_missing=error: {len(every - common)} of {len(every)} judged queries are not answered by every "
-                          f"run (e.g. query {example}; {lacking} lacks some); expected the same query set in every run")
+        raise ConfigError(
+            f"on_missing=error: {len(every - common)} of {len(every)} judged queries are not answered by every "
+            f"run (e.g. query {example}; {lacking} lacks some); expected the same query set in every run"
+        )
     if every - common:
-        log.warning("%d judged queries are missing from some runs; comparing on the %d that all runs answer",
-                    len(every - common), len(common))
+        log.warning(
+            "%d judged queries are missing from some runs; comparing on the %d that all runs answer",
+            len(every - common),
+            len(common),
+        )
     if not common:
         raise ConfigError("no judged query is answered by every run: nothing to compare")
     qids = sorted(common)
@@ -175,8 +184,16 @@ def compare_runs(
         m: np.array([[np.mean([t[q][m] for t in group]) for q in qids] for group in tables], np.float64)
         for m in measures
     }
-    result = Comparison(names, [list(g) for g in groups], list(measures), qids, values, permutations=permutations, seed=seed,
-                        missing=len(every - common))
+    result = Comparison(
+        names,
+        [list(g) for g in groups],
+        list(measures),
+        qids,
+        values,
+        permutations=permutations,
+        seed=seed,
+        missing=len(every - common),
+    )
     for m in measures:
         base = values[m][0]
         rows = []
@@ -185,11 +202,17 @@ def compare_runs(
             d = x - base
             row = {"system": name, "measure": m, "mean": float(x.mean()), "delta": float(d.mean())}
             if s == 0:
-                row.update(p_ttest=math.nan, p_randomization=math.nan, p_holm=math.nan, wins=None, ties=None, losses=None)
+                row.update(
+                    p_ttest=math.nan, p_randomization=math.nan, p_holm=math.nan, wins=None, ties=None, losses=None
+                )
             else:
                 row.update(
-                    p_ttest=paired_ttest(base, x), p_randomization=randomization_test(base, x, permutations, seed),
-                    p_holm=math.nan, wins=int(np.sum(d > TIE)), ties=int(np.sum(np.abs(d) <= TIE)), losses=int(np.sum(d < -TIE)),
+                    p_ttest=paired_ttest(base, x),
+                    p_randomization=randomization_test(base, x, permutations, seed),
+                    p_holm=math.nan,
+                    wins=int(np.sum(d > TIE)),
+                    ties=int(np.sum(np.abs(d) <= TIE)),
+                    losses=int(np.sum(d < -TIE)),
                 )
             rows.append(row)
         for row, p in zip(rows[1:], holm([r["p_randomization"] for r in rows[1:]])):
@@ -202,26 +225,41 @@ def markdown_table(result: Comparison, alpha: float = 0.05) -> str:
     """The rows as a markdown table, with a header that says what was tested on what."""
 
     def p(value) -> str:
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+        return (
+            ""
+            if value is None or (isinstance(value, float) and math.isnan(value))
+            else f"{value:.4f}"
+            if value >= 1e-4
+            else f"{value:.1e}"
+        )
 
     seeds = [len(f) for f in result.files]
     lines = [
         f"Baseline: {result.systems[0]}. {len(result.qids)} queries (judged, answered by every run"
-        + (f"; {result.missing} judged queries that not every run answers are left out" if result.missing else "") + "). "
+        + (f"; {result.missing} judged queries that not every run answers are left out" if result.missing else "")
+        + "). "
         f"Paired two-sided tests: t-test, and randomization with {result.permutations:,} sign flips (seed {result.seed}; "
         f"its smallest p is 1/{result.permutations + 1:,}); "
         f"Holm over the {len(result.systems) - 1} other system(s) per measure, on the randomization p; "
         f"† = p_holm < {alpha}.",
     ]
     if max(seeds) > 1:
-        lines.append("Several seeds: each query's value is the mean over the system's runs ("
-                     + ", ".join(f"{n}: {k}" for n, k in zip(result.systems, seeds)) + " runs) before testing.")
-    lines += ["", "| system | measure | mean | Δ | p (t-test) | p (rand.) | p (Holm) | W/T/L |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]
+        lines.append(
+            "Several seeds: each query's value is the mean over the system's runs ("
+            + ", ".join(f"{n}: {k}" for n, k in zip(result.systems, seeds))
+            + " runs) before testing."
+        )
+    lines += [
+        "",
+        "| system | measure | mean | Δ | p (t-test) | p (rand.) | p (Holm) | W/T/L |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result.rows:
         mark = " †" if isinstance(r["p_holm"], float) and r["p_holm"] < alpha else ""
         wtl = "" if r["wins"] is None else f"{r['wins']}/{r['ties']}/{r['losses']}"
         delta = "" if r["wins"] is None else f"{r['delta']:+.4f}"
-        lines.append(f"| {r['system']} | {r['measure']} | {r['mean']:.4f} | {delta}{mark} | {p(r['p_ttest'])} | "
-                     f"{p(r['p_randomization'])} | {p(r['p_holm'])} | {wtl} |")
+        lines.append(
+            f"| {r['system']} | {r['measure']} | {r['mean']:.4f} | {delta}{mark} | {p(r['p_ttest'])} | "
+            f"{p(r['p_randomization'])} | {p(r['p_holm'])} | {wtl} |"
+        )
     return "\n".join(lines)

@@ -87,7 +87,9 @@ def _prepare(
     if missing:
         log.warning(
             "%d of %d judged queries are missing from the run and are left out of the mean (e.g. %s)",
-            len(missing), len(qrels), ", ".join(sorted(missing)[:5]),
+            len(missing),
+            len(qrels),
+            ", ".join(sorted(missing)[:5]),
         )
     return plain, {q: judged for q, judged in qrels.items() if q in plain}
 

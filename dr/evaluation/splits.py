@@ -56,13 +56,13 @@ class QuerySplit:
     """The result of :func:`resample`: labels of the test queries and the training queries kept."""
 
     threshold: float
-    labels: dict[str, str]                      # test qid -> "interpolation" | "extrapolation"
-    train_kept: list[str]                       # training qids of the resampled training set
-    removed: dict[str, list[str]]               # test qid moved to extrapolation -> training qids it removed
-    max_sim_full: dict[str, float]              # test qid -> max cosine to the full training set
-    max_sim: dict[str, float]                   # test qid -> max cosine to the resampled training set
-    nearest: dict[str, str]                     # test qid -> nearest training qid of the resampled set
-    shares_doc: dict[str, bool]                 # test qid -> shares a relevant doc with a kept training query
+    labels: dict[str, str]  # test qid -> "interpolation" | "extrapolation"
+    train_kept: list[str]  # training qids of the resampled training set
+    removed: dict[str, list[str]]  # test qid moved to extrapolation -> training qids it removed
+    max_sim_full: dict[str, float]  # test qid -> max cosine to the full training set
+    max_sim: dict[str, float]  # test qid -> max cosine to the resampled training set
+    nearest: dict[str, str]  # test qid -> nearest training qid of the resampled set
+    shares_doc: dict[str, bool]  # test qid -> shares a relevant doc with a kept training query
     shares_doc_full: dict[str, bool]
     params: dict = field(default_factory=dict)
 
@@ -77,7 +77,9 @@ class QuerySplit:
             "extrapolation": len(self.qids("extrapolation")),
             "interpolation_by_similarity": sum(self.max_sim[q] >= self.threshold for q in self.qids("interpolation")),
             "interpolation_by_shared_document": sum(self.shares_doc[q] for q in self.qids("interpolation")),
-            "extrapolation_before_resampling": sum(not self.shares_doc_full[q] and self.max_sim_full[q] < self.threshold for q in self.labels),
+            "extrapolation_before_resampling": sum(
+                not self.shares_doc_full[q] and self.max_sim_full[q] < self.threshold for q in self.labels
+            ),
             "test_sharing_a_document_with_train": sum(self.shares_doc_full.values()),
             "train": n_train,
             "train_kept": len(self.train_kept),
@@ -99,7 +101,9 @@ def close_training_queries(train_emb: np.ndarray, test_emb: np.ndarray, threshol
     return [np.sort(ids[lims[i] : lims[i + 1]]) for i in range(len(test_emb))]
 
 
-def nearest_training_query(train_emb: np.ndarray, test_emb: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nearest_training_query(
+    train_emb: np.ndarray, test_emb: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(max cosine, row) of each test row's nearest training row among ``keep`` (FAISS, k=1)."""
     rows = np.flatnonzero(keep)
     if not len(rows):
@@ -111,10 +115,17 @@ def nearest_training_query(train_emb: np.ndarray, test_emb: np.ndarray, keep: np
 
 
 def resample(
-    train_qids: list[str], train_emb: np.ndarray, train_positives: dict[str, set[str]],
-    test_qids: list[str], test_emb: np.ndarray, test_positives: dict[str, set[str]],
-    threshold: float = 0.7, extrapolation_fraction: float = 0.5, max_removed_fraction: float = 0.2,
-    max_removed_per_query: int = 10, seed: int = 0,
+    train_qids: list[str],
+    train_emb: np.ndarray,
+    train_positives: dict[str, set[str]],
+    test_qids: list[str],
+    test_emb: np.ndarray,
+    test_positives: dict[str, set[str]],
+    threshold: float = 0.7,
+    extrapolation_fraction: float = 0.5,
+    max_removed_fraction: float = 0.2,
+    max_removed_per_query: int = 10,
+    seed: int = 0,
 ) -> QuerySplit:
     """Label the test queries interpolation/extrapolation and resample the training queries
     (module docstring, steps 1-4). Deterministic for a seed."""
@@ -157,13 +168,24 @@ def resample(
         docs = set(test_positives.get(q, ()))
         shares[q], shares_full[q] = bool(docs & kept_docs), bool(docs & all_docs)
         labels[q] = "extrapolation" if far(t) else "interpolation"
-    params = {"threshold": threshold, "extrapolation_fraction": extrapolation_fraction, "max_removed_fraction": max_removed_fraction,
-              "max_removed_per_query": max_removed_per_query, "seed": seed}
+    params = {
+        "threshold": threshold,
+        "extrapolation_fraction": extrapolation_fraction,
+        "max_removed_fraction": max_removed_fraction,
+        "max_removed_per_query": max_removed_per_query,
+        "seed": seed,
+    }
     return QuerySplit(
-        threshold=float(threshold), labels=labels, train_kept=[train_qids[i] for i in np.flatnonzero(keep)], removed=removed,
-        max_sim_full={q: float(s) for q, s in zip(test_qids, full_sim)}, max_sim={q: float(s) for q, s in zip(test_qids, sim)},
-        nearest={q: (train_qids[r] if r >= 0 else "") for q, r in zip(test_qids, row)}, shares_doc=shares,
-        shares_doc_full=shares_full, params=params,
+        threshold=float(threshold),
+        labels=labels,
+        train_kept=[train_qids[i] for i in np.flatnonzero(keep)],
+        removed=removed,
+        max_sim_full={q: float(s) for q, s in zip(test_qids, full_sim)},
+        max_sim={q: float(s) for q, s in zip(test_qids, sim)},
+        nearest={q: (train_qids[r] if r >= 0 else "") for q, r in zip(test_qids, row)},
+        shares_doc=shares,
+        shares_doc_full=shares_full,
+        params=params,
     )
 
 
@@ -171,8 +193,18 @@ def positives(qrels: dict[str, dict[str, int]], min_relevance: int = 1) -> dict[
     return {q: {d for d, g in judged.items() if g >= min_relevance} for q, judged in qrels.items()}
 
 
-def split_queries(encoder, train_queries: str, train_qrels: str, test_queries: str, test_qrels: str, min_relevance: int = 1,
-                  batch_size: int = 64, bf16: bool = False, show_progress: bool = True, **options) -> QuerySplit:
+def split_queries(
+    encoder,
+    train_queries: str,
+    train_qrels: str,
+    test_queries: str,
+    test_qrels: str,
+    min_relevance: int = 1,
+    batch_size: int = 64,
+    bf16: bool = False,
+    show_progress: bool = True,
+    **options,
+) -> QuerySplit:
     """Read the files, encode the judged queries with ``encoder`` and :func:`resample`."""
     sides = {}
     for name, qpath, rpath in (("train", train_queries, train_qrels), ("test", test_queries, test_qrels)):
@@ -180,29 +212,50 @@ def split_queries(encoder, train_queries: str, train_qrels: str, test_queries: s
         pos = positives(qrels, min_relevance)
         qids = [q for q in queries if pos.get(q)]
         if not qids:
-            raise DataError(rpath, None, f"expected {name} queries with a relevant document (grade >= {min_relevance}), got none")
-        emb = encoder.encode_queries([queries[q] for q in qids], batch_size=batch_size, bf16=bf16, show_progress=show_progress)
+            raise DataError(
+                rpath, None, f"expected {name} queries with a relevant document (grade >= {min_relevance}), got none"
+            )
+        emb = encoder.encode_queries(
+            [queries[q] for q in qids], batch_size=batch_size, bf16=bf16, show_progress=show_progress
+        )
         sides[name] = (qids, emb, pos)
     return resample(*sides["train"], *sides["test"], **options)
 
 
 def split_to_json(split: QuerySplit) -> dict:
     return {
-        "threshold": split.threshold, "params": split.params, "counts": split.counts(), "labels": split.labels,
-        "train_kept": split.train_kept, "removed": split.removed, "max_sim_full": split.max_sim_full, "max_sim": split.max_sim,
-        "nearest": split.nearest, "shares_doc": split.shares_doc, "shares_doc_full": split.shares_doc_full,
+        "threshold": split.threshold,
+        "params": split.params,
+        "counts": split.counts(),
+        "labels": split.labels,
+        "train_kept": split.train_kept,
+        "removed": split.removed,
+        "max_sim_full": split.max_sim_full,
+        "max_sim": split.max_sim,
+        "nearest": split.nearest,
+        "shares_doc": split.shares_doc,
+        "shares_doc_full": split.shares_doc_full,
     }
 
 
 def split_from_json(obj: dict) -> QuerySplit:
     return QuerySplit(
-        threshold=float(obj["threshold"]), labels=obj["labels"], train_kept=obj["train_kept"], removed=obj["removed"],
-        max_sim_full=obj["max_sim_full"], max_sim=obj["max_sim"], nearest=obj["nearest"], shares_doc=obj["shares_doc"],
-        shares_doc_full=obj["shares_doc_full"], params=obj.get("params", {}),
+        threshold=float(obj["threshold"]),
+        labels=obj["labels"],
+        train_kept=obj["train_kept"],
+        removed=obj["removed"],
+        max_sim_full=obj["max_sim_full"],
+        max_sim=obj["max_sim"],
+        nearest=obj["nearest"],
+        shares_doc=obj["shares_doc"],
+        shares_doc_full=obj["shares_doc_full"],
+        params=obj.get("params", {}),
     )
 
 
-def write_split(split: QuerySplit, out_dir: str | os.PathLike, files: dict[str, str], extra: dict | None = None) -> dict[str, str]:
+def write_split(
+    split: QuerySplit, out_dir: str | os.PathLike, files: dict[str, str], extra: dict | None = None
+) -> dict[str, str]:
     """Write the split as ordinary files into ``out_dir``; returns their paths.
 
     ``interpolation.queries.tsv`` / ``.qrels.trec``, ``extrapolation.*`` (test queries and qrels),
@@ -213,19 +266,28 @@ def write_split(split: QuerySplit, out_dir: str | os.PathLike, files: dict[str, 
     """
     out = Path(out_dir)
     paths: dict[str, str] = {}
-    for side, ids in (("interpolation", split.qids("interpolation")), ("extrapolation", split.qids("extrapolation")),
-                      ("test", sorted(split.labels)), ("train", split.train_kept)):
+    for side, ids in (
+        ("interpolation", split.qids("interpolation")),
+        ("extrapolation", split.qids("extrapolation")),
+        ("test", sorted(split.labels)),
+        ("train", split.train_kept),
+    ):
         kind = "train" if side == "train" else "test"
         queries, qrels = read_queries(files[f"{kind}_queries"]), read_qrels(files[f"{kind}_qrels"])
         with atomic_write(out / f"{side}.queries.tsv") as f:
             f.writelines(f"{q}\t{queries[q]}\n" for q in ids)
         with atomic_write(out / f"{side}.qrels.trec") as f:
             f.writelines(f"{q} 0 {d} {g}\n" for q in ids for d, g in qrels.get(q, {}).items())
-        paths[f"{side}_queries"], paths[f"{side}_qrels"] = str(out / f"{side}.queries.tsv"), str(out / f"{side}.qrels.trec")
+        paths[f"{side}_queries"], paths[f"{side}_qrels"] = (
+            str(out / f"{side}.queries.tsv"),
+            str(out / f"{side}.qrels.trec"),
+        )
     with atomic_write(out / "test_queries.tsv") as f:
         f.write("qid\tlabel\tmax_sim\tmax_sim_full_train\tnearest_train_qid\tshares_relevant_doc\n")
         for q in sorted(split.labels):
-            f.write(f"{q}\t{split.labels[q]}\t{split.max_sim[q]:.6f}\t{split.max_sim_full[q]:.6f}\t{split.nearest[q]}\t{int(split.shares_doc[q])}\n")
+            f.write(
+                f"{q}\t{split.labels[q]}\t{split.max_sim[q]:.6f}\t{split.max_sim_full[q]:.6f}\t{split.nearest[q]}\t{int(split.shares_doc[q])}\n"
+            )
     write_json(out / SPLIT_FILE, {**split_to_json(split), "files": dict(files), **(extra or {})})
     return paths
 
@@ -241,13 +303,19 @@ def read_split(path: str | os.PathLike) -> QuerySplit:
         raise DataError(file, None, f"expected the split.json of dr-split, got {type(e).__name__}: {e}") from None
 
 
-def cached_split(encoder_name: str, files: dict[str, str], cache_dir: str | None, load_encoder, **options) -> QuerySplit:
+def cached_split(
+    encoder_name: str, files: dict[str, str], cache_dir: str | None, load_encoder, **options
+) -> QuerySplit:
     """:func:`split_queries` with the result kept in ``cache_dir`` (``split-<key>.json``), keyed by the
     encoder's name, the four files (path, size, modification time) and the options; the encoder
     is loaded (``load_encoder()``) only on a miss."""
     from dr.retrieval.cache import file_stamp
 
-    key_parts = {"encoder": encoder_name, "files": {k: file_stamp(v) for k, v in sorted(files.items())}, "options": options}
+    key_parts = {
+        "encoder": encoder_name,
+        "files": {k: file_stamp(v) for k, v in sorted(files.items())},
+        "options": options,
+    }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
     path = Path(cache_dir).expanduser() / f"split-{key}.json" if cache_dir else None
     if path is not None and path.is_file():

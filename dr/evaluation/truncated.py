@@ -25,13 +25,17 @@ def truncate_rows(x: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
 class TruncatedSearch:
     """Exact search at any prefix dimension of a flat index's vectors and of the queries' embeddings."""
 
-    def __init__(self, encoder, index: DenseIndex, queries: dict[str, str], k: int, batch_size: int = 64, bf16: bool = False):
+    def __init__(
+        self, encoder, index: DenseIndex, queries: dict[str, str], k: int, batch_size: int = 64, bf16: bool = False
+    ):
         if index.kind != "flat":
             raise ValueError(f"truncated search reads the vectors back from a flat index, got a {index.kind} index")
         self.passages = index.index.reconstruct_n(0, index.index.ntotal)
         self.docids = index.docids
         self.qids = list(queries)
-        self.queries = encoder.encode_queries([queries[q] for q in self.qids], batch_size=batch_size, bf16=bf16, show_progress=False)
+        self.queries = encoder.encode_queries(
+            [queries[q] for q in self.qids], batch_size=batch_size, bf16=bf16, show_progress=False
+        )
         self.normalize = bool(encoder.normalize)
         self.k = k
 

@@ -62,7 +62,11 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
         },
     )
     write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
-    st_config = {"similarity_fn_name": "cosine" if encoder.similarity == "cos" else "dot", "prompts": {}, "default_prompt_name": None}
+    st_config = {
+        "similarity_fn_name": "cosine" if encoder.similarity == "cos" else "dot",
+        "prompts": {},
+        "default_prompt_name": None,
+    }
     if encoder.truncate_dim is not None:
         st_config["truncate_dim"] = encoder.truncate_dim  # read by sentence-transformers >= 5 when loading
     write_json(out / "config_sentence_transformers.json", st_config)
@@ -84,8 +88,15 @@ def truncated(encoder: BiEncoder, dim: int | None) -> BiEncoder:
     return cut
 
 
-def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | None = None, format: str = "torch",
-           card: str | None = None, overwrite: bool = False, truncate_dim: int | None = None) -> Path:
+def export(
+    encoder: BiEncoder,
+    out_dir: str | os.PathLike,
+    index: DenseIndex | None = None,
+    format: str = "torch",
+    card: str | None = None,
+    overwrite: bool = False,
+    truncate_dim: int | None = None,
+) -> Path:
     """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
 
     ``format`` is ``torch`` (the weights and the sentence-transformers files), ``onnx`` (also
@@ -105,9 +116,13 @@ def export(encoder: BiEncoder, out_dir: str | os.PathLike, index: DenseIndex | N
         raise ConfigError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
     encoder = truncated(encoder, truncate_dim)
     if encoder.truncate_dim is not None and format != "torch":
-        raise ConfigError(f"truncate_dim={encoder.truncate_dim}, format={format}: the ONNX graph has no truncation; expected format=torch")
+        raise ConfigError(
+            f"truncate_dim={encoder.truncate_dim}, format={format}: the ONNX graph has no truncation; expected format=torch"
+        )
     if index is not None and index.index.d != encoder.dim:
-        raise ConfigError(f"the index holds {index.index.d}-d vectors but the exported encoder embeds {encoder.dim} dims")
+        raise ConfigError(
+            f"the index holds {index.index.d}-d vectors but the exported encoder embeds {encoder.dim} dims"
+        )
     out = check_export_target(out_dir, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,14 +159,18 @@ def check_export_target(out_dir: str | os.PathLike, overwrite: bool = False) -> 
     written through. Raises :class:`ConfigError` naming ``output=`` otherwise."""
     given = Path(out_dir).expanduser()
     if given.is_symlink():
-        raise ConfigError(f"output={out_dir}: is a symbolic link; expected a folder path (dr does not write through links)")
+        raise ConfigError(
+            f"output={out_dir}: is a symbolic link; expected a folder path (dr does not write through links)"
+        )
     out = given.resolve()  # output=. or a path ending in .. has no name of its own to rename
     if out.parent == out:
         raise ConfigError(f"output={out_dir}: expected a folder below the file system's root")
     if out.exists() and not overwrite and not (out.is_dir() and (out / DR_CONFIG).is_file()):
         what = "a folder that is not a dr export (no dr_config.json)" if out.is_dir() else "a file"
-        raise ConfigError(f"output={out_dir}: {out} is {what}; expected a new folder or a previous export "
-                          "(pass overwrite=true to replace it)")
+        raise ConfigError(
+            f"output={out_dir}: {out} is {what}; expected a new folder or a previous export "
+            "(pass overwrite=true to replace it)"
+        )
     return out
 
 

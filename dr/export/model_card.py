@@ -25,7 +25,9 @@ from dr.models.encoder import PACKAGED_MINILM_ALIASES
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 #: Known data specs -> (Hugging Face dataset id, description).
-_DATASETS = {"scifact": ("BeIR/scifact", "BEIR SciFact (Wadden et al. 2020): 5,183 abstracts; 809 train and 300 test claims")}
+_DATASETS = {
+    "scifact": ("BeIR/scifact", "BEIR SciFact (Wadden et al. 2020): 5,183 abstracts; 809 train and 300 test claims")
+}
 
 _CITATIONS = {
     "sentence-transformers": "Reimers and Gurevych. Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks. EMNLP 2019.",
@@ -96,7 +98,9 @@ def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
     return lines
 
 
-def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, float] | None = None, name: str = "dr dense retriever") -> str:
+def model_card(
+    encoder, config: Mapping | None = None, metrics: Mapping[str, float] | None = None, name: str = "dr dense retriever"
+) -> str:
     """The README.md of an exported model (see the module docstring). Absolute paths of the
     config are left out (:func:`dr.export.portable.portable_config`): the card may be published."""
     import dr
@@ -107,52 +111,107 @@ def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, flo
     data = (config or {}).get("data") or {}
     test = (config or {}).get("test") or {}
     datasets = {d for d in (_dataset(data.get("corpus")), _dataset(test.get("corpus"))) if d}
-    front: dict[str, Any] = {"library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
-                             "tags": ["sentence-transformers", "feature-extraction", "sentence-similarity", "dense-retrieval", "dr"]}
+    front: dict[str, Any] = {
+        "library_name": "sentence-transformers",
+        "pipeline_tag": "sentence-similarity",
+        "tags": ["sentence-transformers", "feature-extraction", "sentence-similarity", "dense-retrieval", "dr"],
+    }
     if base and _HUB_ID.match(base):
         front["base_model"] = base
     if datasets:
         front["datasets"] = sorted(d[0] for d in datasets)
     out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     settings = encoder.config_dict()
-    out += [(f"A dual encoder trained with dr {dr.__version__}" + (f" from `{base}`." if base else ".")) if config
-            else f"A dual encoder exported with dr {dr.__version__}.", "",
-            "| setting | value |", "|---|---|"]
+    out += [
+        (f"A dual encoder trained with dr {dr.__version__}" + (f" from `{base}`." if base else "."))
+        if config
+        else f"A dual encoder exported with dr {dr.__version__}.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
     out += [f"| {k} | {v} |" for k, v in settings.items()]
     out += [""]
     if config:
         loss = str((config.get("loss") or {}).get("_target_", "")).rsplit(".", 1)[-1]
         trainer = config.get("trainer") or {}
         optimizer = config.get("optimizer") or {}
-        out += ["## Training", "",
-                f"Loss `{loss}`, {trainer.get('max_steps')} steps of {data.get('batch_size')} queries, "
-                f"learning rate {optimizer.get('lr')}, seed {config.get('seed')}. The resolved configuration of the run:", "",
-                "<details><summary>config.yaml</summary>", "", "```yaml", yaml.safe_dump(dict(config), sort_keys=False).strip(), "```", "",
-                "</details>", ""]
+        out += [
+            "## Training",
+            "",
+            f"Loss `{loss}`, {trainer.get('max_steps')} steps of {data.get('batch_size')} queries, "
+            f"learning rate {optimizer.get('lr')}, seed {config.get('seed')}. The resolved configuration of the run:",
+            "",
+            "<details><summary>config.yaml</summary>",
+            "",
+            "```yaml",
+            yaml.safe_dump(dict(config), sort_keys=False).strip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
         out += [line for line in (_weights_sentence(config, metrics or {}),) if line]
         out += ["## Data", ""]
-        out += [f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus `{data.get('corpus')}`"]
+        out += [
+            f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus `{data.get('corpus')}`"
+        ]
         if test.get("enabled"):
-            out += [f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"]
+            out += [
+                f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"
+            ]
         out += [f"- {d[1]}" for d in sorted(datasets)] + [""]
     tables = evaluation_tables(metrics or {})
     if tables:
         test_name = test.get("name") or "test"
-        out += ["## Evaluation", "", f"As printed by the run (its `metrics.json`), on the {test_name} split:", "", *tables, ""]
+        out += [
+            "## Evaluation",
+            "",
+            f"As printed by the run (its `metrics.json`), on the {test_name} split:",
+            "",
+            *tables,
+            "",
+        ]
         if any("/interpolation/" in k for k in metrics or {}):
-            out += ["Interpolation: test queries whose nearest training query has a cosine at or above the threshold "
-                    "or that share a relevant document with a training query; extrapolation: the others "
-                    "(`dr-split`, after Zhan et al. 2022).", ""]
-    out += ["## Usage", "", "sentence-transformers:", "", "```python", "from sentence_transformers import SentenceTransformer", "",
-            'model = SentenceTransformer("path/to/this/folder")',
-            'queries = model.encode(["what is dense retrieval?"], normalize_embeddings=True)',
-            'passages = model.encode(["Dense retrieval encodes queries and passages into vectors."], normalize_embeddings=True)',
-            "print(queries @ passages.T)", "```", "",
-            "FAISS (inner product; the embeddings are normalised, so it is cosine):", "", "```python", "import faiss", "",
-            "index = faiss.IndexFlatIP(passages.shape[1])", "index.add(passages)", "scores, ids = index.search(queries, 10)", "```", ""]
+            out += [
+                "Interpolation: test queries whose nearest training query has a cosine at or above the threshold "
+                "or that share a relevant document with a training query; extrapolation: the others "
+                "(`dr-split`, after Zhan et al. 2022).",
+                "",
+            ]
+    out += [
+        "## Usage",
+        "",
+        "sentence-transformers:",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        'model = SentenceTransformer("path/to/this/folder")',
+        'queries = model.encode(["what is dense retrieval?"], normalize_embeddings=True)',
+        'passages = model.encode(["Dense retrieval encodes queries and passages into vectors."], normalize_embeddings=True)',
+        "print(queries @ passages.T)",
+        "```",
+        "",
+        "FAISS (inner product; the embeddings are normalised, so it is cosine):",
+        "",
+        "```python",
+        "import faiss",
+        "",
+        "index = faiss.IndexFlatIP(passages.shape[1])",
+        "index.add(passages)",
+        "scores, ids = index.search(queries, 10)",
+        "```",
+        "",
+    ]
     out += _truncation_lines(settings, metrics or {})
-    out += ["With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder corpus=...`.", "",
-            "## Versions", "", f"- dr {dr.__version__}"]
+    out += [
+        "With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder corpus=...`.",
+        "",
+        "## Versions",
+        "",
+        f"- dr {dr.__version__}",
+    ]
     for package in ("torch", "transformers", "faiss", "sentence_transformers"):
         version = _version(package)
         if version:
@@ -160,8 +219,14 @@ def model_card(encoder, config: Mapping | None = None, metrics: Mapping[str, flo
     out += ["", "## Citation", ""] + [f"- {c}" for c in _citations(config, metrics)]
     text = "\n".join(out) + "\n"
     # A dot-product model is used as it is, without normalising its embeddings.
-    return text if settings.get("normalize") else text.replace(", normalize_embeddings=True", "").replace(
-        "(inner product; the embeddings are normalised, so it is cosine)", "(inner product, the model's dot-product score)")
+    return (
+        text
+        if settings.get("normalize")
+        else text.replace(", normalize_embeddings=True", "").replace(
+            "(inner product; the embeddings are normalised, so it is cosine)",
+            "(inner product, the model's dot-product score)",
+        )
+    )
 
 
 def _version(package: str) -> str | None:
@@ -212,25 +277,37 @@ def _weights_sentence(config: Mapping, metrics: Mapping[str, float]) -> str | No
     """Which weights the run exported (``export.checkpoint``; :mod:`dr.training.best_checkpoint`), or None."""
     if "train/checkpoint_step" not in metrics:
         return None
-    step, total = int(metrics["train/checkpoint_step"]), int(metrics.get("train/global_step", metrics["train/checkpoint_step"]))
+    step, total = (
+        int(metrics["train/checkpoint_step"]),
+        int(metrics.get("train/global_step", metrics["train/checkpoint_step"])),
+    )
     if metrics.get("train/checkpoint_best"):
-        monitor = ((config.get("callbacks") or {}).get("best_checkpoint") or {}).get("monitor", "the validation measure")
-        return (f"The weights are those of the best validation, step {step} of {total} ({monitor} "
-                f"{_fmt(float(metrics.get('train/best_score', math.nan)))}; `export.checkpoint=best`).\n")
+        monitor = ((config.get("callbacks") or {}).get("best_checkpoint") or {}).get(
+            "monitor", "the validation measure"
+        )
+        return (
+            f"The weights are those of the best validation, step {step} of {total} ({monitor} "
+            f"{_fmt(float(metrics.get('train/best_score', math.nan)))}; `export.checkpoint=best`).\n"
+        )
     return f"The weights are those of the last step, {step} of {total} (`export.checkpoint=last`, or no validation queries).\n"
 
 
 def _truncation_lines(settings: Mapping, metrics: Mapping[str, float]) -> list[str]:
     """Usage notes for a Matryoshka model: the exported truncation and the dims the run evaluated."""
-    dims = sorted({int(k.split("/")[0].split("@")[1]) for k in metrics if k.split("/")[0].startswith("trained@")}, reverse=True)
+    dims = sorted(
+        {int(k.split("/")[0].split("@")[1]) for k in metrics if k.split("/")[0].startswith("trained@")}, reverse=True
+    )
     out = []
     if settings.get("truncate_dim"):
-        out.append(f"Embeddings are cut to their first {settings['truncate_dim']} dimensions (`truncate_dim` in "
-                   "`config_sentence_transformers.json`, read by sentence-transformers >= 5; pass "
-                   f"`truncate_dim={settings['truncate_dim']}` to older versions) and re-normalised by `normalize_embeddings=True`.")
+        out.append(
+            f"Embeddings are cut to their first {settings['truncate_dim']} dimensions (`truncate_dim` in "
+            "`config_sentence_transformers.json`, read by sentence-transformers >= 5; pass "
+            f"`truncate_dim={settings['truncate_dim']}` to older versions) and re-normalised by `normalize_embeddings=True`."
+        )
     if dims:
-        out.append(f"Trained with Matryoshka representation learning or evaluated as such: the evaluation rows `trained@m` "
-                   f"use the first m dimensions ({', '.join(map(str, dims))}); "
-                   "`SentenceTransformer(path, truncate_dim=m)` gives those embeddings.")
+        out.append(
+            f"Trained with Matryoshka representation learning or evaluated as such: the evaluation rows `trained@m` "
+            f"use the first m dimensions ({', '.join(map(str, dims))}); "
+            "`SentenceTransformer(path, truncate_dim=m)` gives those embeddings."
+        )
     return [*out, ""] if out else []
-

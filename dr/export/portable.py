@@ -48,6 +48,6 @@ def portable_path(text: str, run_dir: str | None = None) -> str:
 
 def _one(path: str, run_dir: str | None) -> str:
     if run_dir and (path == run_dir or path.startswith(run_dir + "/")):
-        return path[len(run_dir) + 1:] or "."
+        return path[len(run_dir) + 1 :] or "."
     name = (PureWindowsPath(path) if re.match(r"^[A-Za-z]:", path) else PurePosixPath(path)).name
     return f"{LOCAL}/{name}" if name else LOCAL

@@ -22,18 +22,24 @@ def interpolate_weights(finetuned, base, alpha: float, base_name: str = "base"):
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"interpolate={alpha}: expected a number in [0, 1] (the fine-tuned model's weight)")
     if finetuned.shared != base.shared:
-        raise ConfigError(f"{base_name}: expected {'one shared tower' if finetuned.shared else 'separate query and passage towers'}"
-                          " like the fine-tuned model")
+        raise ConfigError(
+            f"{base_name}: expected {'one shared tower' if finetuned.shared else 'separate query and passage towers'}"
+            " like the fine-tuned model"
+        )
     tuned, initial = finetuned.state_dict(), base.state_dict()
     if tuned.keys() != initial.keys():
         missing = sorted(set(tuned) ^ set(initial))[:3]
-        raise ConfigError(f"{base_name}: expected the fine-tuned model's architecture, the parameters differ ({', '.join(missing)}, ...)")
+        raise ConfigError(
+            f"{base_name}: expected the fine-tuned model's architecture, the parameters differ ({', '.join(missing)}, ...)"
+        )
     mixed = {}
     for name, value in tuned.items():
         other = initial[name]
         if value.shape != other.shape:
-            raise ConfigError(f"{base_name}: expected the fine-tuned model's architecture, {name} has shape "
-                              f"{tuple(other.shape)} against {tuple(value.shape)}")
+            raise ConfigError(
+                f"{base_name}: expected the fine-tuned model's architecture, {name} has shape "
+                f"{tuple(other.shape)} against {tuple(value.shape)}"
+            )
         if torch.is_floating_point(value):
             mixed[name] = torch.lerp(other.to(value.device, torch.float32), value.float(), alpha).to(value.dtype)
         else:

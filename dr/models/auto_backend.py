@@ -103,16 +103,25 @@ def calibration_passages(n: int = CALIBRATION_PASSAGES) -> list[str]:
 def calibration_key(encoder: BiEncoder) -> dict:
     config = encoder.query_model.config
     return {
-        "cpu": cpu_model(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "threads": torch.get_num_threads(), "native_bf16": native_bf16(),
+        "cpu": cpu_model(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(),
         "versions": {p: _version(p) for p in ("torch", "onnxruntime", "transformers")},
-        "model": {"type": config.model_type, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
-                  "shared": encoder.shared, "passage_max_length": encoder.passage_max_length},
+        "model": {
+            "type": config.model_type,
+            "hidden": config.hidden_size,
+            "layers": config.num_hidden_layers,
+            "shared": encoder.shared,
+            "passage_max_length": encoder.passage_max_length,
+        },
         "tolerance": TOLERANCE,
     }
 
 
-def _measure(encoder, texts: list[str], bf16: bool, reference: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
+def _measure(
+    encoder, texts: list[str], bf16: bool, reference: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, float]]:
     encoder.encode(texts[:CALIBRATION_BATCH], "passage", batch_size=CALIBRATION_BATCH, bf16=bf16, show_progress=False)
     t0 = time.perf_counter()
     emb = encoder.encode(texts, "passage", batch_size=CALIBRATION_BATCH, bf16=bf16, show_progress=False)
@@ -168,8 +177,9 @@ def choose_backend(encoder: BiEncoder, cache_dir: str | Path | None = None, text
     return choice
 
 
-def choose_and_log(encoder: BiEncoder, cache_dir: str | Path | None = None, logger: logging.Logger | None = None,
-                   prefix: str = "") -> Choice:
+def choose_and_log(
+    encoder: BiEncoder, cache_dir: str | Path | None = None, logger: logging.Logger | None = None, prefix: str = ""
+) -> Choice:
     """:func:`choose_backend` under ``cache_dir`` (dr's cache when None), with its one log line."""
     choice = choose_backend(encoder, cache_dir or default_cache_dir())
     (logger or log).info("%s%s", prefix, describe(choice))
@@ -179,8 +189,10 @@ def choose_and_log(encoder: BiEncoder, cache_dir: str | Path | None = None, logg
 def describe(choice: Choice) -> str:
     """One log line: the choice and what each candidate measured."""
     parts = [f"{n} {m['passages_per_s']:.1f} p/s (1-cos {m['one_minus_cos']:.1e})" for n, m in choice.measured.items()]
-    return (f"backend=auto: {choice.name} ({'cached calibration' if choice.cached else 'calibrated'} on "
-            f"{cpu_model()}, tolerance 1-cos <= {TOLERANCE:g}): " + "; ".join(parts))
+    return (
+        f"backend=auto: {choice.name} ({'cached calibration' if choice.cached else 'calibrated'} on "
+        f"{cpu_model()}, tolerance 1-cos <= {TOLERANCE:g}): " + "; ".join(parts)
+    )
 
 
 def encoder_for(encoder: BiEncoder, choice: Choice, cache_dir: str | Path | None = None):

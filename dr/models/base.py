@@ -84,8 +84,9 @@ class Encoder(abc.ABC):
         return self.query_max_length if kind == "query" else self.passage_max_length
 
     @abc.abstractmethod
-    def _batches(self, kind: Kind, bf16: bool, device: str | torch.device | None) -> contextlib.AbstractContextManager[
-            Callable[[dict], np.ndarray]]:
+    def _batches(
+        self, kind: Kind, bf16: bool, device: str | torch.device | None
+    ) -> contextlib.AbstractContextManager[Callable[[dict], np.ndarray]]:
         """A context in which a function embeds one batch of tokenised, unpadded features
         (``{"input_ids": [...], ...}``) into a float32 ``[n, dim]`` array."""
 
@@ -110,8 +111,9 @@ class Encoder(abc.ABC):
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         # cut to a few times the maximum length in characters first (dr.data.limits): a 10 MB line is not tokenised whole
-        encoded = self.tokenizer(cut_texts(texts, self.max_length(kind)), truncation=True, max_length=self.max_length(kind),
-                                 padding=False)
+        encoded = self.tokenizer(
+            cut_texts(texts, self.max_length(kind)), truncation=True, max_length=self.max_length(kind), padding=False
+        )
         lengths = np.array([len(ids) for ids in encoded["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -131,4 +133,3 @@ class Encoder(abc.ABC):
 
     def encode_passages(self, texts: Iterable[str], **kwargs) -> np.ndarray:
         return self.encode(texts, "passage", **kwargs)
-

@@ -48,13 +48,21 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(path, None, "expected a dr-train checkpoint of tensors; it holds other objects, which "
-                        f"weights_only=True loading refuses since unpickling them could run code ({first})") from None
+        raise DataError(
+            path,
+            None,
+            "expected a dr-train checkpoint of tensors; it holds other objects, which "
+            f"weights_only=True loading refuses since unpickling them could run code ({first})",
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise DataError(path, None, f"expected a complete dr-train checkpoint, got a truncated or damaged file "
-                        f"({type(e).__name__}: {_first_line(e)})") from None
+        raise DataError(
+            path,
+            None,
+            f"expected a complete dr-train checkpoint, got a truncated or damaged file "
+            f"({type(e).__name__}: {_first_line(e)})",
+        ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise DataError(path, None, "expected a dr-train checkpoint (a dictionary with a state_dict)")
     return checkpoint["state_dict"]
@@ -63,7 +71,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def checkpoint_weights(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
     """The tensors of :func:`load_state_dict` under ``prefix``, with the prefix taken off
     (``encoder.`` gives the encoder's own ``state_dict`` from a ``dr-train`` checkpoint)."""
-    return {k[len(prefix):]: v for k, v in load_state_dict(path).items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in load_state_dict(path).items() if k.startswith(prefix)}
 
 
 def check_resume_checkpoint(ckpt_path: str) -> str | None:
@@ -71,8 +79,10 @@ def check_resume_checkpoint(ckpt_path: str) -> str | None:
     be opened). Reads only the zip's directory, not the weights."""
     scheme = urlparse(str(ckpt_path)).scheme
     if len(scheme) > 1 and scheme.lower() in _REMOTE_SCHEMES:
-        return ("expected a local checkpoint file (Lightning would load a remote one with weights_only=False, "
-                "which runs any code it holds); download it and pass its path")
+        return (
+            "expected a local checkpoint file (Lightning would load a remote one with weights_only=False, "
+            "which runs any code it holds); download it and pass its path"
+        )
     if str(ckpt_path) in ("last", "best", "hpc", "registry"):
         return None  # Lightning's own names for checkpoints it finds itself
     path = Path(ckpt_path).expanduser()
@@ -82,7 +92,9 @@ def check_resume_checkpoint(ckpt_path: str) -> str | None:
         with zipfile.ZipFile(path) as archive:
             archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        return f"expected a complete checkpoint written by torch.save, got a truncated or damaged file ({_first_line(e)})"
+        return (
+            f"expected a complete checkpoint written by torch.save, got a truncated or damaged file ({_first_line(e)})"
+        )
     return None
 
 
@@ -114,15 +126,22 @@ def model_load_errors(function: Callable) -> Callable:
         except (DataError, ConfigError, FileNotFoundError, torch.OutOfMemoryError, MemoryError):
             raise
         except json.JSONDecodeError as e:
-            raise DataError(name, None, f"expected a model folder whose JSON files read, got invalid JSON ({e.msg}, line {e.lineno})") from None
+            raise DataError(
+                name,
+                None,
+                f"expected a model folder whose JSON files read, got invalid JSON ({e.msg}, line {e.lineno})",
+            ) from None
         except (OSError, ValueError, RuntimeError, EOFError) as e:
             if isinstance(e, RuntimeError) and "CUDA" in str(e):  # the device, not the files
                 raise
             raise DataError(name, None, _explain(e)) from None
         except Exception as e:
             if type(e).__name__ == "SafetensorError":  # safetensors' own class, not importable under a stable name
-                raise DataError(name, None, f"expected complete model weights, got a truncated or damaged "
-                                f"model.safetensors ({_first_line(e)})") from None
+                raise DataError(
+                    name,
+                    None,
+                    f"expected complete model weights, got a truncated or damaged model.safetensors ({_first_line(e)})",
+                ) from None
             raise
 
     return wrapper
@@ -134,8 +153,12 @@ def check_model_folder(name: str) -> None:
     if not path.is_dir():
         return
     if not (path / "config.json").is_file() and not (path / "query" / "config.json").is_file():
-        raise DataError(path, None, "expected a model folder with config.json and weights (a saved, exported or Hugging Face "
-                        "model), got a folder without config.json")
+        raise DataError(
+            path,
+            None,
+            "expected a model folder with config.json and weights (a saved, exported or Hugging Face "
+            "model), got a folder without config.json",
+        )
     for file in ("dr_config.json", "modules.json", "config.json"):  # the files dr reads itself, and the model's config
         if (path / file).is_file():
             try:
@@ -146,7 +169,11 @@ def check_model_folder(name: str) -> None:
 
 def _explain(e: BaseException) -> str:
     text = _first_line(e)
-    if "does not appear to have a file named" in text or "Can't load" in text or "is not a valid model identifier" in text:
+    if (
+        "does not appear to have a file named" in text
+        or "Can't load" in text
+        or "is not a valid model identifier" in text
+    ):
         return f"expected a model folder with config.json and weights, or a hub id ({text})"
     return f"expected a model folder or hub id that loads ({type(e).__name__}: {text})"
 
@@ -172,11 +199,17 @@ def check_hub_reachable(name: str) -> None:
             return
     except Exception:  # not a valid repo id: let the loader say what is wrong with it
         return
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     if offline or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the hub does not answer"
-        raise DataError(name, None, f"no such model folder, and no network to fetch hub id {resolved} ({why}); "
-                        "pass a local model folder, or a hub id once online")
+        raise DataError(
+            name,
+            None,
+            f"no such model folder, and no network to fetch hub id {resolved} ({why}); "
+            "pass a local model folder, or a hub id once online",
+        )
 
 
 @functools.lru_cache(maxsize=None)

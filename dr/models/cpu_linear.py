@@ -39,7 +39,9 @@ def kernel_available() -> bool:
         try:
             op = torch.ops.mkldnn._linear_pointwise
             a, w, b = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
-            _KERNEL = bool(torch.backends.mkldnn.is_available()) and torch.allclose(op(a, w, b, "none", [], ""), F.linear(a, w, b), atol=1e-5)
+            _KERNEL = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
+                op(a, w, b, "none", [], ""), F.linear(a, w, b), atol=1e-5
+            )
         except (AttributeError, RuntimeError):
             _KERNEL = False
     return _KERNEL
@@ -55,14 +57,25 @@ def default_mode() -> str:
 
 def _special_context() -> bool:
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling() or exporting())
+    return bool(
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or exporting()
+    )
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """oneDNN takes this product: fp32 tensors on CPU, no autocast, no tracing/export/compilation."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not _special_context() and kernel_available())
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not _special_context()
+        and kernel_available()
+    )
 
 
 def _product(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -107,7 +120,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` with oneDNN's products where :func:`usable` (see the module docstring)."""
     if not usable(x, weight):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         return _Linear.apply(x, weight, bias)
     return _rows_product(x, weight, bias)
 

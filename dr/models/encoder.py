@@ -96,15 +96,19 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
 
     def config_dict(self) -> dict:
         """The contract's settings, plus ``truncate_dim`` when set (older folders and run caches keep their keys)."""
-        return {**super().config_dict(), **({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {})}
+        return {
+            **super().config_dict(),
+            **({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {}),
+        }
 
     # ------------------------------------------------------------------ tokenising and embedding
     def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
         """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""
         if max_length is None:
             max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        return self.tokenizer(cut_texts(texts, max_length), padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")
+        return self.tokenizer(
+            cut_texts(texts, max_length), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
 
     def _embed(self, model: PreTrainedModel, batch: dict, buckets: int = 1) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

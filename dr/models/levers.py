@@ -33,7 +33,9 @@ class SpeedLevers:
         from dr.models.recompute import CHUNK_TOKENS, set_feed_forward_recompute
 
         chunk = CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
-        return sum(set_feed_forward_recompute(m, mode, chunk) for m in (self.query_model, self.passage_model) if m is not None)
+        return sum(
+            set_feed_forward_recompute(m, mode, chunk) for m in (self.query_model, self.passage_model) if m is not None
+        )
 
     def set_cpu_linear(self, mode: str | None = None) -> int:
         """fp32 linear layers of both towers on CPU through oneDNN (``"onednn"``) or PyTorch's kernel

@@ -24,9 +24,27 @@ from torch import nn
 from dr.models.base import Encoder
 from dr.models.encoder import BiEncoder, resolve_model_name
 from dr.models.onnx_export import (  # noqa: F401 (the export's names, importable from here as before)
-    BACKENDS, EMBEDDING, EXAMPLE_TEXTS, INT8, INT8_FP32_DOWN_PROJECTIONS, METADATA_KEY, MODEL_INPUTS, ONNX_DIR,
-    ONNX_INT8_MODEL, ONNX_MODEL, OPSET, TOKEN_STATES, _metadata, _towers, check_backend, down_projections,
-    export_onnx, export_tower, quantize_int8, read_onnx_config, weights_digest,
+    BACKENDS,
+    EMBEDDING,
+    EXAMPLE_TEXTS,
+    INT8,
+    INT8_FP32_DOWN_PROJECTIONS,
+    METADATA_KEY,
+    MODEL_INPUTS,
+    ONNX_DIR,
+    ONNX_INT8_MODEL,
+    ONNX_MODEL,
+    OPSET,
+    TOKEN_STATES,
+    _metadata,
+    _towers,
+    check_backend,
+    down_projections,
+    export_onnx,
+    export_tower,
+    quantize_int8,
+    read_onnx_config,
+    weights_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -63,8 +81,13 @@ def _tower_file(encoder: BiEncoder, sub: str, model: nn.Module, int8: bool, fold
     return quantized
 
 
-def onnx_encoder(encoder: BiEncoder, int8: bool = False, folder: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None, intra_op_num_threads: int | None = None) -> "OnnxEncoder":
+def onnx_encoder(
+    encoder: BiEncoder,
+    int8: bool = False,
+    folder: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    intra_op_num_threads: int | None = None,
+) -> "OnnxEncoder":
     """An :class:`OnnxEncoder` for ``encoder``'s weights and settings.
 
     The ONNX files of ``folder`` (a saved or exported model) are used when their metadata matches
@@ -89,8 +112,14 @@ def onnx_encoder(encoder: BiEncoder, int8: bool = False, folder: str | os.PathLi
         )
 
 
-def load_encoder(model: str, overrides: dict | None = None, backend: str = "torch", device: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, intra_op_num_threads: int | None = None):
+def load_encoder(
+    model: str,
+    overrides: dict | None = None,
+    backend: str = "torch",
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    intra_op_num_threads: int | None = None,
+):
     """An inference encoder from a hub name, a saved/exported folder or a ``dr-train`` checkpoint.
 
     ``backend="torch"`` gives :meth:`BiEncoder.load` (on ``device``); ``"onnx"`` and
@@ -103,8 +132,13 @@ def load_encoder(model: str, overrides: dict | None = None, backend: str = "torc
         return BiEncoder.load(model, overrides, device)
     encoder = BiEncoder.load(model, overrides, device="cpu")
     path = Path(resolve_model_name(str(model)))
-    return onnx_encoder(encoder, int8=backend == "onnx-int8", folder=path if path.is_dir() else None,
-                        cache_dir=cache_dir, intra_op_num_threads=intra_op_num_threads)
+    return onnx_encoder(
+        encoder,
+        int8=backend == "onnx-int8",
+        folder=path if path.is_dir() else None,
+        cache_dir=cache_dir,
+        intra_op_num_threads=intra_op_num_threads,
+    )
 
 
 class OnnxEncoder(Encoder):
@@ -123,9 +157,19 @@ class OnnxEncoder(Encoder):
     The files are read into memory when the sessions are built; they may be deleted afterwards.
     """
 
-    def __init__(self, query_path: str | os.PathLike, tokenizer, passage_path: str | os.PathLike | None = None,
-                 pooling: str = "cls", normalize: bool = False, similarity: str = "dot", query_max_length: int = 32,
-                 passage_max_length: int = 256, intra_op_num_threads: int | None = None, backend: str = "onnx"):
+    def __init__(
+        self,
+        query_path: str | os.PathLike,
+        tokenizer,
+        passage_path: str | os.PathLike | None = None,
+        pooling: str = "cls",
+        normalize: bool = False,
+        similarity: str = "dot",
+        query_max_length: int = 32,
+        passage_max_length: int = 256,
+        intra_op_num_threads: int | None = None,
+        backend: str = "onnx",
+    ):
         if similarity not in ("dot", "cos"):
             raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
         self.tokenizer = tokenizer
@@ -162,8 +206,10 @@ class OnnxEncoder(Encoder):
         if meta is not None:
             meta = json.loads(meta)
             if meta["pooling"] != self.pooling or bool(meta["normalize"]) != self.normalize:
-                raise ValueError(f"{path}: exported with pooling={meta['pooling']} normalize={meta['normalize']}, "
-                                 f"but the encoder asks for pooling={self.pooling} normalize={self.normalize}")
+                raise ValueError(
+                    f"{path}: exported with pooling={meta['pooling']} normalize={meta['normalize']}, "
+                    f"but the encoder asks for pooling={self.pooling} normalize={self.normalize}"
+                )
         self._output_index(session, path)
         return session
 
@@ -171,15 +217,19 @@ class OnnxEncoder(Encoder):
     def _output_index(session, path: Path | None = None) -> int:
         names = [o.name for o in session.get_outputs()]
         if EMBEDDING not in names:
-            raise ValueError(f"{path}: no {EMBEDDING!r} output (outputs: {names}); export the model with dr-export format=onnx")
+            raise ValueError(
+                f"{path}: no {EMBEDDING!r} output (outputs: {names}); export the model with dr-export format=onnx"
+            )
         return names.index(EMBEDDING)
 
     @staticmethod
     def _feeds(session, batch) -> dict[str, np.ndarray]:
         """The session's inputs from a tokenised batch (zeros for token types the tokenizer lacks)."""
         ids = np.asarray(batch["input_ids"], dtype=np.int64)
-        return {i.name: np.asarray(batch[i.name], dtype=np.int64) if i.name in batch else np.zeros_like(ids)
-                for i in session.get_inputs()}
+        return {
+            i.name: np.asarray(batch[i.name], dtype=np.int64) if i.name in batch else np.zeros_like(ids)
+            for i in session.get_inputs()
+        }
 
     @property
     def dim(self) -> int:
@@ -199,7 +249,9 @@ class OnnxEncoder(Encoder):
         return self._digest.hexdigest()
 
     def __repr__(self) -> str:
-        return f"OnnxEncoder({self.paths['query']!r}, backend={self.backend!r}, dim={self.dim}, pooling={self.pooling!r})"
+        return (
+            f"OnnxEncoder({self.paths['query']!r}, backend={self.backend!r}, dim={self.dim}, pooling={self.pooling!r})"
+        )
 
     @contextlib.contextmanager
     def _batches(self, kind: str, bf16: bool, device=None) -> Iterator:

@@ -78,17 +78,26 @@ def weights_digest(model: nn.Module) -> str:
 
 def _towers(encoder: BiEncoder) -> dict[str, nn.Module]:
     """Tower name -> model; the name is also the tower's subfolder of a saved or exported model."""
-    if encoder.truncate_dim is not None:  # the graph would output the full pooled embedding: refused, not served untruncated
-        raise ConfigError(f"truncate_dim={encoder.truncate_dim}: the ONNX graph has no truncation; "
-                          "use the torch backend (backend=torch, format=torch) for a truncated model")
+    if (
+        encoder.truncate_dim is not None
+    ):  # the graph would output the full pooled embedding: refused, not served untruncated
+        raise ConfigError(
+            f"truncate_dim={encoder.truncate_dim}: the ONNX graph has no truncation; "
+            "use the torch backend (backend=torch, format=torch) for a truncated model"
+        )
     if encoder.shared:
         return {"": encoder.query_model}
     return {"query": encoder.query_model, "passage": encoder.passage_model}
 
 
 def _metadata(encoder: BiEncoder, model: nn.Module, quantization: str | None = None) -> dict:
-    return {"pooling": encoder.pooling, "normalize": bool(encoder.normalize), "dim": encoder.dim,
-            "weights": weights_digest(model), "quantization": quantization}
+    return {
+        "pooling": encoder.pooling,
+        "normalize": bool(encoder.normalize),
+        "dim": encoder.dim,
+        "weights": weights_digest(model),
+        "quantization": quantization,
+    }
 
 
 def read_onnx_config(path: str | os.PathLike) -> dict | None:
@@ -128,7 +137,9 @@ def _input_names(tokenizer) -> list[str]:
     return [name for name in MODEL_INPUTS if name in tokenizer.model_input_names]
 
 
-def export_tower(model: nn.Module, tokenizer, pooling: str, normalize: bool, path: str | os.PathLike, metadata: dict) -> Path:
+def export_tower(
+    model: nn.Module, tokenizer, pooling: str, normalize: bool, path: str | os.PathLike, metadata: dict
+) -> Path:
     """Trace one tower (with pooling and normalisation) into an ONNX file at ``path``.
 
     The tower is put in eval mode for the trace (dropout off) and given back in its mode; it is
@@ -153,8 +164,16 @@ def export_tower(model: nn.Module, tokenizer, pooling: str, normalize: bool, pat
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-            torch.onnx.export(_PooledTower(model, pooling, normalize, input_names), args, buffer, input_names=input_names,
-                              output_names=[TOKEN_STATES, EMBEDDING], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                _PooledTower(model, pooling, normalize, input_names),
+                args,
+                buffer,
+                input_names=input_names,
+                output_names=[TOKEN_STATES, EMBEDDING],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
     finally:
         model.train(was_training)
     path = Path(path)
@@ -168,8 +187,14 @@ def down_projections(graph) -> list[str]:
     DistilBERT's ``lin2``), in graph order. Their inputs are the post-GELU activations, whose
     outliers make one dynamic uint8 scale per tensor the coarsest of the model."""
     shapes = {t.name: list(t.dims) for t in graph.initializer}
-    return [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2
-            and len(shapes.get(n.input[1], ())) == 2 and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and len(n.input) == 2
+        and len(shapes.get(n.input[1], ())) == 2
+        and shapes[n.input[1]][0] > shapes[n.input[1]][1]
+    ]
 
 
 def quantize_int8(source: str | os.PathLike, path: str | os.PathLike, metadata: dict) -> Path:
@@ -209,8 +234,14 @@ def quantize_int8(source: str | os.PathLike, path: str | os.PathLike, metadata: 
         level = root.level
         root.setLevel(max(level, logging.WARNING))
         try:
-            quantize_dynamic(prepared, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+            quantize_dynamic(
+                prepared,
+                quantized,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep,
+            )
         finally:
             root.setLevel(level)
         _save(onnx.load(str(quantized)), path, metadata)
@@ -223,7 +254,9 @@ def export_onnx(encoder: BiEncoder, out_dir: str | os.PathLike, int8: bool = Fal
     out, written = Path(out_dir), []
     for sub, model in _towers(encoder).items():
         folder = out / sub / ONNX_DIR
-        fp32 = export_tower(model, encoder.tokenizer, encoder.pooling, encoder.normalize, folder / ONNX_MODEL, _metadata(encoder, model))
+        fp32 = export_tower(
+            model, encoder.tokenizer, encoder.pooling, encoder.normalize, folder / ONNX_MODEL, _metadata(encoder, model)
+        )
         written.append(fp32)
         if int8:
             written.append(quantize_int8(fp32, folder / ONNX_INT8_MODEL, _metadata(encoder, model, INT8)))

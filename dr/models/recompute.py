@@ -105,7 +105,10 @@ class _FeedForward(torch.autograd.Function):
                 add("b1", gh.sum(0))
             if need_x:
                 grad_x[part] = matmul_t(gh, w1.to(gh.dtype).t())
-        grads = [None if name not in sums else sums[name].to(ref.dtype) for name, ref in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
+        grads = [
+            None if name not in sums else sums[name].to(ref.dtype)
+            for name, ref in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))
+        ]
         if grad_x is not None:
             grad_x = grad_x.reshape(ctx.x_shape)
         return (grad_x, *grads, None, None, None)
@@ -116,14 +119,17 @@ class _FeedForward(torch.autograd.Function):
 CHUNK_TOKENS = 4096
 
 
-def feed_forward(x: torch.Tensor, up: nn.Linear, act: Callable, down: nn.Linear, mode: Recompute,
-                 chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+def feed_forward(
+    x: torch.Tensor, up: nn.Linear, act: Callable, down: nn.Linear, mode: Recompute, chunk_tokens: int = CHUNK_TOKENS
+) -> torch.Tensor:
     """``down(act(up(x)))``, recomputing ``act`` (``mode="activation"``) or ``up`` and ``act``
     (``"full"``) in the backward pass, ``chunk_tokens`` tokens at a time; plain modules when no
     gradient is needed or ``mode="none"``."""
     if mode == "none" or not torch.is_grad_enabled():
         return down(act(up(x)))
-    return _FeedForward.apply(x, up.weight, up.bias, down.weight, down.bias, act, mode == "activation", int(chunk_tokens))
+    return _FeedForward.apply(
+        x, up.weight, up.bias, down.weight, down.bias, act, mode == "activation", int(chunk_tokens)
+    )
 
 
 class _BertChunk:
@@ -136,7 +142,9 @@ class _BertChunk:
 
     def __call__(self, attention_output: torch.Tensor) -> torch.Tensor:
         inter, out = self.layer.intermediate, self.layer.output
-        hidden = feed_forward(attention_output, inter.dense, inter.intermediate_act_fn, out.dense, self.mode, self.chunk_tokens)
+        hidden = feed_forward(
+            attention_output, inter.dense, inter.intermediate_act_fn, out.dense, self.mode, self.chunk_tokens
+        )
         return out.LayerNorm(out.dropout(hidden) + attention_output)
 
 
@@ -150,16 +158,24 @@ class _DistilBertChunk(_BertChunk):
 
 def _is_bert_layer(module: nn.Module) -> bool:
     inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
-    return (hasattr(type(module), "feed_forward_chunk")
-            and isinstance(getattr(inter, "dense", None), nn.Linear) and callable(getattr(inter, "intermediate_act_fn", None))
-            and isinstance(getattr(out, "dense", None), nn.Linear) and isinstance(getattr(out, "LayerNorm", None), nn.Module)
-            and isinstance(getattr(out, "dropout", None), nn.Module))
+    return (
+        hasattr(type(module), "feed_forward_chunk")
+        and isinstance(getattr(inter, "dense", None), nn.Linear)
+        and callable(getattr(inter, "intermediate_act_fn", None))
+        and isinstance(getattr(out, "dense", None), nn.Linear)
+        and isinstance(getattr(out, "LayerNorm", None), nn.Module)
+        and isinstance(getattr(out, "dropout", None), nn.Module)
+    )
 
 
 def _is_distilbert_ffn(module: nn.Module) -> bool:
-    return (hasattr(type(module), "ff_chunk") and isinstance(getattr(module, "lin1", None), nn.Linear)
-            and isinstance(getattr(module, "lin2", None), nn.Linear) and callable(getattr(module, "activation", None))
-            and isinstance(getattr(module, "dropout", None), nn.Module))
+    return (
+        hasattr(type(module), "ff_chunk")
+        and isinstance(getattr(module, "lin1", None), nn.Linear)
+        and isinstance(getattr(module, "lin2", None), nn.Linear)
+        and callable(getattr(module, "activation", None))
+        and isinstance(getattr(module, "dropout", None), nn.Module)
+    )
 
 
 def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: int = CHUNK_TOKENS) -> int:
@@ -172,8 +188,10 @@ def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: 
         raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens}")
     changed = 0
     for module in model.modules():
-        for matches, name, chunk in ((_is_bert_layer, "feed_forward_chunk", _BertChunk),
-                                     (_is_distilbert_ffn, "ff_chunk", _DistilBertChunk)):
+        for matches, name, chunk in (
+            (_is_bert_layer, "feed_forward_chunk", _BertChunk),
+            (_is_distilbert_ffn, "ff_chunk", _DistilBertChunk),
+        ):
             if not matches(module):
                 continue
             if mode == "none":
@@ -203,12 +221,15 @@ class _RecomputedForward:
         forward = type(self.module).forward
         if not torch.is_grad_enabled():
             return forward(self.module, *args, **kwargs)
-        return torch.utils.checkpoint.checkpoint(forward, self.module, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+        return torch.utils.checkpoint.checkpoint(
+            forward, self.module, *args, use_reentrant=False, preserve_rng_state=True, **kwargs
+        )
 
 
 def _is_self_attention(module: nn.Module) -> bool:
     return type(module).__name__.endswith("SelfAttention") and any(
-        all(isinstance(getattr(module, name, None), nn.Linear) for name in names) for names in _PROJECTIONS)
+        all(isinstance(getattr(module, name, None), nn.Linear) for name in names) for names in _PROJECTIONS
+    )
 
 
 def set_attention_recompute(model: nn.Module, enabled: bool) -> int:

@@ -9,4 +9,14 @@ from dr.pipeline.fingerprint import embeddings_path, stage_fingerprint
 from dr.pipeline.job import job_specs, report, results_table
 from dr.pipeline.runner import Stage, cache_lock, plan, run_stages
 
-__all__ = ["Stage", "cache_lock", "embeddings_path", "job_specs", "plan", "report", "results_table", "run_stages", "stage_fingerprint"]
+__all__ = [
+    "Stage",
+    "cache_lock",
+    "embeddings_path",
+    "job_specs",
+    "plan",
+    "report",
+    "results_table",
+    "run_stages",
+    "stage_fingerprint",
+]

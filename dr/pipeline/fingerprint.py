@@ -24,7 +24,9 @@ from dr.data.corpus import IRDS_PREFIX, resolve_path
 from dr.retrieval.cache import file_stamp
 
 #: config keys (at any depth) that do not change a stage's output
-IGNORED_KEYS = frozenset({"paths", "hydra", "cache_dir", "onnx_cache_dir", "embeddings_cache", "show_progress", "enable_progress_bar"})
+IGNORED_KEYS = frozenset(
+    {"paths", "hydra", "cache_dir", "onnx_cache_dir", "embeddings_cache", "show_progress", "enable_progress_bar"}
+)
 
 #: the most files stamped inside one input folder (a model folder has a handful)
 MAX_FOLDER_FILES = 200
@@ -72,7 +74,9 @@ def _stamp_input(value: str, files: dict[str, list]) -> None:
     files[value] = [os.path.abspath(path), stamps]
 
 
-def stage_fingerprint(command: str, config: dict, cache_root: str | os.PathLike, own_dir: str | None = None) -> tuple[str, dict]:
+def stage_fingerprint(
+    command: str, config: dict, cache_root: str | os.PathLike, own_dir: str | None = None
+) -> tuple[str, dict]:
     """``(key, described)``: a 16-hex-digit key of the stage and what it covers (written next to
     the output as ``fingerprint.json``). ``config`` is the resolved container of the stage's
     config; ``own_dir`` is the placeholder the stage's own folder has in it, if any."""
@@ -90,5 +94,7 @@ def embeddings_path(cache_root: str | os.PathLike, model: str, corpus: str, sett
     files: dict[str, list] = {}
     for value in (model, corpus):
         _stamp_input(value, files)
-    text = json.dumps({"model": model, "corpus": corpus, "settings": settings, "files": files}, sort_keys=True, default=str)
+    text = json.dumps(
+        {"model": model, "corpus": corpus, "settings": settings, "files": files}, sort_keys=True, default=str
+    )
     return Path(cache_root) / "embeddings" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.npy"

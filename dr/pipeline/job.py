@@ -61,15 +61,28 @@ def job_specs(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
     specs = []
     for name, stage in cfg.stages.items():
         if not stage.get("command"):
-            raise ConfigError(f"stages.{name}.command: expected a dr command (dr-train, dr-mine, dr-score, dr-eval, ...)")
-        specs.append((str(name), str(stage.command), merge_overrides(_list(stage.get("overrides")), _list(extra.get(stage.command)))))
+            raise ConfigError(
+                f"stages.{name}.command: expected a dr command (dr-train, dr-mine, dr-score, dr-eval, ...)"
+            )
+        specs.append(
+            (
+                str(name),
+                str(stage.command),
+                merge_overrides(_list(stage.get("overrides")), _list(extra.get(stage.command))),
+            )
+        )
     evaluate = cfg.get("evaluate")
     if evaluate:
         for set_name, s in enabled_sets(cfg).items():
             measures = "measures=[" + ",".join(f"'{m}'" for m in set_measures(cfg, s)) + "]"  # quoted: R(rel=2)@100
             for row, spec in evaluate.rows.items():
-                overrides = merge_overrides(_list(s.get("overrides")), _list(spec.get("all")), _list(spec.get(set_name)), [measures],
-                                            _list(extra.get("dr-eval")))
+                overrides = merge_overrides(
+                    _list(s.get("overrides")),
+                    _list(spec.get("all")),
+                    _list(spec.get(set_name)),
+                    [measures],
+                    _list(extra.get("dr-eval")),
+                )
                 specs.append((eval_stage_name(str(row), str(set_name)), "dr-eval", overrides))
     return specs
 
@@ -114,9 +127,11 @@ def verdict(compare_dir: str | None) -> list[str]:
         if r.get("wins") is None:
             continue
         b = base.get(r["measure"], {})
-        lines.append(f"{r['system']} vs {b.get('system', 'baseline')}, {r['measure']}: {r['mean']:.4f} against {b.get('mean', float('nan')):.4f}, "
-                     f"Δ {r['delta']:+.4f}, p (t-test) {_p(r['p_ttest'])}, p (randomization) {_p(r['p_randomization'])}, "
-                     f"p (Holm) {_p(r['p_holm'])}, wins/ties/losses {r['wins']}/{r['ties']}/{r['losses']}")
+        lines.append(
+            f"{r['system']} vs {b.get('system', 'baseline')}, {r['measure']}: {r['mean']:.4f} against {b.get('mean', float('nan')):.4f}, "
+            f"Δ {r['delta']:+.4f}, p (t-test) {_p(r['p_ttest'])}, p (randomization) {_p(r['p_randomization'])}, "
+            f"p (Holm) {_p(r['p_holm'])}, wins/ties/losses {r['wins']}/{r['ties']}/{r['losses']}"
+        )
     return lines
 
 
@@ -139,7 +154,9 @@ def report(cfg: DictConfig, stages: dict[str, dict], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "table.md") as f:
         f.write(text + "\n")
-    pictures = [str(p) for n in (cfg.get("pictures") or []) if str(n) in dirs for p in sorted(Path(dirs[str(n)]).glob("*.png"))]
+    pictures = [
+        str(p) for n in (cfg.get("pictures") or []) if str(n) in dirs for p in sorted(Path(dirs[str(n)]).glob("*.png"))
+    ]
     if pictures:
         text += "\npictures: " + ", ".join(pictures)
     write_json(out / "table.json", {"table": table, "verdict": lines, "stages": stages})

@@ -84,7 +84,9 @@ def plan(specs: list[tuple[str, str, list[str]]], cache_root: str | Path, compos
         def place(match: re.Match, _name=name, _deps=deps) -> str:
             ref = match.group(1)
             if ref not in stages:
-                raise ConfigError(f"stages.{_name}: {{{ref}}} names no earlier stage; expected one of {', '.join(stages) or '(none)'}")
+                raise ConfigError(
+                    f"stages.{_name}: {{{ref}}} names no earlier stage; expected one of {', '.join(stages) or '(none)'}"
+                )
             _deps.append(ref)
             return str(stages[ref].dir)
 
@@ -113,13 +115,21 @@ def _share_embeddings(cfg: DictConfig, cache_root: Path) -> None:
     model, corpus = cfg.get("model"), cfg.get("corpus")
     if not model or not corpus or (cfg.get("retriever") or "dense") == "bm25":
         return
-    settings = {"encoder": OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else None,
-                "bf16": bool(cfg.get("bf16")), "backend": str(cfg.get("backend") or "torch")}
+    settings = {
+        "encoder": OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else None,
+        "bf16": bool(cfg.get("bf16")),
+        "backend": str(cfg.get("backend") or "torch"),
+    }
     cfg.embeddings_cache = str(embeddings_path(cache_root, str(model), str(corpus), settings))
 
 
-def run_stages(stages: list[Stage], execute: Execute, dry_run: bool = False, until: str | None = None,
-               echo: Callable[[str], None] = print) -> dict[str, dict]:
+def run_stages(
+    stages: list[Stage],
+    execute: Execute,
+    dry_run: bool = False,
+    until: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict]:
     """Run (or reuse) each stage in order; returns ``{stage: {"dir", "cached", "seconds"}}`` for the
     stages reached. One progress line per stage, with its elapsed time and whether it was cached."""
     if until is not None and until not in {s.name for s in stages}:
@@ -150,8 +160,16 @@ def run_stages(stages: list[Stage], execute: Execute, dry_run: bool = False, unt
                 echo(f"{head} failed      after {time.perf_counter() - t0:.1f} s (run again to retry from this stage)")
                 raise
             seconds = time.perf_counter() - t0
-            write_json(stage.dir / DONE, {"stage": stage.name, "command": stage.command, "key": stage.key, "seconds": seconds,
-                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json(
+                stage.dir / DONE,
+                {
+                    "stage": stage.name,
+                    "command": stage.command,
+                    "key": stage.key,
+                    "seconds": seconds,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
             echo(f"{head} done        in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
             results[stage.name] = {"dir": str(stage.dir), "cached": False, "seconds": seconds}
         if stage.name == until:
@@ -169,8 +187,10 @@ def cache_lock(cache_root: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"cache_dir={root}: another dr-pipeline is running on this cache; expected one job per "
-                              "cache_dir at a time (wait for it, or give this one another cache_dir)") from None
+            raise ConfigError(
+                f"cache_dir={root}: another dr-pipeline is running on this cache; expected one job per "
+                "cache_dir at a time (wait for it, or give this one another cache_dir)"
+            ) from None
         try:
             yield
         finally:

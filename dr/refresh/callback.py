@@ -52,11 +52,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dr.models.onnx import check_backend
-from dr.refresh.job import RefreshJob, RefreshSetup, resolve_backend, run_job
-from dr.refresh.report import summarize, swap_entry, swap_metrics
+from dr.refresh.job import RefreshJob, RefreshSetup, refresh_setup, run_job
+from dr.refresh.report import log_row, summarize, swap_entry, swap_metrics
 from dr.refresh.schedule import NOTHING, SKIP, SUBMIT, RefreshSchedule, agreed_version
 from dr.refresh.store import (
-    MANIFEST, NEGATIVES, clean_refresh_dir, stage_version, staged_job, teacher_file, verified_manifest, version_dir,
+    MANIFEST,
+    NEGATIVES,
+    clean_refresh_dir,
+    stage_version,
+    staged_job,
+    teacher_file,
+    verified_manifest,
+    version_dir,
 )
 from dr.refresh.supervision import WorkerSupervision
 from dr.refresh.worker import RefreshWorker
@@ -190,45 +197,14 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
             root = root / f"node{trainer.node_rank}"
         return root
 
-    def _make_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> RefreshSetup:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "set_negatives"):
-            raise RuntimeError("IndexRefresh needs a datamodule with set_negatives (dr.training.RetrievalDataModule)")
-        # The config was checked by dr.validate (teacher scores, loader workers) before any work;
-        # a Trainer built by hand without it gets a plain error, as for any other misuse.
-        if dm.hparams.get("teacher_from_negatives") and not self.teacher:
-            raise RuntimeError("IndexRefresh: data.teacher_from_negatives=true needs refresh.teacher "
-                               "(dr.validate.validate_config refuses this config)")
-        if dm.hparams.get("num_workers", 0) > 0:  # loader workers hold their own copies of the negatives
-            raise RuntimeError("IndexRefresh: data.num_workers must be 0 (dr.validate.validate_config refuses this config)")
-        if not isinstance(self.score_scale, (int, float)) or isinstance(self.score_scale, bool) or not self.score_scale > 0:
-            raise RuntimeError(f"IndexRefresh(score_scale={self.score_scale!r}): expected a positive number, "
-                               "resolved once by dr.training.train (dr.miners.candidates.resolve_score_scale)")
-        ds = dm.train_dataset
-        score_scale = float(self.score_scale)
-        backend, bf16 = resolve_backend(pl_module.encoder, self.backend, self.bf16, self.device)
-        return RefreshSetup(
-            corpus=str(dm.hparams.corpus), qids=list(ds.qids), queries=dict(zip(ds.qids, ds.query_texts)),
-            positives={q: list(ds.positives[q]) for q in ds.qids}, miner=self.miner, index=self.index,
-            device=self.device, top_k=self.top_k, batch_size=self.batch_size, chunk_size=self.chunk_size,
-            bf16=bf16, seed=self.seed, worker_threads=self.worker_threads, teacher=self.teacher,
-            teacher_into_negatives=bool(dm.hparams.get("teacher_from_negatives")),
-            keep_snapshots=self.keep_snapshots, job_hook=self.job_hook, backend=backend, score_scale=score_scale,
-        )
-
-    @staticmethod
-    def _log(trainer: pl.Trainer, values: dict[str, float]) -> None:
-        """One row per event, straight to the loggers (``self.log`` would repeat it every step)."""
-        metrics = {f"refresh/{name}": float(value) for name, value in values.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
     # ------------------------------------------------------------------ lifecycle
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.enabled:
             return
         t0 = time.perf_counter()
-        self._setup = self._make_setup(trainer, pl_module)  # first: it refuses a bad configuration
+        self._setup = refresh_setup(
+            self, trainer.datamodule, pl_module.encoder
+        )  # first: it refuses a bad configuration
         if self.trainer_threads:
             torch.set_num_threads(self.trainer_threads)
         self._root = self._root_for(trainer)
@@ -247,7 +223,9 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
                     f"{vdir}: the checkpoint trains on refresh version {self.current_version}, "
                     "but its manifest or negatives file is missing or corrupt"
                 )
-            trainer.datamodule.set_negatives(str(vdir / NEGATIVES), self.current_version, teacher_path=teacher_file(vdir))
+            trainer.datamodule.set_negatives(
+                str(vdir / NEGATIVES), self.current_version, teacher_path=teacher_file(vdir)
+            )
             log.info("refresh: resumed on negatives version %d", self.current_version)
         for version in self._in_flight:
             self._resume_version(trainer, version)
@@ -260,10 +238,20 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
         from its staged snapshot, or, without one, redone with the current weights at the next poll."""
         job = None if self._complete(version) else staged_job(self._root, version)
         if job is not None:
-            self.pending[version] = {"snapshot_step": int(job["snapshot_step"]), "submitted": time.time(), "started": None}
+            self.pending[version] = {
+                "snapshot_step": int(job["snapshot_step"]),
+                "submitted": time.time(),
+                "started": None,
+            }
             if self._local_zero(trainer) and self.mode == "async":
-                self._worker.submit(RefreshJob(version, int(job["snapshot_step"]), str(version_dir(self._root, version))))
-                log.info("refresh: v%04d, in flight at the checkpoint, is built again from its snapshot (step %d)", version, job["snapshot_step"])
+                self._worker.submit(
+                    RefreshJob(version, int(job["snapshot_step"]), str(version_dir(self._root, version)))
+                )
+                log.info(
+                    "refresh: v%04d, in flight at the checkpoint, is built again from its snapshot (step %d)",
+                    version,
+                    job["snapshot_step"],
+                )
         elif not self._complete(version):
             self._bad.add(version)
             self.schedule.due_now(trainer.global_step)
@@ -283,7 +271,7 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
             if decision != NOTHING:
                 self._take_schedule_point(trainer, pl_module, submit=decision == SUBMIT)
         if self.schedule.failures_total > failures:
-            self._log(trainer, {"failures": self.schedule.failures_total})
+            log_row(trainer, {"failures": self.schedule.failures_total})
         self.blocked_total_s += time.perf_counter() - t0
 
     def _agree(self, trainer: pl.Trainer, pl_module: pl.LightningModule, decision: int = NOTHING) -> tuple[int, int]:
@@ -306,7 +294,11 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
         backoff = self.schedule.skip_schedules > 0
         decision = self.schedule.decide(step, trainer.max_steps, busy=bool(self.pending) and self.mode == "async")
         if decision == SKIP and backoff:
-            log.warning("refresh: skipping the refresh at step %d (backoff after %d failures)", step, self.schedule.consecutive_failures)
+            log.warning(
+                "refresh: skipping the refresh at step %d (backoff after %d failures)",
+                step,
+                self.schedule.consecutive_failures,
+            )
         elif decision == SKIP:
             log.info("refresh: v%04d still running at step %d; this refresh is skipped", min(self.pending), step)
         return decision
@@ -386,11 +378,20 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
         self.current_version = version
         entry = swap_entry(manifest, step, blocked_s=submit_s + time.perf_counter() - t0)
         self.history.append(entry)
-        self._log(trainer, swap_metrics(entry, manifest.get("stats", {}), self.schedule.failures_total))
-        log.info("refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
-                 version, step, entry["snapshot_step"], entry["duration_s"], self.top_k, entry["positive_retrieved"])
+        log_row(trainer, swap_metrics(entry, manifest.get("stats", {}), self.schedule.failures_total))
+        log.info(
+            "refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
+            version,
+            step,
+            entry["snapshot_step"],
+            entry["duration_s"],
+            self.top_k,
+            entry["positive_retrieved"],
+        )
 
     # ------------------------------------------------------------------ reporting
     def summary(self, train_seconds: float | None = None) -> dict[str, float]:
         """Flat metrics for metrics.json (:func:`dr.refresh.report.summarize`)."""
-        return summarize(self.history, self.current_version, self.schedule.failures_total, self.blocked_total_s, train_seconds)
+        return summarize(
+            self.history, self.current_version, self.schedule.failures_total, self.blocked_total_s, train_seconds
+        )

@@ -60,8 +60,10 @@ class RefreshSetup:
     teacher_into_negatives: bool = True
     keep_snapshots: bool = False
     backend: str = "torch"  # torch | onnx | onnx-int8: what encodes the corpus and queries
-    score_scale: float = 1.0  # logits per unit of similarity, for the miner's kernels (dr.miners.candidates.resolve_score_scale)
-    job_hook: Callable[[RefreshJob], None] | None = None  # called as each job starts (instrumentation, fault injection in tests)
+    # logits per unit of similarity, for the miner's kernels (dr.miners.candidates.resolve_score_scale)
+    score_scale: float = 1.0
+    # called as each job starts (instrumentation, fault injection in tests)
+    job_hook: Callable[[RefreshJob], None] | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -88,6 +90,52 @@ def resolve_backend(encoder, backend: str, bf16: bool, device: str) -> tuple[str
     finally:
         encoder.train(was_training)
     return choice.backend, choice.bf16
+
+
+def refresh_setup(refresh, dm, encoder) -> RefreshSetup:
+    """What every job of ``refresh``'s run shares (an :class:`dr.refresh.IndexRefresh`), from the
+    datamodule's training queries and the student ``encoder`` (``backend=auto`` resolved for it)."""
+    if dm is None or not hasattr(dm, "set_negatives"):
+        raise RuntimeError("IndexRefresh needs a datamodule with set_negatives (dr.training.RetrievalDataModule)")
+    # The config was checked by dr.validate (teacher scores, loader workers) before any work;
+    # a Trainer built by hand without it gets a plain error, as for any other misuse.
+    if dm.hparams.get("teacher_from_negatives") and not refresh.teacher:
+        raise RuntimeError(
+            "IndexRefresh: data.teacher_from_negatives=true needs refresh.teacher "
+            "(dr.validate.validate_config refuses this config)"
+        )
+    if dm.hparams.get("num_workers", 0) > 0:  # loader workers hold their own copies of the negatives
+        raise RuntimeError("IndexRefresh: data.num_workers must be 0 (dr.validate.validate_config refuses this config)")
+    scale = refresh.score_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise RuntimeError(
+            f"IndexRefresh(score_scale={refresh.score_scale!r}): expected a positive number, "
+            "resolved once by dr.training.train (dr.miners.candidates.resolve_score_scale)"
+        )
+    ds = dm.train_dataset
+    score_scale = float(refresh.score_scale)
+    backend, bf16 = resolve_backend(encoder, refresh.backend, refresh.bf16, refresh.device)
+    return RefreshSetup(
+        corpus=str(dm.hparams.corpus),
+        qids=list(ds.qids),
+        queries=dict(zip(ds.qids, ds.query_texts)),
+        positives={q: list(ds.positives[q]) for q in ds.qids},
+        miner=refresh.miner,
+        index=refresh.index,
+        device=refresh.device,
+        top_k=refresh.top_k,
+        batch_size=refresh.batch_size,
+        chunk_size=refresh.chunk_size,
+        bf16=bf16,
+        seed=refresh.seed,
+        worker_threads=refresh.worker_threads,
+        teacher=refresh.teacher,
+        teacher_into_negatives=bool(dm.hparams.get("teacher_from_negatives")),
+        keep_snapshots=refresh.keep_snapshots,
+        job_hook=refresh.job_hook,
+        backend=backend,
+        score_scale=score_scale,
+    )
 
 
 def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None, teacher=None) -> dict:
@@ -123,7 +171,9 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None, tea
     index = DenseIndex.build(embeddings, docids, kind=setup.index, use_gpu=use_gpu, gpu_fp16=True)
     miner = instantiate_miner(setup.miner, docids, score_scale=setup.score_scale)
     row_of = {d: i for i, d in enumerate(docids)}
-    candidates = dense_candidates(encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16)
+    candidates = dense_candidates(
+        encoder, index, embeddings, row_of, setup.queries, setup.positives, setup.top_k, setup.batch_size, setup.bf16
+    )
     passage_text = lambda d: passage_texts(corpus, [row_of[d]])[0]  # noqa: E731
     if teacher is None and setup.teacher:
         teacher = make_teacher(setup.teacher, setup.corpus)
@@ -131,28 +181,35 @@ def run_job(setup: RefreshSetup, job: RefreshJob, encoder=None, corpus=None, tea
         miner.bind_teacher(teacher)
         candidates = with_teacher_scores(candidates, teacher, setup.queries, passage_text, setup.positives)
     rng = np.random.default_rng([setup.seed, job.version])
-    records, stats = mine_queries(setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False)
+    records, stats = mine_queries(
+        setup.qids, setup.positives, candidates, miner, rng, setup.chunk_size, show_progress=False
+    )
     stats["backend"] = setup.backend
     if export_s is not None:
         stats["export_s"] = export_s
     if teacher is not None and setup.teacher_into_negatives:
         records = teacher_score(teacher, records, setup.queries, passage_text)
     elif teacher is not None:  # the KD lists get the teacher's scores; SimANS keeps reading the student's
-        write_negatives(vdir / TEACHER_NEGATIVES, teacher_score(teacher, copy.deepcopy(records), setup.queries, passage_text))
+        write_negatives(
+            vdir / TEACHER_NEGATIVES, teacher_score(teacher, copy.deepcopy(records), setup.queries, passage_text)
+        )
     if teacher is not None:
         stats["teacher_scored"] = True
     write_negatives(vdir / NEGATIVES, records)
     write_json(vdir / STATS, stats)
-    manifest = write_manifest(vdir, {
-        "version": job.version,
-        "snapshot_step": job.snapshot_step,
-        "queries": len(records),
-        "negatives_total": sum(len(r.negatives) for r in records),
-        "duration_s": time.perf_counter() - t0,
-        "device": device,
-        "index": setup.index,
-        "stats": stats,
-    })
+    manifest = write_manifest(
+        vdir,
+        {
+            "version": job.version,
+            "snapshot_step": job.snapshot_step,
+            "queries": len(records),
+            "negatives_total": sum(len(r.negatives) for r in records),
+            "duration_s": time.perf_counter() - t0,
+            "device": device,
+            "index": setup.index,
+            "stats": stats,
+        },
+    )
     if not setup.keep_snapshots:  # kept until the version is complete: a run killed before can build it again from it
         shutil.rmtree(vdir / SNAPSHOT, ignore_errors=True)
     return manifest
@@ -181,5 +238,5 @@ def teacher_score(teacher, records, queries: dict[str, str], passage_text) -> li
     scores = teacher.score_groups([queries[r.qid] for r in records], [[passage_text(d) for d in g] for g in groups])
     for r, s in zip(records, scores):
         s = [float(x) for x in s]
-        r.positive_scores, r.negative_scores = s[: len(r.positives)], s[len(r.positives):]
+        r.positive_scores, r.negative_scores = s[: len(r.positives)], s[len(r.positives) :]
     return records

@@ -20,7 +20,9 @@ def swap_entry(manifest: dict, step: int, blocked_s: float) -> dict:
         "blocked_s": blocked_s,
         "positive_retrieved": float(stats.get("positive_retrieved_in_top_k", float("nan"))),
         "negatives_per_query": float(stats.get("negatives_per_query", float("nan"))),
-        "effective_sample_size": {k: float(v) for k, v in stats.get("effective_sample_size", {}).items() if v is not None},
+        "effective_sample_size": {
+            k: float(v) for k, v in stats.get("effective_sample_size", {}).items() if v is not None
+        },
     }
 
 
@@ -39,8 +41,9 @@ def swap_metrics(entry: dict, stats: dict, failures: int) -> dict[str, float]:
     return values
 
 
-def summarize(history: list[dict], current_version: int, failures: int, blocked_total_s: float,
-              train_seconds: float | None = None) -> dict[str, float]:
+def summarize(
+    history: list[dict], current_version: int, failures: int, blocked_total_s: float, train_seconds: float | None = None
+) -> dict[str, float]:
     """Flat metrics for metrics.json: versions used, failures, durations, blocked time, the last
     version's positive recall and kernel effective sample sizes."""
     used = [h for h in history if h.get("status") == "used"]
@@ -60,3 +63,11 @@ def summarize(history: list[dict], current_version: int, failures: int, blocked_
     if train_seconds:
         out["refresh/blocked_fraction"] = blocked_total_s / train_seconds
     return out
+
+
+def log_row(trainer, values: dict[str, float]) -> None:
+    """One row per event (``refresh/<name>``), straight to the trainer's loggers (Lightning's
+    ``self.log`` would repeat it every step)."""
+    metrics = {f"refresh/{name}": float(value) for name, value in values.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

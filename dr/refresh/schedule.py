@@ -31,8 +31,13 @@ def agreed_version(current: int, complete: Sequence[Sequence[int]]) -> int:
 class RefreshSchedule:
     """The refresh schedule of one run; :meth:`state_dict` goes into the checkpoint."""
 
-    def __init__(self, every_n_steps: int | None = None, every_minutes: float | None = None,
-                 max_backoff_schedules: int = 8, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        every_minutes: float | None = None,
+        max_backoff_schedules: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
         self.max_backoff_schedules = max_backoff_schedules

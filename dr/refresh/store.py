@@ -37,7 +37,9 @@ JOB = "job.json"
 FAILED = "FAILED"
 TMP_PREFIX = ".tmp-"
 WORKER_PID = "worker.pid"
-SAFE_TO_DELETE = "safe to delete its folder: training keeps the negatives it has and the next refresh makes a new version"
+SAFE_TO_DELETE = (
+    "safe to delete its folder: training keeps the negatives it has and the next refresh makes a new version"
+)
 
 
 def version_dir(root: str | os.PathLike, version: int) -> Path:
@@ -63,15 +65,33 @@ def verified_manifest(vdir: str | os.PathLike) -> dict | None:
         manifest = json.loads(path.read_text())
         negatives = vdir / manifest["negatives"]
         if negatives.stat().st_size != manifest["bytes"] or sha256_file(negatives) != manifest["sha256"]:
-            log.error("refresh %s: %s does not match %s; ignoring this version (%s)", vdir.name, negatives, path, SAFE_TO_DELETE)
+            log.error(
+                "refresh %s: %s does not match %s; ignoring this version (%s)",
+                vdir.name,
+                negatives,
+                path,
+                SAFE_TO_DELETE,
+            )
             return None
         if manifest.get("teacher_sha256") and sha256_file(vdir / TEACHER_NEGATIVES) != manifest["teacher_sha256"]:
-            log.error("refresh %s: %s does not match %s; ignoring this version (%s)", vdir.name, vdir / TEACHER_NEGATIVES, path,
-                      SAFE_TO_DELETE)
+            log.error(
+                "refresh %s: %s does not match %s; ignoring this version (%s)",
+                vdir.name,
+                vdir / TEACHER_NEGATIVES,
+                path,
+                SAFE_TO_DELETE,
+            )
             return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.error("refresh %s: %s is damaged, expected a JSON manifest with negatives, bytes and sha256 (%s: %s); ignoring this "
-                  "version (%s)", vdir.name, path, type(e).__name__, e, SAFE_TO_DELETE)
+        log.error(
+            "refresh %s: %s is damaged, expected a JSON manifest with negatives, bytes and sha256 (%s: %s); ignoring this "
+            "version (%s)",
+            vdir.name,
+            path,
+            type(e).__name__,
+            e,
+            SAFE_TO_DELETE,
+        )
         return None
     return manifest
 
@@ -94,7 +114,9 @@ def clean_refresh_dir(root: str | os.PathLike, keep_upto: int) -> list[str]:
     if not root.is_dir():
         return removed
     for p in root.iterdir():
-        stale = p.name.startswith(TMP_PREFIX) or (p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and int(p.name[1:]) > keep_upto)
+        stale = p.name.startswith(TMP_PREFIX) or (
+            p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and int(p.name[1:]) > keep_upto
+        )
         if stale:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p.name)
@@ -147,7 +169,9 @@ def teacher_file(vdir: str | os.PathLike) -> str | None:
 def mark_failed(root: str | os.PathLike, version: int, error: str) -> None:
     """Record a failed version (its snapshot goes; ``FAILED`` holds the error)."""
     vdir = version_dir(root, version)
-    with contextlib.suppress(OSError, DataError):  # a marker that cannot be written (or a link there) leaves no snapshot either
+    with contextlib.suppress(
+        OSError, DataError
+    ):  # a marker that cannot be written (or a link there) leaves no snapshot either
         shutil.rmtree(vdir / SNAPSHOT, ignore_errors=True)
         if vdir.is_dir():
             with atomic_write(vdir / FAILED) as f:

@@ -61,9 +61,15 @@ class WorkerSupervision:
         self.pending.pop(version, None)
         self._bad.add(version)
         self.schedule.failed()
-        log.error("refresh v%04d failed; training goes on with negatives version %d (%d failure(s) in a row, "
-                  "next %d schedule(s) skipped):\n%s", version, self.current_version, self.schedule.consecutive_failures,
-                  self.schedule.skip_schedules, error)
+        log.error(
+            "refresh v%04d failed; training goes on with negatives version %d (%d failure(s) in a row, "
+            "next %d schedule(s) skipped):\n%s",
+            version,
+            self.current_version,
+            self.schedule.consecutive_failures,
+            self.schedule.skip_schedules,
+            error,
+        )
         if self._root is not None:
             mark_failed(self._root, version, error)
         self.history.append({"version": version, "status": "failed"})

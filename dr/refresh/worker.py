@@ -59,8 +59,12 @@ class RefreshWorker:
             for k, v in env.items():
                 if v is not None:
                     os.environ[k] = v
-            self.process = ctx.Process(target=_worker_main, args=(self.setup, self._jobs, self._results, os.getpid()),
-                                       name="dr-refresh-worker", daemon=True)
+            self.process = ctx.Process(
+                target=_worker_main,
+                args=(self.setup, self._jobs, self._results, os.getpid()),
+                name="dr-refresh-worker",
+                daemon=True,
+            )
             self.process.start()
         finally:
             for k, v in saved.items():

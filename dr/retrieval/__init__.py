@@ -6,6 +6,13 @@ from dr.retrieval.index import DenseIndex, gpu_available
 from dr.retrieval.search import build_index, dense_retrieve, encode_corpus, search_queries
 
 __all__ = [
-    "BM25", "BM25Negatives", "DenseIndex", "bm25_negatives", "build_index", "dense_retrieve",
-    "encode_corpus", "gpu_available", "search_queries",
+    "BM25",
+    "BM25Negatives",
+    "DenseIndex",
+    "bm25_negatives",
+    "build_index",
+    "dense_retrieve",
+    "encode_corpus",
+    "gpu_available",
+    "search_queries",
 ]

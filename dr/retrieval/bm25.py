@@ -166,9 +166,5 @@ def bm25_negatives(
             for r, s in zip(row[rank_min:rank_max], row_scores[rank_min:rank_max])
             if bm25.docids[r] not in pos
         ]
-        records.append(
-            NegativesRecord(qid, sorted(pos), [d for d, _ in picked], [s for _, s in picked])
-        )
+        records.append(NegativesRecord(qid, sorted(pos), [d for d, _ in picked], [s for _, s in picked]))
     return records
-
-

@@ -57,7 +57,9 @@ def search_backend() -> str:
         if problem is None:
             return "faiss-gpu"
         if torch_cuda:
-            log.warning("FAISS GPU search failed its probe (%s); searching with torch on the GPU instead (exact, fp16)", problem)
+            log.warning(
+                "FAISS GPU search failed its probe (%s); searching with torch on the GPU instead (exact, fp16)", problem
+            )
             return "torch"
         log.warning("FAISS GPU search failed its probe (%s); searching with FAISS on the CPU", problem)
         return "cpu"
@@ -73,8 +75,13 @@ class TorchFlatSearch:
     ``search(queries, k) -> (scores, rows)`` contract as a FAISS index (float32, int64).
     """
 
-    def __init__(self, embeddings: np.ndarray, device: str | torch.device = "cuda", dtype: torch.dtype | None = None,
-                 chunk_size: int = 1 << 18):
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        device: str | torch.device = "cuda",
+        dtype: torch.dtype | None = None,
+        chunk_size: int = 1 << 18,
+    ):
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.chunk_size = int(chunk_size)

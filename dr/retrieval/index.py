@@ -46,8 +46,9 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(np.sqrt(n)), n // 39 or 1))
 
 
-def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int = 48, hnsw_m: int = 32,
-                hnsw_storage: str = "flat") -> int:
+def index_bytes(
+    kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int = 48, hnsw_m: int = 32, hnsw_storage: str = "flat"
+) -> int:
     """The memory an index of ``n`` ``dim``-d vectors takes (FAISS layouts; the docids come on top).
 
     flat: 4·d per vector; ivf: 4·d + 8 (id) + the centroids; ivfpq: m code bytes + 8 (id) + the
@@ -67,8 +68,15 @@ def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None, pq_m: int
     raise ConfigError(f"index_kind={kind}: expected one of {', '.join(INDEX_KINDS[1:])}")
 
 
-def choose_index(n: int, dim: int, memory_budget_gb: float, on_gpu: bool = False, hnsw_m: int = 32,
-                 hnsw_max_vectors: int = 1_000_000, nlist: int | None = None) -> tuple[str, dict]:
+def choose_index(
+    n: int,
+    dim: int,
+    memory_budget_gb: float,
+    on_gpu: bool = False,
+    hnsw_m: int = 32,
+    hnsw_max_vectors: int = 1_000_000,
+    nlist: int | None = None,
+) -> tuple[str, dict]:
     """The ``auto`` rule: ``(kind, parameters)`` for ``n`` vectors under ``memory_budget_gb``.
 
     1. flat (exact) when ``4·n·d`` bytes fit;
@@ -80,17 +88,31 @@ def choose_index(n: int, dim: int, memory_budget_gb: float, on_gpu: bool = False
     budget = memory_budget_gb * 2**30
     if index_bytes("flat", n, dim) <= budget:
         return "flat", {}
-    if not on_gpu and n <= hnsw_max_vectors and index_bytes("hnsw", n, dim, hnsw_m=hnsw_m, hnsw_storage="sq8") <= budget:
+    if (
+        not on_gpu
+        and n <= hnsw_max_vectors
+        and index_bytes("hnsw", n, dim, hnsw_m=hnsw_m, hnsw_storage="sq8") <= budget
+    ):
         return "hnsw", {"hnsw_storage": "sq8"}
     fitting = [m for m in PQ_BYTES if dim % m == 0 and index_bytes("ivfpq", n, dim, nlist, pq_m=m) <= budget]
     if not fitting:
-        need = index_bytes("ivfpq", n, dim, nlist, pq_m=min(m for m in PQ_BYTES if dim % m == 0) if any(dim % m == 0 for m in PQ_BYTES) else 1)
-        raise ConfigError(f"index_memory_gb={memory_budget_gb}: no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
-                         f"{need / 2**20:.1f} MiB); raise index_memory_gb")
+        need = index_bytes(
+            "ivfpq",
+            n,
+            dim,
+            nlist,
+            pq_m=min(m for m in PQ_BYTES if dim % m == 0) if any(dim % m == 0 for m in PQ_BYTES) else 1,
+        )
+        raise ConfigError(
+            f"index_memory_gb={memory_budget_gb}: no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
+            f"{need / 2**20:.1f} MiB); raise index_memory_gb"
+        )
     return "ivfpq", {"pq_m": fitting[0]}
 
 
-def _build_cpu_index(dim: int, kind: str, n: int, nlist: int | None, hnsw_m: int, pq_m: int = 48, hnsw_storage: str = "flat") -> faiss.Index:
+def _build_cpu_index(
+    dim: int, kind: str, n: int, nlist: int | None, hnsw_m: int, pq_m: int = 48, hnsw_storage: str = "flat"
+) -> faiss.Index:
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
     if kind in ("ivf", "ivfpq"):
@@ -101,8 +123,10 @@ def _build_cpu_index(dim: int, kind: str, n: int, nlist: int | None, hnsw_m: int
         if dim % pq_m:
             raise ConfigError(f"index_params.pq_m={pq_m}: IVF-PQ needs pq_m dividing the dimension {dim}")
         if n < 256:
-            raise ConfigError(f"index_kind=ivfpq: IVF-PQ needs at least 256 vectors to train its 8-bit codebooks, got {n}; "
-                              "use index_kind=flat")
+            raise ConfigError(
+                f"index_kind=ivfpq: IVF-PQ needs at least 256 vectors to train its 8-bit codebooks, got {n}; "
+                "use index_kind=flat"
+            )
         return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
         if hnsw_storage == "sq8":
@@ -177,10 +201,18 @@ class DenseIndex:
         if use_gpu is None:
             use_gpu = gpu_available()
         if kind == "auto":
-            kind, chosen = choose_index(n, dim, memory_budget_gb, on_gpu=use_gpu, hnsw_m=hnsw_m,
-                                        hnsw_max_vectors=hnsw_max_vectors, nlist=nlist)
+            kind, chosen = choose_index(
+                n, dim, memory_budget_gb, on_gpu=use_gpu, hnsw_m=hnsw_m, hnsw_max_vectors=hnsw_max_vectors, nlist=nlist
+            )
             pq_m, hnsw_storage = chosen.get("pq_m", pq_m), chosen.get("hnsw_storage", hnsw_storage)
-            log.info("index_kind=auto: %s for %d %d-d vectors under %.1f GiB (%s)", kind, n, dim, memory_budget_gb, chosen or "exact")
+            log.info(
+                "index_kind=auto: %s for %d %d-d vectors under %.1f GiB (%s)",
+                kind,
+                n,
+                dim,
+                memory_budget_gb,
+                chosen or "exact",
+            )
         index = _build_cpu_index(dim, kind, n, nlist, hnsw_m, pq_m, hnsw_storage)
         if not index.is_trained:
             per_list = 40 * getattr(index, "nlist", 1)
@@ -212,7 +244,10 @@ class DenseIndex:
         elif self.kind == "flat":
             self._search_index = TorchFlatSearch(self.index.reconstruct_n(0, self.index.ntotal), f"cuda:{device or 0}")
         else:
-            log.warning("a %s index is searched on the CPU: FAISS has no working GPU here and torch search is exact (flat) only", self.kind)
+            log.warning(
+                "a %s index is searched on the CPU: FAISS has no working GPU here and torch search is exact (flat) only",
+                self.kind,
+            )
         return self
 
     @property
@@ -272,11 +307,17 @@ class DenseIndex:
         index_dir = Path(index_dir)
         for name in (INDEX_FILE, DOCID_FILE):
             if not (index_dir / name).is_file():
-                raise FileNotFoundError(f"{index_dir / name}: missing; expected a FAISS index folder with '{INDEX_FILE}' and '{DOCID_FILE}'")
+                raise FileNotFoundError(
+                    f"{index_dir / name}: missing; expected a FAISS index folder with '{INDEX_FILE}' and '{DOCID_FILE}'"
+                )
         try:
             index = faiss.read_index(str(index_dir / INDEX_FILE))
         except RuntimeError as e:  # FAISS's reader raises RuntimeError on a file it cannot parse
-            raise DataError(index_dir / INDEX_FILE, None, f"expected a FAISS index file, got one FAISS cannot read ({str(e).splitlines()[0]})") from None
+            raise DataError(
+                index_dir / INDEX_FILE,
+                None,
+                f"expected a FAISS index file, got one FAISS cannot read ({str(e).splitlines()[0]})",
+            ) from None
         docids = []
         with numbered_lines(index_dir / DOCID_FILE) as lines:
             for line_no, line in lines:
@@ -301,7 +342,12 @@ class DenseIndex:
 
 def _kind_of(index: faiss.Index) -> str:
     """``flat``, ``ivf``, ``ivfpq``, ``hnsw`` (or the FAISS class name) of a CPU index."""
-    for cls, kind in ((faiss.IndexFlat, "flat"), (faiss.IndexIVFPQ, "ivfpq"), (faiss.IndexIVF, "ivf"), (faiss.IndexHNSW, "hnsw")):
+    for cls, kind in (
+        (faiss.IndexFlat, "flat"),
+        (faiss.IndexIVFPQ, "ivfpq"),
+        (faiss.IndexIVF, "ivf"),
+        (faiss.IndexHNSW, "hnsw"),
+    ):
         if isinstance(index, cls):
             return kind
     return type(index).__name__

@@ -23,8 +23,15 @@ SAVE_FILE = "index.json"
 
 
 def write_save_record(out: Path, index_bytes: bytes, docid_bytes: bytes, ntotal: int) -> None:
-    write_json(out / SAVE_FILE, {"format": 1, "ntotal": int(ntotal), "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
-                                 "docid_sha256": hashlib.sha256(docid_bytes).hexdigest()})
+    write_json(
+        out / SAVE_FILE,
+        {
+            "format": 1,
+            "ntotal": int(ntotal),
+            "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+            "docid_sha256": hashlib.sha256(docid_bytes).hexdigest(),
+        },
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -49,8 +56,16 @@ def check_save_record(index_dir: str | os.PathLike, num_docids: int) -> None:
     except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise DataError(record_path, None, "expected the save record of a dr index (JSON with both files' sha256), got a "
-                        "damaged file; build the index again (dr-encode)") from None
+        raise DataError(
+            record_path,
+            None,
+            "expected the save record of a dr index (JSON with both files' sha256), got a "
+            "damaged file; build the index again (dr-encode)",
+        ) from None
     if (_sha256(index_dir / INDEX_FILE), _sha256(index_dir / DOCID_FILE)) != expected:
-        raise DataError(index_dir, None, f"{INDEX_FILE} and {DOCID_FILE} are not from the same save (a save was interrupted, "
-                        "or one file was copied from another index); build the index again (dr-encode)")
+        raise DataError(
+            index_dir,
+            None,
+            f"{INDEX_FILE} and {DOCID_FILE} are not from the same save (a save was interrupted, "
+            "or one file was copied from another index); build the index again (dr-encode)",
+        )

@@ -79,13 +79,26 @@ class QuantizedIndex:
             raise ValueError(f"rescore must be one of {', '.join(RESCORE)}, got {rescore!r}")
         if index.ntotal != len(docids) or (rescore_index is not None and rescore_index.ntotal != len(docids)):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(docids)} docids were given")
-        self.precision, self.index, self.docids, self.rescore, self.rescore_index = precision, index, list(docids), rescore, rescore_index
+        self.precision, self.index, self.docids, self.rescore, self.rescore_index = (
+            precision,
+            index,
+            list(docids),
+            rescore,
+            rescore_index,
+        )
         self.dim = index.d
         self._bits: np.ndarray | None = None  # the binary codes as an array, read once for rescoring
 
     @classmethod
-    def build(cls, embeddings, docids: list[str], precision: str, ranges: np.ndarray | None = None, rescore: str = "binary",
-              add_chunk: int = 1 << 16) -> "QuantizedIndex":
+    def build(
+        cls,
+        embeddings,
+        docids: list[str],
+        precision: str,
+        ranges: np.ndarray | None = None,
+        rescore: str = "binary",
+        add_chunk: int = 1 << 16,
+    ) -> "QuantizedIndex":
         """Quantise float ``embeddings`` (an array or chunks of one, e.g. shards) and index them.
 
         ``ranges`` calibrate int8 (default: the embeddings' own per-dimension min and max)."""
@@ -111,7 +124,9 @@ class QuantizedIndex:
     def from_dense(cls, dense: DenseIndex, precision: str, rescore: str = "binary") -> "QuantizedIndex":
         """Quantise the vectors of a flat float index (its own calibration ranges)."""
         if dense.kind != "flat":
-            raise ValueError(f"embedding_precision={precision} re-quantises a flat float index, got a {dense.kind} index")
+            raise ValueError(
+                f"embedding_precision={precision} re-quantises a flat float index, got a {dense.kind} index"
+            )
         return cls.build(dense.index.reconstruct_n(0, dense.index.ntotal), dense.docids, precision, rescore=rescore)
 
     def __len__(self) -> int:
@@ -150,7 +165,9 @@ class QuantizedIndex:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, axis=1).astype(np.float32), np.take_along_axis(rows, order, axis=1)
 
-    def search_run(self, qids: list[str], queries: np.ndarray, k: int, rescore_multiplier: int = 2) -> dict[str, dict[str, float]]:
+    def search_run(
+        self, qids: list[str], queries: np.ndarray, k: int, rescore_multiplier: int = 2
+    ) -> dict[str, dict[str, float]]:
         """Search and return a run ``{qid: {docid: score}}``."""
         scores, docids = self.search(queries, k, rescore_multiplier)
         return {qid: {d: float(s) for d, s in zip(row, srow)} for qid, row, srow in zip(qids, docids, scores)}
@@ -181,9 +198,15 @@ class QuantizedIndex:
         with numbered_lines(path / DOCID_FILE) as lines:
             docids = [line.rstrip("\n") for _, line in lines]
         rescore_file = path / RESCORE_FILE
-        rescore_index = faiss.deserialize_index(np.fromfile(rescore_file, dtype=np.uint8)) if rescore_file.is_file() else None
+        rescore_index = (
+            faiss.deserialize_index(np.fromfile(rescore_file, dtype=np.uint8)) if rescore_file.is_file() else None
+        )
         if index.ntotal != len(docids):
-            raise DataError(path / DOCID_FILE, None, f"{len(docids)} docids but the index holds {index.ntotal} vectors; the folder is inconsistent")
+            raise DataError(
+                path / DOCID_FILE,
+                None,
+                f"{len(docids)} docids but the index holds {index.ntotal} vectors; the folder is inconsistent",
+            )
         return cls(meta["precision"], index, docids, meta["rescore"], rescore_index)
 
 

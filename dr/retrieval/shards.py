@@ -63,8 +63,12 @@ class ShardedEmbeddings:
             raise DataError(path, None, f"expected format {FORMAT!r}, got {manifest.get('format')!r}")
         self.manifest = manifest
         if not self.complete:
-            raise DataError(path, None, f"{len(manifest['shards'])} of {manifest['num_shards']} shards are done; "
-                                        "run the encode again with this folder to finish it")
+            raise DataError(
+                path,
+                None,
+                f"{len(manifest['shards'])} of {manifest['num_shards']} shards are done; "
+                "run the encode again with this folder to finish it",
+            )
 
     @property
     def complete(self) -> bool:
@@ -90,9 +94,17 @@ class ShardedEmbeddings:
         return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.shards()])
 
 
-def encode_sharded(encoder, corpus, folder: str | os.PathLike, shard_size: int = 100_000, fp16: bool = False,
-                   batch_size: int = 64, bf16: bool = False, show_progress: bool = True,
-                   on_shard: Callable[[int, int], None] | None = None) -> ShardedEmbeddings:
+def encode_sharded(
+    encoder,
+    corpus,
+    folder: str | os.PathLike,
+    shard_size: int = 100_000,
+    fp16: bool = False,
+    batch_size: int = 64,
+    bf16: bool = False,
+    show_progress: bool = True,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> ShardedEmbeddings:
     """Encode every passage of ``corpus`` (a :func:`dr.data.read_corpus` table) into shards in ``folder``.
 
     Resumes where a previous call with the same folder, encoder, corpus and settings stopped.
@@ -104,8 +116,11 @@ def encode_sharded(encoder, corpus, folder: str | os.PathLike, shard_size: int =
     n = len(corpus)
     num_shards = -(-n // shard_size)
     depends = {
-        "encoder": encoder_key(encoder), "corpus": getattr(corpus, "_fingerprint", None), "num_passages": n,
-        "shard_size": shard_size, "dtype": "float16" if fp16 else "float32",
+        "encoder": encoder_key(encoder),
+        "corpus": getattr(corpus, "_fingerprint", None),
+        "num_passages": n,
+        "shard_size": shard_size,
+        "dtype": "float16" if fp16 else "float32",
     }
     manifest = _resume(folder, depends)
     manifest.update(format=FORMAT, num_shards=num_shards, depends=depends, num_passages=n)
@@ -114,10 +129,14 @@ def encode_sharded(encoder, corpus, folder: str | os.PathLike, shard_size: int =
         log.info("%s: %d of %d shards already encoded; resuming at shard %d", folder, done, num_shards, done)
     for path in folder.glob(".shard-*.tmp"):  # what a killed write left behind
         path.unlink(missing_ok=True)
-    bar = tqdm(total=n, initial=min(n, done * shard_size), desc="encoding shards", unit="passage", disable=not show_progress)
+    bar = tqdm(
+        total=n, initial=min(n, done * shard_size), desc="encoding shards", unit="passage", disable=not show_progress
+    )
     for i in range(done, num_shards):
         start, stop = i * shard_size, min(n, (i + 1) * shard_size)
-        emb = encoder.encode_passages(passage_texts(corpus, range(start, stop)), batch_size=batch_size, bf16=bf16, show_progress=False)
+        emb = encoder.encode_passages(
+            passage_texts(corpus, range(start, stop)), batch_size=batch_size, bf16=bf16, show_progress=False
+        )
         emb = np.ascontiguousarray(emb, dtype=np.float16 if fp16 else np.float32)
         with atomic_write(folder / _shard_name(i), "wb") as f:
             np.save(f, emb)
@@ -135,13 +154,20 @@ def read_manifest(path: Path) -> dict:
     """The shard manifest ``path``; a :class:`DataError` naming it when it is damaged."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(manifest, dict) and isinstance(manifest.get("shards", []), list) \
-                and all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in manifest.get("shards", [])):
+        if (
+            isinstance(manifest, dict)
+            and isinstance(manifest.get("shards", []), list)
+            and all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in manifest.get("shards", []))
+        ):
             return manifest
     except (ValueError, UnicodeDecodeError):
         pass
-    raise DataError(path, None, "expected the shard manifest dr-encode writes (JSON with format and shards), got a damaged "
-                    "file; it is safe to delete the folder (or this file and its shard-*.npy): the passages are then encoded again")
+    raise DataError(
+        path,
+        None,
+        "expected the shard manifest dr-encode writes (JSON with format and shards), got a damaged "
+        "file; it is safe to delete the folder (or this file and its shard-*.npy): the passages are then encoded again",
+    )
 
 
 def _resume(folder: Path, depends: dict) -> dict:
@@ -150,10 +176,15 @@ def _resume(folder: Path, depends: dict) -> dict:
     path = folder / MANIFEST
     if path.is_file():
         manifest = read_manifest(path)
-        if manifest.get("format") == FORMAT and manifest.get("depends") == depends and \
-                all((folder / s["file"]).is_file() for s in manifest.get("shards", [])):
+        if (
+            manifest.get("format") == FORMAT
+            and manifest.get("depends") == depends
+            and all((folder / s["file"]).is_file() for s in manifest.get("shards", []))
+        ):
             return manifest
-        log.warning("%s: the shards there were written for another encoder, corpus or setting; encoding from scratch", folder)
+        log.warning(
+            "%s: the shards there were written for another encoder, corpus or setting; encoding from scratch", folder
+        )
         for stale in folder.glob("shard-*.npy"):
             stale.unlink()
         path.unlink()

@@ -12,7 +12,16 @@ from dr.sampling.tas import TASBatchSampler, tas_batch_sampler
 from dr.sampling.tas_balanced import BalancedMarginPairSampler, margin_bins
 
 __all__ = [
-    "BalancedMarginPairSampler", "QueryBatchSampler", "SimANSPairSampler", "TASBatchSampler", "cluster_queries",
-    "default_num_clusters", "kmeans_assign", "margin_bins", "sample_negatives", "size_stats",
-    "tas_batch_sampler", "uniform_pair_sampler",
+    "BalancedMarginPairSampler",
+    "QueryBatchSampler",
+    "SimANSPairSampler",
+    "TASBatchSampler",
+    "cluster_queries",
+    "default_num_clusters",
+    "kmeans_assign",
+    "margin_bins",
+    "sample_negatives",
+    "size_stats",
+    "tas_batch_sampler",
+    "uniform_pair_sampler",
 ]

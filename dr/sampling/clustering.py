@@ -36,6 +36,7 @@ from dr.data.io import atomic_write
 
 log = logging.getLogger(__name__)
 
+
 # ---------------------------------------------------------------------- clustering
 def default_num_clusters(num_queries: int, batch_size: int, queries_per_cluster: int = 200) -> int:
     """The paper's ratio (2,000 clusters for ~400k queries: ~200 per cluster), scaled to ``num_queries``.
@@ -47,8 +48,9 @@ def default_num_clusters(num_queries: int, batch_size: int, queries_per_cluster:
     return max(1, min(k, num_queries // max(1, batch_size)))
 
 
-def kmeans_assign(embeddings: np.ndarray, num_clusters: int, seed: int, spherical: bool = True, niter: int = 20,
-                  init: str = "random") -> np.ndarray:
+def kmeans_assign(
+    embeddings: np.ndarray, num_clusters: int, seed: int, spherical: bool = True, niter: int = 20, init: str = "random"
+) -> np.ndarray:
     """FAISS k-means on the rows of ``embeddings``; returns each row's nearest centroid (int64).
 
     ``spherical`` (the default, as the reference) normalises the centroids and assigns each row to
@@ -70,8 +72,14 @@ def kmeans_assign(embeddings: np.ndarray, num_clusters: int, seed: int, spherica
     if num_clusters == 1:
         return np.zeros(n, dtype=np.int64)
     kmeans = faiss.Kmeans(
-        x.shape[1], num_clusters, niter=niter, seed=seed, spherical=spherical, verbose=False,
-        min_points_per_centroid=1, max_points_per_centroid=max(256, -(-n // num_clusters)),  # no subsampling
+        x.shape[1],
+        num_clusters,
+        niter=niter,
+        seed=seed,
+        spherical=spherical,
+        verbose=False,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(256, -(-n // num_clusters)),  # no subsampling
         init_method=inits[init],
     )
     kmeans.train(x)
@@ -87,8 +95,18 @@ def group(qids: list[str], assignment: np.ndarray) -> list[list[str]]:
     return [clusters[c] for c in sorted(clusters)]
 
 
-def cluster_queries(encoder, qids: list[str], texts: list[str], num_clusters: int, seed: int, spherical: bool = True,
-                    niter: int = 20, batch_size: int = 256, bf16: bool = False, init: str = "random") -> list[list[str]]:
+def cluster_queries(
+    encoder,
+    qids: list[str],
+    texts: list[str],
+    num_clusters: int,
+    seed: int,
+    spherical: bool = True,
+    niter: int = 20,
+    batch_size: int = 256,
+    bf16: bool = False,
+    init: str = "random",
+) -> list[list[str]]:
     """Encode the queries and cluster them: the TAS assignment as lists of query ids."""
     embeddings = encoder.encode_queries(texts, batch_size=batch_size, bf16=bf16, show_progress=True)
     return group(qids, kmeans_assign(embeddings, num_clusters, seed, spherical=spherical, niter=niter, init=init))
@@ -122,13 +140,25 @@ def training_queries(queries_path: str, qrels_path: str | None, min_relevance: i
         positives = read_positives(read_qrels(qrels_path), min_relevance)
         queries = {q: t for q, t in queries.items() if q in positives}
     if not queries:
-        raise ValueError(f"{queries_path}: no query to cluster" + (f" with a judged positive in {qrels_path}" if qrels_path else ""))
+        raise ValueError(
+            f"{queries_path}: no query to cluster" + (f" with a judged positive in {qrels_path}" if qrels_path else "")
+        )
     return queries
 
 
-def auto_clusters(path: str | os.PathLike, model: str, queries: dict[str, str], encoder_overrides: dict | None, num_clusters: int,
-                  seed: int, spherical: bool = True, niter: int = 20, batch_size: int = 256, bf16: bool = False,
-                  init: str = "random") -> list[list[str]]:
+def auto_clusters(
+    path: str | os.PathLike,
+    model: str,
+    queries: dict[str, str],
+    encoder_overrides: dict | None,
+    num_clusters: int,
+    seed: int,
+    spherical: bool = True,
+    niter: int = 20,
+    batch_size: int = 256,
+    bf16: bool = False,
+    init: str = "random",
+) -> list[list[str]]:
     """Clusters cached in ``path``: reused while a ``<path>.json`` fingerprint (model, settings,
     queries) matches, else computed with :func:`cluster_queries` and written there."""
     from dr.models import BiEncoder
@@ -136,17 +166,28 @@ def auto_clusters(path: str | os.PathLike, model: str, queries: dict[str, str], 
     path = Path(path)
     meta_path = path.with_name(path.name + ".json")
     overrides = {k: v for k, v in dict(encoder_overrides or {}).items() if v is not None}
-    fingerprint = json.dumps({
-        "model": str(model), "encoder": overrides, "num_clusters": num_clusters, "seed": seed, "spherical": spherical,
-        "niter": niter, "init": init, "queries": hashlib.sha1("\n".join(queries).encode()).hexdigest(),
-    }, sort_keys=True)
+    fingerprint = json.dumps(
+        {
+            "model": str(model),
+            "encoder": overrides,
+            "num_clusters": num_clusters,
+            "seed": seed,
+            "spherical": spherical,
+            "niter": niter,
+            "init": init,
+            "queries": hashlib.sha1("\n".join(queries).encode()).hexdigest(),
+        },
+        sort_keys=True,
+    )
     if path.is_file() and meta_path.is_file() and meta_path.read_text() == fingerprint:
         log.info("reusing the query clusters in %s", path)
         return read_clusters(path)
     log.info("clustering %d training queries into %d clusters with %s", len(queries), num_clusters, model)
     encoder = BiEncoder.load(str(model), overrides)
     qids = list(queries)
-    clusters = cluster_queries(encoder, qids, [queries[q] for q in qids], num_clusters, seed, spherical, niter, batch_size, bf16, init)
+    clusters = cluster_queries(
+        encoder, qids, [queries[q] for q in qids], num_clusters, seed, spherical, niter, batch_size, bf16, init
+    )
     write_clusters(path, clusters)
     with atomic_write(meta_path) as f:
         f.write(fingerprint)

@@ -23,7 +23,9 @@ class QueryBatchSampler(Sampler[list[tuple[int, int]]]):
     epoch) while every draw stays a pure function of (seed, epoch) and resumes exactly.
     """
 
-    def __init__(self, num_queries: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_queries: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world_size: int = 1
+    ):
         self.num_queries = num_queries
         self.batch_size = batch_size
         self.seed = seed

@@ -55,8 +55,15 @@ class SimANSPairSampler:
 
     uses_scores = True  # the data module passes the negatives file's scores (``scores=``)
 
-    def __init__(self, a: float = 0.5, b: float = 0.0, kernel: str = "gaussian", tau: float = 3.0,
-                 top_k: int | None = None, score_scale: float | None = None):
+    def __init__(
+        self,
+        a: float = 0.5,
+        b: float = 0.0,
+        kernel: str = "gaussian",
+        tau: float = 3.0,
+        top_k: int | None = None,
+        score_scale: float | None = None,
+    ):
         self.kernel = SimANSMiner(num_negatives=1, a=a, b=b, kernel=kernel, tau=tau, score_scale=score_scale)
         self.top_k = top_k
         self._cache: dict[str, _Pool] = {}
@@ -91,8 +98,11 @@ class SimANSPairSampler:
         eligible = np.ones((1, len(pool.docids)), bool)
         if s_pos is None:  # the reference takes the last candidates of the top-k
             if not self._warned:
-                log.warning("SimANS: query %s has no positive score in the negatives file: it takes its lowest-ranked "
-                            "candidates (as the reference); mine with dr-mine or a refresh to have the positives' scores", qid)
+                log.warning(
+                    "SimANS: query %s has no positive score in the negatives file: it takes its lowest-ranked "
+                    "candidates (as the reference); mine with dr-mine or a refresh to have the positives' scores",
+                    qid,
+                )
                 self._warned = True
             keep = take_last(eligible, num_negatives)[0]
         else:
@@ -105,7 +115,9 @@ class SimANSPairSampler:
         entry = self._cache.get(qid)
         if entry is not None and entry.negatives is negatives and entry.scores_of is scores:
             return entry
-        scored = sorted(((scores[d], d) for d in dict.fromkeys(negatives) if d in scores), key=lambda x: -x[0])[: self.top_k]
+        scored = sorted(((scores[d], d) for d in dict.fromkeys(negatives) if d in scores), key=lambda x: -x[0])[
+            : self.top_k
+        ]
         entry = _Pool(negatives, scores, [d for _, d in scored], np.array([s for s, _ in scored], np.float64))
         self._cache[qid] = entry
         return entry

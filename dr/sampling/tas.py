@@ -47,19 +47,35 @@ class TASBatchSampler(QueryBatchSampler):
     (seed, epoch), so resuming mid-epoch (the inherited ``skip``) draws the same batches.
     """
 
-    def __init__(self, qids: list[str], clusters: list[list[str]], batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, clusters_per_batch: int = 1):
+    def __init__(
+        self,
+        qids: list[str],
+        clusters: list[list[str]],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        clusters_per_batch: int = 1,
+    ):
         index_of = {q: i for i, q in enumerate(qids)}
         restricted = [np.array([index_of[q] for q in members if q in index_of], dtype=np.int64) for members in clusters]
         self.clusters = [c for c in restricted if len(c)]
         if not self.clusters:
-            raise ConfigError("data.batch_sampler.clusters: no training query is in any cluster; expected a cluster file "
-                              "(dr-cluster) made for these training queries")
+            raise ConfigError(
+                "data.batch_sampler.clusters: no training query is in any cluster; expected a cluster file "
+                "(dr-cluster) made for these training queries"
+            )
         clustered = sum(len(c) for c in self.clusters)
         if clustered < len(qids):
-            log.warning("%d of %d training queries are in no cluster and are never drawn by the TAS sampler", len(qids) - clustered, len(qids))
+            log.warning(
+                "%d of %d training queries are in no cluster and are never drawn by the TAS sampler",
+                len(qids) - clustered,
+                len(qids),
+            )
         if clusters_per_batch < 1:
-            raise ConfigError(f"data.batch_sampler.clusters_per_batch={clusters_per_batch}: expected a positive integer")
+            raise ConfigError(
+                f"data.batch_sampler.clusters_per_batch={clusters_per_batch}: expected a positive integer"
+            )
         self.clusters_per_batch = clusters_per_batch
         super().__init__(clustered, batch_size, seed, drop_last=True, rank=rank, world_size=world_size)
 
@@ -124,8 +140,10 @@ def tas_batch_sampler(
 
     if clusters is None:
         if not (model and queries and output_dir):
-            raise ConfigError(f"data.batch_sampler.clusters=null, data.batch_sampler.model={model}: TAS needs clusters=<file from "
-                              "dr-cluster>, or a model, queries and output_dir to make them")
+            raise ConfigError(
+                f"data.batch_sampler.clusters=null, data.batch_sampler.model={model}: TAS needs clusters=<file from "
+                "dr-cluster>, or a model, queries and output_dir to make them"
+            )
         from dr.data import read_queries
 
         texts = read_queries(queries)
@@ -136,14 +154,30 @@ def tas_batch_sampler(
         path = Path(output_dir) / "clusters.txt"
 
         def make():
-            return auto_clusters(path, model, {q: texts[q] for q in qids}, encoder, k, seed, spherical,
-                                 batch_size=encode_batch_size, init=init)
+            return auto_clusters(
+                path,
+                model,
+                {q: texts[q] for q in qids},
+                encoder,
+                k,
+                seed,
+                spherical,
+                batch_size=encode_batch_size,
+                init=init,
+            )
 
         clusters = _on_rank_zero_first(make, world_size, lambda: read_clusters(path))
     elif not isinstance(clusters, (list, tuple)):
         clusters = read_clusters(clusters)
-    return TASBatchSampler(list(qids), [list(c) for c in clusters], batch_size, seed, rank=rank, world_size=world_size,
-                           clusters_per_batch=clusters_per_batch)
+    return TASBatchSampler(
+        list(qids),
+        [list(c) for c in clusters],
+        batch_size,
+        seed,
+        rank=rank,
+        world_size=world_size,
+        clusters_per_batch=clusters_per_batch,
+    )
 
 
 def _on_rank_zero_first(make, world_size: int, read):

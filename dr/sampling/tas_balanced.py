@@ -111,7 +111,12 @@ class BalancedMarginPairSampler:
     def pairs_of(self, qid, positives, negatives, teacher) -> _QueryPairs:
         """The query's scored pairs and bins (cached while the same lists and teacher are passed)."""
         entry = self._cache.get(qid)
-        if entry is not None and entry.positives is positives and entry.negatives is negatives and entry.teacher is teacher:
+        if (
+            entry is not None
+            and entry.positives is positives
+            and entry.negatives is negatives
+            and entry.teacher is teacher
+        ):
             return entry
         scores = teacher.scores.get(qid, {})
         pos_set, neg_set = set(positives), set(negatives)

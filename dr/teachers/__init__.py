@@ -13,7 +13,17 @@ from dr.teachers.fusion import FusionTeacher, fuse, fusion_search, normalize_sco
 from dr.teachers.scoring import QueryPairs, annotate_negatives, pairs_from_negatives, pairs_from_triples, score_to_file
 
 __all__ = [
-    "BiEncoderTeacher", "ColBERTTeacher", "CrossEncoderTeacher", "FusionTeacher", "QueryPairs", "Teacher",
-    "annotate_negatives", "fuse", "fusion_search", "normalize_scores", "pairs_from_negatives",
-    "pairs_from_triples", "score_to_file",
+    "BiEncoderTeacher",
+    "ColBERTTeacher",
+    "CrossEncoderTeacher",
+    "FusionTeacher",
+    "QueryPairs",
+    "Teacher",
+    "annotate_negatives",
+    "fuse",
+    "fusion_search",
+    "normalize_scores",
+    "pairs_from_negatives",
+    "pairs_from_triples",
+    "score_to_file",
 ]

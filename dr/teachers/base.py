@@ -78,7 +78,9 @@ class Teacher(nn.Module, abc.ABC):
     def to_probability(self, scores: np.ndarray) -> np.ndarray:
         """The scores as probabilities of relevance in [0, 1] (the scale of RocketQA's denoising
         threshold, :class:`dr.miners.DenoiseMiner`); only for a teacher with ``maps_to_probability``."""
-        raise ValueError(f"{type(self).__name__}: its scores are not probabilities of relevance and have no map onto them")
+        raise ValueError(
+            f"{type(self).__name__}: its scores are not probabilities of relevance and have no map onto them"
+        )
 
     @abc.abstractmethod
     def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
@@ -95,6 +97,8 @@ class Teacher(nn.Module, abc.ABC):
             self._loaded["model"] = auto_class.from_pretrained(name).to(self.device).eval().requires_grad_(False)
         return self._loaded["model"], self._loaded["tokenizer"]
 
-    def score_groups(self, queries: Sequence[str], passages: Sequence[Sequence[str]], show_progress: bool = False) -> list[np.ndarray]:
+    def score_groups(
+        self, queries: Sequence[str], passages: Sequence[Sequence[str]], show_progress: bool = False
+    ) -> list[np.ndarray]:
         """Scores of ``passages[i]`` for ``queries[i]``, one array per query."""
         return [self.forward([q], list(p))[0].double().cpu().numpy() for q, p in zip(queries, passages)]

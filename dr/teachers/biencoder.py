@@ -52,12 +52,16 @@ class BiEncoderTeacher(Teacher):
         if missing:
             if len(self._cache) + len(missing) > self.cache_size:
                 self._cache.clear()
-            emb = self.encoder.encode_passages(missing, batch_size=self.batch_size, bf16=self.bf16, show_progress=show_progress)
+            emb = self.encoder.encode_passages(
+                missing, batch_size=self.batch_size, bf16=self.bf16, show_progress=show_progress
+            )
             self._cache.update(zip(missing, emb))
         return np.stack([self._cache[p] for p in passages]) if passages else np.zeros((0, self.encoder.dim), np.float32)
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode_queries(list(queries), batch_size=self.batch_size, bf16=self.bf16, show_progress=False)
+        return self.encoder.encode_queries(
+            list(queries), batch_size=self.batch_size, bf16=self.bf16, show_progress=False
+        )
 
     def scores(self, queries, passages) -> np.ndarray:
         """The float64 ``[B, P]`` score matrix."""

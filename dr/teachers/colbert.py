@@ -43,7 +43,9 @@ class ColBERTTeacher(Teacher):
     def token_embeddings(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, L, H]`` token embeddings (zeros at padding) and the ``[N, L]`` mask."""
         model, tokenizer = self._model()
-        inputs = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(self.device)
+        inputs = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(
+            self.device
+        )
         with autocast_context(self.device, self.bf16):
             hidden = model(**inputs).last_hidden_state.float()
         if self.normalize:

@@ -52,8 +52,14 @@ class CrossEncoderTeacher(Teacher):
         bar = tqdm(total=n, desc="cross-encoder", unit="pair", disable=not show_progress, mininterval=2)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
-            inputs = tokenizer([queries[i] for i in idx], [passages[i] for i in idx], padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(self.device)
+            inputs = tokenizer(
+                [queries[i] for i in idx],
+                [passages[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             with autocast_context(self.device, self.bf16):
                 logits = model(**inputs).logits.float()
             if logits.shape[-1] == 1:
@@ -82,5 +88,7 @@ class CrossEncoderTeacher(Teacher):
         return torch.from_numpy(scores.reshape(B, P)).float()
 
     def score_groups(self, queries, passages, show_progress: bool = False) -> list[np.ndarray]:
-        flat = self.score_pairs([q for q, group in zip(queries, passages) for _ in group], [p for g in passages for p in g], show_progress)
+        flat = self.score_pairs(
+            [q for q, group in zip(queries, passages) for _ in group], [p for g in passages for p in g], show_progress
+        )
         return list(np.split(flat, np.cumsum([len(g) for g in passages])[:-1])) if passages else []

@@ -29,7 +29,9 @@ from dr.teachers.biencoder import BiEncoderTeacher
 Normalization = Literal["minmax", "zscore"]
 
 
-def normalize_scores(scores: np.ndarray, method: Normalization = "minmax", mask: np.ndarray | None = None) -> np.ndarray:
+def normalize_scores(
+    scores: np.ndarray, method: Normalization = "minmax", mask: np.ndarray | None = None
+) -> np.ndarray:
     """Normalise each row of ``scores`` ``[Q, C]`` (a 1-D array is one row) over the entries where
     ``mask`` is true (all by default); entries outside the mask come back as NaN."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -54,7 +56,9 @@ def normalize_scores(scores: np.ndarray, method: Normalization = "minmax", mask:
     return out[0] if squeeze else out
 
 
-def fuse(score_sets: list[np.ndarray], weights: list[float], method: Normalization = "minmax", mask: np.ndarray | None = None) -> np.ndarray:
+def fuse(
+    score_sets: list[np.ndarray], weights: list[float], method: Normalization = "minmax", mask: np.ndarray | None = None
+) -> np.ndarray:
     """Weighted sum of per-row normalised score arrays (all of the same shape)."""
     if len(score_sets) != len(weights):
         raise ValueError(f"{len(score_sets)} score sets but {len(weights)} weights")
@@ -89,9 +93,15 @@ def fusion_search(
     bm25_rows, _ = bm25.search(query_texts, depth)
     run = {}
     for i, qid in enumerate(qids):
-        rows = np.unique(np.concatenate([np.asarray([int(r) for r in dense_rows[i]], dtype=np.int64), np.asarray(bm25_rows[i], dtype=np.int64)]))
+        rows = np.unique(
+            np.concatenate(
+                [np.asarray([int(r) for r in dense_rows[i]], dtype=np.int64), np.asarray(bm25_rows[i], dtype=np.int64)]
+            )
+        )
         b_scores = bm25.corpus_scores(query_texts[i])[rows]
-        d_scores = np.asarray(corpus_embeddings[rows], dtype=np.float32) @ np.asarray(query_embeddings[i], dtype=np.float32)
+        d_scores = np.asarray(corpus_embeddings[rows], dtype=np.float32) @ np.asarray(
+            query_embeddings[i], dtype=np.float32
+        )
         fused = fuse([b_scores, d_scores], [bm25_weight, dense_weight], normalization)
         top = np.argsort(-fused, kind="stable")[:k]
         run[qid] = {bm25.docids[rows[j]]: float(fused[j]) for j in top}
@@ -161,7 +171,9 @@ class FusionTeacher(Teacher):
         docids = list(table["docid"])
         row = {d: i for i, d in enumerate(index.docids)}
         if index.kind != "flat" or len(row) != len(docids) or any(d not in row for d in docids):
-            raise ValueError(f"passage_index={self.passage_index}: expected a flat index of every passage of {self.corpus}")
+            raise ValueError(
+                f"passage_index={self.passage_index}: expected a flat index of every passage of {self.corpus}"
+            )
         vectors = index.index.reconstruct_n(0, len(row))
         texts = passage_texts(table)
         limit = self.dense.cache_size
@@ -180,4 +192,6 @@ class FusionTeacher(Teacher):
     def score_groups(self, queries, passages, show_progress: bool = False) -> list[np.ndarray]:
         self._prefill_passages()
         dense = self.dense.score_groups(queries, passages, show_progress=show_progress)
-        return [self._fuse(self.bm25.score_texts([q], list(group))[0], d) for q, group, d in zip(queries, passages, dense)]
+        return [
+            self._fuse(self.bm25.score_texts([q], list(group))[0], d) for q, group, d in zip(queries, passages, dense)
+        ]

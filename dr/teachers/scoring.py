@@ -53,7 +53,9 @@ class QueryPairs:
         return list(dict.fromkeys(d for pair in self.pairs for d in pair))
 
 
-def pairs_from_negatives(path: str, max_negatives: int | None = None, positives: dict[str, list[str]] | None = None) -> list[QueryPairs]:
+def pairs_from_negatives(
+    path: str, max_negatives: int | None = None, positives: dict[str, list[str]] | None = None
+) -> list[QueryPairs]:
     """Positives × negatives of every record of a negatives file (plus ``positives`` from qrels)."""
     out, skipped = [], 0
     for qid, record in read_negatives(path).items():
@@ -88,12 +90,21 @@ def pairs_from_triples(path: str) -> list[QueryPairs]:
 def inputs_fingerprint(cfg: DictConfig, groups: list[QueryPairs]) -> str:
     source = cfg.negatives or cfg.triples
     stat = os.stat(source)
-    return json.dumps({
-        "input": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "corpus": str(cfg.corpus), "queries": str(cfg.queries), "chunk_size": int(cfg.chunk_size),
-        "max_negatives": cfg.get("max_negatives"), "groups": len(groups), "pairs": sum(len(g.pairs) for g in groups),
-        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "input": str(Path(source).resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "corpus": str(cfg.corpus),
+            "queries": str(cfg.queries),
+            "chunk_size": int(cfg.chunk_size),
+            "max_negatives": cfg.get("max_negatives"),
+            "groups": len(groups),
+            "pairs": sum(len(g.pairs) for g in groups),
+            "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        },
+        sort_keys=True,
+    )
 
 
 def score_to_file(
@@ -126,11 +137,15 @@ def score_to_file(
         with open_nofollow(partial) as f:
             f.truncate(size)  # drops whatever was written after the last recorded chunk
             f.seek(size)
-            bar = tqdm(total=len(groups), initial=done, desc="score", unit="query", disable=not show_progress, mininterval=2)
+            bar = tqdm(
+                total=len(groups), initial=done, desc="score", unit="query", disable=not show_progress, mininterval=2
+            )
             for start in range(done, len(groups), chunk_size):
                 chunk = groups[start : start + chunk_size]
                 cands = [g.docids for g in chunk]
-                scores = teacher.score_groups([query_text(g.qid) for g in chunk], [[passage_text(d) for d in c] for c in cands])
+                scores = teacher.score_groups(
+                    [query_text(g.qid) for g in chunk], [[passage_text(d) for d in c] for c in cands]
+                )
                 text = []
                 for g, c, s in zip(chunk, cands, scores):
                     by_doc = dict(zip(c, np.asarray(s, dtype=np.float64).tolist()))
@@ -139,7 +154,9 @@ def score_to_file(
                 f.flush()
                 os.fsync(f.fileno())
                 done, size, lines = start + len(chunk), f.tell(), lines + len(text)
-                write_json(progress_file, {"fingerprint": fingerprint, "queries_done": done, "bytes": size, "lines": lines})
+                write_json(
+                    progress_file, {"fingerprint": fingerprint, "queries_done": done, "bytes": size, "lines": lines}
+                )
                 bar.update(len(chunk))
                 if on_chunk is not None:
                     on_chunk(done, lines)
@@ -167,8 +184,12 @@ def _read_progress(progress_file: Path) -> dict:
             return state
     except (ValueError, UnicodeDecodeError):
         pass
-    raise DataError(progress_file, None, "expected dr-score's progress record (JSON with queries_done, bytes, lines), "
-                    "got a damaged file; it is safe to delete it (with the .partial file next to it): scoring then starts again")
+    raise DataError(
+        progress_file,
+        None,
+        "expected dr-score's progress record (JSON with queries_done, bytes, lines), "
+        "got a damaged file; it is safe to delete it (with the .partial file next to it): scoring then starts again",
+    )
 
 
 def annotate_negatives(negatives_path: str, teacher_path: str | os.PathLike, output: str | os.PathLike) -> None:

@@ -6,6 +6,11 @@ from dr.training.module import DenseRetrievalModule
 from dr.training.pipeline import TestSplit, train
 
 __all__ = [
-    "AtomicCheckpointIO", "ContrastiveDataset", "DenseRetrievalModule", "ResumableDataLoader", "RetrievalDataModule",
-    "TestSplit", "train",
+    "AtomicCheckpointIO",
+    "ContrastiveDataset",
+    "DenseRetrievalModule",
+    "ResumableDataLoader",
+    "RetrievalDataModule",
+    "TestSplit",
+    "train",
 ]

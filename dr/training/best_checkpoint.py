@@ -45,7 +45,9 @@ def trainer_arguments(cfg: DictConfig) -> tuple[DictConfig, list]:
     patience = trainer_cfg.pop("early_stopping", None)
     extra = []
     if patience is not None:
-        extra.append(EarlyStopping(monitor=monitor_of(cfg), mode="max", patience=int(patience), check_on_train_epoch_end=False))
+        extra.append(
+            EarlyStopping(monitor=monitor_of(cfg), mode="max", patience=int(patience), check_on_train_epoch_end=False)
+        )
     interval = trainer_cfg.get("val_check_interval")
     if isinstance(interval, int) and not isinstance(interval, bool) and has_validation(cfg):
         trainer_cfg.check_val_every_n_epoch = None  # count batches across epoch ends, not within one epoch
@@ -79,13 +81,18 @@ def use_checkpoint(module: torch.nn.Module, trainer, callbacks: list, choice: st
     if choice == "last":
         return metrics
     if best is None or not best.best_model_path:
-        log.warning("export.checkpoint=best: no validation ran (no validation queries, or none before training ended); "
-                    "the test evaluation and the export use the last weights (step %d)", trainer.global_step)
+        log.warning(
+            "export.checkpoint=best: no validation ran (no validation queries, or none before training ended); "
+            "the test evaluation and the export use the last weights (step %d)",
+            trainer.global_step,
+        )
         return metrics
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     metrics["train/checkpoint_step"] = float(state["global_step"])
     metrics["train/checkpoint_best"] = 1.0
-    print(f"best checkpoint: step {state['global_step']} ({best.monitor} {float(best.best_model_score):.4f}), "
-          f"{best.best_model_path}; used for the test evaluation and the export (export.checkpoint=best)")
+    print(
+        f"best checkpoint: step {state['global_step']} ({best.monitor} {float(best.best_model_score):.4f}), "
+        f"{best.best_model_path}; used for the test evaluation and the export (export.checkpoint=best)"
+    )
     return metrics

@@ -32,6 +32,7 @@ from dr.validate import check_compact
 
 log = logging.getLogger(__name__)
 
+
 def record_scores(record: NegativesRecord) -> dict[str, float]:
     """``{docid: score}`` of a negatives record's positives and negatives (unknown scores left out)."""
     pairs = [*zip(record.positives, record.positive_scores), *zip(record.negatives, record.negative_scores)]
@@ -43,7 +44,11 @@ def _without(teacher: TeacherTriples, qids: set[str], docids: set[str]) -> Teach
     codes = lambda table, ids: np.array([c for c in (table.code(i) for i in ids) if c >= 0], dtype=np.int64)  # noqa: E731
     query_of_row = np.repeat(np.arange(len(teacher.qids), dtype=np.int64), np.diff(teacher.offsets))
     bad_docs = codes(teacher.docids, docids)
-    keep = ~np.isin(query_of_row, codes(teacher.qids, qids)) & ~np.isin(teacher.pos, bad_docs) & ~np.isin(teacher.neg, bad_docs)
+    keep = (
+        ~np.isin(query_of_row, codes(teacher.qids, qids))
+        & ~np.isin(teacher.pos, bad_docs)
+        & ~np.isin(teacher.neg, bad_docs)
+    )
     counts = np.bincount(query_of_row[keep], minlength=len(teacher.qids))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(teacher.offsets.dtype)
     # As TeacherScores.without: a kept passage keeps its last score over every line of the file,
@@ -55,11 +60,20 @@ def _without(teacher: TeacherTriples, qids: set[str], docids: set[str]) -> Teach
     last = np.r_[keys[order][1:] != keys[order][:-1], True]
     final_keys, final_values = keys[order][last], values[order][last]
     final = lambda docs: final_values[np.searchsorted(final_keys, query_of_row[keep] * n_docs + docs[keep])]  # noqa: E731
-    return TeacherTriples(teacher.qids, teacher.docids, offsets, teacher.pos[keep], teacher.neg[keep],
-                          final(teacher.pos).astype(teacher.pos_score.dtype), final(teacher.neg).astype(teacher.neg_score.dtype))
+    return TeacherTriples(
+        teacher.qids,
+        teacher.docids,
+        offsets,
+        teacher.pos[keep],
+        teacher.neg[keep],
+        final(teacher.pos).astype(teacher.pos_score.dtype),
+        final(teacher.neg).astype(teacher.neg_score.dtype),
+    )
 
 
-def read_teacher_compact(hparams, positives: dict[str, list[str]], known: Mapping[str, int], unknown=None) -> TeacherTriples:
+def read_teacher_compact(
+    hparams, positives: dict[str, list[str]], known: Mapping[str, int], unknown=None
+) -> TeacherTriples:
     """Read the one teacher-score file of the data options ``hparams`` as :class:`TeacherTriples` (after
     :func:`check_compact`); its positives in ``known`` join ``positives``. ``unknown(ids, source, what)``
     returns the qids or docids to drop (``data.on_missing``; it raises for ``error``)."""
@@ -92,7 +106,13 @@ def read_teacher_compact(hparams, positives: dict[str, list[str]], known: Mappin
 class FileNegatives(Mapping):
     """``{qid: [negative, ...]}`` of a :class:`NegativesTable`: known docids, never a positive of the query."""
 
-    def __init__(self, table: NegativesTable, positives: Mapping[str, list[str]], known: Mapping[str, int], dropped: set[str] = frozenset()):
+    def __init__(
+        self,
+        table: NegativesTable,
+        positives: Mapping[str, list[str]],
+        known: Mapping[str, int],
+        dropped: set[str] = frozenset(),
+    ):
         self.table, self.positives, self.known, self.dropped = table, positives, known, set(dropped)
 
     def __getitem__(self, qid: str) -> list[str]:
@@ -125,7 +145,9 @@ class FileScores(Mapping):
         return len(self.table)
 
 
-def negatives_compact(path: str, positives: Mapping[str, list[str]], known: Mapping[str, int], unknown=None) -> tuple[FileNegatives, FileScores]:
+def negatives_compact(
+    path: str, positives: Mapping[str, list[str]], known: Mapping[str, int], unknown=None
+) -> tuple[FileNegatives, FileScores]:
     """A negatives file's candidates and scores per query, read into a :class:`NegativesTable`;
     ``unknown(ids, source, what)`` returns the qids to drop (and reports unknown docids, which
     :class:`FileNegatives` leaves out)."""
@@ -141,8 +163,13 @@ def negatives_compact(path: str, positives: Mapping[str, list[str]], known: Mapp
 class WithTeacherNegatives(Mapping):
     """``base[qid]`` followed by the teacher's negatives of ``qid`` that are new, in the corpus and not positives."""
 
-    def __init__(self, base: Mapping[str, list[str]], teacher: TeacherTriples, positives: Mapping[str, list[str]],
-                 known: Mapping[str, int]):
+    def __init__(
+        self,
+        base: Mapping[str, list[str]],
+        teacher: TeacherTriples,
+        positives: Mapping[str, list[str]],
+        known: Mapping[str, int],
+    ):
         self.base, self.teacher, self.positives, self.known = base, teacher, positives, known
 
     def __getitem__(self, qid: str) -> list[str]:

@@ -21,16 +21,27 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from dr.config import ConfigError
-from dr.data import (NegativesRecord, TeacherScores, check_ids, drop_teacher_inversions, passage_texts, read_corpus,
-                     read_negatives, read_positives, read_qrels, read_queries, read_teacher_scores, resolve_path, write_negatives)
+from dr.data import (
+    TeacherScores,
+    check_ids,
+    drop_teacher_inversions,
+    passage_texts,
+    read_corpus,
+    read_negatives,
+    read_positives,
+    read_qrels,
+    read_queries,
+    write_negatives,
+)
 from dr.data.io import DataError
 from dr.retrieval.bm25 import BM25
 from dr.sampling.random import QueryBatchSampler
+from dr.training.batch import contrastive_batch
 from dr.training.compact_data import WithTeacherNegatives, negatives_compact, read_teacher_compact, record_scores
+from dr.training.files import negatives_from_file, read_teacher_files
 from dr.training.dataset import ContrastiveDataset, ResumableDataLoader
 
 log = logging.getLogger(__name__)
@@ -128,12 +139,23 @@ class RetrievalDataModule(pl.LightningDataModule):
             # TAS-Balanced's reference keeps only queries with enough teacher pairs to balance.
             kept = [q for q in qids if len(self.teacher.pairs.get(q, ())) >= hp.min_teacher_pairs]
             if len(kept) < len(qids):
-                log.info("%d of %d training queries have fewer than %d teacher pairs and are left out", len(qids) - len(kept), len(qids), hp.min_teacher_pairs)
+                log.info(
+                    "%d of %d training queries have fewer than %d teacher pairs and are left out",
+                    len(qids) - len(kept),
+                    len(qids),
+                    hp.min_teacher_pairs,
+                )
             qids = kept
         if not qids:
             raise DataError(
-                hp.train_qrels, None, "no training query has a judged positive in the corpus"
-                + (f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}" if hp.teacher_scores and hp.min_teacher_pairs else "")
+                hp.train_qrels,
+                None,
+                "no training query has a judged positive in the corpus"
+                + (
+                    f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}"
+                    if hp.teacher_scores and hp.min_teacher_pairs
+                    else ""
+                ),
             )
 
         val_qids: list[str] = []
@@ -171,29 +193,46 @@ class RetrievalDataModule(pl.LightningDataModule):
         negatives = self._add_teacher_negatives(negatives, positives)
         missing = [q for q in qids if not negatives.get(q)]
         if missing and hp.num_negatives > 0:
-            log.warning("%d of %d training queries have no hard negative; they train on in-batch negatives only", len(missing), len(qids))
+            log.warning(
+                "%d of %d training queries have no hard negative; they train on in-batch negatives only",
+                len(missing),
+                len(qids),
+            )
 
         self.train_dataset = ContrastiveDataset(
-            qids, [queries[q] for q in qids], positives, negatives, self.passage_text, hp.num_negatives, hp.seed,
-            teacher=self.teacher, pair_sampler=self.pair_sampler,
+            qids,
+            [queries[q] for q in qids],
+            positives,
+            negatives,
+            self.passage_text,
+            hp.num_negatives,
+            hp.seed,
+            teacher=self.teacher,
+            pair_sampler=self.pair_sampler,
         )
         self.train_dataset.scores = scores
         if self.val_queries:
             bm25 = getattr(self.negatives, "index", None)  # a BM25 source's index, if any
-            self._setup_validation(bm25 if isinstance(bm25, BM25) else BM25(passage_texts(self.corpus), list(self.corpus["docid"])))
+            self._setup_validation(
+                bm25 if isinstance(bm25, BM25) else BM25(passage_texts(self.corpus), list(self.corpus["docid"]))
+            )
         self._prepared = True
 
     def _unknown(self, ids, source: str, what: str, known=None, where: str | None = None) -> set[str]:
         """The ``ids`` that ``source`` names but ``known`` (default: the training queries for qids, else the corpus)
         lacks; logged and returned to drop, or a DataError (``data.on_missing``, :func:`dr.data.check_ids`)."""
         if known is None:
-            known, where = (self._queries, self.hparams.train_queries) if what == "qids" else (self.row_of, self.hparams.corpus)
+            known, where = (
+                (self._queries, self.hparams.train_queries) if what == "qids" else (self.row_of, self.hparams.corpus)
+            )
         return check_ids(ids, known, source=source, what=what, where=where, on_missing=self.hparams.on_missing)
 
     def _known_qrels(self, qrels: dict, source: str, queries: dict, queries_source: str) -> dict[str, dict[str, int]]:
         """``qrels`` without the qids missing from ``queries`` and the judged docids missing from the corpus."""
-        bad_q, bad_d = self._unknown(qrels, source, "qids", queries, queries_source), self._unknown(
-            (d for j in qrels.values() for d in j), source, "judged docids")
+        bad_q, bad_d = (
+            self._unknown(qrels, source, "qids", queries, queries_source),
+            self._unknown((d for j in qrels.values() for d in j), source, "judged docids"),
+        )
         return {q: {d: g for d, g in j.items() if d not in bad_d} for q, j in qrels.items() if q not in bad_q}
 
     def _read_teacher(self, positives: dict[str, list[str]]) -> TeacherScores | None:
@@ -202,11 +241,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             return None
         if self.hparams.compact:
             return read_teacher_compact(self.hparams, positives, self.row_of, self._unknown)
-        teacher = TeacherScores()
-        for path in [paths] if isinstance(paths, str) else list(paths or []):
-            part = read_teacher_scores(resolve_path(path))
-            bad_q = self._unknown(part.pairs, path, "qids")
-            teacher.update(part.without(bad_q, self._unknown((d for pairs in part.pairs.values() for pair in pairs for d in pair), path, "docids")))
+        teacher = read_teacher_files(paths, self._unknown)
         added = 0
         for qid, pairs in teacher.pairs.items():  # the teacher's positives are positives
             known = set(positives.get(qid, []))
@@ -218,10 +253,16 @@ class RetrievalDataModule(pl.LightningDataModule):
             log.info("teacher-score files add %d positives not in the qrels", added)
         return teacher
 
-    def _add_teacher_negatives(self, negatives: dict[str, list[str]], positives: dict[str, list[str]], add: bool = True):
+    def _add_teacher_negatives(
+        self, negatives: dict[str, list[str]], positives: dict[str, list[str]], add: bool = True
+    ):
         """The teacher's negatives join the candidates (unless not ``add``); ``teacher_pair_filter`` drops inverted pairs."""
         if self.teacher is None or self.hparams.compact:
-            return negatives if self.teacher is None else WithTeacherNegatives(negatives, self.teacher, positives, self.row_of)
+            return (
+                negatives
+                if self.teacher is None
+                else WithTeacherNegatives(negatives, self.teacher, positives, self.row_of)
+            )
         for qid, pairs in self.teacher.pairs.items() if add else ():
             pos = set(positives.get(qid, []))
             have = negatives.setdefault(qid, [])
@@ -232,33 +273,22 @@ class RetrievalDataModule(pl.LightningDataModule):
                     seen.add(neg)
         if self.hparams.teacher_pair_filter:
             pairs, candidates = drop_teacher_inversions(self.teacher, negatives, positives)
-            log.info("teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive", pairs, candidates)
+            log.info(
+                "teacher_pair_filter: dropped %d teacher pairs and %d candidates scored at or above a positive",
+                pairs,
+                candidates,
+            )
         return negatives
 
-    def _negatives_from_file(self, path: str, positives: dict[str, list[str]], swap: bool = False) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+    def _negatives_from_file(
+        self, path: str, positives: dict[str, list[str]], swap: bool = False
+    ) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
         """The file's negative candidates per query (known docids, never a positive) and its scores; with
         ``teacher_from_negatives`` these are merged into the teacher's at set-up, replace them in a ``swap``."""
         if self.hparams.compact:
             return negatives_compact(path, positives, self.row_of, self._unknown)
-        records: dict[str, NegativesRecord] = read_negatives(path)
-        bad_q = self._unknown(records, path, "qids")
-        self._unknown((d for r in records.values() for d in (*r.positives, *r.negatives)), path, "docids")
-        negatives, file_scores = {}, {}
-        for qid, record in records.items():
-            if qid in bad_q:
-                continue
-            pos = set(positives.get(qid, [])) | set(record.positives)
-            negatives[qid] = [d for d in record.negatives if d in self.row_of and d not in pos]
-            file_scores[qid] = record_scores(record)
-            if self.hparams.teacher_from_negatives and self.teacher is not None:
-                scored = record_scores(record)
-                if swap and scored:
-                    # One normalisation per query list: a refreshed file's teacher scores are normalised over
-                    # its own list (the fusion teacher's min-max), so they replace the query's earlier ones.
-                    self.teacher.scores[qid] = scored
-                else:
-                    self.teacher.scores[qid].update(scored)
-        return negatives, file_scores
+        teacher = self.teacher if self.hparams.teacher_from_negatives else None
+        return negatives_from_file(path, positives, self.row_of, self._unknown, teacher, swap)
 
     def set_negatives(self, path: str, version: int, teacher_path: str | None = None) -> None:
         """Swap in a new negatives file (an index refresh, :mod:`dr.refresh`) from the next batch on.
@@ -277,7 +307,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         if teacher_path and self.teacher is not None:
             for qid, record in read_negatives(teacher_path).items():
                 if scored := record_scores(record):  # the new list's scores and pairs (TAS-Balanced's margins)
-                    self.teacher.scores[qid], self.teacher.pairs[qid] = scored, [(p, n) for p in record.positives for n in record.negatives]
+                    self.teacher.scores[qid], self.teacher.pairs[qid] = (
+                        scored,
+                        [(p, n) for p in record.positives for n in record.negatives],
+                    )
         negatives = self._add_teacher_negatives(negatives, positives, add=not teacher_path)
         self.train_dataset.negatives = negatives
         self.train_dataset.scores = scores
@@ -306,9 +339,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         rank, world_size = self._rank_and_world()
         hp = self.hparams
         if self.batch_sampler_factory is None:
-            sampler = QueryBatchSampler(len(self.train_dataset), hp.batch_size, hp.seed, drop_last=True, rank=rank, world_size=world_size)
+            sampler = QueryBatchSampler(
+                len(self.train_dataset), hp.batch_size, hp.seed, drop_last=True, rank=rank, world_size=world_size
+            )
         else:
-            sampler = self.batch_sampler_factory(qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size)
+            sampler = self.batch_sampler_factory(
+                qids=self.train_dataset.qids, batch_size=hp.batch_size, seed=hp.seed, rank=rank, world_size=world_size
+            )
         self._resolve_score_scale()
         if len(sampler) == 0:
             raise ConfigError(
@@ -329,8 +366,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         of its own gets the datamodule's (handed down by :func:`dr.training.train`)."""
         if getattr(self.pair_sampler, "score_scale", 1.0) is None:
             if self.score_scale is None:
-                raise RuntimeError(f"{self.pair_sampler!r} has no score_scale: give RetrievalDataModule(score_scale=...) "
-                                   "(dr.training.train passes the student's, dr.miners.candidates.student_score_scale)")
+                raise RuntimeError(
+                    f"{self.pair_sampler!r} has no score_scale: give RetrievalDataModule(score_scale=...) "
+                    "(dr.training.train passes the student's, dr.miners.candidates.student_score_scale)"
+                )
             self.pair_sampler.score_scale = float(self.score_scale)
             log.info("%r: kernel on logits = %g × similarity", self.pair_sampler, self.pair_sampler.score_scale)
 
@@ -340,53 +379,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         return done - trainer.current_epoch * batches_per_epoch
 
     def collate_train(self, examples: list[dict]) -> dict:
-        """Passages are laid out as [positives of all queries, then every query's negatives], each
-        distinct passage once: a passage drawn by two queries of the batch (a shared negative, a
-        shared positive, one query's positive as another's negative) is encoded once and counts
-        once in every InfoNCE denominator (DPR Eq. 2 sums over the batch's passages; TAS's topic
-        batches make such repeats common).
-
-        ``target[i]`` is the column of query i's positive (i when the batch's positives are
-        distinct); ``neg_index[i, j]`` the column of its j-th
-        negative (-1 when it has fewer); ``exclude[i, j]`` marks passage j as a known positive
-        of query i that is not its target, so the loss does not treat it as a negative (rebuilt across
-        DDP ranks from the corpus rows ``passage_rows [P]`` and ``positive_rows [B, K]``, -1 padded). With a
-        teacher, ``teacher_pos[i]`` and ``teacher_neg[i, j]`` are the teacher's scores of those
-        pairs (NaN when unscored). ``negatives_version`` is the negatives' version.
-        """
-        qids = [ex["qid"] for ex in examples]
-        positives = [ex["positive"] for ex in examples]
-        docids = list(dict.fromkeys(positives + [d for ex in examples for d in ex["negatives"]]))
-        column = {d: j for j, d in enumerate(docids)}
-        width = max((len(ex["negatives"]) for ex in examples), default=0)
-        neg_index = torch.full((len(examples), width), -1, dtype=torch.long)
-        for i, ex in enumerate(examples):
-            neg_index[i, : len(ex["negatives"])] = torch.tensor([column[d] for d in ex["negatives"]], dtype=torch.long)
-        relevant = [set(self.train_dataset.positives[q]) for q in qids]
-        exclude = torch.tensor([[d in rel for d in docids] for rel in relevant], dtype=torch.bool)
-        batch = {
-            "qids": qids,
-            "queries": [ex["query"] for ex in examples],
-            "passages": [self.passage_text(d) for d in docids],
-            "docids": docids,
-            "target": torch.tensor([column[p] for p in positives], dtype=torch.long),
-            "neg_index": neg_index,
-            "exclude": exclude,
-            "passage_rows": torch.tensor([self.row_of[d] for d in docids], dtype=torch.long),
-            "positive_rows": torch.nn.utils.rnn.pad_sequence(
-                [torch.tensor(sorted(self.row_of[d] for d in rel if d in self.row_of), dtype=torch.long) for rel in relevant],
-                batch_first=True, padding_value=-1),
-            "negatives_version": max((ex.get("version", 0) for ex in examples), default=0),
-        }
-        teacher = self.train_dataset.teacher
-        if teacher is not None:
-            batch["teacher_pos"] = torch.tensor([teacher.score(q, p) for q, p in zip(qids, positives)], dtype=torch.float32)
-            teacher_neg = torch.full((len(examples), width), float("nan"))
-            for i, ex in enumerate(examples):
-                for j, d in enumerate(ex["negatives"]):
-                    teacher_neg[i, j] = teacher.score(ex["qid"], d)
-            batch["teacher_neg"] = teacher_neg
-        return batch
+        """The training batch of ``examples`` (:func:`dr.training.batch.contrastive_batch`)."""
+        ds = self.train_dataset
+        return contrastive_batch(examples, ds.positives, self.passage_text, self.row_of, ds.teacher)
 
     def val_dataloader(self):
         if not self.val_queries:

@@ -23,7 +23,10 @@ class ResumableDataLoader(DataLoader):
         self._batches_done = batches_done
 
     def state_dict(self) -> dict:
-        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self._batches_done()) if self._batches_done else 0}
+        return {
+            "epoch": self.batch_sampler.epoch,
+            "batches_done": int(self._batches_done()) if self._batches_done else 0,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.set_epoch(state["epoch"])
@@ -45,7 +48,18 @@ class ContrastiveDataset(Dataset):
     (index refreshes, :mod:`dr.refresh`).
     """
 
-    def __init__(self, qids, query_texts, positives, negatives, passage_lookup, num_negatives, seed, teacher=None, pair_sampler=None):
+    def __init__(
+        self,
+        qids,
+        query_texts,
+        positives,
+        negatives,
+        passage_lookup,
+        num_negatives,
+        seed,
+        teacher=None,
+        pair_sampler=None,
+    ):
         self.qids = qids
         self.query_texts = query_texts
         self.positives = positives
@@ -67,6 +81,13 @@ class ContrastiveDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i] if occurrence == 0 else [self.seed, epoch, i, occurrence])
         qid = self.qids[i]
         extra = {"scores": self.scores.get(qid, {})} if getattr(self.pair_sampler, "uses_scores", False) else {}
-        positive, negatives = self.pair_sampler(qid, self.positives[qid], self.negatives.get(qid, []), self.teacher,
-                                                self.num_negatives, rng, **extra)
-        return {"qid": qid, "query": self.query_texts[i], "positive": positive, "negatives": negatives, "version": self.version}
+        positive, negatives = self.pair_sampler(
+            qid, self.positives[qid], self.negatives.get(qid, []), self.teacher, self.num_negatives, rng, **extra
+        )
+        return {
+            "qid": qid,
+            "query": self.query_texts[i],
+            "positive": positive,
+            "negatives": negatives,
+            "version": self.version,
+        }

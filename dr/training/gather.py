@@ -84,8 +84,13 @@ def known_positives(positive_rows: torch.Tensor, passage_rows: torch.Tensor) -> 
     return (hit & (positive_rows[:, :, None] >= 0)).any(1)
 
 
-def gather_batch(q: torch.Tensor, d: torch.Tensor, inputs: dict, positive_rows: torch.Tensor | None = None,
-                 passage_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def gather_batch(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    inputs: dict,
+    positive_rows: torch.Tensor | None = None,
+    passage_rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The global batch: gathered ``q [ΣB, H]``, ``d [ΣP, H]`` and loss inputs rewritten for the
     concatenated layout (see the module docstring). ``inputs`` holds the loss keys of
     :data:`dr.losses.base.BATCH_FIELDS` except ``teacher_matrix``, which the caller gathers."""
@@ -102,11 +107,15 @@ def gather_batch(q: torch.Tensor, d: torch.Tensor, inputs: dict, positive_rows: 
             out[key] = gather_rows(value.float(), float("nan"))[0]
         elif key == "exclude":
             if positive_rows is None or passage_rows is None:
-                raise ValueError("gather_negatives: the batch has 'exclude' but no 'positive_rows'/'passage_rows' "
-                                 "to rebuild it across ranks (see RetrievalDataModule.collate_train)")
+                raise ValueError(
+                    "gather_negatives: the batch has 'exclude' but no 'positive_rows'/'passage_rows' "
+                    "to rebuild it across ranks (see RetrievalDataModule.collate_train)"
+                )
             out[key] = known_positives(gather_rows(positive_rows, -1)[0], gather_rows(passage_rows, -1)[0])
         elif key == "teacher_matrix":
-            raise ValueError("gather_batch: the in-batch teacher matrix is gathered by the caller (local queries x all passages)")
+            raise ValueError(
+                "gather_batch: the in-batch teacher matrix is gathered by the caller (local queries x all passages)"
+            )
         else:
             raise ValueError(f"gather_batch: no rule to gather the loss input {key!r}")
     return q_all, d_all, out

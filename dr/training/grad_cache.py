@@ -74,8 +74,14 @@ def activation_bytes(embed: Embed, inputs: dict, params: list[torch.Tensor]) -> 
     return sum(seen.values())
 
 
-def memory_estimate(embed_queries: Embed, embed_passages: Embed, query_inputs: dict, passage_inputs: dict,
-                    chunk: int, params: list[torch.Tensor]) -> dict[str, float]:
+def memory_estimate(
+    embed_queries: Embed,
+    embed_passages: Embed,
+    query_inputs: dict,
+    passage_inputs: dict,
+    chunk: int,
+    params: list[torch.Tensor],
+) -> dict[str, float]:
     """Estimated activation memory (MiB) of one step: the whole batch encoded with its graph
     (``full``) versus GradCache's one chunk at a time (``cached``, the larger of a query and a
     passage chunk), from the saved-tensor bytes of the first chunk of each, scaled by rows."""

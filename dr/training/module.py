@@ -24,6 +24,7 @@ from dr.training.grad_cache import embed_in_chunks, memory_estimate
 
 log = logging.getLogger(__name__)
 
+
 class DenseRetrievalModule(pl.LightningModule):
     """Dual-encoder training.
 
@@ -115,15 +116,24 @@ class DenseRetrievalModule(pl.LightningModule):
         if gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
         if ffn_recompute != "none" and not encoder.set_feed_forward_recompute(ffn_recompute):
-            log.warning("module.ffn_recompute=%s: no supported feed-forward block in this encoder; left as it is", ffn_recompute)
+            log.warning(
+                "module.ffn_recompute=%s: no supported feed-forward block in this encoder; left as it is", ffn_recompute
+            )
         if attention_recompute and not gradient_checkpointing and not encoder.set_attention_recompute(True):
-            log.warning("module.attention_recompute=true: no supported self-attention module in this encoder; left as it is")
+            log.warning(
+                "module.attention_recompute=true: no supported self-attention module in this encoder; left as it is"
+            )
         if cpu_linear is not None:
             encoder.set_cpu_linear(cpu_linear)
         self.length_buckets = max(1, int(length_buckets))
         if attention_dropout is not None:
-            if not encoder.set_attention_dropout(attention_dropout):  # e.g. an architecture whose attention keeps a float
-                log.warning("module.attention_dropout=%s: no attention module with an nn.Dropout in this encoder; left as it is", attention_dropout)
+            if not encoder.set_attention_dropout(
+                attention_dropout
+            ):  # e.g. an architecture whose attention keeps a float
+                log.warning(
+                    "module.attention_dropout=%s: no attention module with an nn.Dropout in this encoder; left as it is",
+                    attention_dropout,
+                )
         self.gather_negatives = bool(gather_negatives)
         if grad_cache_chunk is not None and int(grad_cache_chunk) < 1:
             raise ValueError(f"grad_cache_chunk must be a positive integer or None, got {grad_cache_chunk}")
@@ -135,7 +145,9 @@ class DenseRetrievalModule(pl.LightningModule):
         """Tokenise on the CPU before the batch moves to the device."""
         if "queries" in batch:
             batch["query_inputs"] = dict(self.encoder.tokenize(batch["queries"], "query", self.train_query_max_length))
-            batch["passage_inputs"] = dict(self.encoder.tokenize(batch["passages"], "passage", self.train_passage_max_length))
+            batch["passage_inputs"] = dict(
+                self.encoder.tokenize(batch["passages"], "passage", self.train_passage_max_length)
+            )
         return batch
 
     def on_train_start(self) -> None:
@@ -145,8 +157,10 @@ class DenseRetrievalModule(pl.LightningModule):
         # switch to train mode so dropout is active, as in the models' pre-training.
         self.encoder.train()
         if self.gather_negatives and world_size() == 1:
-            log.warning("module.gather_negatives=true on a single process: there are no other devices' negatives to gather "
-                        "(use trainer=ddp with several devices)")
+            log.warning(
+                "module.gather_negatives=true on a single process: there are no other devices' negatives to gather "
+                "(use trainer=ddp with several devices)"
+            )
 
     @torch.no_grad()
     def _fit_student_scale(self, queries: int) -> None:
@@ -161,13 +175,17 @@ class DenseRetrievalModule(pl.LightningModule):
         s_margins, t_margins = [], []
         self.encoder.eval()
         for start in range(0, len(picks), dm.hparams.batch_size):
-            batch = dm.collate_train([dm.train_dataset[(int(i), 0)] for i in picks[start:start + dm.hparams.batch_size]])
+            batch = dm.collate_train(
+                [dm.train_dataset[(int(i), 0)] for i in picks[start : start + dm.hparams.batch_size]]
+            )
             if "teacher_pos" not in batch or not batch["neg_index"].numel():
                 continue
             batch = self.on_before_batch_transfer(batch, 0)
             q = self.encoder.embed_queries({k: v.to(self.device) for k, v in batch["query_inputs"].items()})
             d = self.encoder.embed_passages({k: v.to(self.device) for k, v in batch["passage_inputs"].items()})
-            s_pos, s_neg, present = gather_pair_scores(student_scores(q, d), batch["target"].to(self.device), batch["neg_index"])
+            s_pos, s_neg, present = gather_pair_scores(
+                student_scores(q, d), batch["target"].to(self.device), batch["neg_index"]
+            )
             s_margins.append(torch.where(present, s_pos[:, None] - s_neg, torch.nan).cpu())
             t_margins.append(batch["teacher_pos"][:, None] - batch["teacher_neg"])
         if not s_margins:
@@ -175,8 +193,12 @@ class DenseRetrievalModule(pl.LightningModule):
         s_all, t_all = torch.cat([m.flatten() for m in s_margins]), torch.cat([m.flatten() for m in t_margins])
         scale = self.loss.fit_scale(s_all, t_all)
         pairs = int((torch.isfinite(s_all) & torch.isfinite(t_all)).sum())
-        log.info("loss.student_scale=auto: %.4g (least squares of teacher margins on the student's, %d pairs of %d queries)",
-                 scale, pairs, len(picks))
+        log.info(
+            "loss.student_scale=auto: %.4g (least squares of teacher margins on the student's, %d pairs of %d queries)",
+            scale,
+            pairs,
+            len(picks),
+        )
         self.log("train/student_scale_fit", scale, rank_zero_only=True)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
@@ -190,7 +212,9 @@ class DenseRetrievalModule(pl.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
         # queries that score each other in one loss: the batch of every rank when gathering
         gathered = self.gather_negatives and world_size() > 1
-        self.log("train/effective_batch_size", float(batch_size * (world_size() if gathered else 1)), batch_size=batch_size)
+        self.log(
+            "train/effective_batch_size", float(batch_size * (world_size() if gathered else 1)), batch_size=batch_size
+        )
         if self.memory_estimate is not None:
             for name, value in self.memory_estimate.items():
                 self.log(f"train/grad_cache_activation_mib_{name}", value, batch_size=batch_size)
@@ -207,10 +231,20 @@ class DenseRetrievalModule(pl.LightningModule):
             q, d = embed_q(batch["query_inputs"]), embed_d(batch["passage_inputs"])
         else:
             if self.memory_estimate is None and torch.is_grad_enabled():
-                self.memory_estimate = memory_estimate(embed_q, embed_d, batch["query_inputs"], batch["passage_inputs"],
-                                                       self.grad_cache_chunk, list(self.encoder.parameters()))
-                log.info("grad cache: chunks of %d texts; estimated activation memory %.0f MiB for the whole batch, "
-                         "%.0f MiB per chunk (%.0f MiB saved)", self.grad_cache_chunk, *self.memory_estimate.values())
+                self.memory_estimate = memory_estimate(
+                    embed_q,
+                    embed_d,
+                    batch["query_inputs"],
+                    batch["passage_inputs"],
+                    self.grad_cache_chunk,
+                    list(self.encoder.parameters()),
+                )
+                log.info(
+                    "grad cache: chunks of %d texts; estimated activation memory %.0f MiB for the whole batch, "
+                    "%.0f MiB per chunk (%.0f MiB saved)",
+                    self.grad_cache_chunk,
+                    *self.memory_estimate.values(),
+                )
             q = embed_in_chunks(embed_q, batch["query_inputs"], self.grad_cache_chunk)
             d = embed_in_chunks(embed_d, batch["passage_inputs"], self.grad_cache_chunk)
         fields = self.loss.input_fields()

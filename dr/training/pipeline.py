@@ -93,7 +93,9 @@ class TestSplit:
             encoder = onnx_encoder(encoder, int8=backend == "onnx-int8")
         log.info("test encoding with the %s backend", backend)
         self.last_index = build_index(encoder, self.corpus, batch_size=self.cfg.batch_size, bf16=bf16)
-        return search_queries(encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=bf16)
+        return search_queries(
+            encoder, self.last_index, self.queries, k=self.cfg.k, batch_size=self.cfg.batch_size, bf16=bf16
+        )
 
     def dense_cached(self, encoder, cache_dir: str | None) -> dict[str, dict[str, float]]:
         """:meth:`dense`, reused from ``cache_dir`` while the weights, settings, data, ``k`` and
@@ -101,8 +103,13 @@ class TestSplit:
         if not cache_dir:
             return self.dense(encoder)
         run, hit = RunCache(cache_dir).get_or_compute(
-            lambda: self.dense(encoder), kind="dense_run", encoder=encoder_fingerprint(encoder), corpus=file_stamp(self.cfg.corpus),
-            queries=file_stamp(self.cfg.queries), qids=sorted(self.queries), k=int(self.cfg.k),
+            lambda: self.dense(encoder),
+            kind="dense_run",
+            encoder=encoder_fingerprint(encoder),
+            corpus=file_stamp(self.cfg.corpus),
+            queries=file_stamp(self.cfg.queries),
+            qids=sorted(self.queries),
+            k=int(self.cfg.k),
             backend=self.backend(encoder),
         )
         if hit:
@@ -116,11 +123,22 @@ class TestSplit:
         from dr.evaluation.splits import cached_split
 
         s = self.cfg.split
-        files = {"train_queries": s.train_queries, "train_qrels": s.train_qrels, "test_queries": self.cfg.queries, "test_qrels": self.cfg.qrels}
+        files = {
+            "train_queries": s.train_queries,
+            "train_qrels": s.train_qrels,
+            "test_queries": self.cfg.queries,
+            "test_qrels": self.cfg.qrels,
+        }
         return cached_split(
-            str(s.model), files, self.cfg.get("cache_dir"), lambda: BiEncoder.load(s.model, device="cpu"),
-            threshold=float(s.threshold), extrapolation_fraction=0.0, min_relevance=int(s.get("min_relevance", 1)),
-            batch_size=self.cfg.batch_size, show_progress=False,
+            str(s.model),
+            files,
+            self.cfg.get("cache_dir"),
+            lambda: BiEncoder.load(s.model, device="cpu"),
+            threshold=float(s.threshold),
+            extrapolation_fraction=0.0,
+            min_relevance=int(s.get("min_relevance", 1)),
+            batch_size=self.cfg.batch_size,
+            show_progress=False,
         )
 
     def bm25(self) -> dict[str, dict[str, float]]:
@@ -176,7 +194,9 @@ def _evaluate_truncated(cfg: DictConfig, encoder, test: TestSplit, evaluate) -> 
     dims = sorted({int(m) for m in (cfg.test.get("truncate_dims") or []) if int(m) < encoder.dim}, reverse=True)
     if not dims or test.last_index is None:
         return None
-    truncated = TruncatedSearch(encoder, test.last_index, test.queries, k=test.cfg.k, batch_size=test.cfg.batch_size, bf16=test.cfg.bf16)
+    truncated = TruncatedSearch(
+        encoder, test.last_index, test.queries, k=test.cfg.k, batch_size=test.cfg.batch_size, bf16=test.cfg.bf16
+    )
     for dim in dims:
         evaluate(f"trained@{dim}", lambda dim=dim: truncated.run(dim))
     return truncated
@@ -203,7 +223,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(out), score_scale=score_scale)
     test = TestSplit(cfg.test) if cfg.test.enabled else None
 
-    split = test.split() if test is not None and test.cfg.get("split") is not None and test.cfg.split.get("enabled") else None
+    split = (
+        test.split()
+        if test is not None and test.cfg.get("split") is not None and test.cfg.split.get("enabled")
+        else None
+    )
 
     def evaluate(name: str, run_fn) -> None:
         t0 = time.perf_counter()
@@ -220,7 +244,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({f"{name}/{k}": v for k, v in by_set.items()})
             if name == "trained":
                 for label in ("interpolation", "extrapolation"):
-                    table[f"trained {label[:6]}. ({int(by_set[f'{label}/queries'])})"] = {m: by_set[f"{label}/{m}"] for m in SPLIT_MEASURES}
+                    table[f"trained {label[:6]}. ({int(by_set[f'{label}/queries'])})"] = {
+                        m: by_set[f"{label}/{m}"] for m in SPLIT_MEASURES
+                    }
 
     if test is not None and cfg.test.bm25:
         evaluate("bm25", test.bm25)
@@ -233,7 +259,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refresh = None
     if cfg.get("refresh") is not None and cfg.refresh.get("enabled", False):
         # Index refresh (dr/refresh/): re-mined negatives swapped in during training.
-        refresh = hydra.utils.instantiate(cfg.refresh, score_scale=resolve_score_scale(cfg.refresh.get("score_scale"), score_scale))
+        refresh = hydra.utils.instantiate(
+            cfg.refresh, score_scale=resolve_score_scale(cfg.refresh.get("score_scale"), score_scale)
+        )
         callbacks.append(refresh)
     allow_file_store(cfg)  # logger=mlflow's file: store under MLflow 3
     trainer: pl.Trainer = hydra.utils.instantiate(
@@ -290,11 +318,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_results(trainer.loggers, metrics, step=trainer.global_step)
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
-        print("wall time: " + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items()))
-        stages = ", ".join(f"{k.removeprefix('memory/').removesuffix('_peak_rss_mib')} {v / 1024:.2f}"
-                           for k, v in metrics.items() if k.endswith("_peak_rss_mib"))
-        print(f"peak resident memory: {metrics['memory/peak_rss_mib'] / 1024:.2f} GiB ({stages + '; ' if stages else ''}"
-              f"allocator: {allocator.active()})")
+        print(
+            "wall time: "
+            + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items())
+        )
+        stages = ", ".join(
+            f"{k.removeprefix('memory/').removesuffix('_peak_rss_mib')} {v / 1024:.2f}"
+            for k, v in metrics.items()
+            if k.endswith("_peak_rss_mib")
+        )
+        print(
+            f"peak resident memory: {metrics['memory/peak_rss_mib'] / 1024:.2f} GiB ({stages + '; ' if stages else ''}"
+            f"allocator: {allocator.active()})"
+        )
         print(f"run directory: {out}")
         if cfg.export.enabled:
             print(f"exported model: {out / 'export'}")
