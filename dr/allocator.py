@@ -133,6 +133,7 @@ def reexec_with_jemalloc(command: str) -> None:
 
 
 def _exit_2(message: str) -> None:
-    """Print a user error's one line and exit with status 2, as every dr command does (``sys.exit(message)`` gives 1)."""
+    """Print a user error's one line and exit with status 2, as every dr command does (``sys.exit(message)`` gives
+    1)."""
     print(message, file=sys.stderr)
     sys.exit(2)

@@ -111,7 +111,8 @@ def check_best_checkpoint(cfg: DictConfig) -> None:
         )
     if not has_validation(cfg):
         raise ConfigError(
-            f"trainer.early_stopping={patience}: expected validation queries (data.val_fraction > 0 or data.val_queries)"
+            f"trainer.early_stopping={patience}: expected validation queries (data.val_fraction > 0 or "
+            f"data.val_queries)"
         )
 
 

@@ -267,7 +267,8 @@ def _check_training(cfg: DictConfig) -> None:
         if data.get("teacher_from_negatives") and _get(cfg, "refresh.teacher") in (None, _ABSENT):
             # every refreshed file would carry the student's dense scores, read as the teacher's
             raise ConfigError(
-                "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but refresh.teacher "
+                "data.teacher_from_negatives=true reads the negatives file's scores as teacher scores, but "
+                "refresh.teacher "
                 "is null: every refreshed file would carry the student's own scores and replace the teacher's. Set "
                 "refresh.teacher to re-score the new pairs (e.g. +teacher@refresh.teacher=fusion), or give the teacher "
                 "scores as data.teacher_scores=FILE with data.teacher_from_negatives=false"

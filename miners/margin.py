@@ -33,7 +33,8 @@ sample of them; ``num_negatives=None`` keeps all survivors (a filter stage for `
 Parity with sentence-transformers' ``mine_hard_negatives`` (same candidates, i.e. its top
 ``range_max`` + max positives): ``positive_score="min", rank_window="filtered"``, with the same
 ``range_min``, ``range_max``, margins, bounds, ``num_negatives`` and ``sampling``. The defaults
-(``"min"``, ``"raw"``) are sentence-transformers' positive score and SciNCL's raw ranks. ``conf/miner/margin.yaml``: TopK-PercPos 95%.
+(``"min"``, ``"raw"``) are sentence-transformers' positive score and SciNCL's raw ranks. ``conf/miner/margin.yaml``:
+TopK-PercPos 95%.
 """
 
 from __future__ import annotations

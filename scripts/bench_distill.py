@@ -59,7 +59,8 @@ def main() -> None:
     }
     figures = fusion_test_figures(out, data)
     print(
-        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens"
+        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 "
+        f"tokens"
     )
     print(table(results, extra=figures))
 

@@ -95,7 +95,10 @@ def _cpu_count() -> int:
 def format_machine(info: dict) -> str:
     flags = " ".join(f"{f}{'+' if on else '-'}" for f, on in info["cpu_flags"].items())
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    return f"CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs; {flags})\n{versions}; torch threads {info['torch_threads']}"
+    return (
+        f"CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs; {flags})\n{versions}; torch threads "
+        f"{info['torch_threads']}"
+    )
 
 
 def write_results(out: Path, name: str, table: str, payload: dict) -> None:
@@ -224,7 +227,10 @@ def effect(arm: Arm, data: dict[str, str], cache: Path, settings: dict) -> dict:
 
 
 def speed_table(rows: dict[str, dict], n: int, effect_rows: dict[str, dict]) -> str:
-    head = f"{'arm':<14}{'passages/s':>12}{'range':>17}{'vs st':>8}{'setup s':>9}{'max|Δ| vs torch':>17}{'cos vs torch':>14}"
+    head = (
+        f"{'arm':<14}{'passages/s':>12}{'range':>17}{'vs st':>8}{'setup s':>9}{'max|Δ| vs torch':>17}"
+        f"{'cos vs torch':>14}"
+    )
     if effect_rows:
         head += f"{'nDCG@10':>9}{'Δ torch':>9}"
     lines = [head]
@@ -278,7 +284,8 @@ def main() -> None:
         allocator.reexec_with_jemalloc("bench_encode.py")  # returns once jemalloc is loaded
     if allocator.active() != args.allocator:
         parser.error(
-            f"--allocator {args.allocator}: this process runs on {allocator.active()} (LD_PRELOAD from the environment?)"
+            f"--allocator {args.allocator}: this process runs on {allocator.active()} (LD_PRELOAD from the "
+            f"environment?)"
         )
     if "dr-torch" not in args.arms:
         args.arms = ["dr-torch", *args.arms]  # the reference of the deviations
@@ -305,7 +312,8 @@ def main() -> None:
     texts = passage_texts(corpus, range(min(args.passages, len(corpus))))
     n = len(texts)
     print(
-        f"{n} passages from {data['corpus']}, max length {args.max_length}, batch {args.batch_size}, {args.repeats} repeats"
+        f"{n} passages from {data['corpus']}, max length {args.max_length}, batch {args.batch_size}, {args.repeats} "
+        f"repeats"
     )
 
     arms: dict[str, Arm] = {}
@@ -342,7 +350,8 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - t0)
             embeddings.setdefault(name, emb)
             print(
-                f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats} {name}: {n / seconds[name][-1]:.1f} passages/s",
+                f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats} {name}: "
+                f"{n / seconds[name][-1]:.1f} passages/s",
                 flush=True,
             )
 

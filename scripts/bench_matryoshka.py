@@ -44,7 +44,8 @@ def main() -> None:
         for name in args.arms
     }
     print(
-        "nDCG@10 on the SciFact test split by embedding dimension (384 = full; the others: the first m dims, re-normalised)"
+        "nDCG@10 on the SciFact test split by embedding dimension (384 = full; the others: the first m dims, "
+        "re-normalised)"
     )
     lines = table(results, measures=MEASURES).splitlines()
     lines[0] = f"{'arm':<28}" + "".join(f"{f'dim {m}':>16}" for m in (384, *DIMS)) + f"{'train min':>11}{'seeds':>7}"

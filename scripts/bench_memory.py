@@ -15,7 +15,8 @@ Configurations cross:
 
 Reported: MiB stored for the backward pass (distinct tensor storages that autograd saved, the
 parameters left out; step 1; the inputs a checkpointed module keeps are not among them: one
-``[tokens, hidden]`` tensor per layer for ``attention`` and ``checkpoint``), the resident memory before the first step (model, optimizer, libraries),
+``[tokens, hidden]`` tensor per layer for ``attention`` and ``checkpoint``), the resident memory before the first step
+(model, optimizer, libraries),
 the peak resident memory, and the median step time over steps 2..N.
 
     python scripts/bench_memory.py                              # everything: about 10 minutes on 2 cores
@@ -136,7 +137,8 @@ def run_child(args, config: tuple[str, str, str], out: Path) -> dict:
         library = find_jemalloc()
         if library is None:
             raise SystemExit(
-                "bench_memory.py: no jemalloc library (scripts/setup.sh unpacks one into the venv); use --allocators system"
+                "bench_memory.py: no jemalloc library (scripts/setup.sh unpacks one into the venv); use --allocators "
+                "system"
             )
         env = jemalloc_environ(library, env)
     cmd = [
@@ -192,7 +194,10 @@ def main() -> None:
         f"{2 * args.batch_size} passages padded to {shape[1]} tokens ({results[0]['passage_tokens']} real), InfoNCE, "
         f"backward, AdamW; attention dropout 0; {args.threads} threads; median step over steps 2-{args.steps}"
     )
-    head = f"{'precision':<10}{'malloc':<10}{'recompute':<12}{'saved MiB':>10}{'before MiB':>11}{'peak MiB':>10}{'s/step':>8}{'vs none':>9}"
+    head = (
+        f"{'precision':<10}{'malloc':<10}{'recompute':<12}{'saved MiB':>10}{'before MiB':>11}{'peak MiB':>10}"
+        f"{'s/step':>8}{'vs none':>9}"
+    )
     lines = [title, format_machine(info), head]
     base = {}
     for r in results:

@@ -129,7 +129,8 @@ def effect(args) -> None:
             )
         results[name] = [train_arm(out, name, [f"data.negatives={negatives}"], seed, args.steps) for seed in args.seeds]
     print(
-        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 tokens"
+        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, batch 32 + 1 hard negative per query, passages 128 "
+        f"tokens"
     )
     print(table(results))
 

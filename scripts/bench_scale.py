@@ -120,7 +120,8 @@ def generate(work: Path, s: dict) -> None:
             docs, scores = rng.integers(n_pass, size=k).tolist(), np.round(rng.normal(5, 2, k), 4).tolist()
             negatives = ", ".join(f'{{"docid": "p{d}", "score": {v}}}' for d, v in zip(docs, scores))
             f.write(
-                f'{{"qid": "q{i}", "positives": ["p{rng.integers(n_pass)}"], "positive_scores": [null], "negatives": [{negatives}]}}\n'
+                f'{{"qid": "q{i}", "positives": ["p{rng.integers(n_pass)}"], "positive_scores": [null], "negatives": '
+                f"[{negatives}]}}\n"
             )
 
 
@@ -325,7 +326,8 @@ def main() -> None:
         result["wall_s"] = time.perf_counter() - t0  # with the interpreter's start and imports
         results.append(result)
         print(
-            f"{name:18s} {result['seconds']:8.1f} s  peak RSS {result['peak_rss_mb']:7.0f} MiB  load {result['load_before']:.1f}->{result['load_after']:.1f}",
+            f"{name:18s} {result['seconds']:8.1f} s  peak RSS {result['peak_rss_mb']:7.0f} MiB  load "
+            f"{result['load_before']:.1f}->{result['load_after']:.1f}",
             flush=True,
         )
     print(table(results, args.scale))

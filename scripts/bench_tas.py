@@ -3,7 +3,8 @@
 Every arm trains the packaged all-MiniLM-L6-v2 from the same start under the shortened protocol
 of ``scripts/bench_common.py`` (passages 128 tokens, no validation) with TAS-B's loss: Margin-MSE
 against the offline BM25 + dense fusion teacher plus 0.75 × the in-batch term with the fusion
-teacher scoring the whole batch (the ``mmse_inbatch_fusion`` arm of ``scripts/bench_distill.py``, defined in ``bench_common``,
+teacher scoring the whole batch (the ``mmse_inbatch_fusion`` arm of ``scripts/bench_distill.py``, defined in
+``bench_common``,
 whose teacher file and overrides are reused). Only the sampler differs:
 
 - ``mmse_inbatch_fusion``: random batches, one (positive, negative) teacher pair per query drawn uniformly.
@@ -115,7 +116,8 @@ def main() -> None:
         rows.append((name, cost, step_s, cluster_summary(run_dir)))
 
     print(
-        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, TAS-B loss (Margin-MSE + 0.75 in-batch, fusion teacher), "
+        f"\nSciFact test, all-MiniLM-L6-v2, {args.steps} steps, TAS-B loss (Margin-MSE + 0.75 in-batch, fusion "
+        f"teacher), "
         "passages 128 tokens"
     )
     print(table(results))
@@ -124,7 +126,8 @@ def main() -> None:
     for name, cost, step_s, clusters in rows:
         share = 100 * cost["median_s"] / step_s if step_s > 0 else float("nan")
         print(
-            f"{name:<28}{1000 * cost['median_s']:>20.2f}{1000 * cost['mean_s']:>10.2f}{step_s:>14.2f}{share:>12.3f}  {clusters}"
+            f"{name:<28}{1000 * cost['median_s']:>20.2f}{1000 * cost['mean_s']:>10.2f}{step_s:>14.2f}{share:>12.3f}  "
+            f"{clusters}"
         )
 
 

@@ -520,13 +520,16 @@ def flops_rows(results: dict[str, dict], steps, recompute_of: dict[str, dict]) -
 def flops_table(rows: dict[str, dict[str, float]], peaks: dict[str, float]) -> str:
     fp32 = peaks.get("fp32") or float("nan")
     lines = [
-        f"matmul peak of this machine ({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; scripts/bench_train.py matmul_peak)",
-        f"{'system':<14}{'GFLOP/step':>12}{'+ recompute':>13}{'GFLOP/s':>10}{'% fp32 peak':>13}{'executed GFLOP/s':>18}{'% fp32 peak':>13}",
+        f"matmul peak of this machine ({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; "
+        f"scripts/bench_train.py matmul_peak)",
+        f"{'system':<14}{'GFLOP/step':>12}{'+ recompute':>13}{'GFLOP/s':>10}{'% fp32 peak':>13}"
+        f"{'executed GFLOP/s':>18}{'% fp32 peak':>13}",
     ]
     for name, r in rows.items():
         lines.append(
             f"{name:<14}{r['model_gflop']:>12.0f}{r['executed_gflop']:>13.0f}{r['model_gflops']:>10.0f}"
-            f"{100 * r['model_gflops'] / fp32:>12.0f}%{r['executed_gflops']:>18.0f}{100 * r['executed_gflops'] / fp32:>12.0f}%"
+            f"{100 * r['model_gflops'] / fp32:>12.0f}%{r['executed_gflops']:>18.0f}"
+            f"{100 * r['executed_gflops'] / fp32:>12.0f}%"
         )
     return "\n".join(lines)
 
@@ -582,7 +585,10 @@ def summarise(result: dict, batch_size: int) -> dict:
 
 
 def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -> str:
-    head = f"{'system':<14}{'s/step':>9}{'range':>15}{'examples/s':>12}{'vs st':>8}{'last loss':>11}{'peak RSS MiB':>14}{'threads':>9}{'malloc':>10}"
+    head = (
+        f"{'system':<14}{'s/step':>9}{'range':>15}{'examples/s':>12}{'vs st':>8}{'last loss':>11}"
+        f"{'peak RSS MiB':>14}{'threads':>9}{'malloc':>10}"
+    )
     if effect:
         head += f"{'nDCG@10':>9}{'R@100':>8}"
     lines = [head]
@@ -591,8 +597,10 @@ def speed_table(rows: dict[str, dict], results: dict[str, dict], effect: bool) -
         steps = r["step_s"] or [float("nan")]
         ratio = f"{r['examples_per_s'] / base:>7.2f}x" if base else f"{'-':>8}"
         line = (
-            f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}{ratio}"
-            f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}{results[name].get('allocator', '?'):>10}"
+            f"{name:<14}{r['median_step_s']:>9.2f}{min(steps):>7.2f}-{max(steps):<7.2f}{r['examples_per_s']:>12.1f}"
+            f"{ratio}"
+            f"{r['last_loss']:>11.4f}{results[name]['peak_rss_mib']:>14.0f}{results[name]['threads']:>9}"
+            f"{results[name].get('allocator', '?'):>10}"
         )
         if effect:
             test = results[name].get("test", {})
@@ -688,9 +696,12 @@ def main() -> None:
     rows = {system: summarise(results[system], args.batch_size) for system in systems}
     cut = results.get("st", {}).get("queries_cut")
     title = (
-        f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} steps "
-        f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages {args.passage_length} "
-        f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps 2-{args.steps}"
+        f"Training all-MiniLM-L6-v2 on SciFact train triples{' (smoke slice)' if args.smoke else ''}: {args.steps} "
+        f"steps "
+        f"of {args.batch_size} (query, positive, BM25 negative), queries {args.query_length} / passages "
+        f"{args.passage_length} "
+        f"tokens, InfoNCE t={args.temperature}, AdamW lr {args.lr}, fp32, {args.threads} threads; median over steps "
+        f"2-{args.steps}"
     )
     recompute_of = {}
     for system in systems:
@@ -709,7 +720,10 @@ def main() -> None:
     flops = flops_rows(results, step_token_lengths(data, args), recompute_of)
     table = "\n".join([title, format_machine(info), speed_table(rows, results, args.effect), flops_table(flops, peaks)])
     if cut:
-        table += f"\n{cut} of {args.steps * args.batch_size} queries were cut to {args.query_length} tokens for sentence-transformers"
+        table += (
+            f"\n{cut} of {args.steps * args.batch_size} queries were cut to {args.query_length} tokens for "
+            f"sentence-transformers"
+        )
     for name, overrides in variants.items():
         table += f"\n{name}: dr with {' '.join(overrides)}"
     if args.effect:

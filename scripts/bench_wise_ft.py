@@ -149,7 +149,8 @@ def main() -> None:
         for a in mean
     ]
     lines.append(
-        f"rule: the highest ood nDCG@10 among the α whose val nDCG@10 is within {args.budget} of α = 1's; test never chosen on"
+        f"rule: the highest ood nDCG@10 among the α whose val nDCG@10 is within {args.budget} of α = 1's; test never "
+        f"chosen on"
     )
     table = "\n".join(lines)
     print("\n" + table)

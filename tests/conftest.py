@@ -79,7 +79,8 @@ def tiny_train_overrides(tiny_bert: str, data: dict[str, str], out: Path, max_st
         "test.bf16=false",
         "test.backend=torch",  # test_train.py checks test.backend=onnx against it
         "test.cache_dir=null",
-        "test.split.enabled=false",  # the interpolation/extrapolation rows encode queries with MiniLM; tests switch them on
+        # the interpolation/extrapolation rows encode queries with MiniLM; tests switch them on
+        "test.split.enabled=false",
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
         f"trainer.max_steps={max_steps}",

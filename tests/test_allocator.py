@@ -14,7 +14,10 @@ from dr import allocator
 from dr.cli import ALLOCATOR_COMMANDS, COMMANDS, _is_console_script
 
 BIN = Path(sys.executable).parent
-PROBE = "from dr.allocator import reexec_with_jemalloc, active; reexec_with_jemalloc('probe'); import os; print(active(), os.environ.get('MALLOC_CONF'))"
+PROBE = (
+    "from dr.allocator import reexec_with_jemalloc, active; reexec_with_jemalloc('probe'); import os; "
+    "print(active(), os.environ.get('MALLOC_CONF'))"
+)
 
 
 def clean_env(**extra: str) -> dict:

@@ -148,7 +148,10 @@ def test_every_config_group_ships_with_the_package():
 def test_losses_and_miners_install_under_dr_only():
     """losses/ and miners/ are folders of the repository but packages of dr (dr.losses, dr.miners):
     generic top-level names would collide with other packages in a user's environment."""
-    code = "import importlib.util as u; print(u.find_spec('losses'), u.find_spec('miners'), u.find_spec('dr.losses') is not None)"
+    code = (
+        "import importlib.util as u; print(u.find_spec('losses'), u.find_spec('miners'), u.find_spec('dr.losses') "
+        "is not None)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True
     ).stdout.split()

@@ -38,8 +38,8 @@ def test_check_ids_counts_names_the_first_few_and_chooses(caplog):
             f"x{i}" for i in range(1, 7)
         }
     assert (
-        "f.qrels: 6 docids are not in corpus.jsonl (e.g. x1, x2, x3, x4, x5, ...); they are dropped (data.on_missing=warn)"
-        in caplog.text
+        "f.qrels: 6 docids are not in corpus.jsonl (e.g. x1, x2, x3, x4, x5, ...); they are dropped "
+        "(data.on_missing=warn)" in caplog.text
     )
     with pytest.raises(DataError) as e:
         check_ids(

@@ -149,7 +149,8 @@ USER_ERRORS = {
     ),
     "missing model folder": (
         _missing_model,
-        "dr-eval: error: {tmp}/no-such-model: no such model folder (expected a saved or exported model, or a hub id like org/name)",
+        "dr-eval: error: {tmp}/no-such-model: no such model folder (expected a saved or exported model, or a hub id "
+        "like org/name)",
     ),
     "bad config value": (
         lambda tmp: [f"run_file={DATA / 'BM25_dl19.run'}", "preset=dl19", "k=0"],
@@ -157,7 +158,8 @@ USER_ERRORS = {
     ),
     "unknown key": (
         lambda tmp: ["top_k=5"],
-        "dr-eval: error: Could not override 'top_k'. To append to your config use +top_k=5. Key 'top_k' is not in struct.",
+        "dr-eval: error: Could not override 'top_k'. To append to your config use +top_k=5. Key 'top_k' is not in "
+        "struct.",
     ),
 }
 

@@ -125,7 +125,8 @@ def test_streaming_readers_hold_memory_flat_on_a_million_lines(tmp_path):
     with open(neg_path, "w") as f:
         for i in range(1_000_000):
             f.write(
-                f'{{"qid": "q{i}", "positives": ["p{i}"], "negatives": [{{"docid": "d{i}", "score": 1.5}}, {{"docid": "e{i}", "score": null}}]}}\n'
+                f'{{"qid": "q{i}", "positives": ["p{i}"], "negatives": [{{"docid": "d{i}", "score": 1.5}}, '
+                f'{{"docid": "e{i}", "score": null}}]}}\n'
             )
     with open(teacher_path, "w") as f:
         for i in range(1_000_000):

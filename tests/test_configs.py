@@ -99,7 +99,8 @@ def _teacher_file(data, tmp_path: Path) -> Path:
 
 
 def _pool_file(data, tmp_path: Path) -> Path:
-    """A scored pool as dr-mine miner=pool writes it: 3 other queries' positives per query, scored, and the positives' scores."""
+    """A scored pool as dr-mine miner=pool writes it: 3 other queries' positives per query, scored, and the positives'
+    scores."""
     from dr.data import NegativesRecord, read_qrels, write_negatives
 
     qrels = read_qrels(data.train_qrels)

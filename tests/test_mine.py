@@ -190,7 +190,8 @@ def test_mine_denoise_with_a_teacher(tiny_bert, tiny_cross_encoder, scifact_slic
         assert expected <= got and not (got & (set(clear) - expected)), qid
         kept, dropped = kept + len(got), dropped + len(record.negatives) - len(got)
     assert kept and dropped  # the filter did something both ways
-    # RocketQA's margin form: keep t <= min over positives of t_pos - margin (the positives' teacher scores are filled too)
+    # RocketQA's margin form: keep t <= min over positives of t_pos - margin (the positives' teacher scores are filled
+    # too)
     mine(
         _cfg(
             _base(
@@ -239,7 +240,8 @@ def test_denoise_threshold_is_a_probability_of_relevance(tiny_bert, tiny_cross_e
 
 
 def test_denoise_threshold_refuses_a_teacher_without_probabilities(tiny_bert, scifact_slice, tmp_path):
-    """The fusion teacher's scores are min-max normalised per query, not probabilities: a threshold on them would be a relative cut."""
+    """The fusion teacher's scores are min-max normalised per query, not probabilities: a threshold on them would be a
+    relative cut."""
     from dr.config import ConfigError
 
     args = ["teacher=fusion", f"teacher.model={tiny_bert}", "miner=denoise", "miner.threshold=0.1"]

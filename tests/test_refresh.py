@@ -312,7 +312,8 @@ def test_killed_during_refresh_resumes_cleanly(tiny_bert, scifact_slice, tmp_pat
     base = _overrides(tiny_bert, scifact_slice, out, max_steps=400, mode="async", every=3)
     script = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.training import train\n"
+        "from hydra import compose, initialize_config_dir; from dr.cli import config_dir; from dr.training import "
+        "train\n"
         "with initialize_config_dir(config_dir=config_dir(), version_base='1.3'):\n"
         "    cfg = compose('train', overrides=sys.argv[1:])\n"
         "train(cfg)\n"

@@ -253,5 +253,6 @@ def test_kd_lists_stay_full_after_each_swap_in_a_training_run(tiny_bert, scifact
     assert max(by_version) >= 2, by_version
     after = {v: min(s) for v, s in by_version.items() if v > 0}
     assert all(s == 1.0 for s in after.values()), (
-        f"KD pairs with a teacher score per version (min over steps): {after}; before the first swap {by_version.get(0)}"
+        f"KD pairs with a teacher score per version (min over steps): {after}; before the first swap "
+        f"{by_version.get(0)}"
     )

@@ -88,7 +88,8 @@ def test_memory_is_flat_over_20_refresh_cycles(tiny_bert, scifact_slice, tmp_pat
         early = statistics.median(r[key] for r in rows[2:6])
         late = statistics.median(r[key] for r in rows[-4:])
         print(
-            f"{key}: early (cycles 3-6) {early:.1f} MB, late (cycles {CYCLES - 3}-{CYCLES}) {late:.1f} MB, growth {late - early:+.1f} MB"
+            f"{key}: early (cycles 3-6) {early:.1f} MB, late (cycles {CYCLES - 3}-{CYCLES}) {late:.1f} MB, growth "
+            f"{late - early:+.1f} MB"
         )
         assert late - early < TOLERANCE_MB, (key, early, late)
     assert len({r["worker_mb"] is not None for r in rows}) == 1  # one worker throughout, measured every cycle

@@ -200,12 +200,14 @@ def test_sigkill_at_a_random_step_resumes_exactly(tiny_bert, scifact_slice, tmp_
     }
     (tmp_path / "resume_comparison.json").write_text(json.dumps(comparison, indent=1))
     print(
-        f"\nkilled after {killed_at} batches; last.ckpt at step {ckpt_step}, refresh state {comparison['refresh_at_checkpoint']}"
+        f"\nkilled after {killed_at} batches; last.ckpt at step {ckpt_step}, refresh state "
+        f"{comparison['refresh_at_checkpoint']}"
     )
     print("step  version(uninterrupted, resumed)  same batch  loss (uninterrupted, resumed)")
     for row in comparison["steps"]:
         print(
-            f"{row['step']:4d}  {row['version']!s:31s}  {row['same_batch']!s:10s}  {row['loss'][0]:.8f} {row['loss'][1]:.8f}"
+            f"{row['step']:4d}  {row['version']!s:31s}  {row['same_batch']!s:10s}  {row['loss'][0]:.8f} "
+            f"{row['loss'][1]:.8f}"
         )
     for k, (x, y) in comparison["metrics"].items():
         print(f"{k}: {x} {y}")

@@ -479,8 +479,11 @@ def test_a_non_finite_score_in_a_negatives_file_is_named(bad, tiny_cross_encoder
     q1, q2 = sorted(qrels)[:2]
     negatives = tmp_path / "negatives.jsonl"
     negatives.write_text(
-        f'{{"qid": "{q1}", "positives": ["{sorted(qrels[q1])[0]}"], "negatives": [{{"docid": "{sorted(qrels[q2])[0]}", "score": 1.5}}]}}\n'
-        f'{{"qid": "{q2}", "positives": ["{sorted(qrels[q2])[0]}"], "negatives": [{{"docid": "{sorted(qrels[q1])[0]}", "score": {bad}}}]}}\n'
+        f'{{"qid": "{q1}", "positives": ["{sorted(qrels[q1])[0]}"], "negatives": [{{"docid": "{sorted(qrels[q2])[0]}'
+        f'", "score": '
+        f"1.5}}]}}\n"
+        f'{{"qid": "{q2}", "positives": ["{sorted(qrels[q2])[0]}"], "negatives": [{{"docid": "{sorted(qrels[q1])[0]}'
+        f'", "score": {bad}}}]}}\n'
     )
     proc = dr(
         "score",

@@ -30,9 +30,11 @@ BAD_TRAIN = {
     "test.k=0": "test.k=0: expected a positive integer",
     "data.val_fraction=1.0": "data.val_fraction=1.0: expected a fraction in [0, 1)",
     "data.val_fraction=-0.1": "data.val_fraction=-0.1: expected a fraction in [0, 1)",
-    "test.measures=[nDCG@x]": "test.measures=['nDCG@x']: expected ir-measures names; unknown or malformed measure 'nDCG@x'",
+    "test.measures=[nDCG@x]": "test.measures=['nDCG@x']: expected ir-measures names; unknown or malformed measure "
+    "'nDCG@x'",
     "data.num_negatives=41": "data.num_negatives=41: expected at most the 40 BM25 ranks [10, 50) of data.negatives",
-    "data.negatives.rank_min=50": "data.negatives.rank_min=50, data.negatives.rank_max=50: expected rank_min < rank_max",
+    "data.negatives.rank_min=50": "data.negatives.rank_min=50, data.negatives.rank_max=50: expected rank_min < "
+    "rank_max",
 }
 
 
@@ -130,7 +132,8 @@ def test_train_validates_before_any_work(cfg_train, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# ---------------------------------------------------------------------- samplers and refresh miners (issue 23 items 4, 8)
+# ---------------------------------------------------------------------- samplers and refresh miners (issue 23 items 4,
+# 8)
 SIMANS = ["sampler=simans", "data.negatives=pool.jsonl"]
 REFRESH = ["refresh=async", "data.num_negatives=4"]
 DEGRADED = {

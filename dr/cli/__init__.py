@@ -147,7 +147,8 @@ def hydra_command(config_name: str, run: Callable, validate: bool = True) -> Cal
 
     The task function validates the config (:func:`dr.validate.validate_config`), then calls
     ``run``; ``validate=False`` for a ``run`` that validates its config itself first
-    (``dr-train``: :func:`dr.training.train`), so that every command checks it once; Hydra names the job after ``run``'s module (``dr.cli.train`` -> ``train``) and gets
+    (``dr-train``: :func:`dr.training.train`), so that every command checks it once; Hydra names the job after
+    ``run``'s module (``dr.cli.train`` -> ``train``) and gets
     its return value (sweepers use it).
 
     Errors: a user error (:func:`user_error`) prints ``dr-<cmd>: error: <message>`` on one line

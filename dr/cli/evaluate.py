@@ -170,7 +170,8 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
     qrels_path = cfg.get("qrels") or preset.get("qrels")
     if not qrels_path:
         raise ConfigError(
-            "qrels=null: expected a qrels file (qrels=...), a BEIR folder (beir=DIR) or a preset (preset=dl19|dl20|msmarco-dev|scifact)"
+            "qrels=null: expected a qrels file (qrels=...), a BEIR folder (beir=DIR) or a preset "
+            "(preset=dl19|dl20|msmarco-dev|scifact)"
         )
     qrels = read_qrels(qrels_path)
     if cfg.get("run_file"):
@@ -182,7 +183,8 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
         needs_model = (cfg.get("retriever") or "dense") != "bm25"
         if not ((cfg.get("model") or not needs_model) and queries_path and (corpus or cfg.get("index"))):
             raise ConfigError(
-                "run_file=null: expected a run file (run_file=...), or model=... with queries=... and corpus=... (or index=...)"
+                "run_file=null: expected a run file (run_file=...), or model=... with queries=... and corpus=... (or "
+                "index=...)"
             )
         run, qrels = _retrieve(cfg, lambda: encoder_from_config(cfg), corpus, queries_path, qrels, qrels_path)
         write_run(run, out / "run.trec", tag="dr")

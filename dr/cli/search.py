@@ -42,7 +42,8 @@ def load_index(path: str, precision: str | None, rescore: str | None) -> DenseIn
         index = QuantizedIndex.load(path)
         if precision not in (None, index.precision):
             raise ConfigError(
-                f"embedding_precision={precision}: {path} holds {index.precision} codes; expected {index.precision} or null"
+                f"embedding_precision={precision}: {path} holds {index.precision} codes; expected {index.precision} "
+                f"or null"
             )
         if rescore is not None and index.precision == "binary":
             if rescore == "int8" and index.rescore_index is None:

@@ -35,7 +35,8 @@ def read_clusters(path: str | os.PathLike) -> list[list[str]]:
                     raise DataError(
                         path,
                         line_no,
-                        f"query {qid!r} is {where}; expected every query id in exactly one cluster (one cluster per line)",
+                        f"query {qid!r} is {where}; expected every query id in exactly one cluster (one cluster per "
+                        f"line)",
                     )
                 line_of[qid] = line_no
             clusters.append(members)

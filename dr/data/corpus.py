@@ -250,7 +250,8 @@ def passage_texts(corpus: datasets.Dataset, indices: Iterable[int] | None = None
 
 
 def read_queries(path: str | os.PathLike) -> dict[str, str]:
-    """Read queries ``qid<TAB>text`` (BEIR JSONL ``{"_id", "text"}`` for ``*.jsonl``, or ``irds:<id>``) into ``{qid: text}``."""
+    """Read queries ``qid<TAB>text`` (BEIR JSONL ``{"_id", "text"}`` for ``*.jsonl``, or ``irds:<id>``) into ``{qid:
+    text}``."""
     path = resolve_path(path)
     if path.startswith(IRDS_PREFIX):
         return {str(q.query_id): _irds_text(q) for q in _irds(path).queries_iter()}

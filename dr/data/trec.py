@@ -33,7 +33,8 @@ def read_positives(
 
 
 def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """Read TREC qrels ``qid 0 docid grade`` (BEIR TSV for ``*.tsv``, or ``irds:<id>``) into ``{qid: {docid: grade}}``."""
+    """Read TREC qrels ``qid 0 docid grade`` (BEIR TSV for ``*.tsv``, or ``irds:<id>``) into ``{qid: {docid:
+    grade}}``."""
     path = resolve_path(path)
     qrels: dict[str, dict[str, int]] = {}
     if path.startswith(IRDS_PREFIX):

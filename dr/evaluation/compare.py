@@ -238,7 +238,8 @@ def markdown_table(result: Comparison, alpha: float = 0.05) -> str:
         f"Baseline: {result.systems[0]}. {len(result.qids)} queries (judged, answered by every run"
         + (f"; {result.missing} judged queries that not every run answers are left out" if result.missing else "")
         + "). "
-        f"Paired two-sided tests: t-test, and randomization with {result.permutations:,} sign flips (seed {result.seed}; "
+        f"Paired two-sided tests: t-test, and randomization with {result.permutations:,} sign flips (seed "
+        f"{result.seed}; "
         f"its smallest p is 1/{result.permutations + 1:,}); "
         f"Holm over the {len(result.systems) - 1} other system(s) per measure, on the randomization p; "
         f"† = p_holm < {alpha}.",

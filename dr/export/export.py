@@ -117,7 +117,8 @@ def export(
     encoder = truncated(encoder, truncate_dim)
     if encoder.truncate_dim is not None and format != "torch":
         raise ConfigError(
-            f"truncate_dim={encoder.truncate_dim}, format={format}: the ONNX graph has no truncation; expected format=torch"
+            f"truncate_dim={encoder.truncate_dim}, format={format}: the ONNX graph has no truncation; expected "
+            f"format=torch"
         )
     if index is not None and index.index.d != encoder.dim:
         raise ConfigError(

@@ -30,12 +30,18 @@ _DATASETS = {
 }
 
 _CITATIONS = {
-    "sentence-transformers": "Reimers and Gurevych. Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks. EMNLP 2019.",
-    "tas": "Hofstätter et al. Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware Sampling. SIGIR 2021.",
-    "simans": "Zhou et al. SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval. EMNLP 2022 (industry track).",
-    "ance": "Xiong et al. Approximate Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval. ICLR 2021.",
-    "split": "Zhan et al. Evaluating Interpolation and Extrapolation Performance of Neural Retrieval Models. CIKM 2022.",
-    "beir": "Thakur et al. BEIR: A Heterogeneous Benchmark for Zero-shot Evaluation of Information Retrieval Models. NeurIPS 2021 Datasets and Benchmarks.",
+    "sentence-transformers": "Reimers and Gurevych. Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks. "
+    "EMNLP 2019.",
+    "tas": "Hofstätter et al. Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware Sampling. "
+    "SIGIR 2021.",
+    "simans": "Zhou et al. SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval. EMNLP 2022 (industry "
+    "track).",
+    "ance": "Xiong et al. Approximate Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval. ICLR "
+    "2021.",
+    "split": "Zhan et al. Evaluating Interpolation and Extrapolation Performance of Neural Retrieval Models. CIKM "
+    "2022.",
+    "beir": "Thakur et al. BEIR: A Heterogeneous Benchmark for Zero-shot Evaluation of Information Retrieval Models. "
+    "NeurIPS 2021 Datasets and Benchmarks.",
     "scifact": "Wadden et al. Fact or Fiction: Verifying Scientific Claims. EMNLP 2020.",
     "matryoshka": "Kusupati et al. Matryoshka Representation Learning. NeurIPS 2022.",
 }
@@ -154,7 +160,8 @@ def model_card(
         out += [line for line in (_weights_sentence(config, metrics or {}),) if line]
         out += ["## Data", ""]
         out += [
-            f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus `{data.get('corpus')}`"
+            f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus "
+            f"`{data.get('corpus')}`"
         ]
         if test.get("enabled"):
             out += [
@@ -189,7 +196,8 @@ def model_card(
         "",
         'model = SentenceTransformer("path/to/this/folder")',
         'queries = model.encode(["what is dense retrieval?"], normalize_embeddings=True)',
-        'passages = model.encode(["Dense retrieval encodes queries and passages into vectors."], normalize_embeddings=True)',
+        'passages = model.encode(["Dense retrieval encodes queries and passages into vectors."], '
+        "normalize_embeddings=True)",
         "print(queries @ passages.T)",
         "```",
         "",
@@ -206,7 +214,8 @@ def model_card(
     ]
     out += _truncation_lines(settings, metrics or {})
     out += [
-        "With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder corpus=...`.",
+        "With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder "
+        "corpus=...`.",
         "",
         "## Versions",
         "",
@@ -289,7 +298,10 @@ def _weights_sentence(config: Mapping, metrics: Mapping[str, float]) -> str | No
             f"The weights are those of the best validation, step {step} of {total} ({monitor} "
             f"{_fmt(float(metrics.get('train/best_score', math.nan)))}; `export.checkpoint=best`).\n"
         )
-    return f"The weights are those of the last step, {step} of {total} (`export.checkpoint=last`, or no validation queries).\n"
+    return (
+        f"The weights are those of the last step, {step} of {total} (`export.checkpoint=last`, or no validation "
+        f"queries).\n"
+    )
 
 
 def _truncation_lines(settings: Mapping, metrics: Mapping[str, float]) -> list[str]:
@@ -302,7 +314,8 @@ def _truncation_lines(settings: Mapping, metrics: Mapping[str, float]) -> list[s
         out.append(
             f"Embeddings are cut to their first {settings['truncate_dim']} dimensions (`truncate_dim` in "
             "`config_sentence_transformers.json`, read by sentence-transformers >= 5; pass "
-            f"`truncate_dim={settings['truncate_dim']}` to older versions) and re-normalised by `normalize_embeddings=True`."
+            f"`truncate_dim={settings['truncate_dim']}` to older versions) and re-normalised by "
+            f"`normalize_embeddings=True`."
         )
     if dims:
         out.append(

@@ -30,7 +30,8 @@ def interpolate_weights(finetuned, base, alpha: float, base_name: str = "base"):
     if tuned.keys() != initial.keys():
         missing = sorted(set(tuned) ^ set(initial))[:3]
         raise ConfigError(
-            f"{base_name}: expected the fine-tuned model's architecture, the parameters differ ({', '.join(missing)}, ...)"
+            f"{base_name}: expected the fine-tuned model's architecture, the parameters differ ({', '.join(missing)}, "
+            f"...)"
         )
     mixed = {}
     for name, value in tuned.items():

@@ -110,7 +110,8 @@ class Encoder(abc.ABC):
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        # cut to a few times the maximum length in characters first (dr.data.limits): a 10 MB line is not tokenised whole
+        # cut to a few times the maximum length in characters first (dr.data.limits): a 10 MB line is not tokenised
+        # whole
         encoded = self.tokenizer(
             cut_texts(texts, self.max_length(kind)), truncation=True, max_length=self.max_length(kind), padding=False
         )

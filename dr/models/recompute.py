@@ -180,7 +180,8 @@ def _is_distilbert_ffn(module: nn.Module) -> bool:
 
 def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: int = CHUNK_TOKENS) -> int:
     """Make every supported feed-forward block of ``model`` recompute in ``mode``, ``chunk_tokens``
-    tokens at a time; returns how many blocks were set. ``"none"`` restores the model's own code. The weights and the state dict are
+    tokens at a time; returns how many blocks were set. ``"none"`` restores the model's own code. The weights and the
+    state dict are
     unchanged (the blocks' chunk methods are replaced on the instances)."""
     if mode not in MODES:
         raise ValueError(f"feed-forward recompute must be one of {MODES}, got {mode!r}")

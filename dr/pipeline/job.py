@@ -128,7 +128,8 @@ def verdict(compare_dir: str | None) -> list[str]:
             continue
         b = base.get(r["measure"], {})
         lines.append(
-            f"{r['system']} vs {b.get('system', 'baseline')}, {r['measure']}: {r['mean']:.4f} against {b.get('mean', float('nan')):.4f}, "
+            f"{r['system']} vs {b.get('system', 'baseline')}, {r['measure']}: {r['mean']:.4f} against "
+            f"{b.get('mean', float('nan')):.4f}, "
             f"Δ {r['delta']:+.4f}, p (t-test) {_p(r['p_ttest'])}, p (randomization) {_p(r['p_randomization'])}, "
             f"p (Holm) {_p(r['p_holm'])}, wins/ties/losses {r['wins']}/{r['ties']}/{r['losses']}"
         )

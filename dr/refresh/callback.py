@@ -90,8 +90,10 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
             threads of the training process (None leaves them).
         timeout_s: a job running longer is killed and counted as a failure.
         max_backoff_schedules: the most schedules skipped after repeated failures.
-        teacher: optional teacher config scoring the new pairs (:func:`dr.refresh.job.teacher_score`): into the negatives
-            file with ``data.teacher_from_negatives`` (required there), else into the KD lists (the file keeps the student's).
+        teacher: optional teacher config scoring the new pairs (:func:`dr.refresh.job.teacher_score`): into the
+        negatives
+            file with ``data.teacher_from_negatives`` (required there), else into the KD lists (the file keeps the
+            student's).
         keep_snapshots: keep each version's encoder snapshot (by default deleted once the version is complete).
         backend: ``torch``, ``onnx`` or ``onnx-int8``: the job exports the snapshot (sync: the live encoder)
             to ONNX (int8) and encodes with onnxruntime on the CPU; ``stats.export_s`` in the manifest.
@@ -380,7 +382,8 @@ class IndexRefresh(WorkerSupervision, pl.Callback):
         self.history.append(entry)
         log_row(trainer, swap_metrics(entry, manifest.get("stats", {}), self.schedule.failures_total))
         log.info(
-            "refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: %.2f)",
+            "refresh: swapped in negatives v%04d at step %d (snapshot step %d, %.1f s to build, positive in top-%d: "
+            "%.2f)",
             version,
             step,
             entry["snapshot_step"],

@@ -84,7 +84,8 @@ def verified_manifest(vdir: str | os.PathLike) -> dict | None:
             return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.error(
-            "refresh %s: %s is damaged, expected a JSON manifest with negatives, bytes and sha256 (%s: %s); ignoring this "
+            "refresh %s: %s is damaged, expected a JSON manifest with negatives, bytes and sha256 (%s: %s); ignoring "
+            "this "
             "version (%s)",
             vdir.name,
             path,

@@ -104,7 +104,8 @@ def choose_index(
             pq_m=min(m for m in PQ_BYTES if dim % m == 0) if any(dim % m == 0 for m in PQ_BYTES) else 1,
         )
         raise ConfigError(
-            f"index_memory_gb={memory_budget_gb}: no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the smallest IVF-PQ needs "
+            f"index_memory_gb={memory_budget_gb}: no index of {n} {dim}-d vectors fits in {memory_budget_gb} GiB (the "
+            f"smallest IVF-PQ needs "
             f"{need / 2**20:.1f} MiB); raise index_memory_gb"
         )
     return "ivfpq", {"pq_m": fitting[0]}
@@ -245,7 +246,8 @@ class DenseIndex:
             self._search_index = TorchFlatSearch(self.index.reconstruct_n(0, self.index.ntotal), f"cuda:{device or 0}")
         else:
             log.warning(
-                "a %s index is searched on the CPU: FAISS has no working GPU here and torch search is exact (flat) only",
+                "a %s index is searched on the CPU: FAISS has no working GPU here and torch search is exact (flat) "
+                "only",
                 self.kind,
             )
         return self

@@ -4,7 +4,8 @@
 (``ranges``, ``[2, dim]``: by default the corpus's own per-dimension min and max), exactly the codes
 of sentence-transformers' ``quantize_embeddings(x, "int8", ranges=ranges)`` (plus 128, as unsigned
 bytes; computed with its arithmetic). FAISS stores them in an ``IndexScalarQuantizer``
-(``QT_8bit``) whose trained ranges are set to ``ranges``, and scores the float query against each passage's de-quantised vector: the score
+(``QT_8bit``) whose trained ranges are set to ``ranges``, and scores the float query against each passage's
+de-quantised vector: the score
 sentence-transformers' rescoring computes, here over the whole corpus (FAISS adds half a bucket to
 each de-quantised value: a constant per query, so the ranking is the same). 4x smaller than float32.
 

@@ -132,7 +132,8 @@ def size_stats(clusters: list[list[str]], batch_size: int | None = None) -> dict
 
 
 def training_queries(queries_path: str, qrels_path: str | None, min_relevance: int = 1) -> dict[str, str]:
-    """The queries to cluster: those of ``queries_path`` with a judged positive in ``qrels_path`` (all without qrels)."""
+    """The queries to cluster: those of ``queries_path`` with a judged positive in ``qrels_path`` (all without
+    qrels)."""
     from dr.data import read_positives, read_qrels, read_queries
 
     queries = read_queries(queries_path)

@@ -43,7 +43,8 @@ class TASBatchSampler(QueryBatchSampler):
     An epoch is ``clustered queries // global batch`` batches; clusters are drawn with
     replacement across batches, so an epoch need not visit every query and may visit one several
     times (as in the reference, which samples an endless stream); each visit carries its
-    occurrence number, so the dataset draws a fresh (positive, negative) pair every time. ``global_batches(epoch)`` is a pure function of
+    occurrence number, so the dataset draws a fresh (positive, negative) pair every time. ``global_batches(epoch)`` is
+    a pure function of
     (seed, epoch), so resuming mid-epoch (the inherited ``skip``) draws the same batches.
     """
 

@@ -175,8 +175,10 @@ class RetrievalDataModule(pl.LightningDataModule):
 
         if getattr(self.pair_sampler, "uses_scores", False) and hp.teacher_from_negatives:
             raise ConfigError(
-                f"data.pair_sampler={type(self.pair_sampler).__name__} samples by the retriever's scores in the negatives "
-                "file, but data.teacher_from_negatives=true says they are teacher scores: use data.teacher_scores=FILE instead"
+                f"data.pair_sampler={type(self.pair_sampler).__name__} samples by the retriever's scores in the "
+                f"negatives "
+                "file, but data.teacher_from_negatives=true says they are teacher scores: use "
+                "data.teacher_scores=FILE instead"
             )
         scores: dict[str, dict[str, float]] = {}
         if callable(self.negatives):
@@ -256,7 +258,8 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _add_teacher_negatives(
         self, negatives: dict[str, list[str]], positives: dict[str, list[str]], add: bool = True
     ):
-        """The teacher's negatives join the candidates (unless not ``add``); ``teacher_pair_filter`` drops inverted pairs."""
+        """The teacher's negatives join the candidates (unless not ``add``); ``teacher_pair_filter`` drops inverted
+        pairs."""
         if self.teacher is None or self.hparams.compact:
             return (
                 negatives
@@ -349,7 +352,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._resolve_score_scale()
         if len(sampler) == 0:
             raise ConfigError(
-                f"data.batch_size={self.hparams.batch_size}: {len(self.train_dataset)} training queries cannot fill one batch of "
+                f"data.batch_size={self.hparams.batch_size}: {len(self.train_dataset)} training queries cannot fill "
+                f"one batch of "
                 f"{self.hparams.batch_size} x {world_size} ranks"
             )
         return ResumableDataLoader(

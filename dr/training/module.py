@@ -131,7 +131,8 @@ class DenseRetrievalModule(pl.LightningModule):
                 attention_dropout
             ):  # e.g. an architecture whose attention keeps a float
                 log.warning(
-                    "module.attention_dropout=%s: no attention module with an nn.Dropout in this encoder; left as it is",
+                    "module.attention_dropout=%s: no attention module with an nn.Dropout in this encoder; left as it "
+                    "is",
                     attention_dropout,
                 )
         self.gather_negatives = bool(gather_negatives)
