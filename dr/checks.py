@@ -116,6 +116,34 @@ def check_best_checkpoint(cfg: DictConfig) -> None:
         )
 
 
+def check_out_of_domain(cfg: DictConfig) -> None:
+    """``test.ood``'s BEIR folders exist; ``export.interpolate=auto`` has what it chooses α on: an
+    out-of-domain set and validation queries (:mod:`dr.training.ood`)."""
+    from dr.data.beir import beir_folder
+    from dr.evaluation.evaluate import PRESETS
+
+    test_on = _get(cfg, "test.enabled") is True
+    sets = _get(cfg, "test.ood") if test_on else None
+    for entry in sets if isinstance(sets, ListConfig) else []:
+        if isinstance(entry, str) and entry not in PRESETS:
+            try:
+                beir_folder(entry, "test")
+            except FileNotFoundError as e:
+                raise ConfigError(f"test.ood: {e} (or a preset: {', '.join(PRESETS)})") from None
+    if _get(cfg, "export.interpolate") != "auto":
+        return
+    if not (isinstance(sets, ListConfig) and len(sets)):
+        raise ConfigError(
+            "export.interpolate=auto: expected an out-of-domain set to choose α on (test.ood=[dl19-pool], "
+            "a BEIR folder, ...; with test.enabled=true)"
+        )
+    if not has_validation(cfg):
+        raise ConfigError(
+            "export.interpolate=auto: expected validation queries to choose α on (data.val_fraction > 0 or "
+            "data.val_queries)"
+        )
+
+
 def loss_class(node: Any) -> type | None:
     """The :class:`dr.losses.base.Loss` subclass a ``loss`` config builds (None: no such config)."""
     target = node.get("_target_") if isinstance(node, DictConfig) else None

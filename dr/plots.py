@@ -243,3 +243,28 @@ def plot_sorted_differences(
     )
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def plot_alpha_curve(
+    alphas: list[float],
+    in_domain: dict[float, float],
+    out_of_domain: dict[float, float],
+    ood_name: str,
+    chosen: float,
+    budget: float,
+    out_png: str | os.PathLike,
+) -> Path:
+    """WiSE-FT's α (``export.interpolate=auto``) against in-domain validation and out-of-domain
+    nDCG@10, with the budget's floor and the chosen α marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(alphas, [in_domain[a] for a in alphas], "o-", color="tab:blue", label="validation (in domain)")
+    ax.plot(alphas, [out_of_domain[a] for a in alphas], "s-", color="tab:orange", label=f"{ood_name} (out of domain)")
+    ax.axhline(in_domain[1.0] - budget, color="tab:blue", linestyle=":", linewidth=1, label=f"α = 1 − {budget:g}")
+    ax.axvline(chosen, color="tab:red", linestyle="--", linewidth=1, label=f"chosen α = {chosen:g}")
+    ax.set_xlabel("α (weight of the fine-tuned model)")
+    ax.set_ylabel("nDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title("WiSE-FT: (1 − α)·initial + α·fine-tuned", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -95,6 +95,30 @@ def _positive_ints(v: Any, empty: bool = False) -> str | None:
 
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
+
+def ood_entries(v: Any) -> str | None:
+    """``test.ood``: preset names, BEIR folders, or ``{name, corpus, queries, qrels[, measures]}``."""
+    expected = (
+        f"expected a list of out-of-domain sets: preset names ({', '.join(PRESETS)}), BEIR folders, "
+        "or {name: N, corpus: C, queries: Q, qrels: R}"
+    )
+    if not isinstance(v, (list, ListConfig)):
+        return expected
+    names = []
+    for entry in v:
+        if isinstance(entry, str) and entry:
+            names.append(entry.rstrip("/").rsplit("/", 1)[-1])
+        elif isinstance(entry, DictConfig) and all(
+            isinstance(entry.get(k), str) for k in ("name", "corpus", "queries", "qrels")
+        ):
+            if "/" in entry.name or entry.get("measures") is not None and measures(entry.measures):
+                return expected + " (a name without '/', ir-measures names)"
+            names.append(entry.name)
+        else:
+            return expected
+    return None if len(set(names)) == len(names) else "expected distinct set names"
+
+
 #: key -> check (returns what was expected, or None when the value is fine). Keys absent from a
 #: command's config, or null, are skipped.
 RULES: dict[str, Callable[[Any], str | None]] = {
@@ -131,6 +155,17 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "interpolate": lambda v: (
         None if _is_number(v) and 0 <= v <= 1 else "expected a number in [0, 1] (the fine-tuned model's weight)"
     ),
+    "export.interpolate": lambda v: (
+        None
+        if v == "auto" or (_is_number(v) and 0 <= v <= 1)
+        else "expected auto or a number in [0, 1] (the fine-tuned model's weight)"
+    ),
+    "export.interpolate_alphas": lambda v: (
+        None
+        if isinstance(v, (list, ListConfig)) and v and all(_is_number(a) and 0 <= a <= 1 for a in v)
+        else "expected a non-empty list of numbers in [0, 1]"
+    ),
+    "export.interpolate_budget": non_negative_number,
     "loss.dims": lambda v: _positive_ints(v),
     "test.truncate_dims": lambda v: _positive_ints(v, empty=True),
     "module.val_measures": measures,
@@ -177,6 +212,7 @@ TEST_RULES = {
     "test.k": positive_int,
     "test.batch_size": positive_int,
     "test.measures": measures,
+    "test.ood": lambda v: ood_entries(v),
 }
 REFRESH_RULES = {
     "refresh.mode": one_of("async", "sync"),
@@ -316,8 +352,9 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         check_teacher_threshold(cfg, "refresh.miner", "refresh.teacher")
     check_teacher_threshold(cfg, "miner", "teacher")
     _check_training(cfg)
-    from dr.checks import check_best_checkpoint, check_inputs  # they use this module's rules and helpers
+    from dr.checks import check_best_checkpoint, check_inputs, check_out_of_domain  # they use this module's helpers
 
     check_inputs(cfg)
     check_best_checkpoint(cfg)
+    check_out_of_domain(cfg)
     return cfg

@@ -41,6 +41,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "TREC DL 2019 passages, 43 judged queries (bundled); nDCG@10 over grades 0-3, "
         "RR@10 with grade >= 1, AP and R@1000 with grade >= 2",
     },
+    "dl19-pool": {
+        "measures": ["nDCG@10", "R(rel=2)@100"],
+        "corpus": "dl19:pool_corpus",
+        "queries": "dl19:queries",
+        "qrels": "dl19:pool_qrels",
+        "description": "TREC DL 2019 passages, 43 judged queries over the bundled 30,045-passage judged pool "
+        "(offline); nDCG@10 over grades 0-3, R@100 with grade >= 2",
+    },
     "dl20": {
         "measures": TREC_DL_MEASURES,
         "corpus": "irds:msmarco-passage",

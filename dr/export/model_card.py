@@ -82,7 +82,7 @@ def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
     rows: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if parts[0] in ("time", "train", "refresh", "backend", "memory") or len(parts) < 2:
+        if parts[0] in ("time", "train", "refresh", "backend", "memory", "wise_ft") or len(parts) < 2:
             continue
         if parts[0] == "val":
             rows.setdefault("validation (held-out train queries)", {})[parts[1]] = value
@@ -90,6 +90,8 @@ def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
             rows.setdefault(parts[0], {})[parts[1]] = value
         elif len(parts) == 3 and parts[1] in ("interpolation", "extrapolation", "gap"):
             rows.setdefault(f"{parts[0]} {parts[1]}", {})[parts[2]] = value
+        elif len(parts) == 4 and parts[0] == "ood":  # ood/<set>/<system>/<measure>: out-of-domain rows
+            rows.setdefault(f"{parts[2]} on {parts[1]} (out of domain)", {})[parts[3]] = value
     if not rows:
         return []
     columns = list(dict.fromkeys(m for r in rows.values() for m in r if m != "queries"))
@@ -179,6 +181,12 @@ def model_card(
             *tables,
             "",
         ]
+        if "wise_ft/alpha" in (metrics or {}):
+            out += [
+                f"The weights are WiSE-FT's mix (Wortsman et al. 2022, Eq. 1) of the initial and the fine-tuned "
+                f"weights at α = {metrics['wise_ft/alpha']:g} (`export.interpolate`); the rows above are that mix.",
+                "",
+            ]
         if any("/interpolation/" in k for k in metrics or {}):
             out += [
                 "Interpolation: test queries whose nearest training query has a cosine at or above the threshold "

@@ -26,7 +26,15 @@ def interpolate_weights(finetuned, base, alpha: float, base_name: str = "base"):
             f"{base_name}: expected {'one shared tower' if finetuned.shared else 'separate query and passage towers'}"
             " like the fine-tuned model"
         )
-    tuned, initial = finetuned.state_dict(), base.state_dict()
+    mixed = mix_state_dicts(finetuned.state_dict(), base.state_dict(), alpha, base_name)
+    finetuned.load_state_dict(mixed)
+    return finetuned
+
+
+def mix_state_dicts(tuned: dict, initial: dict, alpha: float, base_name: str = "base") -> dict:
+    """``(1 − alpha)·initial + alpha·tuned`` for every floating-point tensor (``torch.lerp`` in fp32,
+    back to the tuned tensor's dtype and device); integer buffers are ``tuned``'s. The two must have
+    the same names and shapes (:class:`ConfigError` naming ``base_name`` otherwise)."""
     if tuned.keys() != initial.keys():
         missing = sorted(set(tuned) ^ set(initial))[:3]
         raise ConfigError(
@@ -42,8 +50,7 @@ def interpolate_weights(finetuned, base, alpha: float, base_name: str = "base"):
                 f"{tuple(other.shape)} against {tuple(value.shape)}"
             )
         if torch.is_floating_point(value):
-            mixed[name] = torch.lerp(other.to(value.device, torch.float32), value.float(), alpha).to(value.dtype)
+            mixed[name] = torch.lerp(other.to(value.device, torch.float32), value.float(), float(alpha)).to(value.dtype)
         else:
             mixed[name] = value
-    finetuned.load_state_dict(mixed)
-    return finetuned
+    return mixed

@@ -35,6 +35,7 @@ from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.miners.candidates import resolve_score_scale, student_score_scale
 from dr.training.loggers import allow_file_store, log_config, log_results
+from dr.training.ood import OutOfDomain, initial_weights, interpolate
 from dr.training.best_checkpoint import drop_best_without_validation, trainer_arguments, use_checkpoint
 from dr.validate import validate_config
 
@@ -222,6 +223,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     score_scale = student_score_scale(module.loss, module.encoder)
     datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(out), score_scale=score_scale)
     test = TestSplit(cfg.test) if cfg.test.enabled else None
+    ood = OutOfDomain(cfg.test, out) if cfg.test.enabled else None  # test.ood: out-of-domain sets
+    # WiSE-FT's θ_0 (export.interpolate): the weights before training
+    initial = initial_weights(module.encoder) if cfg.export.get("interpolate") is not None else None
 
     split = (
         test.split()
@@ -252,6 +256,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         evaluate("bm25", test.bm25)
     if test is not None and cfg.test.before:
         evaluate("zero_shot", lambda: test.dense_cached(module.encoder, cfg.test.get("cache_dir")))
+        if ood:
+            ood.evaluate("zero_shot", module.encoder, metrics, cached=True)
 
     callbacks = drop_best_without_validation(cfg, _instantiate_list(cfg.get("callbacks")))
     trainer_cfg, stopping = trainer_arguments(cfg)  # trainer.early_stopping -> an EarlyStopping callback
@@ -290,9 +296,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_global_zero:
         prefixes = None
+        if initial is not None:
+            metrics.update(interpolate(cfg, module.encoder, initial, datamodule, ood, out))
         if test is not None and cfg.test.after:
             evaluate("trained", lambda: test.dense(module.encoder))
             prefixes = _evaluate_truncated(cfg, module.encoder, test, evaluate)
+            if ood:
+                ood.evaluate("trained", module.encoder, metrics)
         if cfg.export.enabled:
             # The test corpus was just indexed with the trained encoder: ship that index with the model.
             index = test.last_index if (test is not None and cfg.test.after and cfg.export.index) else None
@@ -308,6 +318,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             plot_training_curves(csv_log, out / "training_curves.png")
         if test is not None and test.choice is not None:
             metrics.update(test.choice.summary())
+        timings.update(ood.timings if ood else {})
         timings["time/total_s"] = time.perf_counter() - started
         metrics.update(timings)
         # ru_maxrss and the sampled stage peaks (statm) are counted apart and can differ by a page or
@@ -318,6 +329,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_results(trainer.loggers, metrics, step=trainer.global_step)
         if table:
             print(format_table(table, title=f"{cfg.test.name} test"))
+        if ood and ood.table:
+            print(format_table(ood.table, title="out of domain"))
         print(
             "wall time: "
             + ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v / 60:.1f} min" for k, v in timings.items())
