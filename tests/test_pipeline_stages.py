@@ -228,6 +228,25 @@ def test_a_changed_input_file_or_default_changes_the_key(pipeline_cfg, tmp_path,
     assert "eval BM25 ood" not in changed
 
 
+def test_the_key_covers_drs_source_code(tmp_path):
+    """Code edited in a checkout must not reuse what the old code made (the version alone did)."""
+    from dr.pipeline.fingerprint import dr_source, source_digest, stage_fingerprint
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    first = source_digest((str(pkg),))
+    (pkg / "sub" / "__pycache__").mkdir()
+    (pkg / "sub" / "__pycache__" / "b.cpython-311.pyc").write_bytes(b"compiled")
+    (pkg / "notes.txt").write_text("not code")
+    assert source_digest((str(pkg),)) == first
+    (pkg / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest((str(pkg),)) != first
+    key, described = stage_fingerprint("dr-train", {"seed": 1}, tmp_path / "cache")
+    assert described["dr_source"] == dr_source() and len(dr_source()) == 16
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_at_the_first_unfinished_stage(pipeline_cfg, tmp_path):
     """The console script: ``--dry-run`` runs nothing; SIGKILL during the run (after stage 1 is done),

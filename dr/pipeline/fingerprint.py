@@ -4,7 +4,9 @@ The key covers everything that decides the output: the command, its fully compos
 config (so a changed default in ``conf/`` changes the key, not only a changed override), the
 version of every input file the config names (path, size and modification time, as for the
 zero-shot run cache, :func:`dr.retrieval.cache.file_stamp`; a model folder stamps each of its
-files) and dr's version. Other stages' outputs are named by their own folders, whose names carry
+files) and dr's version and source (a digest of every ``.py`` file of the installed ``dr``, its
+``dr.losses`` and ``dr.miners`` included: code edited in a checkout reruns the stages, instead of
+reusing outputs the old code made). Other stages' outputs are named by their own folders, whose names carry
 their keys, so a stage's key changes whenever an input stage's does. Settings that only say where
 side files go or how a run reports (``paths``, ``hydra``, cache folders, progress bars) are left
 out, and the stage's own folder is written ``<out>``: the same work has the same key wherever the
@@ -13,6 +15,7 @@ cache lives.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +77,28 @@ def _stamp_input(value: str, files: dict[str, list]) -> None:
     files[value] = [os.path.abspath(path), stamps]
 
 
+def source_digest(roots: tuple[str, ...]) -> str:
+    """sha256 over the relative path and bytes of every ``.py`` file under ``roots`` (sorted)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(f"{Path(root).name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def dr_source() -> str:
+    """:func:`source_digest` of this installed dr: its package and the ``dr.losses`` and
+    ``dr.miners`` folders (which an editable install maps from the repository's top level)."""
+    import dr.losses
+    import dr.miners
+
+    return source_digest(tuple(str(Path(m.__file__).parent) for m in (dr, dr.losses, dr.miners)))
+
+
 def stage_fingerprint(
     command: str, config: dict, cache_root: str | os.PathLike, own_dir: str | None = None
 ) -> tuple[str, dict]:
@@ -82,7 +107,13 @@ def stage_fingerprint(
     config; ``own_dir`` is the placeholder the stage's own folder has in it, if any."""
     replace = ([(own_dir, "<out>")] if own_dir else []) + [(str(Path(cache_root)), "<cache>")]
     files: dict[str, list] = {}
-    described = {"command": command, "config": _strip(config, replace, files), "files": files, "dr": dr.__version__}
+    described = {
+        "command": command,
+        "config": _strip(config, replace, files),
+        "files": files,
+        "dr": dr.__version__,
+        "dr_source": dr_source(),
+    }
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], json.loads(text)
 
