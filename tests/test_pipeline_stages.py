@@ -89,7 +89,7 @@ def pipeline_cfg(tiny_bert, scifact_slice, tmp_path, compose_config):
                 "dr-compare": ["permutations=200"],
                 "dr-plot": [],
             },
-            merge=False,
+            merge=True,  # the test's own extra.<stage>, if any, stays
         )
         return cfg
 
@@ -226,6 +226,20 @@ def test_a_changed_input_file_or_default_changes_the_key(pipeline_cfg, tmp_path,
     # the training qrels feed the split, both trainings and the pool; everything downstream follows
     assert {"split", "stage1", "pool", "teacher", "stage2", "compare", "eval stage 1 test"} <= changed
     assert "eval BM25 ood" not in changed
+
+
+def test_extra_overrides_for_one_stage_make_a_variant_that_reuses_the_stages_before_it(pipeline_cfg, tmp_path):
+    base = {s.name: s for s in plan(job_specs(pipeline_cfg()), tmp_path / "cache", compose_command)}
+    variant = {
+        s.name: s
+        for s in plan(job_specs(pipeline_cfg("+extra.stage2=['loss.alpha=0.5']")), tmp_path / "cache", compose_command)
+    }
+    changed = {n for n in base if base[n].key != variant[n].key}
+    assert "stage2" in changed and variant["stage2"].cfg.loss.alpha == 0.5 != base["stage2"].cfg.loss.alpha
+    assert not changed & {"split", "stage1", "pool", "teacher", "eval stage 1 test", "eval BM25 ood"}
+    assert {"compare", "eval stage 2 test", "eval stage 2 ood"} <= changed  # they read stage 2's folder
+    with pytest.raises(ConfigError, match=r"extra.stage3: expected a command of the pipeline or one of its stages"):
+        job_specs(pipeline_cfg("+extra.stage3=['seed=1']"))
 
 
 def test_the_key_covers_drs_source_code(tmp_path):

@@ -4,7 +4,9 @@ The config lists ``stages`` (name -> ``command`` and ``overrides``) and an ``eva
 row (a system: BM25, a model, a stage's run file) on every enabled set (the test split with its
 interpolation/extrapolation halves from a ``dr-split`` folder, an out-of-domain set) is one
 ``dr-eval`` stage, ``eval-<row>-<set>``, after the listed stages. ``extra.<command>`` adds overrides
-to every stage of that command. The table has one row per system and, per set, the measures (and
+to every stage of that command, ``extra.<stage>`` to that stage alone (after the command's:
+``dr-pipeline '+extra.stage2=['refresh.enabled=false']'`` trains a variant of stage 2, cached apart,
+reusing the stages before it). The table has one row per system and, per set, the measures (and
 for a set evaluated with ``split=``, the measures on each half); ``verdict`` names the ``dr-compare``
 stage whose rows are printed under it, ``export`` the stage whose ``export/`` is the job's model and
 ``pictures`` the stages whose PNGs are listed.
@@ -58,6 +60,11 @@ def job_specs(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
     extra = cfg.get("extra") or {}
     if not cfg.get("stages"):
         raise ConfigError("stages: expected at least one stage (name: {command: dr-..., overrides: [...]})")
+    unknown = sorted(set(extra) - set(cfg.stages) - {s.command for s in cfg.stages.values()} - {"dr-eval"})
+    if unknown:
+        raise ConfigError(
+            f"extra.{unknown[0]}: expected a command of the pipeline or one of its stages ({', '.join(cfg.stages)})"
+        )
     specs = []
     for name, stage in cfg.stages.items():
         if not stage.get("command"):
@@ -68,7 +75,9 @@ def job_specs(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
             (
                 str(name),
                 str(stage.command),
-                merge_overrides(_list(stage.get("overrides")), _list(extra.get(stage.command))),
+                merge_overrides(
+                    _list(stage.get("overrides")), _list(extra.get(stage.command)), _list(extra.get(str(name)))
+                ),
             )
         )
     evaluate = cfg.get("evaluate")
