@@ -15,6 +15,12 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 
+#: What encodes text (``backend=``, ``refresh.backend=``, ``test.backend=`` besides ``auto``): torch,
+#: or onnxruntime on an ONNX export, fp32 or int8-quantised (:mod:`dr.models.onnx_export`). Here, not
+#: there, so that checking a config does not import torch.
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
 class ConfigError(ValueError):
     """A bad config value: the message names the key, its value and what was expected."""
 

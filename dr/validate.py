@@ -24,11 +24,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dr.config import ConfigError
+from dr.config import BACKENDS, ConfigError
 from dr.data.checks import ON_MISSING
-from dr.models.onnx import BACKENDS
 from dr.evaluation.evaluate import PRESETS, parse_measures
-from dr.export.export import FORMATS
 
 _ABSENT = object()
 
@@ -197,7 +195,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "embedding_precision": one_of("float32", "int8", "binary"),
     "rescore_precision": one_of("binary", "int8", "none"),
     "rescore_multiplier": positive_int,
-    "format": one_of(*FORMATS),
+    "format": one_of(*BACKENDS),  # dr-export's formats are the backends that read them
     "miner.num_negatives": non_negative_int,
     "threshold": lambda v: None if _is_number(v) and -1 <= v <= 1 else "expected a cosine similarity in [-1, 1]",
     "extrapolation_fraction": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a fraction in [0, 1]",
@@ -342,9 +340,9 @@ def check_compact(data: Any) -> None:
 
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Raise :class:`ConfigError` for the first value that cannot work; return ``cfg`` otherwise."""
+    _check(cfg, RULES)  # the value rules first: they need no heavy import, so a bad value is refused at once
     from dr.method_checks import check_teacher_threshold  # it uses this module's rules and helpers
 
-    _check(cfg, RULES)
     if _enabled(cfg, "test"):
         _check(cfg, TEST_RULES)
     if _enabled(cfg, "refresh"):

@@ -23,10 +23,12 @@ import os
 import re
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import datasets
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import datasets
 
 from dr.config import ConfigError
 from dr.data.corpus_cache import corpus_cache_dir, forget_old_versions
@@ -55,9 +57,15 @@ BUNDLED: dict[str, dict[str, str]] = {
     },
 }
 
-CORPUS_FEATURES = datasets.Features(
-    {"docid": datasets.Value("string"), "title": datasets.Value("string"), "text": datasets.Value("string")}
-)
+
+def corpus_features():
+    """The corpus table's columns (``datasets`` is imported here: checking a config does not need it)."""
+    import datasets
+
+    return datasets.Features(
+        {"docid": datasets.Value("string"), "title": datasets.Value("string"), "text": datasets.Value("string")}
+    )
+
 
 _WHITESPACE = re.compile(r"\s")
 
@@ -212,11 +220,13 @@ def read_corpus(path: str | os.PathLike, cache_dir: str | None = None) -> datase
             raise FileNotFoundError(f"{path}: no such file")
         if next(_passages(path), None) is None:  # datasets cannot build an empty split
             raise DataError(path, None, "expected at least one passage, got none")
+    import datasets
+
     cache_dir = corpus_cache_dir(cache_dir)
     try:
         corpus = datasets.Dataset.from_generator(
             _generate_corpus,
-            features=CORPUS_FEATURES,
+            features=corpus_features(),
             cache_dir=cache_dir,
             gen_kwargs={"path": path, "stamp": _file_stamp(path)},
         )

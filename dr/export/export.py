@@ -35,7 +35,7 @@ from dr.models.encoder import DR_CONFIG, BiEncoder
 from dr.models.onnx import export_onnx
 from dr.export.model_card import model_card
 from dr.retrieval.index import DenseIndex
-from dr.config import ConfigError
+from dr.config import BACKENDS, ConfigError
 from dr.data.io import naming, usual_modes, write_json
 
 
@@ -72,7 +72,7 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
     write_json(out / "config_sentence_transformers.json", st_config)
 
 
-FORMATS = ("torch", "onnx", "onnx-int8")
+FORMATS = BACKENDS  # an export for each backend
 
 
 def truncated(encoder: BiEncoder, dim: int | None) -> BiEncoder:

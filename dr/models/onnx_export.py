@@ -37,14 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dr.config import ConfigError
+from dr.config import BACKENDS, ConfigError
 from dr.data.io import atomic_write
 from dr.models.base import pool
 from dr.models.encoder import BiEncoder
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_DIR = "onnx"
 ONNX_MODEL = "model.onnx"
 ONNX_INT8_MODEL = "model_qint8_avx512.onnx"  # sentence-transformers' name for this quantisation

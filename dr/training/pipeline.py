@@ -203,9 +203,13 @@ def _evaluate_truncated(cfg: DictConfig, encoder, test: TestSplit, evaluate) -> 
     return truncated
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, evaluate and export as configured; returns the flat metrics written to metrics.json."""
-    validate_config(cfg)  # before any work: a bad value fails now, not after hours of training
+def train(cfg: DictConfig, validate: bool = True) -> dict[str, float]:
+    """Train, evaluate and export as configured; returns the flat metrics written to metrics.json.
+
+    ``validate=False`` for a caller that has validated ``cfg`` already (``dr-train`` does, before it
+    imports this module), so that each command checks its config once."""
+    if validate:
+        validate_config(cfg)  # before any work: a bad value fails now, not after hours of training
     started = time.perf_counter()
     log.info("memory allocator: %s", allocator.active())
     pl.seed_everything(cfg.seed, workers=True)
