@@ -90,7 +90,7 @@ def test_switched_off_groups_are_not_checked(compose_config, tmp_path):
     "name,override,message",
     [
         ("evaluate", "k=0", "k=0: expected a positive integer"),
-        ("evaluate", "preset=dl21", "preset=dl21: expected one of dl19, dl20, msmarco-dev, scifact"),
+        ("evaluate", "preset=dl21", "preset=dl21: expected one of dl19, dl19-pool, dl20, msmarco-dev, scifact"),
         ("evaluate", "measures=[P@x]", "measures=['P@x']: expected ir-measures names"),
         ("search", "batch_size=0", "batch_size=0: expected a positive integer"),
         ("encode", "index_kind=lsh", "index_kind=lsh: expected one of auto, flat, ivf, ivfpq, hnsw"),

@@ -1,7 +1,7 @@
 """``dr-eval``: score a run file, or a model (encode, search, score), against qrels; write metrics.json.
 
 Also: ``beir=DIR`` (a BEIR folder) or ``beir=[DIR,...]`` (a summary table over several),
-``preset=dl19|dl20|msmarco-dev|scifact``, and ``split=DIR`` (a ``dr-split`` folder: the measures on
+``preset=dl19|dl19-pool|dl20|msmarco-dev|scifact``, and ``split=DIR`` (a ``dr-split`` folder: the measures on
 its interpolation and extrapolation test queries, side by side, with the gap).
 
 ``retriever=bm25`` ranks the corpus with BM25 (no model); ``retriever=fusion`` with BM25 + the model's
@@ -171,7 +171,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, float]:
     if not qrels_path:
         raise ConfigError(
             "qrels=null: expected a qrels file (qrels=...), a BEIR folder (beir=DIR) or a preset "
-            "(preset=dl19|dl20|msmarco-dev|scifact)"
+            "(preset=dl19|dl19-pool|dl20|msmarco-dev|scifact)"
         )
     qrels = read_qrels(qrels_path)
     if cfg.get("run_file"):
