@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dr.data.limits import cut_texts
-from dr.models.base import Encoder, Kind, Pooling, Similarity, autocast_context, pool
+from dr.models.base import Encoder, Kind, Pooling, Similarity, autocast_context, check_prompt, pool
 from dr.models.levers import SpeedLevers
 from dr.models.persistence import DR_CONFIG, PACKAGED_MINILM_ALIASES, Persistence, resolve_model_name
 
@@ -38,6 +37,9 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         normalize: L2-normalise embeddings (then ``dot`` equals cosine).
         similarity: ``"dot"`` or ``"cos"``; ``"cos"`` always normalises.
         query_max_length / passage_max_length: truncation lengths in tokens.
+        query_prompt / passage_prompt: text put before every query / passage (an instruction, e.g.
+            E5's ``"query: "``), everywhere dr tokenises (:meth:`~dr.models.base.Encoder.token_ids`);
+            its tokens count against the max length. ``None`` or ``""``: none.
         truncate_dim: keep the first ``truncate_dim`` components of each pooled embedding, then
             normalise when ``normalize`` (a Matryoshka-trained model, Kusupati et al. 2022;
             sentence-transformers' ``truncate_dim``). ``None`` keeps the full dimension.
@@ -59,6 +61,8 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         query_max_length: int = 32,
         passage_max_length: int = 256,
         truncate_dim: int | None = None,
+        query_prompt: str | None = None,
+        passage_prompt: str | None = None,
     ):
         super().__init__()
         if pooling not in ("cls", "mean"):
@@ -79,6 +83,8 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         self.similarity = similarity
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
+        self.query_prompt = check_prompt("query_prompt", query_prompt)
+        self.passage_prompt = check_prompt("passage_prompt", passage_prompt)
         hidden = int(query_model.config.hidden_size)
         if truncate_dim is not None and not 0 < int(truncate_dim) <= hidden:
             raise ValueError(f"truncate_dim must be in [1, {hidden}] (the model's hidden size), got {truncate_dim}")
@@ -103,12 +109,9 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
 
     # ------------------------------------------------------------------ tokenising and embedding
     def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
-        """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""
-        if max_length is None:
-            max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        return self.tokenizer(
-            cut_texts(texts, max_length), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        """Tokenise to tensors (the kind's prompt first, :meth:`token_ids`), padded to the batch's
+        longest text, cut at the kind's max length."""
+        return self.token_ids(texts, kind, max_length, padding=True, return_tensors="pt")
 
     def _embed(self, model: PreTrainedModel, batch: dict, buckets: int = 1) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
