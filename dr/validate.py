@@ -93,10 +93,6 @@ def _positive_ints(v: Any, empty: bool = False) -> str | None:
     return "expected a list of positive integers" if empty else "expected a non-empty list of positive integers"
 
 
-def prompt(v: Any) -> str | None:
-    return None if isinstance(v, str) else 'expected a string (the text put before each text, e.g. "query: ") or null'
-
-
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
 #: key -> check (returns what was expected, or None when the value is fine). Keys absent from a
@@ -137,9 +133,6 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     ),
     "loss.dims": lambda v: _positive_ints(v),
     "test.truncate_dims": lambda v: _positive_ints(v, empty=True),
-    "encoder.query_prompt": prompt,
-    "encoder.passage_prompt": prompt,
-    "data.batch_sampler.encoder.query_prompt": prompt,
     "module.val_measures": measures,
     "module.length_buckets": positive_int,
     "module.attention_dropout": fraction,

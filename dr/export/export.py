@@ -57,7 +57,7 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
             "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False,
             "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": False,
+            "pooling_mode_lasttoken": encoder.pooling == "last",
             "include_prompt": True,
         },
     )

@@ -298,16 +298,29 @@ def _weights_sentence(config: Mapping, metrics: Mapping[str, float]) -> str | No
 
 
 def _prompt_lines(settings: Mapping) -> list[str]:
-    """Usage note for a model with query or passage prompts (instructions)."""
+    """Usage notes for a decoder backbone (last-token pooling) and for query or passage prompts."""
+    out = []
+    if settings.get("pooling") == "last":
+        out += [
+            "A decoder backbone: the embedding is the last layer's state of the last token"
+            + (
+                ", the end-of-sequence token the tokenizer appends to every text (RepLLaMA, Ma et al. 2023; "
+                "`tokenizer.json` carries it, so sentence-transformers appends it too)"
+                if settings.get("append_eos")
+                else ""
+            )
+            + ". Texts are padded on the right; sentence-transformers' `lasttoken` pooling reads the same token.",
+            "",
+        ]
     query, passage = settings.get("query_prompt"), settings.get("passage_prompt")
     if not (query or passage):
-        return []
+        return out
     said = " and ".join(
         f"{kind} with the prompt `{json.dumps(text)}` before them"
         for kind, text in (("queries", query), ("passages", passage))
         if text
     )
-    return [
+    return out + [
         f"Trained and evaluated with {said} (`encoder.query_prompt` / `encoder.passage_prompt`; its tokens count "
         "against the max length). They are the `prompts` of `config_sentence_transformers.json`: "
         "`model.encode_query` and `model.encode_document` (sentence-transformers >= 5) apply them, as does "

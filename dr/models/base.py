@@ -21,18 +21,25 @@ from tqdm.auto import tqdm
 from dr.data.limits import cut_texts
 
 Kind = Literal["query", "passage"]
-Pooling = Literal["cls", "mean"]
+Pooling = Literal["cls", "mean", "last"]
 Similarity = Literal["dot", "cos"]
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool token states ``[B, L, H]`` into ``[B, H]``: the first token, or the masked mean."""
+    """Pool token states ``[B, L, H]`` into ``[B, H]``: the first token, the masked mean, or the
+    last real token (``last``: the last position whose mask is 1, whichever side the padding is on;
+    sentence-transformers' ``lasttoken``, the pooling of decoder backbones, :mod:`dr.models.decoder`)."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    raise ValueError(f"unknown pooling {pooling!r}: expected 'cls' or 'mean'")
+    if pooling == "last":
+        # int32, as sentence-transformers: onnxruntime's CPU ArgMax/ReduceMax take no int64 in every opset
+        seen, from_end = attention_mask.to(torch.int32).flip(1).max(1)
+        index = torch.where(seen == 0, torch.zeros_like(from_end), hidden.shape[1] - 1 - from_end)
+        return torch.gather(hidden, 1, index.long().view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+    raise ValueError(f"unknown pooling {pooling!r}: expected 'cls', 'mean' or 'last'")
 
 
 def check_prompt(name: str, value) -> str | None:

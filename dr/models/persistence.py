@@ -58,10 +58,14 @@ def _sentence_transformers_pooling(path: Path) -> tuple[str | None, bool | None]
     for m in modules:
         if m.get("type", "").endswith("Pooling"):
             config = json.loads((path / m["path"] / "config.json").read_text())
-            if config.get("pooling_mode_cls_token"):
+            # sentence-transformers >= 6 writes "pooling_mode": "mean"; older versions one boolean per mode
+            mode = config.get("pooling_mode")
+            if config.get("pooling_mode_cls_token") or mode == "cls":
                 pooling = "cls"
-            elif config.get("pooling_mode_mean_tokens"):
+            elif config.get("pooling_mode_mean_tokens") or mode == "mean":
                 pooling = "mean"
+            elif config.get("pooling_mode_lasttoken") or mode == "lasttoken":
+                pooling = "last"
     return pooling, normalize
 
 
@@ -93,6 +97,7 @@ class Persistence:
         truncate_dim: int | None = None,
         query_prompt: str | None = None,
         passage_prompt: str | None = None,
+        append_eos: bool | None = None,
     ) -> "Persistence":
         """Load from a hub name, a local HF or sentence-transformers folder, or a folder we saved.
 
@@ -122,6 +127,7 @@ class Persistence:
         st_prompts = _sentence_transformers_prompts(path) if path.is_dir() and not saved else {}
         query_prompt = pick(query_prompt, "query_prompt", st_prompts.get("query_prompt"))
         passage_prompt = pick(passage_prompt, "passage_prompt", st_prompts.get("passage_prompt"))
+        append_eos = pick(append_eos, "append_eos", None)
 
         if saved.get("shared") is False:  # a folder we saved with two towers
             query_model = AutoModel.from_pretrained(path / "query")
@@ -147,6 +153,7 @@ class Persistence:
             truncate_dim=truncate_dim,
             query_prompt=query_prompt,
             passage_prompt=passage_prompt,
+            append_eos=append_eos,
         )
 
     @loader_classmethod
