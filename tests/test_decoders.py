@@ -116,9 +116,10 @@ def test_a_decoder_exports_to_sentence_transformers_and_onnx(tiny_decoders, tmp_
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_train_a_decoder_with_lightning(tiny_decoders, scifact_slice, tmp_path, compose_config, caplog, kind):
-    """dr-train's module and a real Trainer on a tiny decoder: the BERT-only levers (feed-forward and
-    attention recomputation, on by default) are skipped with a log line; gradient checkpointing and
-    the oneDNN linear layers apply; the export gives sentence-transformers the trained embeddings."""
+    """dr-train's module and a real Trainer on a tiny decoder: the default levers (feed-forward and
+    attention recomputation, oneDNN linear layers) apply, and gradient checkpointing (qwen2); the
+    attention dropout, which these models keep as a float, is skipped with a log line; the export
+    gives sentence-transformers the trained embeddings."""
     from dr.training import train
 
     out = tmp_path / "run"
@@ -137,9 +138,8 @@ def test_train_a_decoder_with_lightning(tiny_decoders, scifact_slice, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="dr"):
         metrics = train(cfg)
     assert metrics["train/global_step"] == 2 and 0.0 <= metrics["trained/nDCG@10"] <= 1.0
-    if kind == "llama":
-        assert "module.ffn_recompute=full: no supported feed-forward block" in caplog.text
-        assert "module.attention_recompute=true: no supported self-attention module" in caplog.text
+    assert "no supported" not in caplog.text  # the recomputation levers (on by default) found their blocks
+    assert "module.attention_dropout=0: no attention module with an nn.Dropout" in caplog.text  # said, skipped
     trained = BiEncoder.from_pretrained(str(out / "export"))
     untrained = BiEncoder.from_pretrained(tiny_decoders[kind], pooling="last", normalize=True)
     assert not np.allclose(
@@ -171,3 +171,24 @@ def test_a_sentence_transformers_6_folder_keeps_its_pooling(tiny_bert, tmp_path)
     assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
     assert BiEncoder.from_pretrained(str(folder)).pooling == "mean"
     assert Path(folder / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recompute_levers_give_a_decoder_the_same_gradients_for_less_memory(tiny_decoders, kind):
+    """``module.ffn_recompute`` (the gated feed-forward block, checkpointed) and
+    ``module.attention_recompute`` (the rotary self-attention) apply to Llama and Qwen2: the same loss
+    and gradients as the plain pass, less kept for the backward pass."""
+    from test_recompute import assert_same_loss_and_grads, saved_bytes
+
+    def encoder():
+        return BiEncoder.from_pretrained(tiny_decoders[kind], pooling="last", normalize=True)
+
+    plain = encoder()
+    for mode in ("activation", "full"):
+        recomputed = encoder()
+        assert recomputed.set_feed_forward_recompute(mode) == 2  # one block per layer
+        assert recomputed.set_attention_recompute(True) == 2
+        assert_same_loss_and_grads(plain, recomputed)
+        assert saved_bytes(recomputed) < saved_bytes(plain)
+    assert recomputed.set_feed_forward_recompute("none") == 2 and recomputed.set_attention_recompute(False) == 2
+    assert "forward" not in recomputed.query_model.layers[0].mlp.__dict__
