@@ -25,6 +25,10 @@ def _paths(v: Any) -> str | None:
     return None if items and all(isinstance(x, str) and x for x in flat) else "expected a path or a list of paths"
 
 
+def _prompt(v: Any) -> str | None:
+    return None if isinstance(v, str) else 'expected a string (the text put before each text, e.g. "query: ") or null'
+
+
 #: Settings of what a command is given: the model it loads (dr-train's ``encoder`` group, the
 #: commands' overrides), seeds, significance tests, input lists, ``overwrite``.
 INPUT_RULES = {
@@ -34,7 +38,11 @@ INPUT_RULES = {
     "alpha": lambda v: None if _is_number(v) and 0 < v < 1 else "expected a significance level in (0, 1)",
     "beir": _paths,
     "run_files": _paths,
-    "encoder.pooling": one_of("cls", "mean"),
+    "encoder.pooling": one_of("cls", "mean", "last"),
+    "encoder.append_eos": boolean,
+    "encoder.query_prompt": _prompt,
+    "encoder.passage_prompt": _prompt,
+    "data.batch_sampler.encoder.query_prompt": _prompt,
     "encoder.similarity": one_of("dot", "cos"),
     "encoder.normalize": boolean,
     "encoder.shared": boolean,

@@ -6,7 +6,8 @@ The exported folder holds:
 - the sentence-transformers layout: ``modules.json`` (Transformer, then the real Pooling, then
   Normalize when embeddings are normalised), ``1_Pooling/config.json``,
   ``sentence_bert_config.json`` (max length) and ``config_sentence_transformers.json`` (the
-  similarity function), so ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
+  similarity function, and the query and passage prompts: :func:`sentence_transformers_prompts`), so
+  ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
 - our own ``dr_config.json`` (pooling, normalisation, similarity, both max lengths);
 - ``README.md``, a Hugging Face model card (:mod:`dr.export.model_card`);
 - optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`);
@@ -57,19 +58,37 @@ def _write_sentence_transformers_layout(out: Path, encoder: BiEncoder, max_seq_l
             "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False,
             "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": False,
+            "pooling_mode_lasttoken": encoder.pooling == "last",
             "include_prompt": True,
         },
     )
     write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     st_config = {
         "similarity_fn_name": "cosine" if encoder.similarity == "cos" else "dot",
-        "prompts": {},
-        "default_prompt_name": None,
+        **sentence_transformers_prompts(encoder),
     }
     if encoder.truncate_dim is not None:
         st_config["truncate_dim"] = encoder.truncate_dim  # read by sentence-transformers >= 5 when loading
     write_json(out / "config_sentence_transformers.json", st_config)
+
+
+def sentence_transformers_prompts(encoder: BiEncoder) -> dict:
+    """``prompts`` and ``default_prompt_name`` of ``config_sentence_transformers.json``.
+
+    The query prompt is named ``query`` (what ``encode_query`` and ``prompt_name="query"`` use), the
+    passage prompt both ``document`` (what sentence-transformers >= 5's ``encode_document`` tries
+    first; it would find an empty one there otherwise) and ``passage`` (E5's name, for older versions
+    and ``prompt_name="passage"``). ``default_prompt_name`` (the prompt a plain ``encode`` applies) is
+    set only when both kinds have the same prompt: otherwise a plain ``encode`` could not know
+    whether it is given queries or passages, and applies none.
+    """
+    prompts = {}
+    if encoder.query_prompt:
+        prompts["query"] = encoder.query_prompt
+    if encoder.passage_prompt:
+        prompts["document"] = prompts["passage"] = encoder.passage_prompt
+    same = encoder.query_prompt and encoder.query_prompt == encoder.passage_prompt
+    return {"prompts": prompts, "default_prompt_name": "query" if same else None}
 
 
 FORMATS = BACKENDS  # an export for each backend

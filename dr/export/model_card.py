@@ -221,6 +221,7 @@ def model_card(
         "",
     ]
     out += _truncation_lines(settings, metrics or {})
+    out += _prompt_lines(settings)
     out += [
         "With dr: `dr-eval model=path/to/this/folder preset=scifact`, `dr-encode model=path/to/this/folder "
         "corpus=...`.",
@@ -235,6 +236,10 @@ def model_card(
             out.append(f"- {package} {version}")
     out += ["", "## Citation", ""] + [f"- {c}" for c in _citations(config, metrics)]
     text = "\n".join(out) + "\n"
+    if settings.get("query_prompt") or settings.get("passage_prompt"):  # the prompts are applied by name
+        text = text.replace("queries = model.encode(", "queries = model.encode_query(").replace(
+            "passages = model.encode(", "passages = model.encode_document("
+        )
     # A dot-product model is used as it is, without normalising its embeddings.
     return (
         text
@@ -310,6 +315,43 @@ def _weights_sentence(config: Mapping, metrics: Mapping[str, float]) -> str | No
         f"The weights are those of the last step, {step} of {total} (`export.checkpoint=last`, or no validation "
         f"queries).\n"
     )
+
+
+def _prompt_lines(settings: Mapping) -> list[str]:
+    """Usage notes for a decoder backbone (last-token pooling) and for query or passage prompts."""
+    out = []
+    if settings.get("pooling") == "last":
+        out += [
+            "A decoder backbone: the embedding is the last layer's state of the last token"
+            + (
+                ", the end-of-sequence token the tokenizer appends to every text (RepLLaMA, Ma et al. 2023; "
+                "`tokenizer.json` carries it, so sentence-transformers appends it too)"
+                if settings.get("append_eos")
+                else ""
+            )
+            + ". Texts are padded on the right; sentence-transformers' `lasttoken` pooling reads the same token.",
+            "",
+        ]
+    query, passage = settings.get("query_prompt"), settings.get("passage_prompt")
+    if not (query or passage):
+        return out
+    said = " and ".join(
+        f"{kind} with the prompt `{json.dumps(text)}` before them"
+        for kind, text in (("queries", query), ("passages", passage))
+        if text
+    )
+    return out + [
+        f"Trained and evaluated with {said} (`encoder.query_prompt` / `encoder.passage_prompt`; its tokens count "
+        "against the max length). They are the `prompts` of `config_sentence_transformers.json`: "
+        "`model.encode_query` and `model.encode_document` (sentence-transformers >= 5) apply them, as does "
+        '`model.encode(texts, prompt_name="query")` (or `"passage"`)'
+        + (
+            "; a plain `model.encode` applies the shared prompt too."
+            if query == passage
+            else "; a plain `model.encode` applies none."
+        ),
+        "",
+    ]
 
 
 def _truncation_lines(settings: Mapping, metrics: Mapping[str, float]) -> list[str]:

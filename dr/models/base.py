@@ -21,18 +21,35 @@ from tqdm.auto import tqdm
 from dr.data.limits import cut_texts
 
 Kind = Literal["query", "passage"]
-Pooling = Literal["cls", "mean"]
+Pooling = Literal["cls", "mean", "last"]
 Similarity = Literal["dot", "cos"]
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool token states ``[B, L, H]`` into ``[B, H]``: the first token, or the masked mean."""
+    """Pool token states ``[B, L, H]`` into ``[B, H]``: the first token, the masked mean, or the
+    last real token (``last``: the last position whose mask is 1, whichever side the padding is on;
+    sentence-transformers' ``lasttoken``, the pooling of decoder backbones, :mod:`dr.models.decoder`)."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    raise ValueError(f"unknown pooling {pooling!r}: expected 'cls' or 'mean'")
+    if pooling == "last":
+        # int32, as sentence-transformers: onnxruntime's CPU ArgMax/ReduceMax take no int64 in every opset
+        seen, from_end = attention_mask.to(torch.int32).flip(1).max(1)
+        index = torch.where(seen == 0, torch.zeros_like(from_end), hidden.shape[1] - 1 - from_end)
+        return torch.gather(hidden, 1, index.long().view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+    raise ValueError(f"unknown pooling {pooling!r}: expected 'cls', 'mean' or 'last'")
+
+
+def check_prompt(name: str, value) -> str | None:
+    """A query or passage prompt as kept by an encoder: a string, or None for none ("" is none too).
+    Anything else raises a ValueError naming the setting (``encoder.query_prompt`` ...)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"encoder.{name}={value!r}: expected a string (the text put before each text) or null")
+    return value
 
 
 def autocast_context(device: torch.device | str, bf16: bool):
@@ -47,8 +64,14 @@ class Encoder(abc.ABC):
     """Queries and passages to vectors (see the module docstring).
 
     Implementations set ``tokenizer``, ``pooling``, ``normalize``, ``similarity``,
-    ``query_max_length`` and ``passage_max_length``, and provide :attr:`dim`, :attr:`shared` and
-    :meth:`_batches`.
+    ``query_max_length``, ``passage_max_length`` and the prompts, and provide :attr:`dim`,
+    :attr:`shared` and :meth:`_batches`.
+
+    ``query_prompt`` and ``passage_prompt`` (an instruction such as E5's ``"query: "``) are put
+    before every text of their kind by :meth:`token_ids`, the one place where any encoder of dr
+    (training, validation, evaluation, mining, refresh, clustering, ``dr-encode``, ONNX) turns
+    texts into tokens; the prompt's tokens count against the maximum length, as in
+    sentence-transformers, which tokenises ``prompt + text`` too.
     """
 
     tokenizer: object
@@ -57,6 +80,8 @@ class Encoder(abc.ABC):
     similarity: str
     query_max_length: int
     passage_max_length: int
+    query_prompt: str | None = None
+    passage_prompt: str | None = None
 
     @property
     @abc.abstractmethod
@@ -78,10 +103,26 @@ class Encoder(abc.ABC):
             "passage_max_length": self.passage_max_length,
             "shared": self.shared,
             "dim": self.dim,
+            # only when set: the keys of an encoder without prompts (and caches keyed on them) stay as they were
+            **{k: v for k, v in (("query_prompt", self.query_prompt), ("passage_prompt", self.passage_prompt)) if v},
         }
 
     def max_length(self, kind: Kind) -> int:
         return self.query_max_length if kind == "query" else self.passage_max_length
+
+    def prompt(self, kind: Kind) -> str:
+        """The text put before each text of ``kind`` ("" without a prompt)."""
+        return (self.query_prompt if kind == "query" else self.passage_prompt) or ""
+
+    def token_ids(self, texts: Iterable[str], kind: Kind, max_length: int | None = None, **kwargs):
+        """``prompt + text`` for each text, tokenised and cut at ``max_length`` tokens (default: the
+        kind's), the prompt's tokens included; ``kwargs`` go to the tokenizer (default: unpadded lists).
+        Texts are first cut to a few times the maximum length in characters (dr.data.limits): a 10 MB
+        line is not tokenised whole."""
+        max_length = self.max_length(kind) if max_length is None else max_length
+        prompt = self.prompt(kind)
+        texts = [prompt + t for t in texts] if prompt else list(texts)
+        return self.tokenizer(cut_texts(texts, max_length), truncation=True, max_length=max_length, **kwargs)
 
     @abc.abstractmethod
     def _batches(
@@ -110,11 +151,7 @@ class Encoder(abc.ABC):
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        # cut to a few times the maximum length in characters first (dr.data.limits): a 10 MB line is not tokenised
-        # whole
-        encoded = self.tokenizer(
-            cut_texts(texts, self.max_length(kind)), truncation=True, max_length=self.max_length(kind), padding=False
-        )
+        encoded = self.token_ids(texts, kind, padding=False)
         lengths = np.array([len(ids) for ids in encoded["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dr.data.limits import cut_texts
-from dr.models.base import Encoder, Kind, Pooling, Similarity, autocast_context, pool
+from dr.models.base import Encoder, Kind, Pooling, Similarity, autocast_context, check_prompt, pool
+from dr.models.decoder import forward_kwargs, prepare_tokenizer
 from dr.models.levers import SpeedLevers
 from dr.models.persistence import DR_CONFIG, PACKAGED_MINILM_ALIASES, Persistence, resolve_model_name
 
@@ -34,10 +34,16 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         query_model: the query tower (any ``transformers`` encoder).
         tokenizer: the tokenizer, shared by both towers.
         passage_model: the passage tower; ``None`` shares ``query_model``.
-        pooling: ``"cls"`` (first token) or ``"mean"`` (masked mean of token states).
+        pooling: ``"cls"`` (first token), ``"mean"`` (masked mean of token states) or ``"last"``
+            (the last real token: decoder backbones, :mod:`dr.models.decoder`).
         normalize: L2-normalise embeddings (then ``dot`` equals cosine).
         similarity: ``"dot"`` or ``"cos"``; ``"cos"`` always normalises.
         query_max_length / passage_max_length: truncation lengths in tokens.
+        query_prompt / passage_prompt: text put before every query / passage (an instruction, e.g.
+            E5's ``"query: "``), everywhere dr tokenises (:meth:`~dr.models.base.Encoder.token_ids`);
+            its tokens count against the max length. ``None`` or ``""``: none.
+        append_eos: end every text with the tokenizer's eos token (RepLLaMA; :mod:`dr.models.decoder`);
+            ``None``: with ``last`` pooling when the tokenizer has one. Texts are padded on the right.
         truncate_dim: keep the first ``truncate_dim`` components of each pooled embedding, then
             normalise when ``normalize`` (a Matryoshka-trained model, Kusupati et al. 2022;
             sentence-transformers' ``truncate_dim``). ``None`` keeps the full dimension.
@@ -59,10 +65,13 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         query_max_length: int = 32,
         passage_max_length: int = 256,
         truncate_dim: int | None = None,
+        query_prompt: str | None = None,
+        passage_prompt: str | None = None,
+        append_eos: bool | None = None,
     ):
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in ("cls", "mean", "last"):
+            raise ValueError(f"pooling must be 'cls', 'mean' or 'last', got {pooling!r}")
         if similarity not in ("dot", "cos"):
             raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
         self.query_model = query_model
@@ -73,12 +82,18 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
             pooler = getattr(model, "pooler", None)
             if isinstance(pooler, nn.Module):
                 pooler.requires_grad_(False)
+        if append_eos is None:  # a decoder's default (RepLLaMA): end each text with eos, pool that token
+            append_eos = pooling == "last" and tokenizer.eos_token is not None
+        prepare_tokenizer(tokenizer, bool(append_eos))  # right padding, a pad token, the eos (dr.models.decoder)
+        self.append_eos = bool(append_eos)
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize or similarity == "cos"
         self.similarity = similarity
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
+        self.query_prompt = check_prompt("query_prompt", query_prompt)
+        self.passage_prompt = check_prompt("passage_prompt", passage_prompt)
         hidden = int(query_model.config.hidden_size)
         if truncate_dim is not None and not 0 < int(truncate_dim) <= hidden:
             raise ValueError(f"truncate_dim must be in [1, {hidden}] (the model's hidden size), got {truncate_dim}")
@@ -99,22 +114,21 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         return {
             **super().config_dict(),
             **({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {}),
+            # with last pooling always (its default is on), else only when on: older folders keep their keys
+            **({"append_eos": self.append_eos} if self.append_eos or self.pooling == "last" else {}),
         }
 
     # ------------------------------------------------------------------ tokenising and embedding
     def tokenize(self, texts: list[str], kind: Literal["query", "passage"], max_length: int | None = None) -> dict:
-        """Tokenise to tensors, padded to the batch's longest text, cut at the kind's max length."""
-        if max_length is None:
-            max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        return self.tokenizer(
-            cut_texts(texts, max_length), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        """Tokenise to tensors (the kind's prompt first, :meth:`token_ids`), padded to the batch's
+        longest text, cut at the kind's max length."""
+        return self.token_ids(texts, kind, max_length, padding=True, return_tensors="pt")
 
     def _embed(self, model: PreTrainedModel, batch: dict, buckets: int = 1) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if buckets > 1 and len(inputs["input_ids"]) > 1:
             return self._embed_bucketed(model, inputs, buckets)
-        hidden = model(**inputs).last_hidden_state
+        hidden = model(**inputs, **forward_kwargs(model)).last_hidden_state
         emb = pool(hidden, inputs["attention_mask"], self.pooling)
         if self.truncate_dim is not None:  # Matryoshka: the first dims, normalised after the cut
             emb = emb[:, : self.truncate_dim]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dr.models.base import Encoder
+from dr.models.base import Encoder, check_prompt
 from dr.models.encoder import BiEncoder, resolve_model_name
 from dr.models.onnx_export import (  # noqa: F401 (the export's names, importable from here as before)
     BACKENDS,
@@ -107,6 +107,8 @@ def onnx_encoder(
             similarity=encoder.similarity,
             query_max_length=encoder.query_max_length,
             passage_max_length=encoder.passage_max_length,
+            query_prompt=encoder.query_prompt,
+            passage_prompt=encoder.passage_prompt,
             intra_op_num_threads=intra_op_num_threads,
             backend="onnx-int8" if int8 else "onnx",
         )
@@ -148,7 +150,8 @@ class OnnxEncoder(Encoder):
         query_path: the ONNX file of the query tower (of both, when shared).
         tokenizer: the encoder's tokenizer.
         passage_path: the passage tower's file; ``None`` shares the query tower's.
-        pooling, normalize, similarity, query_max_length, passage_max_length: as for BiEncoder;
+        pooling, normalize, similarity, query_max_length, passage_max_length, query_prompt,
+            passage_prompt: as for BiEncoder (the prompts are put before the texts when tokenising);
             pooling and normalisation are inside the graph, and a file whose metadata says
             otherwise is refused.
         intra_op_num_threads: onnxruntime threads (default: torch's thread count).
@@ -167,6 +170,8 @@ class OnnxEncoder(Encoder):
         similarity: str = "dot",
         query_max_length: int = 32,
         passage_max_length: int = 256,
+        query_prompt: str | None = None,
+        passage_prompt: str | None = None,
         intra_op_num_threads: int | None = None,
         backend: str = "onnx",
     ):
@@ -178,6 +183,8 @@ class OnnxEncoder(Encoder):
         self.similarity = similarity
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
+        self.query_prompt = check_prompt("query_prompt", query_prompt)
+        self.passage_prompt = check_prompt("passage_prompt", passage_prompt)
         self.backend = check_backend(backend)
         self.intra_op_num_threads = intra_op_num_threads or torch.get_num_threads()
         self.paths = {"query": str(query_path), "passage": str(passage_path or query_path)}

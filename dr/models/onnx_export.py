@@ -40,6 +40,7 @@ from torch import nn
 from dr.config import BACKENDS, ConfigError
 from dr.data.io import atomic_write
 from dr.models.base import pool
+from dr.models.decoder import forward_kwargs
 from dr.models.encoder import BiEncoder
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class _PooledTower(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = dict(zip(self.input_names, inputs))
-        hidden = self.model(**features).last_hidden_state
+        hidden = self.model(**features, **forward_kwargs(self.model)).last_hidden_state
         emb = pool(hidden, features["attention_mask"], self.pooling)
         if self.normalize:
             emb = F.normalize(emb.float(), p=2, dim=-1)

@@ -58,11 +58,26 @@ def _sentence_transformers_pooling(path: Path) -> tuple[str | None, bool | None]
     for m in modules:
         if m.get("type", "").endswith("Pooling"):
             config = json.loads((path / m["path"] / "config.json").read_text())
-            if config.get("pooling_mode_cls_token"):
+            # sentence-transformers >= 6 writes "pooling_mode": "mean"; older versions one boolean per mode
+            mode = config.get("pooling_mode")
+            if config.get("pooling_mode_cls_token") or mode == "cls":
                 pooling = "cls"
-            elif config.get("pooling_mode_mean_tokens"):
+            elif config.get("pooling_mode_mean_tokens") or mode == "mean":
                 pooling = "mean"
+            elif config.get("pooling_mode_lasttoken") or mode == "lasttoken":
+                pooling = "last"
     return pooling, normalize
+
+
+def _sentence_transformers_prompts(path: Path) -> dict[str, str]:
+    """The query and passage prompts of a sentence-transformers folder (``prompts`` in
+    ``config_sentence_transformers.json``: ``query``; ``document``, ``passage`` or ``corpus``, the
+    names its ``encode_document`` tries), as :meth:`Persistence.from_pretrained` arguments."""
+    config_file = path / "config_sentence_transformers.json"
+    prompts = json.loads(config_file.read_text()).get("prompts") or {} if config_file.is_file() else {}
+    found = {"query_prompt": prompts.get("query")}
+    found["passage_prompt"] = next((prompts[k] for k in ("document", "passage", "corpus") if prompts.get(k)), None)
+    return {k: v for k, v in found.items() if isinstance(v, str) and v}
 
 
 class Persistence:
@@ -80,12 +95,16 @@ class Persistence:
         query_max_length: int | None = None,
         passage_max_length: int | None = None,
         truncate_dim: int | None = None,
+        query_prompt: str | None = None,
+        passage_prompt: str | None = None,
+        append_eos: bool | None = None,
     ) -> "Persistence":
         """Load from a hub name, a local HF or sentence-transformers folder, or a folder we saved.
 
         Arguments left as ``None`` come from the folder's ``dr_config.json`` when there is one,
-        then from its sentence-transformers pooling config, then from the defaults
-        (cls pooling, no normalisation, dot product, 32/256 tokens).
+        then from its sentence-transformers config (pooling, the ``query`` and ``document`` or
+        ``passage`` prompts), then from the defaults (cls pooling, no normalisation, dot product,
+        32/256 tokens, no prompts). A prompt given as ``""`` removes the folder's.
         ``shared=False`` without ``passage_name_or_path`` starts both towers from the same weights.
         """
         path = Path(resolve_model_name(name_or_path))
@@ -105,6 +124,10 @@ class Persistence:
         query_max_length = pick(query_max_length, "query_max_length", 32)
         passage_max_length = pick(passage_max_length, "passage_max_length", 256)
         truncate_dim = pick(truncate_dim, "truncate_dim", None)
+        st_prompts = _sentence_transformers_prompts(path) if path.is_dir() and not saved else {}
+        query_prompt = pick(query_prompt, "query_prompt", st_prompts.get("query_prompt"))
+        passage_prompt = pick(passage_prompt, "passage_prompt", st_prompts.get("passage_prompt"))
+        append_eos = pick(append_eos, "append_eos", None)
 
         if saved.get("shared") is False:  # a folder we saved with two towers
             query_model = AutoModel.from_pretrained(path / "query")
@@ -128,6 +151,9 @@ class Persistence:
             query_max_length=query_max_length,
             passage_max_length=passage_max_length,
             truncate_dim=truncate_dim,
+            query_prompt=query_prompt,
+            passage_prompt=passage_prompt,
+            append_eos=append_eos,
         )
 
     @loader_classmethod

@@ -23,7 +23,9 @@ randomness inside the block: the dropout after ``W2`` stays outside). Under auto
 runs in the autocast dtype in both passes, as ``nn.Linear`` would.
 
 Supported layouts (found by attribute, so BERT-family models -- BERT, RoBERTa, XLM-R, ELECTRA,
-MiniLM, MPNet-style ``intermediate``/``output`` -- and DistilBERT's ``FFN``):
+MiniLM, MPNet-style ``intermediate``/``output`` -- DistilBERT's ``FFN``, and the gated blocks of
+decoders, ``*MLP`` with ``gate_proj``/``up_proj``/``down_proj``/``act_fn`` (Llama, Mistral,
+Qwen2), which are checkpointed rather than chunked, :class:`_GatedForward`):
 
 - a layer with ``intermediate.dense``, ``intermediate.intermediate_act_fn``, ``output.dense``,
   ``output.dropout``, ``output.LayerNorm`` and a ``feed_forward_chunk`` method;
@@ -178,6 +180,39 @@ def _is_distilbert_ffn(module: nn.Module) -> bool:
     )
 
 
+def _is_gated_mlp(module: nn.Module) -> bool:
+    """A decoder's gated feed-forward block, ``down(act(gate(x)) * up(x))`` (Llama, Mistral, Qwen2)."""
+    return (
+        type(module).__name__.endswith("MLP")
+        and all(isinstance(getattr(module, name, None), nn.Linear) for name in ("gate_proj", "up_proj", "down_proj"))
+        and callable(getattr(module, "act_fn", None))
+    )
+
+
+def _gate(act: Callable, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return act(gate) * up
+
+
+class _GatedForward:
+    """A gated feed-forward block's forward under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant):
+    ``"full"`` keeps only the block's input and runs the whole block again in the backward pass;
+    ``"activation"`` keeps the gate and up projections and recomputes ``act(gate) * up``, the two
+    ``intermediate_size``-wide tensors the down projection and the activation's gradient would keep.
+    No randomness inside the block; a plain object in the instance's ``__dict__`` (pickles and deep-copies)."""
+
+    def __init__(self, module: nn.Module, mode: Recompute):
+        self.module, self.mode = module, mode
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if not torch.is_grad_enabled():
+            return type(m).forward(m, x)
+        if self.mode == "full":
+            return torch.utils.checkpoint.checkpoint(type(m).forward, m, x, use_reentrant=False)
+        inner = torch.utils.checkpoint.checkpoint(_gate, m.act_fn, m.gate_proj(x), m.up_proj(x), use_reentrant=False)
+        return m.down_proj(inner)
+
+
 def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: int = CHUNK_TOKENS) -> int:
     """Make every supported feed-forward block of ``model`` recompute in ``mode``, ``chunk_tokens``
     tokens at a time; returns how many blocks were set. ``"none"`` restores the model's own code. The weights and the
@@ -200,12 +235,18 @@ def set_feed_forward_recompute(model: nn.Module, mode: Recompute, chunk_tokens: 
             else:
                 module.__dict__[name] = chunk(module, mode, int(chunk_tokens))
             changed += 1
+        if _is_gated_mlp(module):  # a decoder's block: checkpointed, not chunked (chunk_tokens does not apply)
+            if mode == "none":
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = _GatedForward(module, mode)
+            changed += 1
     return changed
 
 
 # ---------------------------------------------------------------------------- self-attention
-#: the projections of a self-attention module, by layout: BERT-family, DistilBERT, MPNet
-_PROJECTIONS = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"))
+#: the projections of a self-attention module, by layout: BERT-family, DistilBERT, MPNet, decoders (Llama, Qwen2)
+_PROJECTIONS = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"), ("q_proj", "k_proj", "v_proj"))
 
 
 class _RecomputedForward:
@@ -228,7 +269,11 @@ class _RecomputedForward:
 
 
 def _is_self_attention(module: nn.Module) -> bool:
-    return type(module).__name__.endswith("SelfAttention") and any(
+    """BERT's ``*SelfAttention``, or a decoder's ``*Attention`` with ``q_proj``/``k_proj``/``v_proj``
+    (its forward takes the rotary embeddings and the mask as arguments, which the checkpoint keeps)."""
+    kind = type(module).__name__
+    decoder = kind.endswith("Attention") and isinstance(getattr(module, "q_proj", None), nn.Linear)
+    return (kind.endswith("SelfAttention") or decoder) and any(
         all(isinstance(getattr(module, name, None), nn.Linear) for name in names) for names in _PROJECTIONS
     )
 
