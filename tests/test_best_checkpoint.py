@@ -66,6 +66,11 @@ def test_best_checkpoint_is_evaluated_and_exported(cfg_train, tmp_path):
             _embeddings(out / "export"), _ckpt_embeddings(out, out / "checkpoints" / "last.ckpt"), atol=1e-4
         )
     assert f"step {best_step} of 8" in (out / "export" / "README.md").read_text()
+    # The best checkpoint itself is a model= for every command (its run's config.yaml is three levels up)
+    from dr.models.encoder import BiEncoder
+
+    loaded = BiEncoder.load(str(best_file), device="cpu").encode_passages(TEXTS, show_progress=False)
+    np.testing.assert_allclose(loaded, _embeddings(out / "export"), atol=1e-5)
 
 
 def test_export_checkpoint_last_keeps_the_last_weights(cfg_train, tmp_path):

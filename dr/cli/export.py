@@ -18,10 +18,14 @@ from dr.export.model_card import model_card, read_run_outputs
 
 
 def _run_dir_of(model: str) -> Path | None:
-    """The dr-train run a model comes from: a ``.ckpt``'s (``RUN/checkpoints/x.ckpt``) or an
+    """The dr-train run a model comes from: a ``.ckpt``'s (``RUN/checkpoints/[best/]x.ckpt``) or an
     export's (``RUN/export``), when that folder has the run's ``config.yaml``."""
+    from dr.models.checkpoint import checkpoint_run_dir
+
     path = Path(model).expanduser()
-    run = path.resolve().parent.parent if path.suffix == ".ckpt" else path.resolve().parent
+    run = (
+        (checkpoint_run_dir(path) or path.resolve().parent.parent) if path.suffix == ".ckpt" else path.resolve().parent
+    )
     return run if (run / "config.yaml").is_file() else None
 
 

@@ -68,6 +68,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
+def checkpoint_run_dir(path: str | os.PathLike) -> Path | None:
+    """The ``dr-train`` run folder of a ``.ckpt``: the nearest folder above it, at most three levels
+    up (``RUN/checkpoints/x.ckpt``, ``RUN/checkpoints/best/x.ckpt``), that holds the run's
+    ``config.yaml``; None when there is none."""
+    for run in list(Path(path).resolve().parents)[1:3]:
+        if (run / "config.yaml").is_file():
+            return run
+    return None
+
+
 def checkpoint_weights(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
     """The tensors of :func:`load_state_dict` under ``prefix``, with the prefix taken off
     (``encoder.`` gives the encoder's own ``state_dict`` from a ``dr-train`` checkpoint)."""

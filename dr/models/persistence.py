@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from dr.data.io import naming, tree_stamps, usual_modes, write_json
 from dr.models.base import Pooling, Similarity
-from dr.models.checkpoint import checkpoint_weights, loader_classmethod
+from dr.models.checkpoint import checkpoint_run_dir, checkpoint_weights, loader_classmethod
 
 DR_CONFIG = "dr_config.json"
 PACKAGED_MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "packaged:minilm"}
@@ -161,8 +161,8 @@ class Persistence:
         """An encoder in eval mode from a hub name, a saved/exported folder, or a ``dr-train`` checkpoint.
 
         ``overrides`` are :meth:`from_pretrained` arguments (``None`` values ignored). A ``.ckpt``
-        is rebuilt from the ``config.yaml`` that ``dr-train`` writes into its run directory (two
-        levels above ``checkpoints/x.ckpt``), then given the trained weights. ``device`` defaults
+        is rebuilt from the ``config.yaml`` that ``dr-train`` writes into its run directory (above
+        ``checkpoints/x.ckpt`` or ``checkpoints/best/x.ckpt``), then given the trained weights. ``device`` defaults
         to CUDA when there is one.
         """
         overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}
@@ -170,8 +170,9 @@ class Persistence:
         if path.suffix == ".ckpt":
             from omegaconf import OmegaConf
 
-            run_config = path.resolve().parent.parent / "config.yaml"
-            if not run_config.is_file():
+            run = checkpoint_run_dir(path)
+            run_config = (run or path.resolve().parent.parent) / "config.yaml"
+            if run is None:
                 raise FileNotFoundError(
                     f"{run_config}: missing; a .ckpt is read with the config.yaml of its dr-train run"
                 )
