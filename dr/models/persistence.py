@@ -16,6 +16,19 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from dr.data.io import naming, tree_stamps, usual_modes, write_json
 from dr.models.base import Pooling, Similarity
 from dr.models.checkpoint import checkpoint_weights, loader_classmethod
+from dr.models.lora import (
+    add_adapters,
+    adapter_settings,
+    is_adapter_folder,
+    is_peft_model,
+    load_adapter_tower,
+    load_trained_weights,
+    merged,
+    merged_tower,
+    require_peft,
+)
+from dr.models.lora import targets as lora_targets
+from dr.models.lora import settings as lora_settings
 
 DR_CONFIG = "dr_config.json"
 PACKAGED_MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "packaged:minilm"}
@@ -80,6 +93,7 @@ class Persistence:
         query_max_length: int | None = None,
         passage_max_length: int | None = None,
         truncate_dim: int | None = None,
+        lora: dict | None = None,
     ) -> "Persistence":
         """Load from a hub name, a local HF or sentence-transformers folder, or a folder we saved.
 
@@ -87,7 +101,14 @@ class Persistence:
         then from its sentence-transformers pooling config, then from the defaults
         (cls pooling, no normalisation, dot product, 32/256 tokens).
         ``shared=False`` without ``passage_name_or_path`` starts both towers from the same weights.
+        ``lora`` (``encoder.lora``: r, alpha, dropout, target_modules) adds fresh LoRA adapters to
+        each tower, the only weights training then updates (:mod:`dr.models.lora`). A folder
+        exported with ``export.lora=adapter`` loads as its base model with the adapters on top
+        (merged into the weights first when new adapters are added).
         """
+        lora = lora_settings(lora)
+        if lora is not None:
+            require_peft()  # before any model loads
         path = Path(resolve_model_name(name_or_path))
         saved = {}
         if (path / DR_CONFIG).is_file():
@@ -107,17 +128,23 @@ class Persistence:
         truncate_dim = pick(truncate_dim, "truncate_dim", None)
 
         if saved.get("shared") is False:  # a folder we saved with two towers
-            query_model = AutoModel.from_pretrained(path / "query")
-            passage_model = AutoModel.from_pretrained(path / "passage")
+            query_model = _load_tower(path / "query")
+            passage_model = _load_tower(path / "passage")
             tokenizer = AutoTokenizer.from_pretrained(path / "query")
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
-            query_model = AutoModel.from_pretrained(str(path))
+            query_model = _load_tower(path)
             passage_model = None
             if passage_name_or_path is not None:
-                passage_model = AutoModel.from_pretrained(resolve_model_name(passage_name_or_path))
+                passage_model = _load_tower(resolve_model_name(passage_name_or_path))
             elif not shared:
-                passage_model = AutoModel.from_pretrained(str(path))
+                passage_model = _load_tower(path)
+        if lora is not None:  # fresh adapters on plain towers (an adapter export's are merged first)
+            lora["target_modules"] = lora_targets(query_model, lora["target_modules"])  # the default, spelled out
+            query_model = add_adapters(merged_tower(query_model), lora)
+            passage_model = None if passage_model is None else add_adapters(merged_tower(passage_model), lora)
+        elif is_peft_model(query_model):  # an adapter export, loaded as it was trained
+            lora = adapter_settings(query_model)
         return cls(
             query_model,
             tokenizer,
@@ -128,6 +155,7 @@ class Persistence:
             query_max_length=query_max_length,
             passage_max_length=passage_max_length,
             truncate_dim=truncate_dim,
+            lora=lora,
         )
 
     @loader_classmethod
@@ -153,7 +181,8 @@ class Persistence:
             encoder_cfg.pop("_target_", None)
             encoder_cfg.update(overrides)
             encoder = cls.from_pretrained(**encoder_cfg)
-            encoder.load_state_dict(checkpoint_weights(path, prefix="encoder."))  # weights_only: a pickle runs no code
+            # weights_only: a pickle runs no code; with encoder.lora the checkpoint holds the adapters alone
+            load_trained_weights(encoder, checkpoint_weights(path, prefix="encoder."), str(path))
         else:
             encoder = cls.from_pretrained(model, **overrides)
         if device is None:
@@ -162,10 +191,14 @@ class Persistence:
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
         """Save weights, tokenizer and ``dr_config.json``; two towers go to ``query/`` and ``passage/``.
+        LoRA adapters are merged into the saved weights (a plain model; :func:`dr.models.lora.merged`).
 
         What is written gets the modes the umask gives ordinary files (safetensors writes the
         weights through a private temporary file); a failed write raises an ``OSError`` naming a path.
         """
+        if self.lora is not None:
+            merged(self).save_pretrained(out_dir)
+            return
         out = Path(out_dir)
         before = tree_stamps(out)
         try:
@@ -183,6 +216,13 @@ class Persistence:
                 raise naming(e, out) from e
             raise
         usual_modes(out, keep=before)
+
+
+def _load_tower(path: str | Path) -> PreTrainedModel:
+    """``AutoModel.from_pretrained(path)``; a folder of LoRA adapter files gives its base model with them."""
+    if is_adapter_folder(path):
+        return load_adapter_tower(path)
+    return AutoModel.from_pretrained(str(path))
 
 
 def _save_model(model: PreTrainedModel, out: Path) -> None:
