@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +62,21 @@ def test_training_updates_and_checkpoints_only_the_adapters(cfg_train, tiny_bert
     np.testing.assert_allclose(st, want, atol=1e-5)
     card = (exported / "README.md").read_text()
     assert "LoRA adapters" in card and "rank r = 4" in card and "merged into the weights" in card
+
+    # dr-export of the checkpoint with lora=adapter: peft's files, loaded by sentence-transformers on the base
+    adapter = tmp_path / "adapter"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dr-export")), f"model={out / 'checkpoints' / 'last.ckpt'}"]
+        + [f"output={adapter}", "lora=adapter", f"hydra.run.dir={tmp_path / 'export-run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    assert "adapter files" in (adapter / "README.md").read_text()
+    st = SentenceTransformer(str(adapter), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(st, want, atol=1e-5)
 
 
 def test_resume_with_adapters_continues_exactly(cfg_train, tmp_path):
@@ -211,3 +227,47 @@ def test_without_peft_dr_train_says_how_to_install_it(tmp_path):
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "pip install dr[lora]" in errors[0], done.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_with_adapters_and_async_refresh_resumes_exactly(tiny_bert, scifact_slice, tmp_path):
+    """tests/test_resume_exact.py's run (TAS-Balanced, teacher file, asynchronous index refresh, whose
+    worker loads the merged snapshot) with adapters, SIGKILLed at a random step and resumed from
+    last.ckpt: the same batches, losses, final adapters and metrics as the uninterrupted run."""
+    import os
+    import random
+
+    from test_resume_exact import MAX_STEPS, _batches, _inputs, _run, _spec, _weights
+
+    def spec(folder, resume=False):
+        s = json.loads(_spec(tiny_bert, scifact_slice, folder / "run", folder / "batches.jsonl", *inputs, resume))
+        s["overrides"].append(LORA)
+        return json.dumps(s)
+
+    inputs = _inputs(scifact_slice, tmp_path)
+    ref, cut = tmp_path / "uninterrupted", tmp_path / "killed"
+    ref.mkdir(), cut.mkdir()
+    _run(spec(ref), ref)
+    kill_at = random.Random(os.environ.get("DR_KILL_SEED")).randrange(2, MAX_STEPS - 2)
+    assert _run(spec(cut), cut, kill_at, cut / "batches.jsonl") == -9
+    ckpt_step = int(torch.load(cut / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
+    _run(spec(cut, resume=True), cut)
+
+    a, b = _batches(ref / "batches.jsonl"), _batches(cut / "batches.jsonl")
+    assert sorted(b) == list(range(MAX_STEPS))
+    for s in range(ckpt_step, MAX_STEPS):
+        assert (b[s]["version"], b[s]["qids"], b[s]["docids"], b[s]["loss"]) == (
+            a[s]["version"],
+            a[s]["qids"],
+            a[s]["docids"],
+            a[s]["loss"],
+        ), s
+    w_a, w_b = _weights(ref / "run" / "checkpoints" / "last.ckpt"), _weights(cut / "run" / "checkpoints" / "last.ckpt")
+    assert all(".lora_" in k for k in w_a if k.startswith("encoder."))
+    assert max(float((w_a[k] - w_b[k]).abs().max()) for k in w_a) == 0.0
+    m_a = json.loads((ref / "run" / "metrics.json").read_text())
+    m_b = json.loads((cut / "run" / "metrics.json").read_text())
+    assert m_a["refresh/versions_used"] > 0
+    for k in m_a:
+        if k.startswith(("train/", "trained/")) or k == "refresh/versions_used":
+            assert m_a[k] == m_b[k], k
