@@ -5,6 +5,7 @@ sentence-transformers, and the speed levers, ONNX and the refresh snapshot work 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,16 @@ def _lora_encoder(tiny_bert: str, seed: int = 0, **lora) -> BiEncoder:
 
 def test_training_updates_and_checkpoints_only_the_adapters(cfg_train, tiny_bert, tmp_path):
     out = tmp_path / "run"
-    train(cfg_train(LORA, "export.checkpoint=last", "test.before=false", "test.bm25=false"))
+    metrics = train(cfg_train(LORA, "test.before=false", "test.bm25=false"))
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     encoder_keys = [k for k in ckpt["state_dict"] if k.startswith("encoder.")]
     assert encoder_keys and all(".lora_A." in k or ".lora_B." in k for k in encoder_keys), encoder_keys[:5]
-    trained = BiEncoder.load(str(out / "checkpoints" / "last.ckpt"), device="cpu")
+    # export.checkpoint=best: the best checkpoint (adapters alone) was loaded back into the module
+    assert metrics["train/checkpoint_best"] == 1.0
+    (kept,) = (out / "checkpoints" / "best").glob("*.ckpt")
+    best = out / "checkpoints" / "best.ckpt"  # BiEncoder.load reads the config.yaml two folders above a .ckpt
+    shutil.copy(kept, best)
+    trained = BiEncoder.load(str(best), device="cpu")
     adapters = [p for p in trained.parameters() if p.requires_grad]
     assert len(adapters) == len(encoder_keys) == len(ckpt["optimizer_states"][0]["state"])
     assert sum(p.numel() for p in adapters) < 0.01 * sum(p.numel() for p in trained.parameters())
@@ -66,7 +72,7 @@ def test_training_updates_and_checkpoints_only_the_adapters(cfg_train, tiny_bert
     # dr-export of the checkpoint with lora=adapter: peft's files, loaded by sentence-transformers on the base
     adapter = tmp_path / "adapter"
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("dr-export")), f"model={out / 'checkpoints' / 'last.ckpt'}"]
+        [str(Path(sys.executable).with_name("dr-export")), f"model={best}"]
         + [f"output={adapter}", "lora=adapter", f"hydra.run.dir={tmp_path / 'export-run'}"],
         capture_output=True,
         text=True,
