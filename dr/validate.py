@@ -91,6 +91,18 @@ def _positive_ints(v: Any, empty: bool = False) -> str | None:
     return "expected a list of positive integers" if empty else "expected a non-empty list of positive integers"
 
 
+def lora(v: Any) -> str | None:
+    """``encoder.lora``: valid settings, and the ``peft`` package that applies them installed."""
+    import importlib.util
+
+    from dr.models.lora import INSTALL, lora_problem
+
+    problem = lora_problem(v)
+    if problem is None and importlib.util.find_spec("peft") is None:
+        return f"LoRA needs the peft package, which is not installed: {INSTALL}"
+    return problem
+
+
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
 
@@ -149,6 +161,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.early_stopping": positive_int,
     "export.checkpoint": one_of("best", "last"),
     "export.truncate_dim": positive_int,
+    "export.lora": one_of("merge", "adapter"),
+    "encoder.lora": lora,
+    "lora": one_of("merge", "adapter"),
     "truncate_dim": positive_int,
     "interpolate": lambda v: (
         None if _is_number(v) and 0 <= v <= 1 else "expected a number in [0, 1] (the fine-tuned model's weight)"

@@ -1,6 +1,7 @@
 """``dr-export``: export a model (folder or ``.ckpt``) in the sentence-transformers layout, optionally with an
 index and ONNX files (``format=onnx|onnx-int8``). ``interpolate=α base=MODEL`` exports WiSE-FT's
-``(1 − α)·base + α·model`` (:mod:`dr.export.wise_ft`)."""
+``(1 − α)·base + α·model`` (:mod:`dr.export.wise_ft`). A model trained with LoRA adapters ships
+merged (``lora=merge``) or as its adapter files (``lora=adapter``; :mod:`dr.models.lora`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
+from dr.config import ConfigError
 from dr.data import read_corpus
 from dr.export import export
 from dr.export.export import check_export_target
 from dr.export.export import truncated
 from dr.retrieval import build_index
 from dr.export.model_card import model_card, read_run_outputs
+from dr.models.lora import merged
 
 
 def _run_dir_of(model: str) -> Path | None:
@@ -49,8 +52,13 @@ def run(cfg: DictConfig, out: Path) -> Path:
     check_export_target(target, bool(cfg.get("overwrite", False)))  # before any model loads
     encoder = encoder_from_config(cfg)
     alpha = cfg.get("interpolate")
+    lora = cfg.get("lora") or "merge"
     if alpha is not None:
-        encoder = _interpolated(encoder, cfg, float(alpha))
+        if lora == "adapter" and getattr(encoder, "lora", None) is not None:
+            raise ConfigError(
+                f"interpolate={alpha}, lora=adapter: interpolation mixes plain weights; expected lora=merge"
+            )
+        encoder = _interpolated(merged(encoder), cfg, float(alpha))
     encoder = truncated(encoder, cfg.get("truncate_dim"))
     index = None
     if cfg.get("corpus"):
@@ -58,7 +66,7 @@ def run(cfg: DictConfig, out: Path) -> Path:
             encoder, read_corpus(cfg.corpus), index_kind=cfg.index_kind, batch_size=cfg.batch_size, bf16=cfg.bf16
         )
     config, metrics = read_run_outputs(_run_dir_of(str(cfg.model)))
-    card = model_card(encoder, config, metrics)
+    card = model_card(encoder, config, metrics, lora=lora)
     if alpha is not None:
         card += (
             f"\nWeights: WiSE-FT interpolation (Wortsman et al. 2022, Eq. 1), (1 − α)·`{cfg.base}` + α·the fine-tuned "
@@ -71,6 +79,7 @@ def run(cfg: DictConfig, out: Path) -> Path:
         format=cfg.get("format", "torch"),
         card=card,
         overwrite=bool(cfg.get("overwrite", False)),
+        lora=lora,
     )
     print(f"exported to {target}")
     return target

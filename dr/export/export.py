@@ -10,6 +10,8 @@ The exported folder holds:
   ``SentenceTransformer(path)`` gives the same embeddings as our encoder;
 - our own ``dr_config.json`` (pooling, normalisation, similarity, both max lengths);
 - ``README.md``, a Hugging Face model card (:mod:`dr.export.model_card`);
+- for an encoder trained with LoRA adapters, the merged weights, or with ``lora="adapter"`` the
+  adapter files and the name of the base model (:mod:`dr.models.lora`);
 - optionally ``index/`` with the FAISS index and its docids (see :mod:`dr.retrieval.index`);
 - with ``format="onnx"`` also ``onnx/model.onnx`` (pooling and normalisation inside the graph,
   see :mod:`dr.models.onnx`), where sentence-transformers' ONNX backend looks for it; with
@@ -33,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 from dr.models.encoder import DR_CONFIG, BiEncoder
+from dr.models.lora import merged, save_adapters
 from dr.models.onnx import export_onnx
 from dr.export.model_card import model_card
 from dr.retrieval.index import DenseIndex
@@ -92,6 +95,7 @@ def sentence_transformers_prompts(encoder: BiEncoder) -> dict:
 
 
 FORMATS = BACKENDS  # an export for each backend
+LORA_EXPORTS = ("merge", "adapter")
 
 
 def truncated(encoder: BiEncoder, dim: int | None) -> BiEncoder:
@@ -115,6 +119,7 @@ def export(
     card: str | None = None,
     overwrite: bool = False,
     truncate_dim: int | None = None,
+    lora: str = "merge",
 ) -> Path:
     """Write ``encoder`` (and optionally ``index``) to ``out_dir``; returns the folder.
 
@@ -129,11 +134,24 @@ def export(
     encoder alone; a run passes its config and metrics). ``truncate_dim`` exports the first that many
     dimensions, re-normalised when the encoder normalises (``dr_config.json`` and
     sentence-transformers' ``truncate_dim``; a Matryoshka model); ``index`` must then hold vectors of
-    that dimension.
+    that dimension. ``lora`` is how an encoder with LoRA adapters ships (:mod:`dr.models.lora`):
+    ``merge`` writes plain weights with the adapters merged in, ``adapter`` peft's adapter files
+    (``adapter_config.json``, which names the base model, and ``adapter_model.safetensors``), which
+    ``SentenceTransformer(path)`` loads on top of the base model when ``peft`` is installed.
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
+    if lora not in LORA_EXPORTS:
+        raise ConfigError(f"lora={lora}: expected one of {', '.join(LORA_EXPORTS)}")
     encoder = truncated(encoder, truncate_dim)
+    if card is None:
+        card = model_card(encoder, lora=lora)  # before a merge, so it can say how the adapters were set
+    if lora == "merge":
+        encoder = merged(encoder)  # a new encoder with plain towers; the trained one keeps its adapters
+    elif encoder.lora is not None and format != "torch":
+        raise ConfigError(
+            f"lora=adapter, format={format}: the ONNX graph holds plain weights; expected lora=merge (or format=torch)"
+        )
     if encoder.truncate_dim is not None and format != "torch":
         raise ConfigError(
             f"truncate_dim={encoder.truncate_dim}, format={format}: the ONNX graph has no truncation; expected "
@@ -150,7 +168,10 @@ def export(
     except OSError as e:
         raise naming(e, out) from e
     try:
-        encoder.save_pretrained(tmp)
+        if encoder.lora is not None:  # lora=adapter
+            save_adapters(encoder, tmp)
+        else:
+            encoder.save_pretrained(tmp)
         if encoder.shared:
             _write_sentence_transformers_layout(tmp, encoder, encoder.passage_max_length)
         else:
@@ -160,7 +181,7 @@ def export(
             export_onnx(encoder, tmp, int8=format == "onnx-int8")
         if index is not None:
             index.save(tmp / "index")
-        (tmp / "README.md").write_text(card if card is not None else model_card(encoder), encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         usual_modes(tmp)  # mkdtemp makes the folder 0700: others of the group could not load the model
         check_export_target(out, overwrite)  # again: something may have appeared there meanwhile
         _swap_into_place(tmp, out)

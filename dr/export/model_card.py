@@ -107,10 +107,15 @@ def evaluation_tables(metrics: Mapping[str, float]) -> list[str]:
 
 
 def model_card(
-    encoder, config: Mapping | None = None, metrics: Mapping[str, float] | None = None, name: str = "dr dense retriever"
+    encoder,
+    config: Mapping | None = None,
+    metrics: Mapping[str, float] | None = None,
+    name: str = "dr dense retriever",
+    lora: str = "merge",
 ) -> str:
     """The README.md of an exported model (see the module docstring). Absolute paths of the
-    config are left out (:func:`dr.export.portable.portable_config`): the card may be published."""
+    config are left out (:func:`dr.export.portable.portable_config`): the card may be published.
+    ``lora`` says how LoRA adapters ship (``merge`` or ``adapter``, ``export.lora``)."""
     import dr
 
     config = portable_config(config)
@@ -140,6 +145,7 @@ def model_card(
     ]
     out += [f"| {k} | {v} |" for k, v in settings.items()]
     out += [""]
+    out += _lora_lines(encoder, config, lora)
     if config:
         loss = str((config.get("loss") or {}).get("_target_", "")).rsplit(".", 1)[-1]
         trainer = config.get("trainer") or {}
@@ -352,6 +358,16 @@ def _prompt_lines(settings: Mapping) -> list[str]:
         ),
         "",
     ]
+
+
+def _lora_lines(encoder, config: Mapping | None, lora: str) -> list[str]:
+    """A sentence on the LoRA adapters the model was trained with (``encoder.lora``), and how they ship."""
+    from dr.models.lora import describe, settings
+
+    adapters = getattr(encoder, "lora", None)  # None once merged into plain weights
+    trained_with = adapters or settings(((config or {}).get("encoder") or {}).get("lora"))
+    line = describe(trained_with, merged_weights=adapters is None or lora == "merge")
+    return [line, ""] if line else []
 
 
 def _truncation_lines(settings: Mapping, metrics: Mapping[str, float]) -> list[str]:

@@ -158,18 +158,25 @@ def model_load_errors(function: Callable) -> Callable:
 
 
 def check_model_folder(name: str) -> None:
-    """A folder given as a model must hold one: ``config.json`` (or our two towers' folders)."""
+    """A folder given as a model must hold one: ``config.json`` or ``adapter_config.json`` (or our two
+    towers' folders)."""
     path = Path(name).expanduser()
     if not path.is_dir():
         return
-    if not (path / "config.json").is_file() and not (path / "query" / "config.json").is_file():
+    configs = ("config.json", "adapter_config.json")  # a model, or LoRA adapters on a base model (export.lora=adapter)
+    if not any((path / f).is_file() or (path / "query" / f).is_file() for f in configs):
         raise DataError(
             path,
             None,
             "expected a model folder with config.json and weights (a saved, exported or Hugging Face "
             "model), got a folder without config.json",
         )
-    for file in ("dr_config.json", "modules.json", "config.json"):  # the files dr reads itself, and the model's config
+    for file in (
+        "dr_config.json",
+        "modules.json",
+        "config.json",
+        "adapter_config.json",
+    ):  # the files dr reads itself, and the model's config
         if (path / file).is_file():
             try:
                 json.loads((path / file).read_text(encoding="utf-8"))

@@ -47,6 +47,8 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         truncate_dim: keep the first ``truncate_dim`` components of each pooled embedding, then
             normalise when ``normalize`` (a Matryoshka-trained model, Kusupati et al. 2022;
             sentence-transformers' ``truncate_dim``). ``None`` keeps the full dimension.
+        lora: the settings of the LoRA adapters the towers carry (peft models, :mod:`dr.models.lora`);
+            ``None`` for plain towers. :meth:`from_pretrained` adds the adapters.
 
     Loading and saving come from :class:`~dr.models.persistence.Persistence`
     (:meth:`from_pretrained`, :meth:`load`, :meth:`save_pretrained`), the training levers from
@@ -68,6 +70,7 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         query_prompt: str | None = None,
         passage_prompt: str | None = None,
         append_eos: bool | None = None,
+        lora: dict | None = None,
     ):
         super().__init__()
         if pooling not in ("cls", "mean", "last"):
@@ -98,6 +101,7 @@ class BiEncoder(Persistence, SpeedLevers, Encoder, nn.Module):
         if truncate_dim is not None and not 0 < int(truncate_dim) <= hidden:
             raise ValueError(f"truncate_dim must be in [1, {hidden}] (the model's hidden size), got {truncate_dim}")
         self.truncate_dim = None if truncate_dim is None or int(truncate_dim) == hidden else int(truncate_dim)
+        self.lora = lora
         self.set_cpu_linear()  # fp32 products on CPU through oneDNN (DR_CPU_LINEAR=aten: PyTorch's own)
 
     @property

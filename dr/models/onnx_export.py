@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dr.config import BACKENDS, ConfigError
+from dr.models.lora import merged_tower
 from dr.data.io import atomic_write
 from dr.models.base import pool
 from dr.models.decoder import forward_kwargs
@@ -77,7 +78,8 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def _towers(encoder: BiEncoder) -> dict[str, nn.Module]:
-    """Tower name -> model; the name is also the tower's subfolder of a saved or exported model."""
+    """Tower name -> model (LoRA adapters merged in); the name is also the tower's subfolder of a saved
+    or exported model."""
     if (
         encoder.truncate_dim is not None
     ):  # the graph would output the full pooled embedding: refused, not served untruncated
@@ -85,9 +87,10 @@ def _towers(encoder: BiEncoder) -> dict[str, nn.Module]:
             f"truncate_dim={encoder.truncate_dim}: the ONNX graph has no truncation; "
             "use the torch backend (backend=torch, format=torch) for a truncated model"
         )
+    # LoRA adapters are merged into a plain copy of each tower (dr.models.lora): the graph holds W + ΔW
     if encoder.shared:
-        return {"": encoder.query_model}
-    return {"query": encoder.query_model, "passage": encoder.passage_model}
+        return {"": merged_tower(encoder.query_model)}
+    return {"query": merged_tower(encoder.query_model), "passage": merged_tower(encoder.passage_model)}
 
 
 def _metadata(encoder: BiEncoder, model: nn.Module, quantization: str | None = None) -> dict:

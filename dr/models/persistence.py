@@ -16,6 +16,19 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from dr.data.io import naming, tree_stamps, usual_modes, write_json
 from dr.models.base import Pooling, Similarity
 from dr.models.checkpoint import checkpoint_run_dir, checkpoint_weights, loader_classmethod
+from dr.models.lora import (
+    add_adapters,
+    adapter_settings,
+    is_adapter_folder,
+    is_peft_model,
+    load_adapter_tower,
+    load_trained_weights,
+    merged,
+    merged_tower,
+    require_peft,
+)
+from dr.models.lora import targets as lora_targets
+from dr.models.lora import settings as lora_settings
 
 DR_CONFIG = "dr_config.json"
 PACKAGED_MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "packaged:minilm"}
@@ -98,6 +111,7 @@ class Persistence:
         query_prompt: str | None = None,
         passage_prompt: str | None = None,
         append_eos: bool | None = None,
+        lora: dict | None = None,
     ) -> "Persistence":
         """Load from a hub name, a local HF or sentence-transformers folder, or a folder we saved.
 
@@ -106,7 +120,14 @@ class Persistence:
         ``passage`` prompts), then from the defaults (cls pooling, no normalisation, dot product,
         32/256 tokens, no prompts). A prompt given as ``""`` removes the folder's.
         ``shared=False`` without ``passage_name_or_path`` starts both towers from the same weights.
+        ``lora`` (``encoder.lora``: r, alpha, dropout, target_modules) adds fresh LoRA adapters to
+        each tower, the only weights training then updates (:mod:`dr.models.lora`). A folder
+        exported with ``export.lora=adapter`` loads as its base model with the adapters on top
+        (merged into the weights first when new adapters are added).
         """
+        lora = lora_settings(lora)
+        if lora is not None:
+            require_peft()  # before any model loads
         path = Path(resolve_model_name(name_or_path))
         saved = {}
         if (path / DR_CONFIG).is_file():
@@ -130,17 +151,23 @@ class Persistence:
         append_eos = pick(append_eos, "append_eos", None)
 
         if saved.get("shared") is False:  # a folder we saved with two towers
-            query_model = AutoModel.from_pretrained(path / "query")
-            passage_model = AutoModel.from_pretrained(path / "passage")
+            query_model = _load_tower(path / "query")
+            passage_model = _load_tower(path / "passage")
             tokenizer = AutoTokenizer.from_pretrained(path / "query")
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
-            query_model = AutoModel.from_pretrained(str(path))
+            query_model = _load_tower(path)
             passage_model = None
             if passage_name_or_path is not None:
-                passage_model = AutoModel.from_pretrained(resolve_model_name(passage_name_or_path))
+                passage_model = _load_tower(resolve_model_name(passage_name_or_path))
             elif not shared:
-                passage_model = AutoModel.from_pretrained(str(path))
+                passage_model = _load_tower(path)
+        if lora is not None:  # fresh adapters on plain towers (an adapter export's are merged first)
+            lora["target_modules"] = lora_targets(query_model, lora["target_modules"])  # the default, spelled out
+            query_model = add_adapters(merged_tower(query_model), lora)
+            passage_model = None if passage_model is None else add_adapters(merged_tower(passage_model), lora)
+        elif is_peft_model(query_model):  # an adapter export, loaded as it was trained
+            lora = adapter_settings(query_model)
         return cls(
             query_model,
             tokenizer,
@@ -154,6 +181,7 @@ class Persistence:
             query_prompt=query_prompt,
             passage_prompt=passage_prompt,
             append_eos=append_eos,
+            lora=lora,
         )
 
     @loader_classmethod
@@ -180,7 +208,8 @@ class Persistence:
             encoder_cfg.pop("_target_", None)
             encoder_cfg.update(overrides)
             encoder = cls.from_pretrained(**encoder_cfg)
-            encoder.load_state_dict(checkpoint_weights(path, prefix="encoder."))  # weights_only: a pickle runs no code
+            # weights_only: a pickle runs no code; with encoder.lora the checkpoint holds the adapters alone
+            load_trained_weights(encoder, checkpoint_weights(path, prefix="encoder."), str(path))
         else:
             encoder = cls.from_pretrained(model, **overrides)
         if device is None:
@@ -189,10 +218,14 @@ class Persistence:
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
         """Save weights, tokenizer and ``dr_config.json``; two towers go to ``query/`` and ``passage/``.
+        LoRA adapters are merged into the saved weights (a plain model; :func:`dr.models.lora.merged`).
 
         What is written gets the modes the umask gives ordinary files (safetensors writes the
         weights through a private temporary file); a failed write raises an ``OSError`` naming a path.
         """
+        if self.lora is not None:
+            merged(self).save_pretrained(out_dir)
+            return
         out = Path(out_dir)
         before = tree_stamps(out)
         try:
@@ -210,6 +243,13 @@ class Persistence:
                 raise naming(e, out) from e
             raise
         usual_modes(out, keep=before)
+
+
+def _load_tower(path: str | Path) -> PreTrainedModel:
+    """``AutoModel.from_pretrained(path)``; a folder of LoRA adapter files gives its base model with them."""
+    if is_adapter_folder(path):
+        return load_adapter_tower(path)
+    return AutoModel.from_pretrained(str(path))
 
 
 def _save_model(model: PreTrainedModel, out: Path) -> None:

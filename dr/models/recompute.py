@@ -22,6 +22,10 @@ The gradients are the same as without recomputation (the same operations on the 
 randomness inside the block: the dropout after ``W2`` stays outside). Under autocast the block
 runs in the autocast dtype in both passes, as ``nn.Linear`` would.
 
+A feed-forward block whose dense layers carry LoRA adapters (:mod:`dr.models.lora`) is not a
+supported layout (the fused block multiplies the plain weights): it is left as it is, and the
+training module says so.
+
 Supported layouts (found by attribute, so BERT-family models -- BERT, RoBERTa, XLM-R, ELECTRA,
 MiniLM, MPNet-style ``intermediate``/``output`` -- DistilBERT's ``FFN``, and the gated blocks of
 decoders, ``*MLP`` with ``gate_proj``/``up_proj``/``down_proj``/``act_fn`` (Llama, Mistral,
@@ -268,13 +272,18 @@ class _RecomputedForward:
         )
 
 
+def _is_linear(module: nn.Module | None) -> bool:
+    """An ``nn.Linear``, or one with LoRA adapters (peft's layer keeps it as ``base_layer``)."""
+    return isinstance(module, nn.Linear) or isinstance(getattr(module, "base_layer", None), nn.Linear)
+
+
 def _is_self_attention(module: nn.Module) -> bool:
     """BERT's ``*SelfAttention``, or a decoder's ``*Attention`` with ``q_proj``/``k_proj``/``v_proj``
     (its forward takes the rotary embeddings and the mask as arguments, which the checkpoint keeps)."""
     kind = type(module).__name__
-    decoder = kind.endswith("Attention") and isinstance(getattr(module, "q_proj", None), nn.Linear)
+    decoder = kind.endswith("Attention") and _is_linear(getattr(module, "q_proj", None))
     return (kind.endswith("SelfAttention") or decoder) and any(
-        all(isinstance(getattr(module, name, None), nn.Linear) for name in names) for names in _PROJECTIONS
+        all(_is_linear(getattr(module, name, None)) for name in names) for names in _PROJECTIONS
     )
 
 
@@ -289,7 +298,8 @@ def set_attention_recompute(model: nn.Module, enabled: bool) -> int:
     :func:`set_feed_forward_recompute`); recomputing them costs the three projections and the
     attention forward again (about a tenth of a training step's arithmetic at 256 tokens). The
     gradients are those of the plain pass (the same operations on the same inputs, dropout masks
-    replayed from the saved RNG state). Weights and state dict are unchanged."""
+    replayed from the saved RNG state). Weights and state dict are unchanged. Projections with
+    LoRA adapters (:mod:`dr.models.lora`) are recomputed with them, their dropout replayed too."""
     changed = 0
     for module in model.modules():
         if not _is_self_attention(module):

@@ -20,6 +20,7 @@ from dr.losses.base import Loss
 from dr.losses.scores import student_scores
 from dr.retrieval.index import DenseIndex
 from dr.training.gather import gather_batch, gather_rows, gather_texts, world_size
+from dr.training.adapter_state import save_only_trainable
 from dr.training.grad_cache import embed_in_chunks, memory_estimate
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,21 @@ class DenseRetrievalModule(pl.LightningModule):
         self._val_outputs: dict[str, list] = defaultdict(list)
         if gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
+        if encoder.lora is not None:  # LoRA: the adapters alone are trained, optimised and checkpointed
+            save_only_trainable(self)
+            trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+            log.info(
+                "encoder.lora=%s: %d trainable parameters of %d (%.2f%%)",
+                encoder.lora,
+                trainable,
+                sum(p.numel() for p in encoder.parameters()),
+                100 * trainable / max(1, sum(p.numel() for p in encoder.parameters())),
+            )
         if ffn_recompute != "none" and not encoder.set_feed_forward_recompute(ffn_recompute):
             log.warning(
-                "module.ffn_recompute=%s: no supported feed-forward block in this encoder; left as it is", ffn_recompute
+                "module.ffn_recompute=%s: no supported feed-forward block in this encoder%s; left as it is",
+                ffn_recompute,
+                " (LoRA adapters on its dense layers, encoder.lora.target_modules)" if encoder.lora else "",
             )
         if attention_recompute and not gradient_checkpointing and not encoder.set_attention_recompute(True):
             log.warning(

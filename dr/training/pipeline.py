@@ -314,8 +314,9 @@ def train(cfg: DictConfig, validate: bool = True) -> dict[str, float]:
             if index is not None and export_dim:
                 index = (prefixes or TruncatedSearch(module.encoder, index, {}, k=1)).index(int(export_dim))
             shipped = truncated(module.encoder, export_dim)  # export.truncate_dim: the first m dims
-            card = model_card(shipped, OmegaConf.to_container(cfg, resolve=True), metrics)
-            export_dir = export(shipped, out / "export", index=index, card=card)
+            lora = cfg.export.get("lora", "merge")  # with encoder.lora: merged weights, or the adapter files
+            card = model_card(shipped, OmegaConf.to_container(cfg, resolve=True), metrics, lora=lora)
+            export_dir = export(shipped, out / "export", index=index, card=card, lora=lora)
             log.info("exported the trained encoder to %s", export_dir)
         csv_log = out / "logs" / "metrics.csv"
         if csv_log.is_file():
