@@ -81,7 +81,10 @@ def test_presets_keep_the_official_conventions():
     assert PRESETS["dl19"]["measures"] == PRESETS["dl20"]["measures"] == trec_dl
     assert PRESETS["msmarco-dev"]["measures"] == ["RR@10", "R@1000"]
     assert PRESETS["msmarco-dev"]["queries"] == PRESETS["msmarco-dev"]["qrels"] == "irds:msmarco-passage/dev/small"
-    assert {p["corpus"] for k, p in PRESETS.items() if k != "scifact"} == {"irds:msmarco-passage"}
+    assert {p["corpus"] for k, p in PRESETS.items() if k not in ("scifact", "dl19-pool")} == {"irds:msmarco-passage"}
+    # the bundled judged pool: DL19's queries and its qrels restricted to the pool, TREC-DL's recall (grade >= 2)
+    assert PRESETS["dl19-pool"]["queries"] == PRESETS["dl19"]["queries"]
+    assert PRESETS["dl19-pool"]["measures"] == ["nDCG@10", "R(rel=2)@100"]
 
 
 def test_dr_plot_draws_one_line_per_run_and_leaves_out_constant_series(cfg_train, tmp_path, monkeypatch, capsys):
