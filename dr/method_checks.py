@@ -52,7 +52,9 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
     sampler = _class_of(data.get("pair_sampler"))
     scored = bool(getattr(sampler, "uses_scores", False))
     name = sampler.__name__ if sampler is not None else ""
-    if scored and not isinstance(data.get("negatives"), str):
+    hf = data.get("hf")
+    from_hf = isinstance(hf, DictConfig) and bool(hf.get("path"))  # checked again once its files are written
+    if scored and not isinstance(data.get("negatives"), str) and not from_hf:
         raise ConfigError(
             f"data.negatives={_show(data.get('negatives'))}: expected a negatives file with the candidates' and "
             f"positives' scores for data.pair_sampler={name} (a scored pool: dr-mine miner=pool top_k=200 "

@@ -165,6 +165,13 @@ def model_card(
             f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus "
             f"`{data.get('corpus')}`"
         ]
+        hf = data.get("hf") or {}
+        if hf.get("path"):  # data.hf: the files above were written from this dataset's texts (dr.data.hf)
+            mapping = f", columns {hf.get('columns')}" if hf.get("columns") else ""
+            out += [
+                f"- built from the dataset `{hf.get('path')}` (split `{hf.get('split', 'train')}`{mapping}): its texts "
+                "interned into the corpus, queries and qrels above (ids: SHA-256 of the text)"
+            ]
         if test.get("enabled"):
             out += [
                 f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"

@@ -36,6 +36,7 @@ from dr.data import (
     read_queries,
     write_negatives,
 )
+from dr.data.hf import hf_paths
 from dr.data.io import DataError
 from dr.retrieval.bm25 import BM25
 from dr.sampling.random import QueryBatchSampler
@@ -111,11 +112,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         on_missing: str = "warn",
         compact: bool = False,
         score_scale: float | None = None,
+        hf: dict | None = None,
     ):
         super().__init__()
-        # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
-        # reads back with torch.load(weights_only=True) (pickled callables would not load).
-        self.save_hyperparameters(logger=False, ignore=["batch_sampler", "pair_sampler", "negatives", "score_scale"])
+        corpus, train_queries, train_qrels, negatives = hf_paths(hf, corpus, train_queries, train_qrels, negatives)
+        # Samplers are code, not hyperparameters: resuming loads the checkpoint with weights_only=True.
+        self.save_hyperparameters(
+            logger=False, ignore=["batch_sampler", "pair_sampler", "negatives", "score_scale", "hf"]
+        )
         self.score_scale = score_scale
         self.negatives = negatives  # a path (str), a source object or None
         self.batch_sampler_factory = batch_sampler
