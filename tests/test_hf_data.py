@@ -269,7 +269,9 @@ def _check_round_trip(data: dict, mined: Path, target: Path, tmp_path: Path, **h
     assert got == expected
 
 
-@pytest.mark.parametrize("fmt, columns", [("jsonl", "st"), ("parquet", "flagembedding"), ("hf", "flagembedding")])
+@pytest.mark.parametrize(
+    "fmt, columns", [("jsonl", "st"), ("parquet", "flagembedding"), ("hf", "flagembedding"), ("hf", "st")]
+)
 def test_mine_output_reads_back_as_training_input(scifact_slice, mined, tmp_path, compose_config, fmt, columns):
     target = tmp_path / f"negatives.{fmt}"
     cfg = compose_config(
@@ -281,6 +283,7 @@ def test_mine_output_reads_back_as_training_input(scifact_slice, mined, tmp_path
     _check_round_trip(scifact_slice, mined, target, tmp_path)
 
 
+@pytest.mark.slow  # a dr-mine subprocess (~20 s on 2 cores); the in-process cases above write the same folders
 def test_dr_mine_writes_a_datasets_folder_that_trains(scifact_slice, mined, tmp_path):
     """The console script: dr-mine output_format=hf (ST's n-tuple) is a datasets folder that
     sentence-transformers' column conventions name, and dr reads it back as training input."""
@@ -330,3 +333,44 @@ def test_sentence_transformers_mined_output_reads_back(tiny_bert, scifact_slice,
     by_text = dict(zip([text_id(row[f"negative_{j}"]) for j in (1, 2, 3)], row["scores"][1:]))
     assert {d: s for d, s in zip(record.negatives, record.negative_scores) if d in by_text} == pytest.approx(by_text)
     assert np.isfinite(record.negative_scores).all()
+
+
+def test_train_from_a_datasets_folder(cfg_train, single_positive_slice, tmp_path):
+    """dr-train data.hf.path=FOLDER with the dataset's scores as a teacher's (Margin-MSE): the run trains
+    on the dataset's files, its config records them, and the model card names the dataset."""
+    from dr.training import train
+
+    cfg = cfg_train(
+        f"data.hf.path={single_positive_slice['dataset']}",
+        f"data.hf.cache_dir={tmp_path / 'cache'}",
+        "data.teacher_from_negatives=true",
+        "loss=margin_mse",
+        "data.num_negatives=2",
+        "test.before=false",
+        "test.bm25=false",
+        max_steps=2,
+    )
+    metrics = train(cfg)
+    assert metrics["train/global_step"] == 2
+    run = tmp_path / "run"
+    config = (run / "config.yaml").read_text()
+    assert f"corpus: {tmp_path / 'cache'}" in config and f"path: {single_positive_slice['dataset']}" in config
+    card = (run / "export" / "README.md").read_text()
+    assert "built from the dataset `<local>/dataset` (split `train`)" in card
+
+
+@pytest.mark.slow  # a dr-train subprocess (~15 s on 2 cores); test_bad_rows_are_named checks the messages in-process
+def test_dr_train_names_a_bad_row_and_exits_2(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"query": "q", "positive": "p"}\n{"query": "q2", "positive": ["p", 3]}\n')
+    exe = str(Path(sys.executable).parent / "dr-train")
+    done = subprocess.run(
+        [exe, f"data.hf.path={path}", f"data.hf.cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"dr-train: error: {path}, line 2: expected column 'positive' to hold a non-empty text, got 3"
+    ]
