@@ -173,6 +173,32 @@ def test_flagembedding_rows_and_a_column_mapping(tmp_path):
     assert read_negatives(files.negatives)[text_id("q two")].negatives == [text_id("n2")]
 
 
+def test_a_list_of_negatives_with_scores_and_triplet_rows(tmp_path):
+    """(query, positive, negatives: [...], scores) in parquet; ST's triplet rows with scores [pos, neg]
+    (mine_hard_negatives' default format) merge into one query, each text keeping its first score."""
+    lists = tmp_path / "lists.parquet"
+    datasets.Dataset.from_list(
+        [{"query": "q", "positive": "p", "negatives": ["n1", "n2"], "scores": [0.9, 0.5, 0.4]}]
+    ).to_parquet(str(lists))
+    record = read_negatives(materialise(lists, cache_dir=tmp_path / "c").negatives)[text_id("q")]
+    assert (record.negatives, record.negative_scores, record.positive_scores) == (
+        [text_id("n1"), text_id("n2")],
+        [0.5, 0.4],
+        [0.9],
+    )
+    triplets = tmp_path / "triplets.jsonl"
+    rows = [("p", "n1", [0.9, 0.5]), ("p", "n2", [0.9, 0.4]), ("p", "n1", [0.8, 0.1])]
+    triplets.write_text(
+        "".join(json.dumps({"anchor": "q", "positive": p, "negative": n, "scores": sc}) + "\n" for p, n, sc in rows)
+    )
+    record = read_negatives(materialise(triplets, cache_dir=tmp_path / "c").negatives)[text_id("q")]
+    assert (record.negatives, record.negative_scores, record.positive_scores) == (
+        [text_id("n1"), text_id("n2")],
+        [0.5, 0.4],
+        [0.9],
+    )
+
+
 @pytest.mark.parametrize(
     "content, expected",
     [
