@@ -216,10 +216,12 @@ def test_a_list_of_negatives_with_scores_and_triplet_rows(tmp_path):
             r"line 1: expected column 'scores' to hold 2 numbers",
         ),
         ('{"query": "q", "positive": "p", "label": 1}\n', r"column 'label' is a sentence-transformers label"),
+        ('{"query": "q", "positive": "p"}\n{"query": "q"}\n', r"line 2: expected a column 'positive', got none"),
         (
-            '{"query": "q", "positive": "p"}\n{"query": "q", "negative": "n"}\n',
-            r"line 2: expected a column 'positive', got none",
+            '{"query": "q", "positive": "p"}\n{"query": "q", "positive": "p", "label": 1}\n',
+            r"line 2: expected the first row's columns \(query, positive\), got also 'label'",
         ),
+        ("\n\n", r"bad\.jsonl: expected at least one row, got none"),
     ],
 )
 def test_bad_rows_are_named(tmp_path, content, expected):

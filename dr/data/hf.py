@@ -184,10 +184,16 @@ def intern_rows(
     interned = _Interned(path)
     with open_rows(path, split) as (names, rows):
         layout = detect_layout(names, columns, ignore, where=str(path))
+        known = set(names)
         for line_no, index, row in rows:
             where = (line_no, "") if line_no is not None else (None, f"row {index} (dataset[{index}]): ")
-            example = parse_row(layout, row, lambda message, w=where: DataError(path, w[0], w[1] + message))
-            interned.add(example)
+            fail = lambda message, w=where: DataError(path, w[0], w[1] + message)  # noqa: E731
+            extra = [c for c in row if c not in known]
+            if extra:  # a JSONL row with a key the first row lacks: the layout was read from the first row
+                raise fail(f"expected the first row's columns ({', '.join(names)}), got also {extra[0]!r}")
+            interned.add(parse_row(layout, row, fail))
+    if not interned.rows:
+        raise DataError(path, None, "expected at least one row, got none")
     return interned, layout
 
 
