@@ -177,6 +177,11 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "module.grad_cache_chunk": positive_int,
     "module.gather_negatives": boolean,
     "data.compact": boolean,
+    "data.hf": lambda v: (
+        None
+        if v is None or hasattr(v, "items") or (isinstance(v, str) and v.strip())
+        else "expected a path (data.hf=PATH) or settings (data.hf.path=PATH, data.hf.split, data.hf.columns)"
+    ),
     "data.hf.path": lambda v: (
         None if isinstance(v, str) and v.strip() else "expected the path of a datasets folder, parquet or JSONL file"
     ),

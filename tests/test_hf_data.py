@@ -363,14 +363,14 @@ def test_sentence_transformers_mined_output_reads_back(tiny_bert, scifact_slice,
     assert np.isfinite(record.negative_scores).all()
 
 
-def test_train_from_a_datasets_folder(cfg_train, single_positive_slice, tmp_path):
+def test_train_from_a_datasets_folder(cfg_train, single_positive_slice, tmp_path, monkeypatch):
     """dr-train data.hf.path=FOLDER with the dataset's scores as a teacher's (Margin-MSE): the run trains
     on the dataset's files, its config records them, and the model card names the dataset."""
     from dr.training import train
 
+    monkeypatch.setenv("DR_CACHE_DIR", str(tmp_path / "cache"))  # the files go to $DR_CACHE_DIR/hf
     cfg = cfg_train(
-        f"data.hf.path={single_positive_slice['dataset']}",
-        f"data.hf.cache_dir={tmp_path / 'cache'}",
+        f"data.hf={single_positive_slice['dataset']}",  # short for data.hf.path=...
         "data.teacher_from_negatives=true",
         "loss=margin_mse",
         "data.num_negatives=2",
@@ -382,7 +382,7 @@ def test_train_from_a_datasets_folder(cfg_train, single_positive_slice, tmp_path
     assert metrics["train/global_step"] == 2
     run = tmp_path / "run"
     config = (run / "config.yaml").read_text()
-    assert f"corpus: {tmp_path / 'cache'}" in config and f"path: {single_positive_slice['dataset']}" in config
+    assert f"corpus: {tmp_path / 'cache' / 'hf'}" in config and f"hf: {single_positive_slice['dataset']}" in config
     card = (run / "export" / "README.md").read_text()
     assert "built from the dataset `<local>/dataset` (split `train`)" in card
 

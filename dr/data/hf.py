@@ -325,9 +325,12 @@ def _forget_older(root: Path, key: str, source: dict) -> None:
 
 
 def hf_node(value: Any) -> dict | None:
-    """The ``data.hf`` settings as a plain dict when a path is set, else None."""
+    """The ``data.hf`` settings as a plain dict when a path is set, else None; ``data.hf=PATH`` is
+    short for ``data.hf.path=PATH`` (the other settings at their defaults)."""
     if value is None:
         return None
+    if isinstance(value, str):
+        return {"path": value} if value.strip() else None
     if hasattr(value, "items"):
         node = {k: v for k, v in value.items()}
         return node if node.get("path") else None

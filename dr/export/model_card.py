@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from dr.data.hf import hf_node
 from dr.export.portable import portable_config
 from dr.models.encoder import PACKAGED_MINILM_ALIASES
 
@@ -165,8 +166,8 @@ def model_card(
             f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus "
             f"`{data.get('corpus')}`"
         ]
-        hf = data.get("hf") or {}
-        if hf.get("path"):  # data.hf: the files above were written from this dataset's texts (dr.data.hf)
+        hf = hf_node(data.get("hf"))
+        if hf is not None:  # data.hf: the files above were written from this dataset's texts (dr.data.hf)
             mapping = f", columns {hf.get('columns')}" if hf.get("columns") else ""
             out += [
                 f"- built from the dataset `{hf.get('path')}` (split `{hf.get('split', 'train')}`{mapping}): its texts "
