@@ -120,7 +120,8 @@ def write_output(cfg: DictConfig, out: Path, records, queries: dict[str, str], p
     if counts["queries_left_out"]:
         print(
             f"{counts['queries_left_out']} of {len(records)} queries left out: fewer than "
-            f"{counts['negatives_per_row']} negatives (output_columns=st is fixed-width; output_num_negatives=N lowers it)"
+            f"{counts['negatives_per_row']} negatives (output_columns=st is fixed-width; "
+            "output_num_negatives=N lowers it)"
         )
     return target
 

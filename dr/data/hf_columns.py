@@ -70,7 +70,10 @@ class Example:
 
 def columns_rule(value: Any) -> str | None:
     """``data.hf.columns``: ``{role: column}`` with roles of :data:`ROLES` (``negative``: a column or a list)."""
-    expected = f"expected a mapping role: column with roles among {', '.join(ROLES)}, e.g. {{query: question, positive: answer}}"
+    expected = (
+        f"expected a mapping role: column with roles among {', '.join(ROLES)}, "
+        "e.g. {query: question, positive: answer}"
+    )
     if not hasattr(value, "items"):
         return expected
     for role, column in value.items():

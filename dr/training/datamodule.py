@@ -53,7 +53,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     Args:
         corpus, train_queries, train_qrels: file paths, ``irds:<id>`` or bundled names such as
-            ``scifact:corpus`` (see :func:`dr.data.resolve_path`).
+            ``scifact:corpus`` (see :func:`dr.data.resolve_path`); or ``hf`` (``data.hf``: texts, :mod:`dr.data.hf`),
+            whose files replace them, and ``negatives`` when it has some.
         val_queries, val_qrels: a dev split; if absent, ``val_fraction`` of the training queries
             is held out instead (0 disables validation), drawn with ``val_seed`` (default: ``seed``).
         negatives: a negatives source, called as ``source(corpus, qids, query_texts, positives)
@@ -151,16 +152,9 @@ class RetrievalDataModule(pl.LightningDataModule):
                 )
             qids = kept
         if not qids:
-            raise DataError(
-                hp.train_qrels,
-                None,
-                "no training query has a judged positive in the corpus"
-                + (
-                    f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}"
-                    if hp.teacher_scores and hp.min_teacher_pairs
-                    else ""
-                ),
-            )
+            pairs = hp.teacher_scores and hp.min_teacher_pairs
+            also = f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}" if pairs else ""
+            raise DataError(hp.train_qrels, None, f"no training query has a judged positive in the corpus{also}")
 
         val_qids: list[str] = []
         self.val_queries: dict[str, str] = {}
