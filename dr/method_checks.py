@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
 from dr.config import ConfigError
+from dr.data.hf import hf_node
 from dr.miners.base import Miner
 from dr.validate import _enabled, _get, _show
 
@@ -52,7 +53,8 @@ def check_negatives_sources(cfg: DictConfig, data: DictConfig) -> None:
     sampler = _class_of(data.get("pair_sampler"))
     scored = bool(getattr(sampler, "uses_scores", False))
     name = sampler.__name__ if sampler is not None else ""
-    if scored and not isinstance(data.get("negatives"), str):
+    from_hf = hf_node(data.get("hf")) is not None  # dr.training.hf_data checks it once the files are written
+    if scored and not isinstance(data.get("negatives"), str) and not from_hf:
         raise ConfigError(
             f"data.negatives={_show(data.get('negatives'))}: expected a negatives file with the candidates' and "
             f"positives' scores for data.pair_sampler={name} (a scored pool: dr-mine miner=pool top_k=200 "

@@ -26,6 +26,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dr.config import BACKENDS, ConfigError
 from dr.data.checks import ON_MISSING
+from dr.data.hf_columns import columns_rule
+from dr.data.hf_write import OUTPUT_COLUMNS, OUTPUT_FORMATS
 from dr.evaluation.evaluate import PRESETS, parse_measures
 
 _ABSENT = object()
@@ -190,6 +192,21 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "module.grad_cache_chunk": positive_int,
     "module.gather_negatives": boolean,
     "data.compact": boolean,
+    "data.hf": lambda v: (
+        None
+        if v is None or hasattr(v, "items") or (isinstance(v, str) and v.strip())
+        else "expected a path (data.hf=PATH) or settings (data.hf.path=PATH, data.hf.split, data.hf.columns)"
+    ),
+    "data.hf.path": lambda v: (
+        None if isinstance(v, str) and v.strip() else "expected the path of a datasets folder, parquet or JSONL file"
+    ),
+    "data.hf.split": lambda v: None if isinstance(v, str) and v.strip() else "expected a split name, e.g. train",
+    "data.hf.columns": columns_rule,
+    "data.hf.ignore": lambda v: (
+        None
+        if isinstance(v, (list, ListConfig)) and all(isinstance(c, str) and c for c in v)
+        else "expected a list of column names, e.g. [query_id]"
+    ),
     # the other commands
     "k": positive_int,
     "batch_size": positive_int,
@@ -211,6 +228,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "rescore_precision": one_of("binary", "int8", "none"),
     "rescore_multiplier": positive_int,
     "format": one_of(*BACKENDS),  # dr-export's formats are the backends that read them
+    "output_format": one_of(*OUTPUT_FORMATS),
+    "output_columns": one_of(*OUTPUT_COLUMNS),
+    "output_num_negatives": non_negative_int,
     "miner.num_negatives": non_negative_int,
     "threshold": lambda v: None if _is_number(v) and -1 <= v <= 1 else "expected a cosine similarity in [-1, 1]",
     "extrapolation_fraction": lambda v: None if _is_number(v) and 0 <= v <= 1 else "expected a fraction in [0, 1]",

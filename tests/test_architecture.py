@@ -252,6 +252,14 @@ RMTREE_SITES = {
         "forget_old_versions",
     ): "the Arrow table of a corpus's previous version, in dr's own corpus cache",
     (
+        "dr/data/hf.py",
+        "_write_folder",
+    ): "the temporary folder (mkdtemp) of a dataset's files, after a failure or a lost race",
+    ("dr/data/hf.py", "_forget_older"): "the files of a previous version of the same dataset, in dr's own hf cache "
+    "(a 20-hex-digit folder whose manifest names the same source)",
+    ("dr/data/hf_write.py", "write_text_dataset"): "the temporary folder (mkdtemp) of dr-mine's datasets output, "
+    "holding the replaced previous datasets folder once the new one is in place",
+    (
         "dr/pipeline/runner.py",
         "run_stages",
     ): "an unfinished stage folder of the pipeline's own cache (no DONE.json), before the stage runs again",

@@ -1,4 +1,5 @@
-"""``dr-mine``: retrieve candidates for the training queries, apply a miner, write a negatives file.
+"""``dr-mine``: retrieve candidates for the training queries, apply a miner, write a negatives file
+(or, with ``output_format=jsonl|parquet|hf``, the texts for sentence-transformers or FlagEmbedding).
 
 ``score_scale`` (``auto``: 20 for a cosine encoder, 1 for dot or a run file) turns similarities into
 the logits the SimANS kernels are tuned on; ``teacher=cross_encoder|fusion`` scores every candidate
@@ -16,6 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from dr.cli import encoder_from_config, hydra_command
+from dr.config import ConfigError
 from dr.data import (
     check_ids,
     passage_texts,
@@ -27,6 +29,7 @@ from dr.data import (
     write_json,
     write_negatives,
 )
+from dr.data.hf_write import text_rows, write_text_dataset
 from dr.plots import plot_score_histogram
 from dr.retrieval import DenseIndex
 from dr.miners.candidates import (
@@ -80,8 +83,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
     records, stats = mine_queries(qids, positives, candidates, miner, rng, cfg.chunk_size)
     if cfg.get("teacher"):
         stats["teacher"] = cfg.teacher._target_.rsplit(".", 1)[-1]
-    target = Path(cfg.output) if cfg.get("output") else out / "negatives.jsonl"
-    write_negatives(target, records)
+    target = write_output(cfg, out, records, queries, lambda d: passage_texts(corpus, [row_of[d]])[0], stats)
     write_json(target.with_name(target.name + ".stats.json"), stats)
     pos_scores_all, neg_scores_all = score_lists(records)
     if pos_scores_all or neg_scores_all:
@@ -94,6 +96,34 @@ def run(cfg: DictConfig, out: Path) -> dict:
     print(json.dumps(stats, indent=2))
     print(f"wrote {sum(len(r.negatives) for r in records)} negatives for {len(records)} queries to {target}")
     return stats
+
+
+def write_output(cfg: DictConfig, out: Path, records, queries: dict[str, str], passage_text, stats: dict) -> Path:
+    """The negatives file (``output_format=negatives``), or the texts for sentence-transformers or
+    FlagEmbedding as JSONL, parquet or a ``datasets`` folder (:mod:`dr.data.hf_write`); its counts go into ``stats``."""
+    fmt = cfg.get("output_format", "negatives")
+    if fmt == "negatives":
+        target = Path(cfg.output) if cfg.get("output") else out / "negatives.jsonl"
+        write_negatives(target, records)
+        return target
+    columns = cfg.get("output_columns", "st")
+    suffix = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}[fmt]
+    target = Path(cfg.output) if cfg.get("output") else out / f"negatives.{columns}{suffix}"
+    rows, counts = text_rows(records, queries.__getitem__, passage_text, columns, cfg.get("output_num_negatives"))
+    if not rows:
+        raise ConfigError(
+            f"output_num_negatives={counts['negatives_per_row']}: no query has that many negatives to write "
+            "(output_columns=st has a fixed width); lower it or use output_columns=flagembedding"
+        )
+    write_text_dataset(target, rows, fmt, columns)
+    stats[f"output_{columns}"] = counts
+    if counts["queries_left_out"]:
+        print(
+            f"{counts['queries_left_out']} of {len(records)} queries left out: fewer than "
+            f"{counts['negatives_per_row']} negatives (output_columns=st is fixed-width; "
+            "output_num_negatives=N lowers it)"
+        )
+    return target
 
 
 main = hydra_command("mine", run)

@@ -2,7 +2,9 @@
 
 Corpora and queries (:mod:`.corpus`), TREC qrels and runs (:mod:`.trec`), negatives files
 (:mod:`.negatives`), teacher-score files (:mod:`.teacher_scores`), query-cluster files
-(:mod:`.clusters`); referential checks of ids (:mod:`.checks`); atomic writes and
+(:mod:`.clusters`); training data as texts in sentence-transformers' or FlagEmbedding's columns
+(Hugging Face ``datasets``, parquet, JSONL), read into those files (:mod:`.hf`) and written
+(:mod:`.hf_write`); referential checks of ids (:mod:`.checks`); atomic writes and
 :class:`DataError` (:mod:`.io`). Nothing here imports a model, an index or Lightning: this is the
 bottom layer.
 """

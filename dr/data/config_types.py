@@ -24,6 +24,7 @@ NULL_DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "interpolate": ("int", "number"),
     "rescore_multiplier": ("int", "number"),
     "max_negatives": ("int",),
+    "output_num_negatives": ("int",),
     "measures": ("list",),
     "labels": ("list",),
     "names": ("list",),

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from dr.data.hf import hf_node
 from dr.export.portable import portable_config
 from dr.models.encoder import PACKAGED_MINILM_ALIASES
 
@@ -171,6 +172,13 @@ def model_card(
             f"- training queries `{data.get('train_queries')}`, qrels `{data.get('train_qrels')}`, corpus "
             f"`{data.get('corpus')}`"
         ]
+        hf = hf_node(data.get("hf"))
+        if hf is not None:  # data.hf: the files above were written from this dataset's texts (dr.data.hf)
+            mapping = f", columns {hf.get('columns')}" if hf.get("columns") else ""
+            out += [
+                f"- built from the dataset `{hf.get('path')}` (split `{hf.get('split', 'train')}`{mapping}): its texts "
+                "interned into the corpus, queries and qrels above (ids: SHA-256 of the text)"
+            ]
         if test.get("enabled"):
             out += [
                 f"- test queries `{test.get('queries')}`, qrels `{test.get('qrels')}`, corpus `{test.get('corpus')}`"

@@ -36,6 +36,7 @@ from dr.data import (
     read_queries,
     write_negatives,
 )
+from dr.data.hf import hf_paths
 from dr.data.io import DataError
 from dr.retrieval.bm25 import BM25
 from dr.sampling.random import QueryBatchSampler
@@ -52,7 +53,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     Args:
         corpus, train_queries, train_qrels: file paths, ``irds:<id>`` or bundled names such as
-            ``scifact:corpus`` (see :func:`dr.data.resolve_path`).
+            ``scifact:corpus`` (see :func:`dr.data.resolve_path`); or ``hf`` (``data.hf``: texts, :mod:`dr.data.hf`),
+            whose files replace them, and ``negatives`` when it has some.
         val_queries, val_qrels: a dev split; if absent, ``val_fraction`` of the training queries
             is held out instead (0 disables validation), drawn with ``val_seed`` (default: ``seed``).
         negatives: a negatives source, called as ``source(corpus, qids, query_texts, positives)
@@ -111,11 +113,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         on_missing: str = "warn",
         compact: bool = False,
         score_scale: float | None = None,
+        hf: dict | None = None,
     ):
         super().__init__()
-        # The samplers are code, not hyperparameters: kept out of the checkpoint, which resuming
-        # reads back with torch.load(weights_only=True) (pickled callables would not load).
-        self.save_hyperparameters(logger=False, ignore=["batch_sampler", "pair_sampler", "negatives", "score_scale"])
+        corpus, train_queries, train_qrels, negatives = hf_paths(hf, corpus, train_queries, train_qrels, negatives)
+        # Samplers are code, not hyperparameters: resuming loads the checkpoint with weights_only=True.
+        self.save_hyperparameters(
+            logger=False, ignore=["batch_sampler", "pair_sampler", "negatives", "score_scale", "hf"]
+        )
         self.score_scale = score_scale
         self.negatives = negatives  # a path (str), a source object or None
         self.batch_sampler_factory = batch_sampler
@@ -147,16 +152,9 @@ class RetrievalDataModule(pl.LightningDataModule):
                 )
             qids = kept
         if not qids:
-            raise DataError(
-                hp.train_qrels,
-                None,
-                "no training query has a judged positive in the corpus"
-                + (
-                    f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}"
-                    if hp.teacher_scores and hp.min_teacher_pairs
-                    else ""
-                ),
-            )
+            pairs = hp.teacher_scores and hp.min_teacher_pairs
+            also = f" and at least {hp.min_teacher_pairs} pairs in {hp.teacher_scores}" if pairs else ""
+            raise DataError(hp.train_qrels, None, f"no training query has a judged positive in the corpus{also}")
 
         val_qids: list[str] = []
         self.val_queries: dict[str, str] = {}

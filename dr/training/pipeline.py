@@ -34,6 +34,7 @@ from dr.evaluation.truncated import TruncatedSearch
 from dr.export.model_card import model_card
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
 from dr.miners.candidates import resolve_score_scale, student_score_scale
+from dr.training.hf_data import with_hf_data
 from dr.training.loggers import allow_file_store, log_config, log_results
 from dr.training.ood import OutOfDomain, initial_weights, interpolate
 from dr.training.best_checkpoint import drop_best_without_validation, trainer_arguments, use_checkpoint
@@ -210,6 +211,7 @@ def train(cfg: DictConfig, validate: bool = True) -> dict[str, float]:
     imports this module), so that each command checks its config once."""
     if validate:
         validate_config(cfg)  # before any work: a bad value fails now, not after hours of training
+    cfg, _ = with_hf_data(cfg)  # data.hf: the dataset's corpus, queries, qrels, negatives files (cached)
     started = time.perf_counter()
     log.info("memory allocator: %s", allocator.active())
     pl.seed_everything(cfg.seed, workers=True)
