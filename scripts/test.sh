@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Command 2: set up, lint (ruff), then run the default test suite (about 11 minutes on 2 cores).
+# Command 2: set up, lint (ruff), then run the default test suite (about 14 minutes on 2 cores).
 # `bash scripts/test.sh -m slow` runs the slow tests instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
