@@ -26,9 +26,9 @@ def _run_dir_of(model: str) -> Path | None:
     from dr.models.checkpoint import checkpoint_run_dir
 
     path = Path(model).expanduser()
-    run = (
-        (checkpoint_run_dir(path) or path.resolve().parent.parent) if path.suffix == ".ckpt" else path.resolve().parent
-    )
+    if path.suffix == ".ckpt":
+        return checkpoint_run_dir(path)  # already the folder with the config.yaml, or None
+    run = path.resolve().parent
     return run if (run / "config.yaml").is_file() else None
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ir_measures
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -38,8 +37,9 @@ from dr.evaluation import evaluate_run
 from dr.evaluation.evaluate import PRESETS
 from dr.export.wise_ft import mix_state_dicts
 from dr.plots import plot_alpha_curve
-from dr.retrieval import DenseIndex, build_index, search_queries
+from dr.retrieval import build_index, search_queries
 from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
+from dr.training.module import rank_validation
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,8 @@ def validation_score(encoder, datamodule, bf16: bool, batch_size: int = 64) -> f
     queries = encoder.encode(
         [datamodule.val_queries[q] for q in qids], "query", batch_size=batch_size, bf16=bf16, show_progress=False
     )
-    index = DenseIndex.build(np.asarray(passages, np.float32), list(datamodule.val_docids), use_gpu=False)
-    run = index.search_run(qids, np.asarray(queries, np.float32), k=100)
-    return float(evaluate_run(run, datamodule.val_qrels, [SELECT_MEASURE])[SELECT_MEASURE])
+    scores = rank_validation(passages, datamodule.val_docids, queries, qids, datamodule.val_qrels, [SELECT_MEASURE])
+    return float(scores[SELECT_MEASURE])
 
 
 def choose_alpha(val: dict[float, float], ood: dict[float, float], budget: float) -> float:
