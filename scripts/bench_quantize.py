@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dr.config import bf16_supported
 from dr.data import passage_texts, read_corpus, read_qrels, read_queries
 from dr.evaluation import evaluate_run
 from dr.models.encoder import BiEncoder
@@ -54,13 +55,13 @@ ROWS = [
 ]
 
 
-def embeddings(encoder, name: str, texts: list[str], kind: str, cache: Path, batch_size: int) -> np.ndarray:
+def embeddings(encoder, name: str, texts: list[str], kind: str, cache: Path, args) -> np.ndarray:
     """The float embeddings of ``texts``, from ``cache`` when an earlier run wrote them."""
     path = cache / f"{name}.{kind}.npy"
     if path.is_file():
         return np.load(path)
     t0 = time.perf_counter()
-    emb = encoder.encode(texts, kind, batch_size=batch_size, show_progress=True)
+    emb = encoder.encode(texts, kind, batch_size=args.batch_size, bf16=args.bf16, show_progress=True)
     print(f"encoded {len(texts)} {kind}s of {name} in {time.perf_counter() - t0:.0f} s")
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, emb)
@@ -82,8 +83,8 @@ def bench(name: str, args, encoder) -> list[str]:
     queries = {q: t for q, t in read_queries(queries_path).items() if q in qrels}
     qids, docids = list(queries), list(corpus["docid"])
     cache = Path(args.out) / name
-    d = embeddings(encoder, name, passage_texts(corpus), "passage", cache, args.batch_size)
-    q = embeddings(encoder, name, [queries[i] for i in qids], "query", cache, args.batch_size)
+    d = embeddings(encoder, name, passage_texts(corpus), "passage", cache, args)
+    q = embeddings(encoder, name, [queries[i] for i in qids], "query", cache, args)
     lines = [
         f"{name}: {len(docids)} passages, {len(qids)} queries, {d.shape[1]} dims, k = {args.k}, "
         f"rescore_multiplier = {args.rescore_multiplier}",
@@ -115,6 +116,12 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--passage-max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=bf16_supported(),
+        help="encode under bf16 autocast (default: where the CPU has bf16 natively)",
+    )
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--rescore-multiplier", type=int, default=2)  # dr-search's and sentence-transformers' default
     parser.add_argument("--out", default="bench/quantize")

@@ -70,3 +70,29 @@ class RunCache:
         write_run(run, path, tag="cached")
         write_json(self.root / f"{key}.json", described)
         return run, False
+
+
+def cached_dense_run(
+    cache_dir: str | os.PathLike,
+    compute: Callable[[], dict],
+    fingerprint: str,
+    corpus: str,
+    queries: str,
+    qids,
+    k: int,
+    backend: str,
+) -> tuple[dict[str, dict[str, float]], bool]:
+    """The dense run of the encoder whose :func:`encoder_fingerprint` is ``fingerprint`` over
+    ``corpus`` for ``queries`` (the ids ``qids`` of that file) at depth ``k`` and precision
+    ``backend``, from ``cache_dir`` or ``compute()``; and whether it was a hit. The one key of a
+    cached dense run: the test split's zero-shot row and an out-of-domain set's share it."""
+    return RunCache(cache_dir).get_or_compute(
+        compute,
+        kind="dense_run",
+        encoder=fingerprint,
+        corpus=file_stamp(corpus),
+        queries=file_stamp(queries),
+        qids=sorted(qids),
+        k=int(k),
+        backend=backend,
+    )

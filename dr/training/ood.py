@@ -38,7 +38,7 @@ from dr.evaluation.evaluate import PRESETS
 from dr.export.wise_ft import mix_state_dicts
 from dr.plots import plot_alpha_curve
 from dr.retrieval import build_index, search_queries
-from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
+from dr.retrieval.cache import cached_dense_run, encoder_fingerprint
 from dr.training.module import rank_validation
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,15 @@ class OutOfDomain:
         if (s.name, fingerprint) in self.known:
             return self.known[(s.name, fingerprint)]
         if cached and self.cache_dir:
-            run, _ = RunCache(self.cache_dir).get_or_compute(
+            run, _ = cached_dense_run(
+                self.cache_dir,
                 lambda: s.run(encoder, self.bf16, self.batch_size),
-                kind="dense_run",
-                encoder=fingerprint,
-                corpus=file_stamp(s.corpus),
-                queries=file_stamp(s.queries),
-                qids=sorted(s.data()[1]),
-                k=s.k,
-                backend="torch-bf16" if self.bf16 else "torch-fp32",
+                fingerprint,
+                s.corpus,
+                s.queries,
+                s.data()[1],
+                s.k,
+                "torch-bf16" if self.bf16 else "torch-fp32",
             )
         else:
             run = s.run(encoder, self.bf16, self.batch_size)

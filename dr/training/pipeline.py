@@ -32,7 +32,7 @@ from dr.retrieval import BM25, build_index, search_queries
 from dr.evaluation.benchmarks import SPLIT_MEASURES, split_metrics
 from dr.evaluation.truncated import TruncatedSearch
 from dr.export.model_card import model_card
-from dr.retrieval.cache import RunCache, encoder_fingerprint, file_stamp
+from dr.retrieval.cache import cached_dense_run, encoder_fingerprint
 from dr.miners.candidates import resolve_score_scale, student_score_scale
 from dr.training.hf_data import with_hf_data
 from dr.training.loggers import allow_file_store, log_config, log_results
@@ -104,15 +104,15 @@ class TestSplit:
         precision are those of an earlier run (the zero-shot evaluation; see :mod:`dr.retrieval.cache`)."""
         if not cache_dir:
             return self.dense(encoder)
-        run, hit = RunCache(cache_dir).get_or_compute(
+        run, hit = cached_dense_run(
+            cache_dir,
             lambda: self.dense(encoder),
-            kind="dense_run",
-            encoder=encoder_fingerprint(encoder),
-            corpus=file_stamp(self.cfg.corpus),
-            queries=file_stamp(self.cfg.queries),
-            qids=sorted(self.queries),
-            k=int(self.cfg.k),
-            backend=self.backend(encoder),
+            encoder_fingerprint(encoder),
+            self.cfg.corpus,
+            self.cfg.queries,
+            self.queries,
+            self.cfg.k,
+            self.backend(encoder),
         )
         if hit:
             print(f"zero-shot run reused from the cache in {cache_dir} (test.cache_dir=null recomputes it)")
