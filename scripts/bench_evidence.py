@@ -13,7 +13,10 @@ the pool and the teacher are the main job's cached stages, and only what an arm 
 - ``pool``: the SimANS pool mined with stage 1 (``pool_stage1``) against the zero-shot model's.
 
 The arm to keep is chosen on validation only: the best-checkpoint validation nDCG@10 of stage 2's
-held-out training queries (``train/best_score``), averaged over seeds. The SciFact test split is
+held-out training queries (``train/best_score``), averaged over seeds. A comparison with several
+variants (distillation, tas) screens them on the first seed's validation score and trains only the
+best on the other seeds (``--no-screen`` trains every variant on every seed); ``--arms`` restricts
+a comparison to some of its variants. The SciFact test split is
 reported with ``dr-compare`` of each arm against the recipe (per-query nDCG@10 averaged over seeds,
 paired tests, Holm across the comparison's arms). ``--ood`` also runs the main job's evaluation
 stages (the DL19 pool) for each arm.
@@ -59,6 +62,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache", required=True, help="the main job's cache_dir (dr-pipeline cache_dir=...)")
     parser.add_argument("--comparisons", nargs="+", choices=list(COMPARISONS), default=list(COMPARISONS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[a for arms in COMPARISONS.values() for a in arms],
+        help="only these variants of the chosen comparisons",
+    )
+    parser.add_argument(
+        "--screen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="screen a comparison's variants on the first seed, the best on every seed",
+    )
     parser.add_argument("--ood", action="store_true", help="also the main job's evaluation stages (DL19 pool)")
     parser.add_argument("--pipeline", nargs="*", default=[], help="more dr-pipeline overrides for every arm")
     parser.add_argument("--out", default="bench/evidence", help="where the dr-compare folders go")
@@ -105,13 +120,41 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
+def validation_score(folder: Path) -> float:
+    return json.loads((folder / "metrics.json").read_text()).get("train/best_score", float("-inf"))
+
+
+def variants(comparison: str, args) -> list[str]:
+    return [a for a in COMPARISONS[comparison] if not args.arms or a in args.arms]
+
+
+def run_comparison(comparison: str, args) -> dict[str, list[Path]]:
+    """Every variant on every seed, or (``--screen``) every variant on the first seed and the one
+    with the best validation score on the others."""
+    arms = variants(comparison, args)
+    if not args.screen or len(arms) == 1 or len(args.seeds) == 1:
+        return {arm: [run_arm(arm, seed, args) for seed in args.seeds] for arm in arms}
+    first = {arm: run_arm(arm, args.seeds[0], args) for arm in arms}
+    if args.dry_run:
+        print(f"# then the best of {', '.join(arms)} on validation, on seeds {args.seeds[1:]}")
+        return {}
+    best = max(arms, key=lambda a: validation_score(first[a]))
+    scores = ", ".join(f"{a} {validation_score(first[a]):.4f}" for a in arms)
+    print(f"{comparison}: screened on seed {args.seeds[0]}'s validation nDCG@10 ({scores}): {best}", flush=True)
+    return {best: [first[best]] + [run_arm(best, seed, args) for seed in args.seeds[1:]]}
+
+
 def main() -> None:
     args = parse_args()
-    arms = ["recipe"] + [a for c in args.comparisons for a in COMPARISONS[c]]
-    folders = {arm: [run_arm(arm, seed, args) for seed in args.seeds] for arm in arms}
+    folders = {"recipe": [run_arm("recipe", seed, args) for seed in args.seeds]}
+    chosen = {}
+    for comparison in args.comparisons:
+        chosen[comparison] = run_comparison(comparison, args)
+        folders.update(chosen[comparison])
     if args.dry_run:
         return
     metrics = {arm: [json.loads((f / "metrics.json").read_text()) for f in dirs] for arm, dirs in folders.items()}
+    arms = list(folders)
     print(f"\nstage 2 variants, quickstart protocol, seeds {args.seeds}: mean ± sd over seeds")
     print(f"{'arm':<17}{'val nDCG@10 (best ckpt)':>26}{'test nDCG@10':>20}{'test R@100':>20}")
     for arm in arms:
@@ -122,7 +165,7 @@ def main() -> None:
         print(f"{arm:<17}" + f"{spread(row[0]):>26}" + "".join(f"{spread(v):>20}" for v in row[1:]))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for comparison in args.comparisons:
-        group = ["recipe", *COMPARISONS[comparison]]
+        group = ["recipe", *chosen[comparison]]
         best = max(group, key=lambda a: statistics.mean(m.get("train/best_score", float("-inf")) for m in metrics[a]))
         print(f"\n{comparison}: chosen on validation: {best}")
         runs = ",".join("[" + ",".join(str(f / "runs" / "trained.run") for f in folders[a]) + "]" for a in group)
