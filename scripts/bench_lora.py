@@ -11,6 +11,8 @@ is trained. Arms:
 - ``full``: every weight trained (the pooler head aside, as ``dr-train`` does);
 - ``lora8``, ``lora16``: ``encoder.lora`` with r = 8 or 16 (alpha = 2r, dropout 0.1) on every
   attention and feed-forward linear layer (:data:`dr.models.lora.DEFAULT_TARGETS`).
+- ``lora8_nodrop``: r = 8 with adapter dropout 0 (peft then feeds each adapter the layer's input
+  itself instead of a dropped-out copy that the backward pass has to keep).
 
 Reported: trainable parameters, optimizer state (AdamW's moments after a step), the checkpoint
 ``dr-train`` would write (the training module's state dict, which leaves frozen weights out with
@@ -40,7 +42,12 @@ from bench_encode import format_machine, machine_info, write_results  # noqa: E4
 from bench_memory import batch_texts, rss_mib  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
-ARMS = {"full": None, "lora8": {"r": 8, "alpha": 16}, "lora16": {"r": 16, "alpha": 32}}
+ARMS = {
+    "full": None,
+    "lora8": {"r": 8, "alpha": 16},
+    "lora16": {"r": 16, "alpha": 32},
+    "lora8_nodrop": {"r": 8, "alpha": 16, "dropout": 0.0},  # no dropout: peft keeps no dropped copy of the input
+}
 
 
 def run_one(args, arm: str) -> dict:
