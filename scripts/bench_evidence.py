@@ -10,7 +10,8 @@ the pool and the teacher are the main job's cached stages, and only what an arm 
   pairwise (``margin_mse_pair``: 1 negative), against the recipe's InfoNCE + listwise KD;
 - ``tas``: TAS topic batches (``sampler=tas``) at ``queries_per_cluster`` 16, 32, 64, 200
   (at most training queries / batch size clusters: 22 on SciFact, so 16 and 32 both give 22);
-- ``pool``: the SimANS pool mined with stage 1 (``pool_stage1``) against the zero-shot model's.
+- ``pool``: the SimANS pool mined with the zero-shot model (``pool_zero_shot``) against stage 1's,
+  the main job's since this comparison (stage 1's won on validation).
 
 The arm to keep is chosen on validation only: the best-checkpoint validation nDCG@10 of stage 2's
 held-out training queries (``train/best_score``), averaged over seeds. A comparison with several
@@ -47,13 +48,13 @@ ARMS: dict[str, dict[str, list[str]]] = {
         f"tas_q{n}": {"stage2": ["sampler=tas", f"data.batch_sampler.queries_per_cluster={n}"]}
         for n in (16, 32, 64, 200)
     },
-    "pool_stage1": {"pool": ["model={stage1}/export"]},
+    "pool_zero_shot": {"pool": ["model=${zero_shot}"]},
 }
 COMPARISONS = {
     "refresh": ["no_refresh"],
     "distillation": ["margin_mse", "margin_mse_pair"],
     "tas": ["tas_q16", "tas_q32", "tas_q64", "tas_q200"],
-    "pool": ["pool_stage1"],
+    "pool": ["pool_zero_shot"],
 }
 
 
