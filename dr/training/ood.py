@@ -178,8 +178,8 @@ def choose_alpha(val: dict[float, float], ood: dict[float, float], budget: float
     return max(allowed, key=lambda a: (round(ood[a], 12), a))
 
 
-def initial_weights(encoder) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights before training: WiSE-FT's θ_0."""
+def cpu_weights(encoder) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``encoder``'s weights: WiSE-FT's θ_0 before training, θ_1 after."""
     return {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
 
 
@@ -187,7 +187,7 @@ def interpolate(cfg: DictConfig, encoder, initial: dict, datamodule, ood: OutOfD
     """Apply ``export.interpolate`` to ``encoder`` in place (see the module docstring); returns the
     metrics: ``wise_ft/alpha`` and, for ``auto``, each α's validation and out-of-domain nDCG@10."""
     setting = cfg.export.interpolate
-    tuned = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
+    tuned = cpu_weights(encoder)
 
     def load(alpha: float) -> None:
         mixed = mix_state_dicts(tuned, initial, alpha, base_name="the initial weights")

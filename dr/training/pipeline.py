@@ -36,7 +36,7 @@ from dr.retrieval.cache import cached_dense_run, encoder_fingerprint
 from dr.miners.candidates import resolve_score_scale, student_score_scale
 from dr.training.hf_data import with_hf_data
 from dr.training.loggers import allow_file_store, log_config, log_results
-from dr.training.ood import OutOfDomain, initial_weights, interpolate
+from dr.training.ood import OutOfDomain, cpu_weights, interpolate
 from dr.training.best_checkpoint import drop_best_without_validation, trainer_arguments, use_checkpoint
 from dr.validate import validate_config
 
@@ -231,7 +231,7 @@ def train(cfg: DictConfig, validate: bool = True) -> dict[str, float]:
     test = TestSplit(cfg.test) if cfg.test.enabled else None
     ood = OutOfDomain(cfg.test, out) if cfg.test.enabled else None  # test.ood: out-of-domain sets
     # WiSE-FT's θ_0 (export.interpolate): the weights before training
-    initial = initial_weights(module.encoder) if cfg.export.get("interpolate") is not None else None
+    initial = cpu_weights(module.encoder) if cfg.export.get("interpolate") is not None else None
 
     split = (
         test.split()
