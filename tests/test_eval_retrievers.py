@@ -127,7 +127,7 @@ def test_fusion_teacher_reads_passage_vectors_from_a_saved_index(tiny_bert, scif
     assert len(teacher.dense._cache) == len(set(texts))  # every passage came from the index, none was encoded
     wrong = tmp_path / "wrong"
     build_index(BiEncoder.from_pretrained(tiny_bert), corpus.select(range(10)), batch_size=32).save(wrong)
-    with pytest.raises(ValueError, match="expected a flat index of every passage"):
+    with pytest.raises(ValueError, match="expected a flat index of exactly the corpus"):
         FusionTeacher(corpus=scifact_slice["corpus"], model=tiny_bert, passage_index=str(wrong)).score_groups(
             queries, groups
         )

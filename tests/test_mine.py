@@ -68,6 +68,41 @@ def test_mine_with_an_encoder(miner, tiny_bert, scifact_slice, tmp_path):
     assert out.read_text() == first
 
 
+def test_mine_reads_the_passages_from_a_saved_index(tiny_bert, scifact_slice, tmp_path):
+    """``passage_index=`` (a dr-train export's index/): the same negatives as encoding the corpus, and a
+    wrong index is refused in one line."""
+    from dr.config import ConfigError
+    from dr.models import BiEncoder
+    from dr.retrieval import DenseIndex, build_index
+
+    corpus = read_corpus(scifact_slice["corpus"])
+    encoder = BiEncoder.from_pretrained(tiny_bert, passage_max_length=48)
+    build_index(encoder, corpus, batch_size=64).save(tmp_path / "index")
+    base = [
+        f"model={tiny_bert}",
+        f"corpus={scifact_slice['corpus']}",
+        f"queries={scifact_slice['train_queries']}",
+        f"qrels={scifact_slice['train_qrels']}",
+        "miner=pool",
+        "top_k=30",
+        "backend=torch",
+        "encoder.passage_max_length=48",
+    ]
+    mine(_cfg([*base, f"output={tmp_path / 'encoded.jsonl'}"]), tmp_path)
+    mine(_cfg([*base, f"output={tmp_path / 'read.jsonl'}", f"passage_index={tmp_path / 'index'}"]), tmp_path)
+    assert (tmp_path / "read.jsonl").read_text() == (tmp_path / "encoded.jsonl").read_text()
+
+    build_index(encoder, corpus.select(range(10)), batch_size=64).save(tmp_path / "part")
+    with pytest.raises(ConfigError, match=r"passage_index=.*part .*expected a flat index of exactly the corpus"):
+        mine(_cfg([*base, f"passage_index={tmp_path / 'part'}"]), tmp_path)
+
+    # any row order: the vectors come back in the corpus's order
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((5, 8)).astype(np.float32)
+    shuffled = DenseIndex.build(vectors[::-1].copy(), ["e", "d", "c", "b", "a"], kind="flat")
+    assert np.array_equal(shuffled.vectors_of(["a", "b", "c", "d", "e"], "test"), vectors)
+
+
 def test_mine_from_a_run_file(scifact_slice, tmp_path):
     corpus = read_corpus(scifact_slice["corpus"])
     queries = read_queries(scifact_slice["train_queries"])

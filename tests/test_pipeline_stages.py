@@ -169,13 +169,11 @@ def test_two_stage_pipeline_caches_resumes_and_reports(pipeline_cfg, tmp_path, c
     )
     assert result["stages"]["stage1"]["cached"] and not result["stages"]["stage2"]["cached"]
     # encode once: the zero-shot model's embeddings (its test and out-of-domain rows: the slice stands in for
-    # both), stage 1's (the pool, its out-of-domain row and the fusion row there), stage 2's; the teacher read
-    # stage 1's exported index. Stage 1's pool (dr-mine) and its out-of-domain row (dr-eval) do not share a
-    # file here (4 files for 3 models): a duplicate only this test's out-of-domain set (= the training
-    # corpus) can show, left for now.
+    # both), stage 1's (its out-of-domain row and the fusion row there), stage 2's; the pool and the teacher
+    # read stage 1's exported index.
     files = sorted((tmp_path / "cache" / "embeddings").glob("*.npy.json"))
     described = [(d["weights"], d["corpus"]) for d in (json.loads(f.read_text()) for f in files)]
-    assert len(set(described)) == 3 and len(files) <= 4, described
+    assert len(set(described)) == len(files) == 3, described
 
     # 4. again: every stage is a cache hit, the table is the same
     run_pipeline(pipeline_cfg(), out)

@@ -63,10 +63,19 @@ def run(cfg: DictConfig, out: Path) -> dict:
         score_scale = resolve_score_scale(cfg.get("score_scale", "auto"), 1.0)  # auto: raw run scores (1)
     else:
         encoder = encoder_from_config(cfg, backend=cfg.get("backend", "torch"))
-        embeddings = corpus_embeddings(
-            encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16
-        )
-        index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
+        if cfg.get("passage_index"):  # stage 1's export already holds the corpus: only the queries are encoded
+            index = DenseIndex.load(cfg.passage_index, use_gpu=False)
+            try:
+                embeddings = index.vectors_of(
+                    list(corpus["docid"]), f"passage_index={cfg.passage_index} ({cfg.corpus})"
+                )
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        else:
+            embeddings = corpus_embeddings(
+                encoder, corpus, cfg.corpus, cfg.get("embeddings_cache"), cfg.batch_size, cfg.bf16
+            )
+            index = DenseIndex.build(np.asarray(embeddings), list(corpus["docid"]), kind=cfg.index_kind)
         candidates = dense_candidates(
             encoder, index, embeddings, row_of, queries, positives, cfg.top_k, cfg.batch_size, cfg.bf16
         )

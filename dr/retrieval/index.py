@@ -285,6 +285,19 @@ class DenseIndex:
             for qid, row_ids, row_scores in zip(qids, docids, scores)
         }
 
+    def vectors_of(self, docids: list[str], source: str) -> np.ndarray:
+        """The stored vectors of ``docids``, in that order: a flat index that holds exactly those
+        passages (any order), e.g. a ``dr-train`` export's ``index/`` read instead of encoding the
+        corpus again. ``source`` names the index in the one-line error otherwise."""
+        row = {d: i for i, d in enumerate(self.docids)}
+        if self.kind != "flat" or len(row) != len(docids) or any(d not in row for d in docids):
+            raise ValueError(
+                f"{source}: expected a flat index of exactly the corpus's {len(docids)} passages, got a "
+                f"{self.kind} index of {len(row)}"
+            )
+        vectors = self.index.reconstruct_n(0, len(row))
+        return np.ascontiguousarray(vectors[[row[d] for d in docids]])
+
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | os.PathLike) -> None:
         """Write ``index`` and ``docid`` atomically into ``out_dir``.

@@ -166,18 +166,13 @@ class FusionTeacher(Teacher):
         from dr.data import passage_texts, read_corpus
         from dr.retrieval.index import DenseIndex
 
-        index = DenseIndex.load(self.passage_index, use_gpu=False)
         table = read_corpus(self.corpus)
         docids = list(table["docid"])
-        row = {d: i for i, d in enumerate(index.docids)}
-        if index.kind != "flat" or len(row) != len(docids) or any(d not in row for d in docids):
-            raise ValueError(
-                f"passage_index={self.passage_index}: expected a flat index of every passage of {self.corpus}"
-            )
-        vectors = index.index.reconstruct_n(0, len(row))
+        index = DenseIndex.load(self.passage_index, use_gpu=False)
+        vectors = index.vectors_of(docids, f"passage_index={self.passage_index} (corpus {self.corpus})")
         texts = passage_texts(table)
         limit = self.dense.cache_size
-        self.dense._cache.update((t, vectors[row[d]]) for t, d in zip(texts[:limit], docids[:limit]))
+        self.dense._cache.update(zip(texts[:limit], vectors[:limit]))
         self._loaded["prefilled"] = True
 
     def _fuse(self, bm25: np.ndarray, dense: np.ndarray) -> np.ndarray:
