@@ -105,6 +105,24 @@ def train_arm(out_root: Path, name: str, overrides: list[str], seed: int, steps:
     return json.loads(metrics_file.read_text())
 
 
+def compare_runs(groups: dict[str, list[Path]], qrels: str, out: Path, measures: str = "[nDCG@10,R@100]") -> None:
+    """``dr-compare`` of run-file groups (one run per seed each; per-query means over the seeds, paired
+    tests against the first group, Holm): prints its table and writes its folder ``out``."""
+    runs = ",".join("[" + ",".join(str(f) for f in files) + "]" for files in groups.values())
+    cmd = [
+        sys.executable,
+        "-m",
+        "dr.cli.compare",
+        f"run_files=[{runs}]",
+        f"names=[{','.join(groups)}]",
+        f"qrels={qrels}",
+        f"measures={measures}",
+        f"hydra.run.dir={Path(out).resolve()}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(cmd, check=True, env=env)
+
+
 def table(
     results: dict[str, list[dict]], measures=("trained/nDCG@10", "trained/R@100"), extra: dict[str, dict] | None = None
 ) -> str:

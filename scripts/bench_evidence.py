@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import compare_runs  # noqa: E402
+
 ARMS: dict[str, dict[str, list[str]]] = {
     "recipe": {},
     "no_refresh": {"stage2": ["refresh.enabled=false"]},
@@ -164,25 +166,14 @@ def main() -> None:
             for k in ("train/best_score", "trained/nDCG@10", "trained/R@100")
         ]
         print(f"{arm:<17}" + f"{spread(row[0]):>26}" + "".join(f"{spread(v):>20}" for v in row[1:]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for comparison in args.comparisons:
         group = ["recipe", *chosen[comparison]]
         best = max(group, key=lambda a: statistics.mean(m.get("train/best_score", float("-inf")) for m in metrics[a]))
         print(f"\n{comparison}: chosen on validation: {best}")
-        runs = ",".join("[" + ",".join(str(f / "runs" / "trained.run") for f in folders[a]) + "]" for a in group)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dr.cli.compare",
-                f"run_files=[{runs}]",
-                f"names=[{','.join(group)}]",
-                "qrels=scifact:test_qrels",
-                "measures=[nDCG@10,R@100]",
-                f"hydra.run.dir={Path(args.out).resolve() / comparison}",
-            ],
-            check=True,
-            env=env,
+        compare_runs(
+            {a: [f / "runs" / "trained.run" for f in folders[a]] for a in group},
+            "scifact:test_qrels",
+            Path(args.out) / comparison,
         )
 
 

@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import SCIFACT, run_app, smoke_data  # noqa: E402
+from bench_common import SCIFACT, compare_runs, run_app, smoke_data  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SIMANS = ["sampler=simans", "data.negatives={pool}"]
 ARMS: dict[str, list[str]] = {
     "baseline": [],
@@ -220,21 +217,11 @@ def main() -> None:
         )
     chosen = max(results, key=lambda a: statistics.mean(r.get("val/nDCG@10", float("-inf")) for r in results[a]))
     print(f"chosen on validation (held-out training queries): {chosen}")
-    groups = ",".join(
-        "[" + ",".join(str(out / f"{arm}.seed{s}" / "runs" / "trained.run") for s in args.seeds) + "]" for arm in arms
+    compare_runs(
+        {arm: [out / f"{arm}.seed{s}" / "runs" / "trained.run" for s in args.seeds] for arm in arms},
+        data["test_qrels"],
+        out / "compare",
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "dr.cli.compare",
-        f"run_files=[{groups}]",
-        f"names=[{','.join(arms)}]",
-        f"qrels={data['test_qrels']}",
-        "measures=[nDCG@10,R@100]",
-        f"hydra.run.dir={out / 'compare'}",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run(cmd, check=True, env=env)
 
 
 if __name__ == "__main__":
