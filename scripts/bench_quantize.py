@@ -14,9 +14,10 @@ cached in ``--out``; each row then indexes the same float vectors:
 - ``binary+rescore``: the Hamming top k·m rescored by the float query against the bits;
 - ``binary+int8``: the same rescored against an int8 copy (stored beside the bits).
 
-Index size is the FAISS codes (without docids); latency is the median over 3 repeats of searching
-all queries (k = 100, the query embeddings already computed) divided by the number of queries, on
-this machine's CPU threads.
+Index size is the FAISS codes (without docids); latency is the median over ``--repeats`` rounds
+(the rows take turns in each round) of searching all queries (k = 100, the query embeddings
+already computed) divided by the number of queries, on this machine's CPU threads, and its ratio
+to float32's in the same run.
 
     python scripts/bench_quantize.py --data scifact dl19-pool --out bench/quantize
 """
@@ -68,13 +69,16 @@ def embeddings(encoder, name: str, texts: list[str], kind: str, cache: Path, arg
     return emb
 
 
-def latency_ms(index, q: np.ndarray, k: int, **kwargs) -> float:
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        index.search(q, k, **kwargs)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times) / len(q)
+def latencies_ms(searches: list, q: np.ndarray, k: int, repeats: int) -> list[float]:
+    """Median ms per query of each ``(index, kwargs)`` searching all of ``q``; the rows take turns
+    within each repeat, so a load that comes and goes touches them alike."""
+    times: list[list[float]] = [[] for _ in searches]
+    for _ in range(repeats):
+        for i, (index, kwargs) in enumerate(searches):
+            t0 = time.perf_counter()
+            index.search(q, k, **kwargs)
+            times[i].append(time.perf_counter() - t0)
+    return [1000 * statistics.median(t) / len(q) for t in times]
 
 
 def bench(name: str, args, encoder) -> list[str]:
@@ -88,8 +92,11 @@ def bench(name: str, args, encoder) -> list[str]:
     lines = [
         f"{name}: {len(docids)} passages, {len(qids)} queries, {d.shape[1]} dims, k = {args.k}, "
         f"rescore_multiplier = {args.rescore_multiplier}",
-        f"{'precision':<16}" + "".join(f"{m:>14}" for m in measures) + f"{'index MiB':>11}{'ms/query':>10}",
+        f"{'precision':<16}"
+        + "".join(f"{m:>14}" for m in measures)
+        + f"{'index MiB':>11}{'ms/query':>10}{'× fp32':>10}",
     ]
+    rows, searches = [], []
     for row, precision, rescore in ROWS:
         if precision is None:
             index, size, kwargs = DenseIndex.build(d, docids, use_gpu=False), 4 * d.size, {}
@@ -99,12 +106,15 @@ def bench(name: str, args, encoder) -> list[str]:
                 index.nbytes,
                 ({"rescore_multiplier": args.rescore_multiplier} if precision == "binary" else {}),
             )
-        run = index.search_run(qids, q, args.k, **kwargs)
-        scores = evaluate_run(run, qrels, measures)
+        scores = evaluate_run(index.search_run(qids, q, args.k, **kwargs), qrels, measures)
+        rows.append((row, scores, size))
+        searches.append((index, kwargs))
+    ms = latencies_ms(searches, q, args.k, args.repeats)
+    for (row, scores, size), t in zip(rows, ms):
         lines.append(
             f"{row:<16}"
             + "".join(f"{scores[m]:>14.4f}" for m in measures)
-            + f"{size / 2**20:>11.2f}{latency_ms(index, q, args.k, **kwargs):>10.3f}"
+            + f"{size / 2**20:>11.2f}{t:>10.3f}{t / ms[0]:>10.2f}"
         )
     return lines
 
@@ -123,6 +133,7 @@ def main() -> None:
         help="encode under bf16 autocast (default: where the CPU has bf16 natively)",
     )
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=9, help="timing rounds; the median is reported")
     parser.add_argument("--rescore-multiplier", type=int, default=2)  # dr-search's and sentence-transformers' default
     parser.add_argument("--out", default="bench/quantize")
     args = parser.parse_args()
